@@ -1,0 +1,137 @@
+"""The `ft` meta-CLI: assembles the commands that packages contribute, lazily.
+
+Each command is an entry point in the group `ft.commands` (ft's own included, so a third-party
+package adds a command the same way). Nothing is imported until a command runs or its help is
+shown, and command modules import their heavy libraries (torch, mlx, transformers) inside the
+function bodies, so `ft --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from importlib import metadata
+from typing import Any
+
+import click
+
+from ft_cli import __version__
+
+COMMANDS_GROUP = "ft.commands"
+NO_PLUGINS_ENV = "FT_NO_PLUGINS"  # "1": load only the commands ft itself ships
+
+
+@functools.lru_cache(maxsize=1)
+def command_entry_points() -> dict[str, metadata.EntryPoint]:
+    """The `ft.commands` entry points by command name (discovered once per process).
+
+    ft's own commands (modules named `ft_*`) win over a plugin's command of the same name.
+    """
+    builtin: dict[str, metadata.EntryPoint] = {}
+    plugins: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=COMMANDS_GROUP):
+        (builtin if ep.value.startswith("ft_") else plugins)[ep.name] = ep
+    if os.environ.get(NO_PLUGINS_ENV) == "1":
+        return builtin
+    for name, ep in plugins.items():
+        if name in builtin:
+            click.echo(
+                f"warning: ignoring plugin command {name!r} ({ep.value}): ft has its own", err=True
+            )
+    return plugins | builtin
+
+
+class UserError(click.ClickException):
+    """An error the user can fix; printed as `error: ...` without a traceback."""
+
+    def format_message(self) -> str:
+        return self.message
+
+    def show(self, file: Any = None) -> None:
+        for i, line in enumerate(self.format_message().splitlines()):
+            prefix = click.style("error: ", fg="red", bold=True) if i == 0 else "       "
+            click.echo(prefix + line, err=True)
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are entry points, loaded on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(command_entry_points()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is not None:
+            return command
+        ep = command_entry_points().get(name)
+        if ep is None:
+            return None
+        try:
+            loaded = ep.load()
+        except Exception as exc:  # a broken plugin must not take the whole CLI down
+            click.echo(f"warning: command {name!r} ({ep.value}) failed to load: {exc}", err=True)
+            return None
+        if not isinstance(loaded, click.Command):
+            click.echo(f"warning: entry point {ep.value} is not a click command", err=True)
+            return None
+        return loaded
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        # Suggest the closest command for a typo, as git does.
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            import difflib
+
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
+            hint = f" Did you mean 'ft {close[0]}'?" if close else ""
+            raise click.UsageError(f"no command {name!r}.{hint} See 'ft --help'.", ctx)
+        return super().resolve_command(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # Errors from the libraries that a user can fix become `error: ...` lines, exit 1.
+        from ft_config import ConfigError, SecretsError
+
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, SecretsError) as exc:
+            raise UserError(str(exc)) from None
+
+
+def _ft_versions() -> str:
+    lines = [f"ft {__version__}"]
+    for dist in sorted(metadata.distributions(), key=lambda d: d.metadata["Name"] or ""):
+        name = dist.metadata["Name"] or ""
+        if name.startswith("ft-"):
+            lines.append(f"  {name} {dist.version}")
+    return "\n".join(lines)
+
+
+def _print_version(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(_ft_versions())
+        ctx.exit()
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the versions of ft's packages and exit.",
+)
+def cli() -> None:
+    """ft: fine-tune language models on your own machine.
+
+    \b
+    Start:     ft init my-project && cd my-project && ft train
+    Check:     ft doctor
+    Configure: ft config show | validate | schema
+    """
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(cli.main(prog_name="ft", standalone_mode=True) or 0)

@@ -1,0 +1,36 @@
+# The recipes people type. `uv run just --list` shows them.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Show the recipes.
+default:
+    @just --list
+
+# Install everything the workspace needs (exactly what uv.lock says).
+setup:
+    uv sync --locked
+
+# Run the whole test suite (everything that can run on this machine; GPU tests skip with a reason).
+test *ARGS:
+    uv run --locked pytest {{ARGS}}
+
+# Lint and check formatting.
+lint:
+    uv run --locked ruff check .
+    uv run --locked ruff format --check .
+
+# Format the code and apply safe lint fixes.
+fmt:
+    uv run --locked ruff format .
+    uv run --locked ruff check --fix .
+
+# Run every benchmark under benchmarks/ (each prints ft's figure, its baseline's, and the ratio).
+bench:
+    for script in benchmarks/bench_*.py; do echo "== $script"; uv run --locked python "$script"; done
+
+# Regenerate the generated docs (config reference) from the code.
+docs:
+    uv run --locked ft config schema --markdown -o docs/config-reference.md
+
+# The main job on the embedded default model (until training lands: check the machine).
+demo:
+    uv run --locked ft doctor
