@@ -28,7 +28,9 @@ def measure(argv: list[str]) -> tuple[float, float]:
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(argv)} failed with exit code {proc.returncode}")
-        peaks.append(usage.ru_maxrss / 1024 if sys.platform != "darwin" else usage.ru_maxrss / 2**20)
+        peaks.append(
+            usage.ru_maxrss / 1024 if sys.platform != "darwin" else usage.ru_maxrss / 2**20
+        )
     return statistics.median(times), max(peaks)
 
 
@@ -40,7 +42,9 @@ def main() -> None:
     print(f"{'command':<34} {'median s':>9} {'peak MiB':>9}")
     print(f"{'ft --help':<34} {ft_s:>9.3f} {ft_mb:>9.1f}")
     print(f"{'python -m mlx_lm lora --help':<34} {base_s:>9.3f} {base_mb:>9.1f}")
-    print(f"ratio (mlx_lm / ft): time {base_s / ft_s:.1f}x, memory {base_mb / ft_mb:.1f}x  ({RUNS} runs each)")
+    print(
+        f"ratio (mlx_lm / ft): time {base_s / ft_s:.1f}x, memory {base_mb / ft_mb:.1f}x  ({RUNS} runs each)"
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MEMBERS = sorted(p.parent for p in [*ROOT.glob("packages/*/pyproject.toml"), *ROOT.glob("apps/*/pyproject.toml")])
+MEMBERS = sorted(
+    p.parent for p in [*ROOT.glob("packages/*/pyproject.toml"), *ROOT.glob("apps/*/pyproject.toml")]
+)
 HEAVY = ("torch", "mlx", "mlx_lm", "transformers", "peft")
 # What each package must do once installed alone (besides importing).
 SMOKE = {
@@ -40,7 +42,11 @@ def _uv() -> str:
 
 def _clean_env() -> dict[str, str]:
     # Nothing from the workspace's own environment may leak into the fresh one.
-    return {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "PYTHONPATH")}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "PYTHONPATH")
+    }
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +54,9 @@ def wheels(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheels")
     subprocess.run(
         [_uv(), "build", "--all-packages", "--wheel", "--out-dir", str(out), "--quiet"],
-        cwd=ROOT, check=True, env=_clean_env(),
+        cwd=ROOT,
+        check=True,
+        env=_clean_env(),
     )
     return out
 
@@ -59,11 +67,28 @@ def _name(member: Path) -> str:
 
 def _fresh_venv(where: Path, wheels: Path, name: str) -> Path:
     env = _clean_env()
-    subprocess.run([_uv(), "venv", "--quiet", "--python", sys.executable, str(where)], check=True, env=env, cwd=where.parent)
+    subprocess.run(
+        [_uv(), "venv", "--quiet", "--python", sys.executable, str(where)],
+        check=True,
+        env=env,
+        cwd=where.parent,
+    )
     python = where / "bin" / "python"
     subprocess.run(
-        [_uv(), "pip", "install", "--quiet", "--python", str(python), "--find-links", str(wheels), name],
-        check=True, env=env, cwd=where.parent,
+        [
+            _uv(),
+            "pip",
+            "install",
+            "--quiet",
+            "--python",
+            str(python),
+            "--find-links",
+            str(wheels),
+            name,
+        ],
+        check=True,
+        env=env,
+        cwd=where.parent,
     )
     return python
 
@@ -80,7 +105,9 @@ def test_package_installs_alone(member: Path, wheels: Path, tmp_path: Path):
         f"print('HEAVY', [m for m in {HEAVY!r} if importlib.util.find_spec(m)])\n"
         "print('FROM', " + module + ".__file__)\n"
     )
-    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=_clean_env(), cwd=tmp_path)
+    done = subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, env=_clean_env(), cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert str(tmp_path / "venv") in lines[-1]  # imported from the fresh venv, not the workspace
@@ -92,9 +119,21 @@ def test_cli_runs_from_its_wheel(wheels: Path, tmp_path: Path):
     python = _fresh_venv(tmp_path / "venv", wheels, "ft-cli")
     ft = str(python.parent / "ft")
     env = _clean_env() | {"FT_HOME": str(tmp_path / "home")}
-    help_text = subprocess.run([ft, "--help"], capture_output=True, text=True, env=env, check=True).stdout
+    help_text = subprocess.run(
+        [ft, "--help"], capture_output=True, text=True, env=env, check=True
+    ).stdout
     assert "init" in help_text and "doctor" in help_text
-    subprocess.run([ft, "init", str(tmp_path / "proj"), "--profile", "domain"], check=True, env=env, capture_output=True)
-    valid = subprocess.run([ft, "config", "validate", str(tmp_path / "proj" / "train.yml")], capture_output=True, text=True, env=env)
+    subprocess.run(
+        [ft, "init", str(tmp_path / "proj"), "--profile", "domain"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    valid = subprocess.run(
+        [ft, "config", "validate", str(tmp_path / "proj" / "train.yml")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert valid.returncode == 0, valid.stderr
     assert "is valid (profile domain;" in valid.stdout

