@@ -1,0 +1,50 @@
+"""ft-data: the data pipeline.
+
+Rows from files (``readers``) become conversations (``formats``), conversations become text
+and loss masks (``templates``, ``tokenize``), examples go into an HDF5 prepared dataset
+(``prepare``, ``hdf5``), and trainers read it back as seeded, resumable batches
+(``batches``).
+"""
+
+from ft_data.batches import Batches
+from ft_data.conversation import Conversation, Message, check_conversation
+from ft_data.errors import DataError, RowProblem
+from ft_data.formats import Detection, Format, available_formats, detect_format, get_format
+from ft_data.hdf5 import PreparedDataset, PreparedWriter
+from ft_data.prepare import PrepareOptions, PrepareReport, PrepareResult, prepare_dataset
+from ft_data.readers import find_files, local_files, read_file, read_rows
+from ft_data.templates import ChatTemplate, available_templates, get_template
+from ft_data.tokenize import TokenizedExample, tokenize_conversations, tokenize_texts
+from ft_data.tokenizer import ModelTokenizer, load_tokenizer
+
+__all__ = [
+    "Batches",
+    "ChatTemplate",
+    "Conversation",
+    "DataError",
+    "Detection",
+    "Format",
+    "Message",
+    "ModelTokenizer",
+    "PrepareOptions",
+    "PrepareReport",
+    "PrepareResult",
+    "PreparedDataset",
+    "PreparedWriter",
+    "RowProblem",
+    "TokenizedExample",
+    "available_formats",
+    "available_templates",
+    "check_conversation",
+    "detect_format",
+    "find_files",
+    "get_format",
+    "get_template",
+    "load_tokenizer",
+    "local_files",
+    "prepare_dataset",
+    "read_file",
+    "read_rows",
+    "tokenize_conversations",
+    "tokenize_texts",
+]

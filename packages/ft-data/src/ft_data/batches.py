@@ -1,0 +1,202 @@
+"""Deterministic, seeded, resumable batches over a prepared dataset.
+
+Every batch is a dict of numpy arrays of shape ``(rows, length)``:
+
+- ``input_ids`` (int64) and ``labels`` (int64: the token where ``loss_mask`` is 1, else
+  -100; not shifted, as transformers models expect), ``loss_mask`` (uint8);
+- ``attention_mask`` (int64: 1 on tokens, 0 on padding);
+- ``position_ids`` (int64: restarting at 0 for each example in a row);
+- ``segment_ids`` (int64: 1..k for the k examples packed in a row, 0 on padding), so a
+  trainer can keep attention within each example.
+
+Modes: ``pad`` (one example per row, padded to the longest in the batch or to
+``max_seq_length``), ``pack`` (whole examples packed greedily into rows of
+``max_seq_length``), and ``chunk`` (for continued pretraining: the token stream, in which
+each text already ends with eos, cut into blocks of ``max_seq_length``).
+
+The order of epoch ``e`` is a pure function of ``(seed, e)``: a permutation drawn from
+``numpy.random.default_rng([seed, e])``. So ``iter_from(step)`` starts at any step without
+reading or replaying the batches before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+
+from ft_data.hdf5 import PreparedDataset
+
+Mode = Literal["pad", "pack", "chunk"]
+Batch = dict[str, np.ndarray]
+IGNORE_INDEX = -100
+
+
+class Batches:
+    """Batches of ``dataset`` in ``mode``; iterate it, or call ``iter_from(step)`` to resume."""
+
+    def __init__(
+        self,
+        dataset: PreparedDataset,
+        *,
+        batch_size: int,
+        max_seq_length: int,
+        mode: Mode = "pad",
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        pad_to: Literal["longest", "max"] = "longest",
+        pad_id: int | None = None,
+    ) -> None:
+        if batch_size < 1 or max_seq_length < 1:
+            raise ValueError("batch_size and max_seq_length must be at least 1")
+        if mode not in ("pad", "pack", "chunk"):
+            raise ValueError(f"unknown batching mode {mode!r}; modes: pad, pack, chunk")
+        self.dataset = dataset
+        self.batch_size, self.max_seq_length, self.mode = batch_size, max_seq_length, mode
+        self.seed, self.shuffle, self.drop_last, self.pad_to = seed, shuffle, drop_last, pad_to
+        default_pad = int(dataset.attrs.get("pad_token_id", -1))
+        self.pad_id = pad_id if pad_id is not None else max(default_pad, 0)
+        if (
+            mode != "chunk"
+            and len(dataset)
+            and (longest := int(dataset.lengths.max())) > max_seq_length
+        ):
+            where = int(np.argmax(dataset.lengths))
+            raise ValueError(
+                f"{dataset.path}: example {where} has {longest} tokens, more than max_seq_length {max_seq_length}; "
+                "prepare the dataset with max_length <= max_seq_length, or raise max_seq_length"
+            )
+        self._plans: dict[int, list[np.ndarray]] = {}
+        self._units = -(-dataset.num_tokens // max_seq_length) if mode == "chunk" else len(dataset)
+
+    # The plan: which examples (or blocks) go in which row of which batch ---------------------
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The order of examples (blocks, in chunk mode) in ``epoch``."""
+        if not self.shuffle:
+            return np.arange(self._units)
+        return np.random.default_rng([self.seed, epoch]).permutation(self._units)
+
+    def rows(self, epoch: int) -> list[np.ndarray]:
+        """Each row of ``epoch`` as the indices it holds, in batch order."""
+        if epoch not in self._plans:
+            if len(self._plans) >= 4:  # a few epochs' plans: resuming looks back, training forward
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[epoch] = self._plan(epoch)
+        return self._plans[epoch]
+
+    def _plan(self, epoch: int) -> list[np.ndarray]:
+        order = self.order(epoch)
+        if self.mode != "pack":
+            return [order[i : i + 1] for i in range(len(order))]
+        rows, current, used = [], [], 0
+        for index, length in zip(order.tolist(), self.dataset.lengths[order].tolist(), strict=True):
+            if used + length > self.max_seq_length and current:
+                rows.append(np.asarray(current))
+                current, used = [], 0
+            current.append(index)
+            used += length
+        if current:
+            rows.append(np.asarray(current))
+        return rows
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        """How many batches ``epoch`` has (the same for every epoch unless packing)."""
+        rows = len(self.rows(epoch)) if self.mode == "pack" else self._units
+        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+
+    def position(self, step: int) -> tuple[int, int]:
+        """``(epoch, batch index within the epoch)`` of global ``step`` (0-based)."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        if self.mode != "pack":
+            per_epoch = self.batches_in_epoch(0)
+            if per_epoch == 0:
+                raise ValueError(
+                    f"{self.dataset.path}: too few examples for one batch of {self.batch_size}"
+                )
+            return divmod(step, per_epoch)
+        epoch = 0
+        while step >= (count := self.batches_in_epoch(epoch)):
+            if count == 0:
+                raise ValueError(
+                    f"{self.dataset.path}: too few rows for one batch of {self.batch_size}"
+                )
+            step -= count
+            epoch += 1
+        return epoch, step
+
+    def steps(self, epochs: int) -> int:
+        """The number of batches in the first ``epochs`` epochs."""
+        return sum(self.batches_in_epoch(epoch) for epoch in range(epochs))
+
+    # Iteration --------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.iter_from(0)
+
+    def iter_from(self, step: int = 0, *, epochs: int | None = None) -> Iterator[Batch]:
+        """Batches from global ``step`` on, through epoch ``epochs - 1`` (forever if None).
+
+        ``iter_from(k)`` yields exactly what an uninterrupted iteration yields from its k-th
+        batch, without reading the earlier ones.
+        """
+        epoch, index = self.position(step)
+        while epochs is None or epoch < epochs:
+            for batch_index in range(index, self.batches_in_epoch(epoch)):
+                yield self.batch_at(epoch, batch_index)
+            epoch, index = epoch + 1, 0
+
+    def batch(self, step: int) -> Batch:
+        """The batch of global ``step``."""
+        return self.batch_at(*self.position(step))
+
+    def batch_at(self, epoch: int, index: int) -> Batch:
+        """Batch ``index`` of ``epoch``."""
+        rows = self.rows(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
+        pieces = [self._row(members) for members in rows]
+        width = (
+            self.max_seq_length
+            if self.mode != "pad" or self.pad_to == "max"
+            else max(len(p[0]) for p in pieces)
+        )
+        return _assemble(pieces, width, self.pad_id)
+
+    def _row(self, members: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(tokens, loss_mask, position_ids, segment_ids) of one row, unpadded."""
+        if self.mode == "chunk":
+            start = int(members[0]) * self.max_seq_length
+            tokens, mask = self.dataset.read_tokens(
+                start, min(start + self.max_seq_length, self.dataset.num_tokens)
+            )
+            return tokens, mask, np.arange(len(tokens)), np.ones(len(tokens), dtype=np.int64)
+        parts = [self.dataset[int(i)] for i in members]
+        tokens = np.concatenate([tokens for tokens, _ in parts])
+        mask = np.concatenate([mask for _, mask in parts])
+        positions = np.concatenate([np.arange(len(tokens)) for tokens, _ in parts])
+        segments = np.concatenate(
+            [np.full(len(tokens), k, dtype=np.int64) for k, (tokens, _) in enumerate(parts, 1)]
+        )
+        return tokens, mask, positions, segments
+
+
+def _assemble(pieces: list[tuple[np.ndarray, ...]], width: int, pad_id: int) -> Batch:
+    rows = len(pieces)
+    input_ids = np.full((rows, width), pad_id, dtype=np.int64)
+    loss_mask = np.zeros((rows, width), dtype=np.uint8)
+    position_ids = np.zeros((rows, width), dtype=np.int64)
+    segment_ids = np.zeros((rows, width), dtype=np.int64)
+    for row, (tokens, mask, positions, segments) in enumerate(pieces):
+        n = len(tokens)
+        input_ids[row, :n], loss_mask[row, :n] = tokens, mask
+        position_ids[row, :n], segment_ids[row, :n] = positions, segments
+    return {
+        "input_ids": input_ids,
+        "labels": np.where(loss_mask == 1, input_ids, IGNORE_INDEX),
+        "loss_mask": loss_mask,
+        "attention_mask": (segment_ids > 0).astype(np.int64),
+        "position_ids": position_ids,
+        "segment_ids": segment_ids,
+    }

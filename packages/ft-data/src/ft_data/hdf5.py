@@ -1,0 +1,194 @@
+"""The prepared dataset on disk: the protocol between ft-data and the trainers.
+
+One HDF5 file holds three flat datasets:
+
+- ``tokens`` (int32): every example's token ids, one after another;
+- ``loss_mask`` (uint8): 1 where the loss is computed, aligned with ``tokens``;
+- ``offsets`` (int64, n + 1): example ``i`` is ``tokens[offsets[i]:offsets[i + 1]]``;
+
+and attributes: ``format_version``, ``tokenizer_fingerprint`` (sha256 of tokenizer.json),
+``template_name``, ``template_sha256``, ``max_length`` (0: no limit), ``source_hash``,
+``cache_key``, ``eos_token_id``/``pad_token_id`` (-1: none) and ``stats`` (JSON).
+
+Files are written in chunks to resizable datasets (tokens are never all in memory), into a
+temporary file beside the target that is renamed into place once complete: a file under
+its final name is always whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+
+FORMAT_VERSION = 1
+_CHUNK = 1 << 16  # elements per HDF5 chunk: 256 KiB of tokens, a cheap unit to read at random
+
+
+class PreparedWriter:
+    """Append examples, then leave the ``with`` block to publish the file.
+
+    ``attrs`` are written as HDF5 attributes (dicts and lists as JSON). Leaving the block with an
+    exception deletes the temporary file and leaves any earlier file at ``path`` untouched.
+    """
+
+    def __init__(
+        self, path: str | Path, attrs: dict[str, Any], *, flush_tokens: int = 1 << 20
+    ) -> None:
+        self.path = Path(path)
+        self.attrs = dict(attrs)
+        self.flush_tokens = flush_tokens
+        self.temp_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        self._file: h5py.File | None = None
+        self._tokens: list[np.ndarray] = []
+        self._masks: list[np.ndarray] = []
+        self._ends: list[int] = []
+        self._buffered = 0
+        self.examples = 0
+        self.total_tokens = 0
+
+    def __enter__(self) -> PreparedWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = h5py.File(self.temp_path, "w")
+        for name, dtype in (("tokens", np.int32), ("loss_mask", np.uint8), ("offsets", np.int64)):
+            self._file.create_dataset(
+                name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(_CHUNK,)
+            )
+        self._file["offsets"].resize((1,))
+        self._file["offsets"][0] = 0
+        return self
+
+    def add(self, tokens: np.ndarray, loss_mask: np.ndarray) -> None:
+        """Append one example (equal lengths, at least one token)."""
+        if len(tokens) != len(loss_mask) or len(tokens) == 0:
+            raise ValueError(
+                f"an example needs as many mask values as tokens (>0), got {len(tokens)} and {len(loss_mask)}"
+            )
+        self._tokens.append(np.asarray(tokens, dtype=np.int32))
+        self._masks.append(np.asarray(loss_mask, dtype=np.uint8))
+        self.total_tokens += len(tokens)
+        self._ends.append(self.total_tokens)
+        self._buffered += len(tokens)
+        self.examples += 1
+        if self._buffered >= self.flush_tokens:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._ends or self._file is None:
+            return
+        for name, parts in (
+            ("tokens", self._tokens),
+            ("loss_mask", self._masks),
+            ("offsets", [np.asarray(self._ends, np.int64)]),
+        ):
+            data = np.concatenate(parts)
+            dataset = self._file[name]
+            start = dataset.shape[0]
+            dataset.resize((start + len(data),))
+            dataset[start:] = data
+        self._tokens, self._masks, self._ends, self._buffered = [], [], [], 0
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        assert self._file is not None
+        if error is not None:
+            self._file.close()
+            self.temp_path.unlink(missing_ok=True)
+            return
+        try:
+            self._flush()
+            for key, value in {**self.attrs, "format_version": FORMAT_VERSION}.items():
+                self._file.attrs[key] = (
+                    json.dumps(value) if isinstance(value, dict | list) else value
+                )
+            self._file.flush()
+            self._file.close()
+            with open(self.temp_path, "rb+") as handle:
+                os.fsync(handle.fileno())
+            self.temp_path.replace(self.path)
+        except BaseException:
+            self.temp_path.unlink(missing_ok=True)
+            raise
+
+
+class PreparedDataset:
+    """A prepared dataset opened for reading; examples are read lazily, chunk by chunk.
+
+    ``dataset[i]`` is ``(tokens, loss_mask)`` of example ``i`` as numpy arrays. Only the
+    offsets (8 bytes per example) are held in memory. Use as a context manager, or ``close()``.
+    """
+
+    def __init__(self, path: str | Path, *, cache_bytes: int = 16 << 20) -> None:
+        self.path = Path(path)
+        self._file = h5py.File(self.path, "r", rdcc_nbytes=cache_bytes)
+        missing = {"tokens", "loss_mask", "offsets"} - set(self._file)
+        if missing:
+            self._file.close()
+            raise ValueError(
+                f"{self.path}: not a prepared dataset (missing {', '.join(sorted(missing))})"
+            )
+        self._tokens = self._file["tokens"]
+        self._mask = self._file["loss_mask"]
+        self.offsets: np.ndarray = self._file["offsets"][:]
+        self.lengths: np.ndarray = np.diff(self.offsets)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The attributes, with ``stats`` decoded from JSON."""
+        attrs = {key: _plain(value) for key, value in self._file.attrs.items()}
+        if isinstance(attrs.get("stats"), str):
+            attrs["stats"] = json.loads(attrs["stats"])
+        return attrs
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"example {index} of {len(self)}")
+        index %= len(self)
+        start, end = int(self.offsets[index]), int(self.offsets[index + 1])
+        return self._tokens[start:end], self._mask[start:end]
+
+    def read_tokens(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens and mask of the flat range ``[start, end)``, across example boundaries."""
+        return self._tokens[start:end], self._mask[start:end]
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> PreparedDataset:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_attrs(path: str | Path) -> dict[str, Any] | None:
+    """The attributes of the prepared dataset at ``path``; None when absent or unreadable."""
+    try:
+        with PreparedDataset(path) as dataset:
+            return dataset.attrs
+    except (OSError, ValueError):
+        return None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

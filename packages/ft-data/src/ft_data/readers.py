@@ -1,0 +1,395 @@
+"""Streaming readers: every supported file becomes rows of ``(row_number, dict)``.
+
+A source is a file, a folder (read recursively, by extension), a glob, or an http(s) URL
+(downloaded to a temporary file first). Readers stream: JSON arrays are parsed element by
+element, JSONL and CSV line by line, Parquet in record batches, so memory stays bounded for
+multi-GB inputs. Row numbers are 1-based positions in the file (the n-th row, not the n-th
+line); errors name the file and the line (or row) a person can open in an editor.
+
+Broken UTF-8 is an error by default. ``on_bad_utf8="replace"`` puts U+FFFD in place of the
+bad bytes; ``"drop"`` leaves out the row that holds them (the whole file for text, Markdown
+and HTML) and tells ``on_skip`` (or warns) about it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import json
+import re
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from ft_data.errors import DataError
+from ft_data.json_stream import JsonStream
+
+Row = tuple[int, dict[str, Any]]
+BadUtf8 = Literal["error", "replace", "drop"]
+SkipHook = Callable[[Path, int, str], None]
+"""Called with (file, line or row, reason) for each row a reader leaves out."""
+
+READER_BY_SUFFIX: dict[str, str] = {
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".html": "html",
+    ".htm": "html",
+}
+_SUFFIX_BY_CONTENT_TYPE = {
+    "application/json": ".json",
+    "application/x-ndjson": ".jsonl",
+    "application/jsonl": ".jsonl",
+    "text/csv": ".csv",
+    "text/tab-separated-values": ".tsv",
+    "application/vnd.apache.parquet": ".parquet",
+    "text/plain": ".txt",
+    "text/markdown": ".md",
+    "text/html": ".html",
+}
+_CHUNK_CHARS = 1 << 20
+_PARQUET_BATCH_ROWS = 4096
+# Bytes that are not UTF-8 come back from the "surrogateescape" decoder as lone surrogates.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def read_rows(
+    source: str | Path,
+    *,
+    on_bad_utf8: BadUtf8 = "error",
+    on_skip: SkipHook | None = None,
+) -> Iterator[Row]:
+    """Yield every row of ``source`` (file, folder, glob or URL) as ``(row_number, dict)``.
+
+    Files of a folder or glob are read in sorted path order and row numbers continue from one
+    file to the next, so a number is unique within the source. Raises :class:`DataError` for
+    a missing source, an unknown extension, malformed JSON or broken UTF-8 (by default).
+    """
+    offset = 0
+    with local_files(source) as files:
+        for path in files:
+            number = 0
+            for number, row in read_file(path, on_bad_utf8=on_bad_utf8, on_skip=on_skip):
+                yield offset + number, row
+            offset += number
+
+
+def read_file(
+    path: str | Path,
+    *,
+    reader: str | None = None,
+    on_bad_utf8: BadUtf8 = "error",
+    on_skip: SkipHook | None = None,
+) -> Iterator[Row]:
+    """Yield the rows of one local file, chosen by ``reader`` or else by the file's extension.
+
+    Readers: json (a top-level array, or objects one after another), jsonl, csv, tsv, parquet,
+    text and markdown (the whole file as one ``{"text": ...}`` row), html (the page's main
+    text, extracted with trafilatura, as one ``{"text": ...}`` row).
+    """
+    path = Path(path)
+    kind = reader or reader_for(path)
+    skip = on_skip or _warn_skip
+    if kind == "json":
+        yield from _read_json(path, on_bad_utf8, skip)
+    elif kind == "jsonl":
+        yield from _read_jsonl(path, on_bad_utf8, skip)
+    elif kind in ("csv", "tsv"):
+        yield from _read_delimited(path, "," if kind == "csv" else "\t", on_bad_utf8, skip)
+    elif kind == "parquet":
+        yield from _read_parquet(path)
+    elif kind in ("text", "markdown", "html"):
+        text = _read_whole_text(path, on_bad_utf8, skip)
+        if text is not None:
+            yield 1, {"text": _main_text(path, text) if kind == "html" else text}
+    else:
+        raise DataError(f"unknown reader {kind!r}", file=path, hint=_readers_hint())
+
+
+def reader_for(path: Path) -> str:
+    """The reader name for ``path``'s extension; :class:`DataError` when there is none."""
+    kind = READER_BY_SUFFIX.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(
+            f"cannot tell how to read a {path.suffix or 'extensionless'} file",
+            file=path,
+            hint=_readers_hint(),
+        )
+    return kind
+
+
+def find_files(source: str | Path) -> list[Path]:
+    """The local files ``source`` names: itself, a folder's readable files (recursive), or a glob's.
+
+    Hidden files and folders (starting with ".") are skipped in folders. The list is sorted so
+    reading order, and everything hashed from it, is stable. Raises :class:`DataError` when
+    nothing matches.
+    """
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in READER_BY_SUFFIX
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+        if not files:
+            raise DataError("the folder holds no readable files", file=path, hint=_readers_hint())
+        return files
+    if any(ch in text for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())  # noqa: PTH207 (absolute patterns)
+        if not files:
+            raise DataError(f"the pattern {text!r} matches no files")
+        return files
+    raise DataError(
+        "no such file or folder", file=path, hint="check the path, or give a glob or an http(s) URL"
+    )
+
+
+@contextlib.contextmanager
+def local_files(source: str | Path) -> Iterator[list[Path]]:
+    """The local files of ``source``; an http(s) URL is downloaded to a temporary file that
+    lives for the ``with`` block."""
+    text = str(source)
+    if not text.startswith(("http://", "https://")):
+        yield find_files(source)
+        return
+    with tempfile.TemporaryDirectory(prefix="ft-data-") as folder:
+        yield [download(text, Path(folder))]
+
+
+def download(url: str, folder: Path) -> Path:
+    """Download ``url`` into ``folder`` with urllib and return the file's path.
+
+    The file keeps the URL's file name; when that has no known extension, one is taken from the
+    response's Content-Type so the right reader is used.
+    """
+    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "download"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            if Path(name).suffix.lower() not in READER_BY_SUFFIX:
+                content_type = response.headers.get_content_type()
+                name += _SUFFIX_BY_CONTENT_TYPE.get(content_type, "")
+            target = folder / name
+            with open(target, "wb") as out:
+                while block := response.read(1 << 20):
+                    out.write(block)
+    except urllib.error.HTTPError as error:
+        raise DataError(
+            f"download failed: HTTP {error.code} {error.reason}", file=url, hint="check the URL"
+        ) from error
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise DataError(
+            f"download failed: {reason}",
+            file=url,
+            hint="check the URL and the network, or download the file and give its path",
+        ) from error
+    return target
+
+
+# JSON arrays and concatenated JSON values -----------------------------------------------------
+
+
+def _read_json(path: Path, on_bad_utf8: BadUtf8, skip: SkipHook) -> Iterator[Row]:
+    with open(path, encoding="utf-8", errors="surrogateescape") as file:
+        stream = JsonStream(file, path, chunk_chars=_CHUNK_CHARS)
+        first = stream.peek()
+        if first == "[":
+            stream.expect("[", "at the start")
+            if stream.peek() == "]":
+                return
+            number, more = 0, True
+            while more:
+                number += 1
+                line, raw, value = stream.value()
+                row = _json_row(path, line, number, raw, value, on_bad_utf8, skip)
+                if row is not None:
+                    yield number, row
+                more = stream.expect(",]", "after an array element") == ","
+        elif first == "{":
+            number = 0
+            while stream.peek():
+                number += 1
+                line, raw, value = stream.value()
+                row = _json_row(path, line, number, raw, value, on_bad_utf8, skip)
+                if row is not None:
+                    yield number, row
+        elif first:
+            raise DataError(
+                f"expected a JSON array of objects, found {first!r}", file=path, line=stream.line
+            )
+
+
+def _json_row(
+    path: Path, line: int, number: int, raw: str, value: Any, on_bad_utf8: BadUtf8, skip: SkipHook
+) -> dict[str, Any] | None:
+    bad = _ESCAPED_BYTE.search(raw)
+    if bad:
+        where = line + raw.count("\n", 0, bad.start())
+        if on_bad_utf8 == "drop":
+            skip(path, where, "invalid UTF-8")
+            return None
+        if on_bad_utf8 == "error":
+            raise _utf8_error(path, where)
+        value = json.loads(raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+    if not isinstance(value, dict):
+        raise DataError(
+            f"row {number} is a JSON {type(value).__name__}, expected an object with named fields",
+            file=path,
+            line=line,
+        )
+    return value
+
+
+def _read_jsonl(path: Path, on_bad_utf8: BadUtf8, skip: SkipHook) -> Iterator[Row]:
+    number = 0
+    with open(path, "rb") as file:
+        for line, data in enumerate(file, 1):
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                if on_bad_utf8 == "error":
+                    raise _utf8_error(path, line) from None
+                if on_bad_utf8 == "drop":
+                    skip(path, line, "invalid UTF-8")
+                    continue
+                text = data.decode("utf-8", "replace")
+            if not text.strip():
+                continue
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise DataError(
+                    f"not valid JSON: {error.msg} (column {error.colno})",
+                    file=path,
+                    line=line,
+                    hint="each line of a JSON Lines file must hold one complete JSON object",
+                ) from None
+            if not isinstance(value, dict):
+                raise DataError(
+                    f"the line holds a JSON {type(value).__name__}, expected an object with named fields",
+                    file=path,
+                    line=line,
+                )
+            number += 1
+            yield number, value
+
+
+# CSV, TSV, Parquet, whole-file text -------------------------------------------------------------
+
+
+def _read_delimited(
+    path: Path, delimiter: str, on_bad_utf8: BadUtf8, skip: SkipHook
+) -> Iterator[Row]:
+    csv.field_size_limit(2**31 - 1)  # long documents in one cell are normal for training data
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
+        records = csv.reader(file, delimiter=delimiter)
+        header = next(records, None)
+        if header is None:
+            return
+        if any(_ESCAPED_BYTE.search(name) for name in header) and on_bad_utf8 != "replace":
+            raise _utf8_error(path, 1)
+        header = [_replace_escaped(name) for name in header]
+        number, line = 0, records.line_num
+        for fields in records:
+            start, line = line + 1, records.line_num
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                raise DataError(
+                    f"the record has {len(fields)} fields, the header has {len(header)}",
+                    file=path,
+                    line=start,
+                    hint="quote fields that hold the delimiter or line breaks",
+                )
+            if any(_ESCAPED_BYTE.search(field) for field in fields):
+                if on_bad_utf8 == "error":
+                    raise _utf8_error(path, start)
+                if on_bad_utf8 == "drop":
+                    skip(path, start, "invalid UTF-8")
+                    continue
+                fields = [_replace_escaped(field) for field in fields]
+            number += 1
+            yield number, dict(zip(header, fields, strict=True))
+
+
+def _read_parquet(path: Path) -> Iterator[Row]:
+    import polars as pl
+
+    number = 0
+    try:
+        frame = pl.scan_parquet(path)
+        batches = frame.collect_batches(chunk_size=_PARQUET_BATCH_ROWS)
+        for batch in batches:
+            for row in batch.iter_rows(named=True):
+                number += 1
+                yield number, row
+    except pl.exceptions.PolarsError as error:
+        raise DataError(
+            f"cannot read the Parquet file: {error}", file=path, row=number + 1 if number else None
+        ) from error
+
+
+def _read_whole_text(path: Path, on_bad_utf8: BadUtf8, skip: SkipHook) -> str | None:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        if on_bad_utf8 == "error":
+            raise _utf8_error(path, line) from None
+        if on_bad_utf8 == "drop":
+            skip(path, line, "invalid UTF-8 (the whole file is one row)")
+            return None
+        return data.decode("utf-8-sig", "replace")
+
+
+def _main_text(path: Path, html: str) -> str:
+    import trafilatura
+
+    text = trafilatura.extract(html, include_comments=False, include_tables=True)
+    if not text:
+        raise DataError(
+            "found no main text in the HTML page",
+            file=path,
+            hint="save the page's text as .txt or .md instead",
+        )
+    return text
+
+
+def _replace_escaped(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _utf8_error(path: Path, line: int) -> DataError:
+    return DataError(
+        "the text is not valid UTF-8",
+        file=path,
+        line=line,
+        hint="re-save the file as UTF-8, or read it with on_bad_utf8='replace' or 'drop'",
+    )
+
+
+def _warn_skip(path: Path, line: int, reason: str) -> None:
+    warnings.warn(f"{path}, line {line}: left out ({reason})", stacklevel=3)
+
+
+def _readers_hint() -> str:
+    return "readable extensions: " + ", ".join(sorted(READER_BY_SUFFIX))
