@@ -1,0 +1,193 @@
+"""A run folder: everything one training run produced, readable without ft's database.
+
+```
+runs/20261125-203015-smollm2-135m-lora/
+  config.yml        the resolved config (profile, file and --set merged)
+  run.json          id, config commit, model and data it used, versions, host
+  metrics.jsonl     one event per line (step, eval, checkpoint, ...)
+  checkpoints/      step-00000100/ ... (complete or absent: see ft_models.checkpoint)
+  best.json         which checkpoint is the best, and its validation loss
+  adapter/          the final adapter in PEFT's layout (or the full model)
+  tensorboard/      TensorBoard event files
+  exports/          what `ft export` wrote
+```
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import subprocess
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ft_config import TrainConfig, atomic_write_text, dump_config
+
+
+def new_run_id(config: TrainConfig, runs_dir: Path, *, now: datetime | None = None) -> str:
+    """`20261125-203015-smollm2-135m-lora`, or `output.run_name`; a suffix keeps it unique."""
+    if config.output.run_name:
+        base = config.output.run_name
+    else:
+        stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+        model = (
+            re.sub(r"[^A-Za-z0-9.]+", "-", Path(config.model.name.split("@")[0]).name)
+            .strip("-")
+            .lower()
+        )
+        base = f"{stamp}-{model}-{config.method.name}"
+    candidate, n = base, 2
+    while (runs_dir / candidate).exists():
+        candidate, n = f"{base}-{n}", n + 1
+    return candidate
+
+
+def git_commit_of(path: Path) -> tuple[str | None, bool]:
+    """The commit of the repository holding `path`, and whether `path` differs from it."""
+    folder = path.parent if path.is_file() or not path.exists() else path
+    head = subprocess.run(
+        ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    if head.returncode != 0:
+        return None, False
+    status = subprocess.run(
+        ["git", "-C", str(folder), "status", "--porcelain", "--", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return head.stdout.strip(), bool(status.stdout.strip())
+
+
+def ft_versions() -> dict[str, str]:
+    """Versions of ft's packages and the libraries that decide numerics."""
+    names = [
+        "ft-config",
+        "ft-data",
+        "ft-models",
+        "ft-runs",
+        "ft-train-torch",
+        "ft-train-mlx",
+        "torch",
+        "transformers",
+        "peft",
+        "mlx",
+        "mlx-lm",
+    ]
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+@attrs.frozen
+class RunFolder:
+    """Paths inside a run folder, and the few writes that go there directly."""
+
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yml"
+
+    @property
+    def info_file(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def best_file(self) -> Path:
+        return self.path / "best.json"
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def exports(self) -> Path:
+        return self.path / "exports"
+
+    def create(self, config: TrainConfig, info: dict[str, Any]) -> RunFolder:
+        """Make the folder with its config snapshot and run.json (fails if it exists)."""
+        self.path.mkdir(parents=True)
+        self.checkpoints.mkdir()
+        atomic_write_text(self.config_file, dump_config(config))
+        info = {
+            "id": self.id,
+            "created": datetime.now(UTC).isoformat(),
+            "host": platform.node(),
+            "python": platform.python_version(),
+            "versions": ft_versions(),
+            **info,
+        }
+        atomic_write_text(self.info_file, json.dumps(info, indent=2, default=str) + "\n")
+        return self
+
+    def info(self) -> dict[str, Any]:
+        return json.loads(self.info_file.read_text(encoding="utf-8"))
+
+    def update_info(self, **fields: Any) -> None:
+        atomic_write_text(
+            self.info_file, json.dumps({**self.info(), **fields}, indent=2, default=str) + "\n"
+        )
+
+    def append_event(self, event: dict[str, Any]) -> None:
+        """Append one event as a JSON line (flushed, so a crash loses at most the line being written)."""
+        with self.metrics_file.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(event, default=str) + "\n")
+            f.flush()
+
+    def events(self, type: str | None = None) -> list[dict[str, Any]]:
+        """The events recorded so far; a torn last line (from a kill) is ignored."""
+        if not self.metrics_file.exists():
+            return []
+        found = []
+        for line in self.metrics_file.read_text(encoding="utf-8").splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if type is None or event.get("type") == type:
+                found.append(event)
+        return found
+
+    def set_best(self, step: int, checkpoint: Path, eval_loss: float | None) -> None:
+        atomic_write_text(
+            self.best_file,
+            json.dumps(
+                {
+                    "step": step,
+                    "checkpoint": str(checkpoint.relative_to(self.path)),
+                    "eval_loss": eval_loss,
+                }
+            )
+            + "\n",
+        )
+
+    def best(self) -> dict[str, Any] | None:
+        if not self.best_file.exists():
+            return None
+        return json.loads(self.best_file.read_text(encoding="utf-8"))

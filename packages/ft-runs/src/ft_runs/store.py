@@ -1,0 +1,448 @@
+"""The job store: runs, their metrics, checkpoints, datasets and models, in SQLite.
+
+One database per user (`app_paths().database`), in WAL mode so `ft runs list` can read while a
+training process writes, with a busy timeout so two writers wait for each other instead of
+failing. The schema is versioned with `PRAGMA user_version` and migrated forward on open. A run
+whose process died is noticed by its stale heartbeat and marked `interrupted`, never left
+`running` forever. Secrets are never stored here (configs are stored as train.yml holds them,
+and train.yml cannot hold secrets).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ft_config import app_paths
+
+BUSY_TIMEOUT_MS = 10_000
+HEARTBEAT_S = 10.0
+STALE_AFTER_S = 60.0
+ACTIVE = ("queued", "running")
+FINISHED = ("completed", "failed", "interrupted", "stopped")
+
+# Each entry migrates the schema from version i to i + 1. Append only; never edit a shipped one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        run_dir TEXT NOT NULL,
+        project_dir TEXT,
+        config_path TEXT,
+        config_commit TEXT,
+        config_json TEXT NOT NULL,
+        model TEXT NOT NULL,
+        method TEXT NOT NULL,
+        backend TEXT,
+        status TEXT NOT NULL,
+        reason TEXT,
+        error TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        ended_at REAL,
+        heartbeat_at REAL,
+        pid INTEGER,
+        host TEXT,
+        step INTEGER NOT NULL DEFAULT 0,
+        total_steps INTEGER,
+        best_eval_loss REAL,
+        best_checkpoint TEXT,
+        adapter_path TEXT
+    );
+    CREATE INDEX runs_status ON runs(status);
+    CREATE TABLE metrics (
+        run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        step INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        time REAL NOT NULL,
+        values_json TEXT NOT NULL
+    );
+    CREATE INDEX metrics_run ON metrics(run_id, kind, step);
+    CREATE TABLE checkpoints (
+        run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        step INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        is_best INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (run_id, step)
+    );
+    CREATE TABLE datasets (
+        key TEXT PRIMARY KEY,
+        path TEXT NOT NULL,
+        source TEXT NOT NULL,
+        format TEXT,
+        rows INTEGER,
+        tokens INTEGER,
+        created_at REAL NOT NULL,
+        last_used_at REAL NOT NULL
+    );
+    CREATE TABLE models (
+        name TEXT PRIMARY KEY,
+        path TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        repo_id TEXT,
+        revision TEXT,
+        resolved_at REAL NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@attrs.frozen
+class RunRecord:
+    """One row of the runs table."""
+
+    id: str
+    run_dir: str
+    project_dir: str | None
+    config_path: str | None
+    config_commit: str | None
+    config_json: str
+    model: str
+    method: str
+    backend: str | None
+    status: str
+    reason: str | None
+    error: str | None
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    heartbeat_at: float | None
+    pid: int | None
+    host: str | None
+    step: int
+    total_steps: int | None
+    best_eval_loss: float | None
+    best_checkpoint: str | None
+    adapter_path: str | None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads(self.config_json)
+
+
+class RunNotFound(LookupError):
+    """No run with that id (or prefix)."""
+
+
+class JobStore:
+    """The SQLite job store. Safe to use from several threads and processes."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else app_paths().database
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._connect() as db:
+            self._migrate(db)
+
+    # --- connections ----------------------------------------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA foreign_keys = ON")
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A transaction: committed on success, rolled back on error."""
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} was written by a newer ft (schema {version}, this ft knows {SCHEMA_VERSION}): "
+                "upgrade ft"
+            )
+        for index in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[index].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {index + 1}")
+
+    def schema_version(self) -> int:
+        return int(self._connection().execute("PRAGMA user_version").fetchone()[0])
+
+    # --- runs -----------------------------------------------------------------------------
+    def create_run(
+        self,
+        run_id: str,
+        *,
+        run_dir: Path,
+        config: Mapping[str, Any],
+        model: str,
+        method: str,
+        project_dir: Path | None = None,
+        config_path: Path | None = None,
+        config_commit: str | None = None,
+        backend: str | None = None,
+    ) -> RunRecord:
+        """Record a new run as `queued`."""
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO runs (id, run_dir, project_dir, config_path, config_commit, config_json, model,"
+                " method, backend, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+                (
+                    run_id,
+                    str(run_dir),
+                    str(project_dir) if project_dir else None,
+                    str(config_path) if config_path else None,
+                    config_commit,
+                    json.dumps(config),
+                    model,
+                    method,
+                    backend,
+                    time.time(),
+                ),
+            )
+        return self.get_run(run_id)
+
+    def start_run(
+        self, run_id: str, *, total_steps: int | None = None, backend: str | None = None
+    ) -> None:
+        """Mark a run `running` by this process."""
+        now = time.time()
+        with self._connect() as db:
+            db.execute(
+                "UPDATE runs SET status='running', started_at=COALESCE(started_at, ?), heartbeat_at=?, pid=?, host=?,"
+                " total_steps=COALESCE(?, total_steps), backend=COALESCE(?, backend), reason=NULL, error=NULL,"
+                " ended_at=NULL WHERE id=?",
+                (now, now, os.getpid(), socket.gethostname(), total_steps, backend, run_id),
+            )
+
+    def heartbeat(self, run_id: str, *, step: int | None = None) -> None:
+        with self._connect() as db:
+            db.execute(
+                "UPDATE runs SET heartbeat_at=?, step=COALESCE(?, step) WHERE id=?",
+                (time.time(), step, run_id),
+            )
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        """Set columns of a run (names checked against the schema)."""
+        allowed = {f.name for f in attrs.fields(RunRecord)} - {"id", "created_at"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown run fields: {', '.join(sorted(unknown))}")
+        if not fields:
+            return
+        assignments = ", ".join(f"{name}=?" for name in fields)
+        with self._connect() as db:
+            db.execute(f"UPDATE runs SET {assignments} WHERE id=?", (*fields.values(), run_id))
+
+    def finish_run(
+        self, run_id: str, status: str, *, reason: str | None = None, error: str | None = None
+    ) -> None:
+        if status not in FINISHED:
+            raise ValueError(f"status must be one of {', '.join(FINISHED)}")
+        self.update_run(run_id, status=status, reason=reason, error=error, ended_at=time.time())
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """A run by id, or by a unique prefix of its id."""
+        db = self._connection()
+        row = db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            rows = db.execute(
+                "SELECT * FROM runs WHERE id LIKE ? ESCAPE '\\'", (_like_prefix(run_id),)
+            ).fetchall()
+            if len(rows) > 1:
+                raise RunNotFound(
+                    f"{run_id!r} matches {len(rows)} runs: {', '.join(r['id'] for r in rows[:5])}"
+                )
+            row = rows[0] if rows else None
+        if row is None:
+            raise RunNotFound(f"no run {run_id!r}; `ft runs list` shows the runs")
+        return RunRecord(**dict(row))
+
+    def list_runs(self, *, status: str | None = None, limit: int | None = None) -> list[RunRecord]:
+        """Runs, newest first (after marking dead ones interrupted)."""
+        self.mark_stale_runs()
+        query = "SELECT * FROM runs"
+        params: list[Any] = []
+        if status:
+            query += " WHERE status=?"
+            params.append(status)
+        query += " ORDER BY created_at DESC"
+        if limit:
+            query += " LIMIT ?"
+            params.append(limit)
+        return [RunRecord(**dict(r)) for r in self._connection().execute(query, params).fetchall()]
+
+    def mark_stale_runs(self, *, stale_after_s: float = STALE_AFTER_S) -> list[str]:
+        """Mark `running` runs whose process is gone as `interrupted`. A run is gone when its
+        heartbeat is older than `stale_after_s`, or when it ran on this host and its pid no longer
+        exists. Returns the ids marked."""
+        now = time.time()
+        host = socket.gethostname()
+        marked = []
+        for row in self._connection().execute(
+            "SELECT id, heartbeat_at, pid, host FROM runs WHERE status='running'"
+        ):
+            dead_pid = row["host"] == host and row["pid"] is not None and not _pid_alive(row["pid"])
+            stale = row["heartbeat_at"] is None or now - row["heartbeat_at"] > stale_after_s
+            if dead_pid or stale:
+                marked.append(row["id"])
+        for run_id in marked:
+            why = "the training process stopped without reporting (killed or crashed)"
+            self.update_run(
+                run_id, status="interrupted", reason="process died", error=why, ended_at=now
+            )
+        return marked
+
+    def delete_run(self, run_id: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM runs WHERE id=?", (run_id,))
+
+    # --- metrics and checkpoints ----------------------------------------------------------
+    def add_metrics(self, run_id: str, kind: str, step: int, values: Mapping[str, Any]) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO metrics (run_id, step, kind, time, values_json) VALUES (?, ?, ?, ?, ?)",
+                (run_id, step, kind, time.time(), json.dumps(dict(values))),
+            )
+
+    def metrics(self, run_id: str, kind: str | None = None) -> list[dict[str, Any]]:
+        """Metric rows of a run, in step order: dicts with `step`, `kind`, `time` and the values."""
+        query = "SELECT step, kind, time, values_json FROM metrics WHERE run_id=?"
+        params: list[Any] = [run_id]
+        if kind:
+            query += " AND kind=?"
+            params.append(kind)
+        rows = self._connection().execute(query + " ORDER BY step, rowid", params).fetchall()
+        return [
+            {
+                "step": r["step"],
+                "kind": r["kind"],
+                "time": r["time"],
+                **json.loads(r["values_json"]),
+            }
+            for r in rows
+        ]
+
+    def add_checkpoint(self, run_id: str, step: int, path: Path, *, is_best: bool = False) -> None:
+        with self._connect() as db:
+            if is_best:
+                db.execute("UPDATE checkpoints SET is_best=0 WHERE run_id=?", (run_id,))
+            db.execute(
+                "INSERT OR REPLACE INTO checkpoints (run_id, step, path, is_best, created_at) VALUES (?, ?, ?, ?, ?)",
+                (run_id, step, str(path), int(is_best), time.time()),
+            )
+
+    def checkpoints(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self._connection().execute(
+            "SELECT step, path, is_best, created_at FROM checkpoints WHERE run_id=? ORDER BY step",
+            (run_id,),
+        )
+        return [dict(r) for r in rows]
+
+    # --- datasets and models --------------------------------------------------------------
+    def record_dataset(
+        self,
+        key: str,
+        *,
+        path: Path,
+        source: str,
+        format: str | None,
+        rows: int | None,
+        tokens: int | None,
+    ) -> None:
+        now = time.time()
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO datasets (key, path, source, format, rows, tokens, created_at, last_used_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET last_used_at=excluded.last_used_at,"
+                " path=excluded.path",
+                (key, str(path), source, format, rows, tokens, now, now),
+            )
+
+    def record_model(
+        self, name: str, *, path: Path, kind: str, repo_id: str | None, revision: str | None
+    ) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO models (name, path, kind, repo_id, revision, resolved_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (name, str(path), kind, repo_id, revision, time.time()),
+            )
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return [
+            dict(r)
+            for r in self._connection().execute("SELECT * FROM datasets ORDER BY last_used_at DESC")
+        ]
+
+    def models(self) -> list[dict[str, Any]]:
+        return [
+            dict(r)
+            for r in self._connection().execute("SELECT * FROM models ORDER BY resolved_at DESC")
+        ]
+
+
+class Heartbeat:
+    """A daemon thread that tells the store a run is alive, every `interval` seconds."""
+
+    def __init__(self, store_path: Path, run_id: str, interval: float = HEARTBEAT_S) -> None:
+        self._store_path, self._run_id, self._interval = store_path, run_id, interval
+        self._stop = threading.Event()
+        self.step: int | None = None
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        store = JobStore(
+            self._store_path
+        )  # its own connection: sqlite3 objects stay in their thread
+        try:
+            while not self._stop.wait(self._interval):
+                store.heartbeat(self._run_id, step=self.step)
+        finally:
+            store.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

@@ -1,0 +1,47 @@
+"""Finding trainers: the `ft.trainers` entry point group (ft's own backends are registered the
+same way a third party's would be)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from importlib import metadata
+
+from ft_runs.protocols import Trainer
+
+GROUP = "ft.trainers"
+INSTALL_HINT = {
+    "torch": 'pip install ft-train-torch   (or: pip install "ft-cli[torch]")',
+    "mlx": 'pip install ft-train-mlx     (Apple Silicon; on Linux it uses "mlx[cpu]")',
+}
+log = logging.getLogger(__name__)
+
+
+class TrainerNotAvailable(LookupError):
+    """The backend asked for is not installed or failed to load."""
+
+
+@functools.lru_cache(maxsize=1)
+def trainer_entry_points() -> dict[str, metadata.EntryPoint]:
+    """Installed trainers by backend name (discovered once per process)."""
+    return {ep.name: ep for ep in metadata.entry_points(group=GROUP)}
+
+
+def get_trainer(backend: str) -> Trainer:
+    """An instance of the trainer for `backend` (`torch`, `mlx`, or a plugin's name)."""
+    ep = trainer_entry_points().get(backend)
+    if ep is None:
+        installed = ", ".join(sorted(trainer_entry_points())) or "none"
+        hint = INSTALL_HINT.get(
+            backend, f"install the package that provides the {backend!r} trainer"
+        )
+        raise TrainerNotAvailable(
+            f"no {backend!r} trainer is installed (installed: {installed}); {hint}"
+        )
+    try:
+        trainer = ep.load()()
+    except ImportError as exc:
+        raise TrainerNotAvailable(f"the {backend!r} trainer failed to load: {exc}") from exc
+    if not isinstance(trainer, Trainer):
+        raise TrainerNotAvailable(f"{ep.value} does not implement ft_runs.protocols.Trainer")
+    return trainer
