@@ -1,0 +1,1 @@
+"""ft-train-torch: the PyTorch trainer."""
