@@ -2,13 +2,15 @@
 
 ``prepare_dataset(source, tokenizer, output)`` is the one entry point. It reuses ``output``
 when its cache key matches (the same source bytes, tokenizer, template and options) and
-rebuilds it otherwise. Rows that cannot be used are never dropped silently: each one is
-counted in the report, with its file, row number and reason, and the report is stored in
-the file's ``stats`` attribute.
+rebuilds it otherwise; ``output`` may also be a function of the cache key, which is how the
+content-addressed cache (``ft_data.cache``) names its files. Rows that cannot be used are
+never dropped silently: each one is counted in the report, with its file, row number and
+reason, and the report is stored in the file's ``stats`` attribute.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -18,18 +20,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ft_data.conversation import Conversation, check_conversation
+from ft_data.conversation import Conversation, Message, check_conversation
 from ft_data.errors import DataError, RowProblem
 from ft_data.formats import Format, detect_format, get_format
 from ft_data.hdf5 import PreparedWriter, read_attrs
 from ft_data.readers import BadUtf8, local_files, read_file
 from ft_data.templates import ChatTemplate, get_template
-from ft_data.tokenize import TokenizedExample, TrainOn, tokenize_conversations, tokenize_texts
+from ft_data.tokenize import (
+    TokenizedExample,
+    TrainOn,
+    char_limit,
+    tokenize_conversations,
+    tokenize_texts,
+)
 from ft_data.tokenizer import ModelTokenizer, load_tokenizer
 
 # Bump when a change here would tokenize the same input differently, so old caches rebuild.
 PIPELINE_VERSION = 1
-KEPT_ISSUES = 1000  # issues listed one by one in the report; all are counted
+KEPT_ISSUES = 1000  # issues of each kind listed one by one in the report; all are counted
 
 
 @dataclass(frozen=True)
@@ -45,12 +53,14 @@ class PrepareOptions:
     train_on: TrainOn = "assistant"
     on_bad_utf8: BadUtf8 = "error"
     detect_rows: int = 1000
+    system_prompt: str | None = None  # added first to every chat conversation that has none
+    dedup: Literal["none", "exact"] = "none"  # "exact": leave out repeats of a conversation
 
 
 @dataclass(frozen=True)
 class RowIssue:
     """Why one row was left out (or truncated): ``kind`` is one of ``invalid``,
-    ``too_long``, ``truncated``, ``no_trained_tokens``, ``bad_utf8``."""
+    ``too_long``, ``truncated``, ``no_trained_tokens``, ``bad_utf8``, ``duplicate``."""
 
     kind: str
     file: str
@@ -75,7 +85,7 @@ class PrepareReport:
 
     def add_issue(self, kind: str, file: str | Path, row: int, reason: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
-        if len(self.issues) < KEPT_ISSUES:
+        if self.counts[kind] <= KEPT_ISSUES:  # per kind, so a flood of one hides no other
             self.issues.append(RowIssue(kind, str(file), row, reason))
 
     @property
@@ -115,7 +125,7 @@ class PrepareResult:
 def prepare_dataset(
     source: str | Path,
     tokenizer: ModelTokenizer | str | Path,
-    output: str | Path,
+    output: str | Path | Callable[[str], Path],
     options: PrepareOptions | None = None,
     *,
     rebuild: bool = False,
@@ -124,13 +134,13 @@ def prepare_dataset(
 ) -> PrepareResult:
     """Prepare ``source`` (file, folder, glob or URL) into the HDF5 file ``output``.
 
-    Reuses ``output`` when its cache key matches, unless ``rebuild``. Raises
+    ``output`` is a path, or a function from the cache key (64 hex digits) to a path. Reuses
+    the file when its cache key matches, unless ``rebuild``. Raises
     :class:`DataError` for unreadable data, an undetectable format, and, as the options say,
     invalid rows or over-long examples; ``progress`` is called with the rows read so far.
     """
     options = options or PrepareOptions()
     tok = tokenizer if isinstance(tokenizer, ModelTokenizer) else load_tokenizer(tokenizer)
-    output = Path(output)
     with local_files(source) as files:
         fmt, reason = _choose_format(source, files, options)
         template = (
@@ -140,6 +150,7 @@ def prepare_dataset(
         )
         source_hash = hash_source(source, files, fmt.name, options)
         key = _cache_key(source_hash, tok, template, options)
+        output = Path(output(key) if callable(output) else output)
         if not rebuild and (old := read_attrs(output)) is not None and old.get("cache_key") == key:
             return PrepareResult(output, True, PrepareReport.from_dict(old["stats"]))
         report = PrepareReport(fmt.name, reason, template.name if template else None)
@@ -223,12 +234,22 @@ def _choose_format(
 Located = tuple[str, int]  # (file, row)
 
 
+def add_system_prompt(conversation: Conversation, prompt: str | None) -> Conversation:
+    """``conversation`` with ``prompt`` as its first message when it has no system message."""
+    messages = conversation.messages
+    if not prompt or (messages and messages[0].role == "system"):
+        return conversation
+    return dataclasses.replace(conversation, messages=[Message("system", prompt), *messages])
+
+
 def _conversations(
     files: list[Path], fmt: Format, options: PrepareOptions, report: PrepareReport
 ) -> Iterator[tuple[Located, Conversation]]:
     def skipped(file: Path, line: int, reason: str) -> None:
         report.add_issue("bad_utf8", file, line, f"{reason} (line {line})")
 
+    # 8-byte digests of the conversations seen: about 60 bytes a row, enough for many millions.
+    seen: set[int] | None = set() if options.dedup == "exact" else None
     for file in files:
         for row_number, row in read_file(file, on_bad_utf8=options.on_bad_utf8, on_skip=skipped):
             report.rows_read += 1
@@ -236,6 +257,7 @@ def _conversations(
                 conversation = fmt.to_conversation(row)
                 if fmt.kind == "chat":
                     check_conversation(conversation)
+                    conversation = add_system_prompt(conversation, options.system_prompt)
             except RowProblem as problem:
                 if options.on_invalid == "error":
                     raise problem.at(
@@ -245,7 +267,29 @@ def _conversations(
                     ) from None
                 report.add_issue("invalid", file, row_number, str(problem))
                 continue
+            if seen is not None:
+                digest = _digest(conversation)
+                if digest in seen:
+                    report.add_issue(
+                        "duplicate", file, row_number, "the same conversation as an earlier row"
+                    )
+                    continue
+                seen.add(digest)
             yield (str(file), row_number), conversation
+
+
+def _digest(conversation: Conversation) -> int:
+    """A 64-bit hash of everything in the conversation that reaches the model."""
+    digest = hashlib.blake2b(digest_size=8)
+    for message in conversation.messages:
+        digest.update(f"{message.role}\0{message.name or ''}\0{message.content}\x1e".encode())
+        if message.tool_calls:
+            digest.update(json.dumps(message.tool_calls, sort_keys=True, default=str).encode())
+    if conversation.tools:
+        digest.update(json.dumps(conversation.tools, sort_keys=True, default=str).encode())
+    if conversation.label is not None:
+        digest.update(f"\x1flabel\0{conversation.label}".encode())
+    return int.from_bytes(digest.digest(), "little")
 
 
 def _tokenize(
@@ -258,34 +302,43 @@ def _tokenize(
 ) -> list[tuple[Located, TokenizedExample]]:
     where = [located for located, _ in chunk]
     conversations = [conversation for _, conversation in chunk]
-    if template is None:
-        return list(zip(where, tokenize_texts([c.text for c in conversations], tok), strict=True))
     try:
-        return list(
-            zip(
-                where,
-                tokenize_conversations(conversations, template, tok, train_on=options.train_on),
-                strict=True,
-            )
-        )
+        return list(zip(where, _encode(conversations, template, tok, options), strict=True))
     except RowProblem:
         pass  # one of them failed: go one by one to find it (rare, so the batch path stays fast)
     done = []
     for (file, row), conversation in chunk:
         try:
-            done.append(
-                (
-                    (file, row),
-                    tokenize_conversations(
-                        [conversation], template, tok, train_on=options.train_on
-                    )[0],
-                )
-            )
+            done.append(((file, row), _encode([conversation], template, tok, options)[0]))
         except RowProblem as problem:
             if options.on_invalid == "error":
                 raise problem.at(file=file, row=row) from None
             report.add_issue("invalid", file, row, str(problem))
     return done
+
+
+def _encode(
+    conversations: list[Conversation],
+    template: ChatTemplate | None,
+    tok: ModelTokenizer,
+    options: PrepareOptions,
+    *,
+    cut: bool = True,
+) -> list[TokenizedExample]:
+    # Texts far longer than max_length are cut before tokenizing: tokenizing a 100 MB row
+    # whole takes gigabytes, and all but its first max_length tokens are left out anyway.
+    max_chars = char_limit(tok, options.max_length) if cut and options.max_length else None
+    if template is None:
+        examples = tokenize_texts([c.text for c in conversations], tok, max_chars=max_chars)
+    else:
+        examples = tokenize_conversations(
+            conversations, template, tok, train_on=options.train_on, max_chars=max_chars
+        )
+    for index, example in enumerate(examples):
+        if example.uncut_chars and len(example) <= (options.max_length or 0):
+            # The bound did not hold (a normalizer shortened the text): tokenize it whole.
+            examples[index] = _encode([conversations[index]], template, tok, options, cut=False)[0]
+    return examples
 
 
 def _write(
@@ -299,17 +352,27 @@ def _write(
     tokens, mask = example.tokens, example.loss_mask
     limit = options.max_length
     if limit and len(tokens) > limit:
+        # A text cut before tokenizing was not counted whole: give its length in characters.
+        chars = f"{example.uncut_chars:,} characters" if example.uncut_chars else None
         if options.on_too_long == "error":
             raise DataError(
-                f"the example has {len(tokens)} tokens, more than max_length {limit}",
+                f"the example has {chars}, far more than max_length {limit} tokens"
+                if chars
+                else f"the example has {len(tokens)} tokens, more than max_length {limit}",
                 file=file,
                 row=row,
                 hint="raise max_length, or set on_too_long to 'truncate' or 'drop'",
             )
         if options.on_too_long == "drop":
-            report.add_issue("too_long", file, row, f"{len(tokens)} tokens > max_length {limit}")
+            reason = (
+                f"{chars}, far more than max_length {limit} tokens"
+                if chars
+                else f"{len(tokens)} tokens > max_length {limit}"
+            )
+            report.add_issue("too_long", file, row, reason)
             return
-        report.add_issue("truncated", file, row, f"{len(tokens)} tokens cut to max_length {limit}")
+        reason = f"{chars or f'{len(tokens)} tokens'} cut to max_length {limit}"
+        report.add_issue("truncated", file, row, reason)
         tokens, mask = tokens[:limit], mask[:limit]
     trained = int(mask.sum())
     if trained == 0:
