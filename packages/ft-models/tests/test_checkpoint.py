@@ -29,7 +29,9 @@ from ft_models.checkpoint import (
 def write(root: Path, step: int, value: float = 1.0) -> Path:
     final = step_folder(root, step)
     with write_checkpoint(final, step=step, metadata={"loss": value}) as tmp:
-        save_file({"w": np.full((4, 4), value, dtype=np.float32)}, str(tmp / "adapter_model.safetensors"))
+        save_file(
+            {"w": np.full((4, 4), value, dtype=np.float32)}, str(tmp / "adapter_model.safetensors")
+        )
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
     return final
 
@@ -37,7 +39,11 @@ def write(root: Path, step: int, value: float = 1.0) -> Path:
 def test_written_checkpoint_has_a_manifest_of_every_file(tmp_path):
     folder = write(tmp_path, 3, 2.0)
     assert folder.name == "step-00000003"
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter_model.safetensors", "manifest.json", "trainer_state.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "adapter_model.safetensors",
+        "manifest.json",
+        "trainer_state.json",
+    ]
     manifest = read_manifest(folder)
     assert manifest.step == 3 and manifest.metadata == {"loss": 2.0}
     assert sorted(manifest.files) == ["adapter_model.safetensors", "trainer_state.json"]
@@ -55,9 +61,10 @@ def test_an_error_while_writing_leaves_nothing_under_the_final_name(tmp_path):
 
 
 def test_pickle_files_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="only safetensors, JSON and text files"), write_checkpoint(
-        step_folder(tmp_path, 1), step=1
-    ) as tmp:
+    with (
+        pytest.raises(ValueError, match="only safetensors, JSON and text files"),
+        write_checkpoint(step_folder(tmp_path, 1), step=1) as tmp,
+    ):
         (tmp / "optimizer.pt").write_bytes(b"\x80\x04")
     assert not step_folder(tmp_path, 1).exists()
 
@@ -68,13 +75,17 @@ def test_corruption_is_detected(tmp_path):
     data = bytearray(tensor.read_bytes())
     data[-1] ^= 0xFF
     tensor.write_bytes(bytes(data))
-    with pytest.raises(CorruptCheckpoint, match="adapter_model.safetensors does not match its sha256"):
+    with pytest.raises(
+        CorruptCheckpoint, match=r"adapter_model\.safetensors does not match its sha256"
+    ):
         read_manifest(folder)
     tensor.write_bytes(bytes(data[:-10]))
-    with pytest.raises(CorruptCheckpoint, match=r"is \d+ bytes, the manifest says \d+ \(truncated\?\)"):
+    with pytest.raises(
+        CorruptCheckpoint, match=r"is \d+ bytes, the manifest says \d+ \(truncated\?\)"
+    ):
         read_manifest(folder)
     (folder / "manifest.json").unlink()
-    with pytest.raises(CorruptCheckpoint, match="no manifest.json \\(the write never finished\\)"):
+    with pytest.raises(CorruptCheckpoint, match=r"no manifest\.json \(the write never finished\)"):
         read_manifest(folder)
 
 
@@ -121,7 +132,9 @@ for step in range(1, 10_000):
 def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path):
     rng = random.Random(0)
     for attempt in range(8):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout is not None
         proc.stdout.readline()  # at least one checkpoint was finished
         time.sleep(rng.uniform(0.0, 0.2))

@@ -67,7 +67,9 @@ def _fsync_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def write_checkpoint(final: Path, *, step: int, metadata: dict[str, Any] | None = None) -> Iterator[Path]:
+def write_checkpoint(
+    final: Path, *, step: int, metadata: dict[str, Any] | None = None
+) -> Iterator[Path]:
     """Build a checkpoint: yields a temporary folder to write files into; on a clean exit the
     folder is sealed (fsync, manifest with hashes, rename to `final`).
 
@@ -85,10 +87,17 @@ def write_checkpoint(final: Path, *, step: int, metadata: dict[str, Any] | None 
         for path in sorted(p for p in temp.rglob("*") if p.is_file()):
             rel = path.relative_to(temp).as_posix()
             if not rel.endswith(_ALLOWED_SUFFIXES):
-                raise ValueError(f"checkpoint file {rel!r}: only safetensors, JSON and text files are allowed")
+                raise ValueError(
+                    f"checkpoint file {rel!r}: only safetensors, JSON and text files are allowed"
+                )
             _fsync_file(path)
             files[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
-        manifest = {"version": FORMAT_VERSION, "step": step, "files": files, "metadata": metadata or {}}
+        manifest = {
+            "version": FORMAT_VERSION,
+            "step": step,
+            "files": files,
+            "metadata": metadata or {},
+        }
         # The manifest goes last: a folder without one was never finished.
         atomic_write_text(temp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         for sub in sorted({p.parent for p in temp.rglob("*")}, key=lambda p: -len(p.parts)):
@@ -126,7 +135,9 @@ def read_manifest(folder: Path, *, verify_hashes: bool = True) -> CheckpointMani
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         manifest = CheckpointManifest(
-            step=int(data["step"]), files=dict(data["files"]), metadata=dict(data.get("metadata", {})),
+            step=int(data["step"]),
+            files=dict(data["files"]),
+            metadata=dict(data.get("metadata", {})),
             version=int(data.get("version", 1)),
         )
     except FileNotFoundError:
@@ -134,7 +145,9 @@ def read_manifest(folder: Path, *, verify_hashes: bool = True) -> CheckpointMani
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptCheckpoint(f"{folder}: unreadable {MANIFEST} ({exc})") from None
     if manifest.version > FORMAT_VERSION:
-        raise CorruptCheckpoint(f"{folder}: checkpoint format {manifest.version} is newer than this ft supports")
+        raise CorruptCheckpoint(
+            f"{folder}: checkpoint format {manifest.version} is newer than this ft supports"
+        )
     for rel, expected in manifest.files.items():
         file = folder / rel
         if not file.is_file():

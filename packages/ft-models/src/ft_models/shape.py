@@ -54,7 +54,10 @@ class ModelShape:
         missing or unsupported."""
         model_type = str(config.get("model_type", ""))
         if config.get("text_config") and model_type not in FAMILIES:
-            config = {**config["text_config"], "model_type": config["text_config"].get("model_type", model_type)}
+            config = {
+                **config["text_config"],
+                "model_type": config["text_config"].get("model_type", model_type),
+            }
             model_type = str(config.get("model_type", ""))
         family = FAMILIES.get(model_type)
         if family is None:
@@ -81,8 +84,12 @@ class ModelShape:
             num_heads=heads,
             num_kv_heads=int(get("num_key_value_heads", default=heads)),
             head_dim=int(get("head_dim", default=hidden // heads)),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", family in ("gpt2", "gptj", "bert"))),
-            max_position_embeddings=int(get("max_position_embeddings", "n_positions", "n_ctx", default=2048)),
+            tie_word_embeddings=bool(
+                config.get("tie_word_embeddings", family in ("gpt2", "gptj", "bert"))
+            ),
+            max_position_embeddings=int(
+                get("max_position_embeddings", "n_positions", "n_ctx", default=2048)
+            ),
         )
 
     @property
@@ -103,7 +110,12 @@ class ModelShape:
         embeddings = self.vocab_size * self.hidden_size
         head = 0 if self.tie_word_embeddings else embeddings
         norms = (2 * self.num_layers + 1) * self.hidden_size
-        return embeddings + head + norms + self.num_layers * (self.attention_parameters + self.mlp_parameters)
+        return (
+            embeddings
+            + head
+            + norms
+            + self.num_layers * (self.attention_parameters + self.mlp_parameters)
+        )
 
     def linear_layer_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer in one block, by the usual HF module name: what LoRA
