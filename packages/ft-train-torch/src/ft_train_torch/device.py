@@ -1,0 +1,99 @@
+"""Where the model runs and in which precision: the device, the dtype the base weights load in,
+the autocast context of the forward pass and the fp16 loss scaler.
+
+`precision: auto` is fp32 on the CPU and on MPS, bf16 on CUDA where the GPU computes it (Ampere
+and later), else fp32. On the CPU bf16 autocast is faster on machines with AMX (about 1.4x for
+LoRA on SmolLM2-135M here, see FIELD-NOTES.md), but it changes the numbers: losses differ from
+the fp32 ones in the third digit, and a CPU run is where ft promises bit-identical resume and
+tests numerics. So `auto` keeps fp32 on the CPU; ask for `precision: bf16` to get the speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import torch
+
+
+def pick_device(setting: str) -> torch.device:
+    """The device for `resources.device`: `auto` is cuda > mps > cpu; an explicit one must exist."""
+    if setting == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"resources.device is {setting!r}, but torch sees no CUDA device here "
+            "(torch.cuda.is_available() is False): use device: auto or cpu"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(
+            f"resources.device is {setting!r}, but MPS is not available here: use device: auto or cpu"
+        )
+    return device
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """`fp32`, `bf16` or `fp16` for `training.precision` on `device` (see the module docstring)."""
+    if setting == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+    if setting == "fp16" and device.type != "cuda":
+        raise ValueError(
+            f"precision: fp16 needs a CUDA GPU (it trains with a loss scaler), and this run is on {device.type}: "
+            "use precision: bf16 or fp32"
+        )
+    if setting == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(
+            "precision: bf16 is not supported by this GPU: use precision: fp16 or fp32"
+        )
+    return setting
+
+
+def load_dtype(setting: str, device: torch.device, *, full: bool) -> torch.dtype:
+    """The dtype the base weights load in (`model.dtype`).
+
+    `auto`: bfloat16 on a bf16-capable GPU for adapter methods (the base is frozen, so bf16 only
+    halves its memory); float32 for full fine-tuning, whose weights are the optimizer's master
+    copy, and everywhere on the CPU.
+    """
+    if setting != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            setting
+        ]
+    if not full and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast(precision: str, device: torch.device) -> Callable[[], AbstractContextManager[object]]:
+    """A factory of the context the forward pass runs in."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """A loss scaler for fp16 (whose small gradients underflow without one); None otherwise."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+def peak_memory_bytes(device: torch.device) -> int | None:
+    """Peak memory so far: allocated GPU memory on CUDA, the process' peak RSS on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (ImportError, OSError):
+        return None
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes, Linux KiB

@@ -1,0 +1,287 @@
+"""The training loop: plain, top to bottom.
+
+One optimizer step is `gradient_accumulation_steps` micro-batches. Before any forward pass the
+loop counts the trained tokens of the whole step (every micro-batch, every process), and each
+micro-batch's summed loss is divided by that count: accumulating 2 micro-batches of b rows is
+the same update as one batch of 2b. Then: clip, step, schedule, and, between steps, evaluate,
+checkpoint, and ask whether to stop.
+
+Checkpoints are taken between optimizer steps only, so the saved accumulation micro-step is
+always 0 and the data position is `step * gradient_accumulation_steps` micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ft_config import TrainingConfig
+from ft_data.batches import Batches
+from ft_models.checkpoint import prune_checkpoints, step_folder, write_checkpoint
+from ft_train_torch.device import peak_memory_bytes
+from ft_train_torch.distributed import World, barrier
+from ft_train_torch.packing import Batch
+from ft_train_torch.state import LoopState
+
+Event = dict[str, Any]
+LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]  # summed loss of a batch
+CountFn = Callable[[Batch], int]  # trained targets of a batch
+SaveFn = Callable[[Path, LoopState, dict[str, int]], None]  # write weights + state into a folder
+
+
+@dataclass
+class Loop:
+    """What the loop works with; `trainer.py` builds it from a job."""
+
+    model: torch.nn.Module  # possibly DDP-wrapped: forward and backward go through it
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batches: Batches  # global batches (world_size * batch_size rows); each process takes its share
+    settings: TrainingConfig
+    total_steps: int
+    total_micro_batches: int | None  # None: `max_steps` decides, the data cycles
+    loss: LossFn
+    count: CountFn
+    save: SaveFn
+    checkpoints_dir: Path
+    device: torch.device
+    world: World = field(default_factory=World)
+    eval_batches: Batches | None = None
+    scaler: torch.amp.GradScaler | None = None
+    offload: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
+
+    @property
+    def accumulation(self) -> int:
+        return self.settings.gradient_accumulation_steps
+
+
+@dataclass(frozen=True)
+class Outcome:
+    reason: str
+    step: int
+    best_checkpoint: Path | None
+    metrics: dict[str, float]
+
+
+def run(
+    loop: Loop, state: LoopState, emit: Callable[[Event], None], should_stop: Callable[[], bool]
+) -> Outcome:
+    """Train from `state` (fresh or restored) until the plan ends, early stopping, a stop
+    request, or a NaN loss. Events go through `emit` on rank 0 only."""
+    say = emit if loop.world.is_main else (lambda event: None)
+    settings, world, device = loop.settings, loop.world, loop.device
+    params = [p for p in loop.model.parameters() if p.requires_grad]
+    micro_batches = loop.batches.iter_from(state.step * loop.accumulation)
+    started, elapsed_before = time.perf_counter(), state.elapsed_s
+    saved_at: int | None = None
+    metrics: dict[str, float] = {}
+
+    def checkpoint(is_best: bool = False) -> Path:
+        nonlocal saved_at
+        folder = step_folder(loop.checkpoints_dir, state.step)
+        if is_best:
+            state.best_checkpoint = folder.name
+        state.elapsed_s = elapsed_before + time.perf_counter() - started
+        if world.is_main:
+            epoch, index = loop.batches.position(state.step * loop.accumulation)
+            position = {
+                "epoch": epoch,
+                "batch_in_epoch": index,
+                "micro_batches_done": state.step * loop.accumulation,
+                "micro_step": state.micro_step,
+            }
+            with write_checkpoint(folder, step=state.step, metadata={"is_best": is_best}) as build:
+                loop.save(build, state, position)
+            keep = (loop.checkpoints_dir / state.best_checkpoint,) if state.best_checkpoint else ()
+            prune_checkpoints(loop.checkpoints_dir, keep_last=settings.keep_last, keep=keep)
+        barrier(world)
+        saved_at = state.step
+        say({"type": "checkpoint", "step": state.step, "path": str(folder), "is_best": is_best})
+        return folder
+
+    def best() -> Path | None:
+        return loop.checkpoints_dir / state.best_checkpoint if state.best_checkpoint else None
+
+    def finish(reason: str) -> Outcome:
+        return Outcome(reason, state.step, best(), metrics)
+
+    while state.step < loop.total_steps:
+        if world.agree(should_stop(), device):
+            if saved_at != state.step:
+                checkpoint()
+            return finish("interrupted")
+
+        # -- one optimizer step -------------------------------------------------------------
+        step_started = time.perf_counter()
+        first = state.step * loop.accumulation
+        last = first + loop.accumulation
+        if loop.total_micro_batches is not None:
+            last = min(last, loop.total_micro_batches)
+        shards = [world.shard(next(micro_batches)) for _ in range(last - first)]
+        # Normalise by the targets of the whole step, on every process, before any backward.
+        targets = world.sum(sum(loop.count(b) for b in shards), device)
+        tokens = int(world.sum(sum(_real_tokens(b) for b in shards), device))
+        loop.model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for index, batch in enumerate(shards):
+            # DDP all-reduces gradients on the last micro-batch only.
+            sync = index == len(shards) - 1 or not hasattr(loop.model, "no_sync")
+            with contextlib.nullcontext() if sync else loop.model.no_sync():
+                with loop.offload():
+                    summed = loop.loss(loop.model, batch)
+                # DDP averages gradients over processes; the sum over processes is wanted.
+                scaled = summed * (world.size / max(targets, 1.0))
+                (loop.scaler.scale(scaled) if loop.scaler else scaled).backward()
+            loss_sum += summed.detach().double()
+            del summed, scaled  # free the graph before the next micro-batch
+        loss = world.sum(float(loss_sum), device) / max(targets, 1.0)
+
+        if loop.scaler is not None:
+            loop.scaler.unscale_(loop.optimizer)
+        grad_norm = float(
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm or math.inf)
+        )
+        if not math.isfinite(loss) or (loop.scaler is None and not math.isfinite(grad_norm)):
+            # Stop before the step: the weights and every checkpoint stay good.
+            what = "loss" if not math.isfinite(loss) else "gradient norm"
+            where = (
+                f"; the last good checkpoint is {step_folder(loop.checkpoints_dir, saved_at)}"
+                if saved_at is not None
+                else ""
+            )
+            say(
+                {
+                    "type": "message",
+                    "level": "error",
+                    "text": f"the {what} is {loss if what == 'loss' else grad_norm} at step {state.step + 1}: training "
+                    f"stopped{where}. Try a lower training.learning_rate or precision: fp32.",
+                }
+            )
+            loop.optimizer.zero_grad(set_to_none=True)
+            return finish("nan")
+        if loop.scaler is not None:
+            loop.scaler.step(loop.optimizer)
+            loop.scaler.update()
+        else:
+            loop.optimizer.step()
+        learning_rate = loop.optimizer.param_groups[0]["lr"]
+        loop.scheduler.step()
+        loop.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        seconds = time.perf_counter() - step_started
+        metrics["loss"] = loss
+        say(
+            {
+                "type": "step",
+                "step": state.step,
+                "epoch": _epoch(loop.batches, last),
+                "loss": loss,
+                "learning_rate": learning_rate,
+                "grad_norm": grad_norm,
+                "tokens": tokens,
+                "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+                "elapsed_s": elapsed_before + time.perf_counter() - started,
+                "memory_bytes": peak_memory_bytes(device),
+            }
+        )
+
+        # -- between steps: evaluate, checkpoint, early stopping ---------------------------
+        epoch_ended = _epoch_ended(loop.batches, last)
+        final = state.step >= loop.total_steps
+        is_best, stop_early = False, False
+        eval_due = (settings.eval_every and state.step % settings.eval_every == 0) or (
+            not settings.eval_every and epoch_ended
+        )
+        if loop.eval_batches is not None and (eval_due or final):
+            eval_loss = evaluate(loop)
+            threshold = settings.early_stopping_threshold
+            is_best = state.best_metric is None or eval_loss < state.best_metric - threshold
+            if is_best:
+                state.best_metric, state.best_step, state.evals_without_improvement = (
+                    eval_loss,
+                    state.step,
+                    0,
+                )
+            else:
+                state.evals_without_improvement += 1
+            patience = settings.early_stopping_patience
+            stop_early = patience is not None and state.evals_without_improvement >= patience
+            metrics.update(eval_loss=eval_loss, perplexity=_perplexity(eval_loss))
+            say(
+                {
+                    "type": "eval",
+                    "step": state.step,
+                    "eval_loss": eval_loss,
+                    "perplexity": _perplexity(eval_loss),
+                    "is_best": is_best,
+                }
+            )
+        save_due = (settings.save_every and state.step % settings.save_every == 0) or (
+            not settings.save_every and epoch_ended
+        )
+        if save_due or is_best or final or stop_early:
+            checkpoint(is_best=is_best)
+        if stop_early:
+            return finish("early_stopping")
+    reason = "max_steps" if loop.total_micro_batches is None else "completed"
+    if saved_at != state.step:
+        checkpoint()
+    return finish(reason)
+
+
+def evaluate(loop: Loop) -> float:
+    """Mean loss per target over the validation batches (all processes together)."""
+    assert loop.eval_batches is not None
+    loop.model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in loop.eval_batches.iter_from(0, epochs=1):
+            shard = loop.world.shard(batch)
+            total += float(loop.loss(loop.model, shard))
+            count += loop.count(shard)
+    loop.model.train()
+    total, count = loop.world.sum(total, loop.device), loop.world.sum(count, loop.device)
+    return total / count if count else float("nan")
+
+
+def plan(batches: Batches, settings: TrainingConfig) -> tuple[int, int | None]:
+    """(optimizer steps, micro-batches) of a run: `epochs` (a fraction takes that share of the
+    last epoch's batches), unless `max_steps` is set (then the data cycles: None)."""
+    accumulation = settings.gradient_accumulation_steps
+    if settings.max_steps is not None:
+        return settings.max_steps, None
+    whole = int(settings.epochs)
+    micro = batches.steps(whole) + round(
+        (settings.epochs - whole) * batches.batches_in_epoch(whole)
+    )
+    if micro == 0:
+        raise ValueError("the training data gives no batch: add rows or lower training.batch_size")
+    return -(-micro // accumulation), micro
+
+
+def _epoch(batches: Batches, micro_done: int) -> float:
+    epoch, index = batches.position(micro_done)
+    return epoch + index / max(1, batches.batches_in_epoch(epoch))
+
+
+def _epoch_ended(batches: Batches, micro_done: int) -> bool:
+    """True when the micro-batch before `micro_done` was the last of its epoch."""
+    epoch, index = batches.position(micro_done - 1)
+    return index == batches.batches_in_epoch(epoch) - 1
+
+
+def _real_tokens(batch: Batch) -> int:
+    return 0 if "_no_tokens" in batch else int(np.sum(batch["attention_mask"]))
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 700 else math.inf

@@ -1,0 +1,141 @@
+"""From ft-data's numpy batches to model inputs, and the losses.
+
+A packed row holds several examples one after another (`segment_ids` 1..k, 0 on padding;
+`position_ids` restarting at 0 for each). Attention must stay inside each example, so a packed
+batch goes to the model as a 4D mask, `(batch, 1, length, length)`, block-diagonal and causal:
+query q sees key k when both are in the same example and k <= q. transformers (4.56 and 5.x)
+hands a 4D mask to the attention function as it is (`masking_utils._preprocess_mask_arguments`:
+"If the mask is already 4D, simply return as-is"). SDPA takes it as a boolean mask (True:
+attend); eager adds it to the scores, so there it is 0 / the dtype's minimum.
+
+The loss is a sum of token cross-entropies, never a mean: the loop divides by the number of
+trained tokens of the whole optimizer step (every micro-batch, every process), so accumulation
+and data parallelism give the same update as one big batch. A label is predicted from the
+token before it; a label whose token starts another example (or padding) is not a target, so a
+packed row trains exactly the targets its examples would train unpacked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+Batch = dict[str, np.ndarray]
+
+
+def shifted_targets(batch: Batch) -> np.ndarray:
+    """The target of each position but the last: the next token's label, or -100 where that
+    token is not trained or belongs to another example."""
+    labels = batch["labels"][:, 1:]
+    segments = batch["segment_ids"]
+    same_example = segments[:, 1:] == segments[:, :-1]
+    return np.where(same_example & (segments[:, 1:] > 0), labels, IGNORE_INDEX)
+
+
+def trained_tokens(batch: Batch, task: str = "causal-lm") -> int:
+    """How many targets `batch` trains: the loss of the batch is summed over these."""
+    if task == "sequence-classification":
+        return len(batch["labels"])
+    return int((shifted_targets(batch) != IGNORE_INDEX).sum())
+
+
+def is_packed(batch: Batch) -> bool:
+    """True when some row holds more than one example."""
+    return bool((batch["segment_ids"] > 1).any())
+
+
+def block_causal_mask(
+    segment_ids: torch.Tensor,
+    *,
+    boolean: bool,
+    dtype: torch.dtype,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """The `(batch, 1, length, length)` mask that keeps attention causal and inside each example.
+
+    Padding (segment 0) attends to itself only, so no row of the softmax is empty (an all-masked
+    row gives NaN in SDPA); its outputs are never trained.
+    """
+    length = segment_ids.shape[1]
+    index = torch.arange(length, device=segment_ids.device)
+    causal = index[None, :] <= index[:, None]  # (q, k)
+    if sliding_window is not None:
+        causal &= index[:, None] - index[None, :] < sliding_window
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (b, q, k)
+    allowed = (same & causal[None] & (segment_ids[:, None, :] > 0)) | torch.eye(
+        length, dtype=torch.bool, device=segment_ids.device
+    )[None]
+    allowed = allowed[:, None]
+    if boolean:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )
+
+
+def model_inputs(
+    batch: Batch,
+    device: torch.device,
+    *,
+    attn_implementation: str = "sdpa",
+    dtype: torch.dtype = torch.float32,
+    sliding_window: int | None = None,
+    prompt_learning: bool = False,
+    task: str = "causal-lm",
+) -> dict[str, torch.Tensor]:
+    """The keyword arguments of the model's forward for `batch`.
+
+    Unpacked batches get the 2D padding mask and their position ids; packed ones the 4D
+    block-diagonal mask. Prefix tuning and P-tuning add virtual tokens that peft fits to a 2D
+    mask only, so they take neither position ids nor packed rows.
+    """
+    input_ids = torch.as_tensor(batch["input_ids"], device=device)
+    inputs = {"input_ids": input_ids}
+    if task == "sequence-classification":
+        inputs["attention_mask"] = torch.as_tensor(batch["attention_mask"], device=device)
+        if "token_type_ids" in batch:
+            inputs["token_type_ids"] = torch.as_tensor(batch["token_type_ids"], device=device)
+        return inputs
+    if prompt_learning:
+        if is_packed(batch):
+            raise ValueError(
+                "prefix tuning and P-tuning cannot train on packed rows: set data.packing: false"
+            )
+        inputs["attention_mask"] = torch.as_tensor(batch["attention_mask"], device=device)
+        return inputs
+    inputs["position_ids"] = torch.as_tensor(batch["position_ids"], device=device)
+    if is_packed(batch):
+        segments = torch.as_tensor(batch["segment_ids"], device=device)
+        inputs["attention_mask"] = block_causal_mask(
+            segments,
+            boolean=attn_implementation != "eager",
+            dtype=dtype,
+            sliding_window=sliding_window,
+        )
+    else:
+        inputs["attention_mask"] = torch.as_tensor(batch["attention_mask"], device=device)
+    return inputs
+
+
+def causal_lm_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The summed cross-entropy of `batch`'s targets (fp32, whatever the logits' dtype)."""
+    targets = torch.as_tensor(shifted_targets(batch), device=logits.device)
+    length = batch["input_ids"].shape[1]
+    if logits.shape[1] > length:  # P-tuning puts its virtual tokens in front
+        logits = logits[:, -length:]
+    logits = logits[:, :-1].float()
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def classification_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The summed cross-entropy of a sequence classifier's `logits` against `batch["labels"]`
+    (one class index per row)."""
+    labels = torch.as_tensor(batch["labels"], device=logits.device).long().reshape(-1)
+    return F.cross_entropy(logits.float(), labels, reduction="sum")

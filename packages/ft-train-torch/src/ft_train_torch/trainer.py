@@ -1,0 +1,316 @@
+"""TorchTrainer: ft's PyTorch backend, found by ft-runs through the `ft.trainers` entry point.
+
+`train(job, emit, should_stop)` wires the pieces: device and precision (`device.py`), the model
+of the method (`methods.py`), batches from ft-data, optimizer and schedule (`optim.py`), the
+saved state (`state.py`), the process group (`distributed.py`), then runs `loop.run`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ft_data.batches import Batches
+from ft_data.hdf5 import PreparedDataset
+from ft_models.checkpoint import read_manifest
+from ft_train_torch import distributed, loop
+from ft_train_torch.device import autocast, grad_scaler, load_dtype, pick_device, resolve_precision
+from ft_train_torch.methods import (
+    METHODS,
+    PROMPT_METHODS,
+    apply_method,
+    check_method,
+    count_parameters,
+    load_base_model,
+    load_weights,
+    save_final,
+    save_weights,
+)
+from ft_train_torch.optim import build_optimizer, build_scheduler
+from ft_train_torch.packing import causal_lm_loss, model_inputs, trained_tokens
+from ft_train_torch.state import (
+    LoopState,
+    compare_fingerprints,
+    fingerprint,
+    load_training_state,
+    read_trainer_state,
+    save_training_state,
+)
+
+try:  # ft-runs declares the protocol; the trainer works without it installed
+    from ft_runs.protocols import Capabilities, TrainResult
+except ImportError:  # pragma: no cover - the workspace always has ft-runs
+    from ft_train_torch._protocol import Capabilities, TrainResult  # type: ignore[assignment]
+
+Event = dict[str, Any]
+
+
+class TorchTrainer:
+    """The PyTorch trainer: LoRA, DoRA, QLoRA (CUDA), full, prefix tuning and P-tuning on
+    transformers models; data parallel under torchrun."""
+
+    name = "torch"
+
+    def capabilities(self) -> Capabilities:
+        devices = ["cpu"]
+        if torch.cuda.is_available():
+            devices.insert(0, "cuda")
+        if torch.backends.mps.is_available():
+            devices.insert(0, "mps")
+        cuda = torch.cuda.is_available()
+        has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+        methods = tuple(m for m in METHODS if m != "qlora" or (cuda and has_bnb))
+        dtypes = ("fp32", "bf16", *(("fp16",) if cuda else ()))
+        notes = () if "qlora" in methods else ("qlora needs an NVIDIA GPU with bitsandbytes",)
+        return Capabilities(
+            backend="torch",
+            methods=methods,
+            devices=tuple(devices),
+            dtypes=dtypes,
+            distributed=True,
+            notes=notes,
+        )
+
+    def train(
+        self, job: Any, emit: Callable[[Event], None], should_stop: Callable[[], bool]
+    ) -> TrainResult:
+        config = job.config
+        settings, method, resources = config.training, config.method, config.resources
+        world = distributed.world_from_env()
+        device = distributed.device_for(world, pick_device(resources.device))
+        check_method(method.name, device)
+        precision = resolve_precision(settings.precision, device)
+        if settings.batch_size == "auto":
+            raise ValueError(
+                "training.batch_size: auto is not available in the torch trainer yet "
+                "(it needs ft_models.memory.auto_batch_size): set a number, e.g. batch_size: 4"
+            )
+        if config.model.task == "sequence-classification":
+            raise ValueError(
+                "model.task: sequence-classification needs a class label per example, and ft-data's "
+                "prepared datasets do not store labels yet: use model.task: causal-lm"
+            )
+        say = emit if world.is_main else (lambda event: None)
+        notes: list[Event] = []  # messages found while setting up, told right after `start`
+
+        def note(level: str, text: str) -> None:
+            notes.append({"type": "message", "level": level, "text": text})
+
+        distributed.init_process_group(world, device)
+        if resources.num_threads:
+            torch.set_num_threads(resources.num_threads)
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        # Deterministic kernels where torch has a choice: a resumed CPU run must end bit-identical.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(settings.seed)
+        np.random.seed(settings.seed % 2**32)
+        random.seed(settings.seed)
+        with contextlib.ExitStack() as stack:
+            stack.callback(torch.use_deterministic_algorithms, deterministic)
+            stack.callback(distributed.shutdown, world)
+            train_set = stack.enter_context(PreparedDataset(job.train_data))
+            eval_set = (
+                stack.enter_context(PreparedDataset(job.validation_data))
+                if job.validation_data
+                else None
+            )
+            prompt = method.name in PROMPT_METHODS
+            mode = _batching_mode(train_set, packing=config.data.packing and not prompt)
+            if config.data.packing and prompt:
+                note(
+                    "info",
+                    f"method {method.name} adds virtual tokens to each row: packing is off, rows are padded",
+                )
+            rows = world.size * int(settings.batch_size)
+            batches = Batches(
+                train_set,
+                batch_size=rows,
+                max_seq_length=config.data.max_seq_length,
+                mode=mode,
+                seed=settings.seed,
+            )
+            eval_batches = (
+                Batches(
+                    eval_set,
+                    batch_size=rows,
+                    max_seq_length=config.data.max_seq_length,
+                    mode=mode,
+                    seed=settings.seed,
+                    shuffle=False,
+                )
+                if eval_set is not None and len(eval_set)
+                else None
+            )
+
+            dtype = load_dtype(config.model.dtype, device, full=method.name == "full")
+            base = load_base_model(job.model_path, config.model, method, device, dtype)
+            if settings.gradient_checkpointing:
+                base.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
+            model = apply_method(base, method, config.model.task)
+            trainable, total = count_parameters(model)
+            if job.resume_from is not None:
+                read_manifest(job.resume_from)  # refuses a broken checkpoint, saying what is wrong
+                load_weights(model, Path(job.resume_from), method.name)
+            wrapped = distributed.wrap(model, world, device)
+            forward = torch.compile(wrapped) if settings.compile else wrapped
+
+            optimizer = build_optimizer(model.parameters(), settings)
+            total_steps, total_micro = loop.plan(batches, settings)
+            scheduler = build_scheduler(optimizer, settings, total_steps)
+            scaler = grad_scaler(precision, device)
+            prints = fingerprint(config, job.model_path, job.train_data, job.validation_data)
+            state = LoopState()
+            if job.resume_from is not None:
+                for difference in compare_fingerprints(
+                    read_trainer_state(job.resume_from)["fingerprint"], prints
+                ):
+                    note("warning", f"resuming with a change: {difference}")
+                state = load_training_state(
+                    Path(job.resume_from), optimizer=optimizer, scheduler=scheduler, scaler=scaler
+                )
+
+            cast = autocast(precision, device)
+            attn = getattr(base.config, "_attn_implementation", "sdpa") or "sdpa"
+            window = _sliding_window(base.config, config.data.max_seq_length)
+
+            def loss(module: torch.nn.Module, batch: dict[str, np.ndarray]) -> torch.Tensor:
+                inputs = model_inputs(
+                    batch,
+                    device,
+                    attn_implementation=attn,
+                    dtype=dtype,
+                    sliding_window=window,
+                    prompt_learning=prompt,
+                )
+                with cast():
+                    logits = (forward if module is wrapped else module)(**inputs).logits
+                return causal_lm_loss(logits, batch)
+
+            def save(folder: Path, loop_state: LoopState, position: dict[str, int]) -> None:
+                save_weights(model, folder, method.name, job.model_path)
+                save_training_state(
+                    folder,
+                    loop=loop_state,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    scaler=scaler,
+                    data_position=position,
+                    fingerprint=prints,
+                )
+
+            offload: Callable[[], Any] = contextlib.nullcontext
+            if resources.activation_offloading:
+                if device.type == "cuda":
+                    offload = lambda: torch.autograd.graph.save_on_cpu(pin_memory=True)  # noqa: E731
+                else:
+                    note(
+                        "warning",
+                        f"resources.activation_offloading is for CUDA; ignored on {device.type}",
+                    )
+
+            say(
+                {
+                    "type": "start",
+                    "total_steps": total_steps,
+                    "trainable_params": int(trainable),
+                    "total_params": int(total),
+                    "device": str(device),
+                    "dtype": precision,
+                    "resumed_from_step": state.step if job.resume_from is not None else None,
+                }
+            )
+            for event in notes:
+                say(event)
+            outcome = loop.run(
+                loop.Loop(
+                    model=wrapped,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    batches=batches,
+                    settings=settings,
+                    total_steps=total_steps,
+                    total_micro_batches=total_micro,
+                    loss=loss,
+                    count=trained_tokens,
+                    save=save,
+                    checkpoints_dir=job.checkpoints_dir,
+                    device=device,
+                    world=world,
+                    eval_batches=eval_batches,
+                    scaler=scaler,
+                    offload=offload,
+                ),
+                state,
+                emit=say,
+                should_stop=should_stop,
+            )
+            adapter: Path | None = None
+            if outcome.reason in ("completed", "max_steps", "early_stopping"):
+                adapter = Path(job.adapter_dir)
+                if world.is_main:
+                    save_final(model, adapter, method.name, job.model_path)
+                distributed.barrier(world)
+            say(
+                {
+                    "type": "end",
+                    "step": outcome.step,
+                    "reason": outcome.reason,
+                    "adapter_path": str(adapter) if adapter else None,
+                    "best_checkpoint": str(outcome.best_checkpoint)
+                    if outcome.best_checkpoint
+                    else None,
+                }
+            )
+            return TrainResult(
+                reason=outcome.reason,
+                step=outcome.step,
+                adapter_path=adapter,
+                best_checkpoint=outcome.best_checkpoint,
+                metrics=outcome.metrics,
+            )
+
+
+def check_resume_compatible(checkpoint: Path, job: Any) -> list[str]:
+    """How resuming `job` from `checkpoint` would differ from the run that wrote it: changed
+    settings (besides logging, output, checkpointing and stopping ones), another base model,
+    other data. Empty when it is safe; the caller decides whether to refuse (unless forced)."""
+    saved = read_trainer_state(checkpoint)["fingerprint"]
+    current = fingerprint(job.config, job.model_path, job.train_data, job.validation_data)
+    return compare_fingerprints(saved, current)
+
+
+def _batching_mode(dataset: PreparedDataset, *, packing: bool) -> str:
+    """`chunk` for raw text prepared without a length limit (continued pretraining), else
+    `pack` or `pad` as `data.packing` says."""
+    attrs = dataset.attrs
+    if attrs.get("format") == "text" and not attrs.get("max_length"):
+        return "chunk"
+    return "pack" if packing else "pad"
+
+
+def _sliding_window(model_config: Any, max_seq_length: int) -> int | None:
+    """The attention window to build into packed masks, when every layer uses one shorter than
+    the rows (a 4D mask bypasses transformers' own sliding-window masks)."""
+    window = getattr(model_config, "sliding_window", None)
+    if (
+        not window
+        or window >= max_seq_length
+        or getattr(model_config, "use_sliding_window", True) is False
+    ):
+        return None
+    layer_types = getattr(model_config, "layer_types", None)
+    if layer_types and any(kind != "sliding_attention" for kind in layer_types):
+        raise ValueError(
+            "this model mixes sliding-window and full-attention layers, which one packed mask cannot express: "
+            f"set data.packing: false, or data.max_seq_length <= {window}"
+        )
+    return int(window)
