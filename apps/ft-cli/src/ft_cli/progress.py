@@ -1,0 +1,101 @@
+"""What `ft train` shows while it works: a progress bar with loss, its trend, tokens/s and ETA.
+
+The display is just another event sink (see ft_runs.protocols): it reads the same events the
+run folder records, so what a user sees is what is stored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 24) -> str:
+    """The trend of `values` in `width` block characters (the last `width` buckets, averaged)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return ""
+    if len(finite) > width:
+        # Average consecutive values into `width` buckets so the line keeps the whole history.
+        size = len(finite) / width
+        finite = [
+            sum(bucket) / len(bucket)
+            for i in range(width)
+            if (bucket := finite[int(i * size) : max(int((i + 1) * size), int(i * size) + 1)])
+        ]
+    low, high = min(finite), max(finite)
+    span = high - low
+    if span <= 0:
+        return SPARK[3] * len(finite)
+    return "".join(
+        SPARK[min(len(SPARK) - 1, int((v - low) / span * (len(SPARK) - 1) + 0.5))] for v in finite
+    )
+
+
+class TrainDisplay:
+    """An event sink that draws the training progress in the terminal."""
+
+    def __init__(self, console: Console | None = None, history: int = 500) -> None:
+        self.console = console or Console(stderr=True)
+        self.losses: deque[float] = deque(maxlen=history)
+        self.progress = Progress(
+            TextColumn("[bold]step {task.completed}/{task.total}"),
+            BarColumn(bar_width=28),
+            TaskProgressColumn(),
+            TextColumn("loss [bold]{task.fields[loss]}[/] {task.fields[trend]}"),
+            TextColumn("lr {task.fields[lr]}"),
+            TextColumn("{task.fields[speed]} tok/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.task: Any = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "start":
+            resumed = event.get("resumed_from_step") or 0
+            self.console.print(
+                f"training on [bold]{event.get('device')}[/] ({event.get('dtype')}): "
+                f"{event.get('trainable_params', 0):,} of {event.get('total_params', 0):,} parameters trainable"
+                + (f", resuming from step {resumed}" if resumed else "")
+            )
+            self.progress.start()
+            self.task = self.progress.add_task(
+                "train",
+                total=event.get("total_steps"),
+                completed=resumed,
+                loss="-",
+                trend="",
+                lr="-",
+                speed="-",
+            )
+        elif kind == "step" and self.task is not None:
+            loss = float(event.get("loss", math.nan))
+            self.losses.append(loss)
+            self.progress.update(
+                self.task,
+                completed=event["step"],
+                loss=f"{loss:.4f}",
+                trend=sparkline(list(self.losses)),
+                lr=f"{event.get('learning_rate', 0):.1e}",
+                speed=f"{event.get('tokens_per_s', 0):,.0f}",
+            )
+        elif kind == "eval":
+            best = " [green](best)[/]" if event.get("is_best") else ""
+            self.progress.console.print(
+                f"  eval at step {event['step']}: loss {event['eval_loss']:.4f}, "
+                f"perplexity {event.get('perplexity', math.nan):.2f}{best}"
+            )
+        elif kind == "message":
+            style = {"warning": "yellow", "error": "red"}.get(event.get("level", "info"), "")
+            text = event.get("text", "")
+            self.progress.console.print(f"  [{style}]{text}[/]" if style else f"  {text}")
+        elif kind == "end":
+            self.progress.stop()

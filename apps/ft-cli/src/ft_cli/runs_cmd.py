@@ -1,0 +1,181 @@
+"""`ft runs`: the runs in the job store, and one run in detail."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    delta = time.time() - seconds
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= size:
+            return f"{int(delta // size)}{unit} ago"
+    return "just now"
+
+
+def _duration(start: float | None, end: float | None) -> str:
+    if start is None:
+        return "-"
+    seconds = int((end or time.time()) - start)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+STATUS_STYLE = {
+    "completed": "green",
+    "running": "cyan",
+    "queued": "cyan",
+    "failed": "red",
+    "interrupted": "yellow",
+    "stopped": "yellow",
+}
+
+
+@click.group()
+def runs() -> None:
+    """List training runs and show one in detail."""
+
+
+@runs.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(["queued", "running", "completed", "failed", "interrupted", "stopped"]),
+)
+@click.option(
+    "-n", "--limit", type=int, default=20, show_default=True, help="How many runs (newest first)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+def list_(status: str | None, limit: int, as_json: bool) -> None:
+    """The newest runs: status, model, method, progress, best validation loss."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ft_runs.store import JobStore
+
+    records = JobStore().list_runs(status=status, limit=limit)
+    if as_json:
+        click.echo(json.dumps([_record_dict(r) for r in records], indent=2))
+        return
+    if not records:
+        click.echo("No runs yet: `ft train` starts one.")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("run", "status", "model", "method", "step", "best eval loss", "started", "took"):
+        table.add_column(column, no_wrap=column in ("run", "status", "model"))
+    for r in records:
+        step = f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step)
+        best = f"{r.best_eval_loss:.4f}" if r.best_eval_loss is not None else "-"
+        style = STATUS_STYLE.get(r.status, "")
+        table.add_row(
+            r.id,
+            f"[{style}]{r.status}[/]",
+            r.model,
+            r.method,
+            step,
+            best,
+            _age(r.started_at),
+            _duration(r.started_at, r.ended_at),
+        )
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped: keep whole ids and names, don't wrap at 80
+    console.print(table)
+
+
+@runs.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
+def show(run_id: str, as_json: bool) -> None:
+    """One run: config highlights, data, metrics, checkpoints, where its files are."""
+    from ft_cli.main import UserError
+    from ft_runs.run_folder import RunFolder
+    from ft_runs.store import JobStore, RunNotFound
+
+    store = JobStore()
+    store.mark_stale_runs()
+    try:
+        record = store.get_run(run_id)
+    except RunNotFound as exc:
+        raise UserError(str(exc)) from None
+    train = store.metrics(record.id, "train")
+    evals = store.metrics(record.id, "eval")
+    folder = RunFolder(Path(record.run_dir))
+    info = folder.info() if folder.info_file.exists() else {}
+    summary = {
+        **_record_dict(record),
+        "last_loss": train[-1].get("loss") if train else None,
+        "last_eval_loss": evals[-1].get("eval_loss") if evals else None,
+        "tokens_per_s": _mean([m.get("tokens_per_s") for m in train[-20:]]),
+        "peak_memory_bytes": max((m.get("memory_bytes") or 0 for m in train), default=None) or None,
+        "checkpoints": store.checkpoints(record.id),
+        "data": info.get("data"),
+        "resolved_model": info.get("model"),
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    config = record.config
+    style = STATUS_STYLE.get(record.status, "")
+    lines = [
+        f"[bold]{record.id}[/]  [{style}]{record.status}[/]"
+        + (f" ({record.reason})" if record.reason else ""),
+        f"  model      {record.model}  method {record.method}  backend {record.backend or '-'}",
+        f"  training   lr {config.get('training', {}).get('learning_rate')}  epochs {config.get('training', {}).get('epochs')}"
+        f"  batch {config.get('training', {}).get('batch_size')}  seq {config.get('data', {}).get('max_seq_length')}",
+        f"  progress   step {record.step}"
+        + (f"/{record.total_steps}" if record.total_steps else "")
+        + f"  took {_duration(record.started_at, record.ended_at)}",
+    ]
+    if summary["last_loss"] is not None:
+        lines.append(
+            f"  loss       last {summary['last_loss']:.4f}"
+            + (
+                f"  eval {summary['last_eval_loss']:.4f}"
+                if summary["last_eval_loss"] is not None
+                else ""
+            )
+            + (
+                f"  best eval {record.best_eval_loss:.4f}"
+                if record.best_eval_loss is not None
+                else ""
+            )
+        )
+    if summary["tokens_per_s"]:
+        lines.append(f"  speed      {summary['tokens_per_s']:,.0f} tokens/s")
+    if summary["peak_memory_bytes"]:
+        lines.append(f"  memory     {summary['peak_memory_bytes'] / 2**30:.2f} GiB peak")
+    if record.error:
+        lines.append(f"  [red]error[/]      {record.error}")
+    lines.append(f"  folder     {record.run_dir}")
+    if record.adapter_path:
+        lines.append(f"  adapter    {record.adapter_path}")
+    if record.best_checkpoint:
+        lines.append(f"  best       {record.best_checkpoint}")
+    if record.config_commit:
+        lines.append(f"  config     commit {record.config_commit[:12]}")
+    from rich.console import Console
+
+    console = Console()
+    for line in lines:
+        console.print(line, highlight=False)
+
+
+def _mean(values: list[Any]) -> float | None:
+    numbers = [v for v in values if isinstance(v, int | float)]
+    return sum(numbers) / len(numbers) if numbers else None
+
+
+def _record_dict(record: Any) -> dict[str, Any]:
+    import attrs
+
+    data = attrs.asdict(record)
+    data.pop("config_json")
+    return data
