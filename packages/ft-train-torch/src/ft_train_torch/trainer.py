@@ -20,6 +20,7 @@ import torch
 from ft_data.batches import Batches
 from ft_data.hdf5 import PreparedDataset
 from ft_models.checkpoint import read_manifest
+from ft_runs.protocols import Capabilities, TrainResult  # declared by its consumer, ft-runs
 from ft_train_torch import distributed, loop
 from ft_train_torch.device import autocast, grad_scaler, load_dtype, pick_device, resolve_precision
 from ft_train_torch.methods import (
@@ -43,11 +44,6 @@ from ft_train_torch.state import (
     read_trainer_state,
     save_training_state,
 )
-
-try:  # ft-runs declares the protocol; the trainer works without it installed
-    from ft_runs.protocols import Capabilities, TrainResult
-except ImportError:  # pragma: no cover - the workspace always has ft-runs
-    from ft_train_torch._protocol import Capabilities, TrainResult  # type: ignore[assignment]
 
 Event = dict[str, Any]
 
