@@ -1,0 +1,1 @@
+"""ft-export: merge and export fine-tuned models, each export verified."""

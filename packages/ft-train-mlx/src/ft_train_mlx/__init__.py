@@ -1,0 +1,1 @@
+"""ft-train-mlx: ft's MLX training backend."""
