@@ -191,3 +191,59 @@ class RunFolder:
         if not self.best_file.exists():
             return None
         return json.loads(self.best_file.read_text(encoding="utf-8"))
+
+    def checkpoint(self, which: str | int = "last") -> Path:
+        """A checkpoint folder: `best`, `last` (newest valid), or a step number."""
+        from ft_models.checkpoint import latest_valid_checkpoint, step_folder
+
+        text = str(which).strip().lower()
+        if text == "best":
+            best = self.best()
+            if best is None:
+                raise RunNotFoundError(
+                    f"run {self.id} has no best checkpoint yet (no evaluation ran); "
+                    "use --checkpoint last"
+                )
+            return self.path / best["checkpoint"]
+        if text in ("last", "latest"):
+            found = latest_valid_checkpoint(self.checkpoints)
+            if found is None:
+                raise RunNotFoundError(
+                    f"run {self.id} has no complete checkpoint in {self.checkpoints}"
+                )
+            return found[0]
+        if not text.isdigit():
+            raise RunNotFoundError(
+                f"--checkpoint must be best, last or a step number, not {which!r}"
+            )
+        folder = step_folder(self.checkpoints, int(text))
+        if not folder.is_dir():
+            steps = sorted(p.name for p in self.checkpoints.glob("step-*"))
+            raise RunNotFoundError(
+                f"run {self.id} has no checkpoint at step {int(text)}; it has: {', '.join(steps) or 'none'}"
+            )
+        return folder
+
+
+class RunNotFoundError(LookupError):
+    """A run or checkpoint the user named does not exist."""
+
+
+def find_run(ref: str | Path, store: Any = None) -> RunFolder:
+    """A run by folder path, by id or unique id prefix in the job store, or `last`."""
+    path = Path(ref).expanduser()
+    if (path / "run.json").is_file():
+        return RunFolder(path.resolve())
+    from ft_runs.store import JobStore, RunNotFound
+
+    store = store or JobStore()
+    if str(ref) in ("last", "latest"):
+        records = store.list_runs(limit=1)
+        if not records:
+            raise RunNotFoundError("no runs yet: `ft train` starts one")
+        return RunFolder(Path(records[0].run_dir))
+    try:
+        record = store.get_run(str(ref))
+    except RunNotFound as exc:
+        raise RunNotFoundError(str(exc)) from None
+    return RunFolder(Path(record.run_dir))
