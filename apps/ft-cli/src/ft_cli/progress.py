@@ -99,3 +99,30 @@ class TrainDisplay:
             self.progress.console.print(f"  [{style}]{text}[/]" if style else f"  {text}")
         elif kind == "end":
             self.progress.stop()
+
+
+class PrepareProgress:
+    """A `progress(role, rows)` callback for data preparation: one spinner line per dataset
+    with the rows read so far (the total is unknown while streaming)."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        from rich.progress import SpinnerColumn, TimeElapsedColumn
+
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("preparing {task.description} data: {task.completed:,} rows"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, role: str, rows: int) -> None:
+        if role not in self.tasks:
+            self.progress.start()
+            self.tasks[role] = self.progress.add_task(role, total=None)
+        self.progress.update(self.tasks[role], completed=rows)
+
+    def stop(self) -> None:
+        self.progress.stop()

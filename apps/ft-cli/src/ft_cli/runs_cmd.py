@@ -165,7 +165,7 @@ def show(run_id: str, as_json: bool) -> None:
 
     console = Console()
     for line in lines:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def _mean(values: list[Any]) -> float | None:

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,10 @@ def apply_method(base: torch.nn.Module, method: MethodConfig, task: str) -> torc
             num_virtual_tokens=method.num_virtual_tokens,
             encoder_hidden_size=128,
         )
-    return peft.get_peft_model(base, config)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing`: not the user's concern.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        return peft.get_peft_model(base, config)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

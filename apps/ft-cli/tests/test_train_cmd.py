@@ -1,0 +1,155 @@
+"""`ft train` end to end on a fresh `ft init` project, with a tiny random Llama."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ft_cli.main import cli
+
+
+def run(*args: str, cwd: Path) -> tuple[int, str]:
+    runner = CliRunner()
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        result = runner.invoke(cli, list(args), catch_exceptions=False)
+    finally:
+        os.chdir(old)
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_llama: Path) -> Path:
+    code, out = run("init", "proj", "--profile", "chat", cwd=tmp_path)
+    assert code == 0, out
+    folder = tmp_path / "proj"
+    text = (folder / "train.yml").read_text()
+    text = text.replace("name: smollm2-135m", f"name: {tiny_llama}")
+    (folder / "train.yml").write_text(text)
+    return folder
+
+
+FAST = (
+    "--set",
+    "data.max_seq_length=64",
+    "--set",
+    "training.batch_size=2",
+    "--set",
+    "training.eval_every=2",
+    "--set",
+    "data.validation_split=0.25",
+)
+
+
+def only_run(project: Path) -> Path:
+    runs = [p for p in (project / "runs").iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_train_on_a_fresh_project_records_the_run(project: Path) -> None:
+    code, out = run("train", *FAST, "--set", "training.max_steps=4", "--json", cwd=project)
+    assert code == 0, out
+    summary = json.loads(out[out.index("{") :])
+    assert summary["status"] == "completed"
+    assert summary["reason"] == "max_steps"
+    assert summary["step"] == 4
+    folder = only_run(project)
+    assert summary["folder"] == str(folder)
+    # The run folder holds the config snapshot, run.json with what was used, metrics, the
+    # held-out split, checkpoints and the final adapter in PEFT's layout.
+    info = json.loads((folder / "run.json").read_text())
+    assert Path(info["model"]["path"]).is_absolute()
+    assert info["data"]["format"] == "openai"
+    assert info["backend"] == "torch"
+    assert info["config_commit"]  # ft init made a git repository and committed train.yml
+    assert (folder / "data" / "validation.h5").exists()
+    assert (folder / "adapter" / "adapter_config.json").exists()
+    assert (folder / "adapter" / "adapter_model.safetensors").exists()
+    events = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert [e["step"] for e in events if e["type"] == "step"] == [1, 2, 3, 4]
+    assert [e["step"] for e in events if e["type"] == "eval"] == [2, 4]
+    best = json.loads((folder / "best.json").read_text())
+    assert best["checkpoint"].startswith("checkpoints/step-")
+
+    code, out = run("runs", "list", "--json", cwd=project)
+    assert code == 0, out
+    (record,) = json.loads(out)
+    assert record["id"] == folder.name
+    assert record["status"] == "completed"
+    assert record["step"] == 4
+    assert record["best_eval_loss"] == pytest.approx(best["eval_loss"])
+    code, out = run("runs", "show", folder.name[:15], cwd=project)
+    assert code == 0, out
+    assert "completed" in out and str(folder / "adapter") in out
+
+
+def test_resume_continues_the_same_run_and_refuses_a_changed_config(project: Path) -> None:
+    code, out = run("train", *FAST, "--set", "training.max_steps=2", cwd=project)
+    assert code == 0, out
+    folder = only_run(project)
+
+    code, out = run(
+        "train", *FAST, "--set", "training.max_steps=2", "--set", "training.learning_rate=0.5",
+        "--resume", cwd=project,
+    )  # fmt: skip
+    assert code == 1
+    assert "training.learning_rate was 0.0002, now 0.5" in out
+    assert "--force" in out
+
+    code, out = run(
+        "train", *FAST, "--set", "training.max_steps=4", "--resume", "--json", cwd=project
+    )
+    assert code == 0, out
+    assert f"resuming {folder.name} from step 2" in out
+    summary = json.loads(out[out.index("{") :])
+    assert summary["run"] == folder.name and summary["step"] == 4
+    assert only_run(project) == folder  # no second run folder
+    steps = [
+        json.loads(line)["step"]
+        for line in (folder / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["type"] == "step"
+    ]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_a_bad_setting_names_the_file_line_and_key(project: Path) -> None:
+    text = (
+        (project / "train.yml").read_text().replace("learning_rate: 2.0e-04", "learning_rate: fast")
+    )
+    (project / "train.yml").write_text(text)
+    line = text.splitlines().index("  learning_rate: fast") + 1
+    code, out = run("train", cwd=project)
+    assert code == 1
+    assert f"train.yml:{line}: training.learning_rate: expected a number, got 'fast'" in out
+    assert not (project / "runs").exists()
+
+
+def test_no_train_yml_says_what_to_do(tmp_path: Path) -> None:
+    code, out = run("train", cwd=tmp_path)
+    assert code == 1
+    assert "ft init" in out
+
+
+@pytest.mark.slow
+def test_two_processes_with_torchrun(project: Path) -> None:
+    code, out = run(
+        "train", *FAST, "--set", "training.max_steps=2", "--set", "training.batch_size=1",
+        "--nproc-per-node", "2", "--json", cwd=project,
+    )  # fmt: skip
+    assert code == 0, out
+    summary = json.loads(out[out.index("{") :])
+    assert summary["status"] == "completed" and summary["step"] == 2
+    folder = only_run(project)
+    assert (folder / "adapter" / "adapter_model.safetensors").exists()
+    job = json.loads((folder / "job.json").read_text())
+    assert job["train_data"].endswith("data/train.h5")
+    steps = [e for e in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())]
+    assert [e["step"] for e in steps if e["type"] == "step"] == [1, 2]
