@@ -1,0 +1,434 @@
+"""ft's own Hugging Face -> GGUF converter, built on gguf-py's writer, tensor-name maps and quants.
+
+It reads a safetensors model folder with numpy (no torch), renames every tensor through
+`gguf.get_tensor_name_map` (the map llama.cpp's `convert_hf_to_gguf.py` uses), applies the few
+changes llama.cpp's loader expects, and streams the tensors into the file one at a time, so
+peak memory is about one tensor rather than the whole model:
+
+- Llama/Mistral: q_proj/k_proj rows permuted so each head's rotary halves interleave (llama.cpp
+  rotates adjacent pairs; Hugging Face rotates halves). transformers' GGUF loader undoes it.
+- Gemma: RMSNorm weights stored as `w + 1` (Gemma scales by `1 + w`; llama.cpp multiplies).
+- GPT-2: Conv1D weights transposed from (in, out) to (out, in).
+
+`convert_lora_to_gguf` writes a PEFT LoRA adapter as a GGUF adapter (`general.type=adapter`)
+for `llama-cli --lora`: tensors `<name>.weight.lora_a` (r x in) and `.lora_b` (out x r).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import (
+    GGML_QUANT_SIZES,
+    GGML_QUANT_VERSION,
+    MODEL_ARCH,
+    MODEL_ARCH_NAMES,
+    GGMLQuantizationType,
+    GGUFWriter,
+    LlamaFileType,
+    get_tensor_name_map,
+)
+from gguf.quants import quant_shape_to_byte_shape, quantize
+
+from ft_export.gguf_vocab import read_vocab
+from ft_export.tensors import iter_file, iter_tensors, read_header, weight_files
+
+GGUF_TYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
+    "f32": (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
+    "f16": (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),
+    "bf16": (GGMLQuantizationType.BF16, LlamaFileType.MOSTLY_BF16),
+    "q8_0": (GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
+    "q5_1": (GGMLQuantizationType.Q5_1, LlamaFileType.MOSTLY_Q5_1),
+    "q5_0": (GGMLQuantizationType.Q5_0, LlamaFileType.MOSTLY_Q5_0),
+    "q4_1": (GGMLQuantizationType.Q4_1, LlamaFileType.MOSTLY_Q4_1),
+    "q4_0": (GGMLQuantizationType.Q4_0, LlamaFileType.MOSTLY_Q4_0),
+}
+"""The GGUF types ft writes: name -> (tensor type of the 2-D weights, general.file_type)."""
+
+Progress = Callable[[str, int, int], None]
+
+
+class GGUFExportError(ValueError):
+    """A model ft cannot write as GGUF, with the reason and what to do."""
+
+
+def _no_progress(step: str, done: int, total: int) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class GGUFArchitecture:
+    """How one Hugging Face `model_type` is written."""
+
+    arch: MODEL_ARCH
+    hparams: Callable[[GGUFWriter, Mapping[str, Any]], None]
+    permute_qk: bool = False
+    norm_plus_one: bool = False
+    transposed: tuple[str, ...] = ()
+    """HF name suffixes stored (in, out) that GGUF wants as (out, in)."""
+    tied_output: bool = False
+    """The architecture always ties lm_head to the embeddings (Gemma)."""
+
+    @property
+    def name(self) -> str:
+        return MODEL_ARCH_NAMES[self.arch]
+
+
+def _rope_theta(config: Mapping[str, Any]) -> float:
+    rope = config.get("rope_parameters") or {}
+    return float(rope.get("rope_theta") or config.get("rope_theta") or 10000.0)
+
+
+def _check_rope(config: Mapping[str, Any]) -> None:
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    if kind != "default":
+        raise GGUFExportError(
+            f"rope scaling {kind!r} is not written by ft's GGUF converter yet; export `hf` and "
+            "convert with llama.cpp's convert_hf_to_gguf.py"
+        )
+
+
+def _decoder_hparams(writer: GGUFWriter, config: Mapping[str, Any]) -> None:
+    _check_rope(config)
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
+    rope = config.get("rope_parameters") or {}
+    partial = rope.get("partial_rotary_factor") or config.get("partial_rotary_factor") or 1.0
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(config.get("num_key_value_heads") or heads)
+    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
+    writer.add_rope_freq_base(_rope_theta(config))
+    writer.add_rope_dimension_count(int(head_dim * partial))
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_vocab_size(config["vocab_size"])
+
+
+def _gpt2_hparams(writer: GGUFWriter, config: Mapping[str, Any]) -> None:
+    writer.add_context_length(config["n_positions"])
+    writer.add_embedding_length(config["n_embd"])
+    writer.add_feed_forward_length(config.get("n_inner") or 4 * config["n_embd"])
+    writer.add_block_count(config["n_layer"])
+    writer.add_head_count(config["n_head"])
+    writer.add_layer_norm_eps(config.get("layer_norm_epsilon", 1e-5))
+    writer.add_vocab_size(config["vocab_size"])
+
+
+ARCHITECTURES: dict[str, GGUFArchitecture] = {
+    "llama": GGUFArchitecture(MODEL_ARCH.LLAMA, _decoder_hparams, permute_qk=True),
+    "mistral": GGUFArchitecture(MODEL_ARCH.LLAMA, _decoder_hparams, permute_qk=True),
+    "qwen2": GGUFArchitecture(MODEL_ARCH.QWEN2, _decoder_hparams),
+    "qwen3": GGUFArchitecture(MODEL_ARCH.QWEN3, _decoder_hparams),
+    "phi3": GGUFArchitecture(MODEL_ARCH.PHI3, _decoder_hparams),
+    "gemma": GGUFArchitecture(
+        MODEL_ARCH.GEMMA, _decoder_hparams, norm_plus_one=True, tied_output=True
+    ),
+    "gemma2": GGUFArchitecture(
+        MODEL_ARCH.GEMMA2, _decoder_hparams, norm_plus_one=True, tied_output=True
+    ),
+    "gpt2": GGUFArchitecture(
+        MODEL_ARCH.GPT2,
+        _gpt2_hparams,
+        transposed=(
+            ".attn.c_attn.weight",
+            ".attn.c_proj.weight",
+            ".mlp.c_fc.weight",
+            ".mlp.c_proj.weight",
+        ),
+    ),
+}
+"""Hugging Face `model_type` -> how ft writes it as GGUF."""
+
+# Buffers and leftovers that are not weights in any runtime.
+_SKIPPED_SUFFIXES = (".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
+
+
+def permute_qk(weights: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's `LlamaModel.permute`: interleave each head's two rotary halves."""
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
+
+
+def architecture_of(config: Mapping[str, Any]) -> GGUFArchitecture:
+    model_type = config.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise GGUFExportError(
+            f"ft's GGUF converter does not write {model_type!r} models (it writes "
+            f"{', '.join(sorted(ARCHITECTURES))}); export `hf` instead"
+        )
+    return ARCHITECTURES[model_type]
+
+
+def _n_layers(config: Mapping[str, Any]) -> int:
+    return int(config.get("num_hidden_layers") or config["n_layer"])
+
+
+@dataclass(frozen=True)
+class _Planned:
+    hf_name: str
+    gguf_name: str
+    shape: tuple[int, ...]
+    """The tensor's numpy shape as written (after any transpose)."""
+    qtype: GGMLQuantizationType
+
+
+class _TensorRules:
+    """Names, transforms and types of one model's tensors."""
+
+    def __init__(self, config: Mapping[str, Any], ggml_type: GGMLQuantizationType) -> None:
+        self.config = config
+        self.arch = architecture_of(config)
+        self.names = get_tensor_name_map(self.arch.arch, _n_layers(config))
+        self.ggml_type = ggml_type
+        self.tied = bool(config.get("tie_word_embeddings", self.arch.tied_output))
+        self.fallbacks: list[str] = []
+
+    def gguf_name(self, hf_name: str) -> str | None:
+        if hf_name.endswith(_SKIPPED_SUFFIXES):
+            return None
+        if hf_name == "lm_head.weight" and (self.tied or self.arch.tied_output):
+            return None  # llama.cpp uses token_embd when there is no output tensor
+        name = self.names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise GGUFExportError(
+                f"tensor {hf_name!r} has no GGUF name in gguf-py's {self.arch.name} map; "
+                "this model variant is not supported by ft's GGUF converter"
+            )
+        return name  # gguf-py keeps the matched suffix (`.weight`, `.bias`)
+
+    def shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(reversed(shape)) if hf_name.endswith(self.arch.transposed) else shape
+
+    def qtype(self, gguf_name: str, shape: tuple[int, ...]) -> GGMLQuantizationType:
+        if len(shape) < 2 or self.ggml_type == GGMLQuantizationType.F32:
+            return GGMLQuantizationType.F32  # norms and biases stay f32, as in llama.cpp
+        block = GGML_QUANT_SIZES[self.ggml_type][0]
+        if shape[-1] % block:
+            self.fallbacks.append(gguf_name)
+            return GGMLQuantizationType.F16
+        return self.ggml_type
+
+    def transform(self, hf_name: str, values: np.ndarray) -> np.ndarray:
+        config = self.config
+        if self.arch.permute_qk and hf_name.endswith("self_attn.q_proj.weight"):
+            values = permute_qk(values, config["num_attention_heads"])
+        elif self.arch.permute_qk and hf_name.endswith("self_attn.k_proj.weight"):
+            heads = config.get("num_key_value_heads") or config["num_attention_heads"]
+            values = permute_qk(values, heads)
+        elif self.arch.norm_plus_one and hf_name.endswith("norm.weight"):
+            values = values + 1
+        elif hf_name.endswith(self.arch.transposed):
+            values = values.T
+        return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def _encode(values: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    if qtype == GGMLQuantizationType.F32:
+        return values.astype(np.float32, copy=False)
+    if qtype == GGMLQuantizationType.F16:
+        return values.astype(np.float16)
+    return quantize(values, qtype)
+
+
+def _add_info(
+    writer: GGUFWriter, name: str, shape: tuple[int, ...], qtype: GGMLQuantizationType
+) -> None:
+    if qtype == GGMLQuantizationType.F32:
+        writer.add_tensor_info(name, shape, np.dtype(np.float32), 4 * math.prod(shape))
+    elif qtype == GGMLQuantizationType.F16:
+        writer.add_tensor_info(name, shape, np.dtype(np.float16), 2 * math.prod(shape))
+    else:
+        byte_shape = quant_shape_to_byte_shape(shape, qtype)
+        writer.add_tensor_info(
+            name, byte_shape, np.dtype(np.uint8), math.prod(byte_shape), raw_dtype=qtype
+        )
+
+
+@dataclass(frozen=True)
+class GGUFWritten:
+    path: Path
+    architecture: str
+    tensor_count: int
+    chat_template: str | None
+    notes: tuple[str, ...] = ()
+
+
+def convert_to_gguf(
+    model_dir: Path,
+    out_file: Path,
+    gguf_type: str = "f16",
+    *,
+    name: str | None = None,
+    chat_template: str | None = None,
+    progress: Progress = _no_progress,
+) -> GGUFWritten:
+    """Write the Hugging Face model folder `model_dir` as the GGUF file `out_file`.
+
+    `gguf_type` is one of `GGUF_TYPES`. `chat_template` overrides the folder's own template.
+    The file is written beside `out_file` under a temporary name and renamed when complete.
+    Raises `GGUFExportError` for an architecture or tokenizer it cannot write.
+    """
+    if gguf_type not in GGUF_TYPES:
+        raise GGUFExportError(
+            f"unknown GGUF type {gguf_type!r}: choose one of {', '.join(GGUF_TYPES)}"
+        )
+    ggml_type, file_type = GGUF_TYPES[gguf_type]
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    rules = _TensorRules(config, ggml_type)
+    vocab = read_vocab(model_dir, config["vocab_size"], chat_template)
+
+    plan: list[_Planned] = []
+    for path in weight_files(model_dir):
+        for hf_name, info in read_header(path)[0].items():
+            gguf_name = rules.gguf_name(hf_name)
+            if gguf_name is None:
+                continue
+            shape = rules.shape(hf_name, tuple(info["shape"]))
+            plan.append(_Planned(hf_name, gguf_name, shape, rules.qtype(gguf_name, shape)))
+
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(f".tmp-{out_file.name}-{os.getpid()}")
+    writer = GGUFWriter(tmp, rules.arch.name)
+    try:
+        writer.add_type("model")
+        writer.add_name(name or model_dir.name)
+        writer.add_file_type(int(file_type))
+        if ggml_type not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            writer.add_quantization_version(GGML_QUANT_VERSION)
+        rules.arch.hparams(writer, config)
+        vocab.add_to(writer)
+        for item in plan:
+            _add_info(writer, item.gguf_name, item.shape, item.qtype)
+        writer.write_header_to_file(tmp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        wanted = {item.hf_name: item for item in plan}
+        done = 0
+        for hf_name, values in iter_tensors(model_dir):
+            item = wanted.get(hf_name)
+            if item is None:
+                continue
+            encoded = _encode(rules.transform(hf_name, values), item.qtype)
+            writer.write_tensor_data(encoded)
+            done += 1
+            progress("writing GGUF tensors", done, len(plan))
+        writer.close()
+        with tmp.open("rb+") as f:
+            os.fsync(f.fileno())
+        tmp.replace(out_file)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    notes = []
+    if rules.fallbacks:
+        notes.append(
+            f"{len(rules.fallbacks)} tensors with rows not divisible by the {gguf_type} block "
+            f"size were written as f16 ({', '.join(rules.fallbacks[:3])}...)"
+        )
+    return GGUFWritten(out_file, rules.arch.name, len(plan), vocab.chat_template, tuple(notes))
+
+
+def convert_lora_to_gguf(
+    adapter_dir: Path,
+    base_config: Mapping[str, Any],
+    out_file: Path,
+    gguf_type: str = "f16",
+    *,
+    name: str | None = None,
+) -> GGUFWritten:
+    """Write the PEFT LoRA adapter in `adapter_dir` (for a base with `base_config`) as a GGUF
+    LoRA adapter that llama.cpp loads with `--lora`. Types: f32, f16, bf16."""
+    if gguf_type not in ("f32", "f16", "bf16"):
+        raise GGUFExportError(
+            f"a GGUF LoRA adapter is written as f32, f16 or bf16, not {gguf_type}"
+        )
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    if adapter_config.get("peft_type") != "LORA":
+        raise GGUFExportError(
+            f"{adapter_dir}: a {adapter_config.get('peft_type')} adapter cannot be a GGUF LoRA; "
+            "export the merged model instead (--format gguf)"
+        )
+    if adapter_config.get("use_dora"):
+        raise GGUFExportError(
+            f"{adapter_dir}: llama.cpp has no DoRA; export the merged model (--format gguf)"
+        )
+    rank = int(adapter_config["r"])
+    alpha = float(adapter_config["lora_alpha"])
+    if adapter_config.get("use_rslora"):
+        alpha = alpha * math.sqrt(rank)  # llama.cpp scales by alpha / r; rsLoRA by alpha / sqrt(r)
+    if adapter_config.get("rank_pattern") or adapter_config.get("alpha_pattern"):
+        raise GGUFExportError(f"{adapter_dir}: per-module ranks/alphas cannot be written to GGUF")
+    ggml_type, file_type = GGUF_TYPES[gguf_type]
+    rules = _TensorRules(base_config, ggml_type)
+    weights = adapter_dir / "adapter_model.safetensors"
+    tensors = dict(iter_file(weights))
+
+    entries: list[tuple[str, np.ndarray]] = []
+    for key in sorted(tensors):
+        if ".lora_A." not in key:
+            if ".lora_B." not in key:
+                raise GGUFExportError(
+                    f"{weights}: tensor {key!r} is not a LoRA A/B matrix (modules_to_save and "
+                    "trained embeddings cannot go into a GGUF LoRA); export the merged model"
+                )
+            continue
+        module = key.split(".lora_A.")[0].removeprefix("base_model.model.")
+        lora_a = tensors[key]
+        lora_b = tensors[key.replace(".lora_A.", ".lora_B.")]
+        hf_name = module + ".weight"
+        gguf_name = rules.gguf_name(hf_name)
+        if gguf_name is None:
+            continue
+        if rules.arch.permute_qk and hf_name.endswith("self_attn.q_proj.weight"):
+            lora_b = permute_qk(lora_b, base_config["num_attention_heads"])
+        elif rules.arch.permute_qk and hf_name.endswith("self_attn.k_proj.weight"):
+            heads = base_config.get("num_key_value_heads") or base_config["num_attention_heads"]
+            lora_b = permute_qk(lora_b, heads)
+        # peft keeps A (r, in) and B (out, r) even for GPT-2's Conv1D, which is what GGUF wants
+        entries.append((gguf_name + ".lora_a", np.ascontiguousarray(lora_a, dtype=np.float32)))
+        entries.append((gguf_name + ".lora_b", np.ascontiguousarray(lora_b, dtype=np.float32)))
+    if not entries:
+        raise GGUFExportError(f"{weights}: no LoRA matrices found")
+
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(f".tmp-{out_file.name}-{os.getpid()}")
+    writer = GGUFWriter(tmp, rules.arch.name)
+    try:
+        writer.add_type("adapter")
+        writer.add_string("adapter.type", "lora")
+        writer.add_float32("adapter.lora.alpha", alpha)
+        writer.add_name(name or adapter_dir.name)
+        writer.add_file_type(int(file_type))
+        for gguf_name, values in entries:
+            qtype = GGMLQuantizationType.F32 if gguf_type == "f32" else ggml_type
+            encoded = _encode(values, qtype)
+            if qtype == GGMLQuantizationType.BF16:
+                writer.add_tensor(gguf_name, encoded, raw_dtype=qtype)
+            else:
+                writer.add_tensor(gguf_name, encoded)
+        writer.write_header_to_file(tmp)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        tmp.replace(out_file)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return GGUFWritten(out_file, rules.arch.name, len(entries), None)
