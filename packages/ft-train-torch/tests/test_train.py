@@ -318,6 +318,25 @@ def test_full_finetune(make_job, tiny_llama) -> None:
     }
 
 
-def test_auto_batch_size_is_a_clear_error(make_job) -> None:
-    with pytest.raises(ValueError, match="batch_size: auto"):
-        train(make_job(training__batch_size="auto"))
+def test_auto_batch_size_picks_from_the_memory_estimate(make_job) -> None:
+    # 32 training rows: the largest power of two that is not more than the rows is 32, and a
+    # tiny model fits that easily in any machine's memory; under 0.06 GB not even one row fits
+    # (the estimator counts the framework's own ~0.8 GB).
+    events, result = train(make_job(training__batch_size="auto", training__max_steps=1))
+    notes = [e["text"] for e in events if e["type"] == "message" and "batch_size auto" in e["text"]]
+    assert len(notes) == 1
+    assert notes[0].startswith("batch_size auto: 32 (estimated for sequences of ")
+    assert "available RAM" in notes[0]
+    assert result.step == 1
+
+    from ft_models.memory import InsufficientMemoryError
+
+    with pytest.raises(InsufficientMemoryError):
+        train(
+            make_job(
+                run="none",
+                training__batch_size="auto",
+                training__max_steps=1,
+                resources__max_memory_gb=0.06,
+            )
+        )

@@ -7,6 +7,7 @@ which model file, which data format and which backend were used without reading 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import threading
@@ -364,7 +365,9 @@ def run_distributed(
         relay()
         if should_stop() and not stopped:
             stopped = True
-            say("stopping the trainer processes; `ft train --resume` continues from the last checkpoint")
+            say(
+                "stopping the trainer processes; `ft train --resume` continues from the last checkpoint"
+            )
             os.killpg(process.pid, signal.SIGTERM)
         time.sleep(0.5)
     relay()
@@ -494,8 +497,14 @@ def materialize_split(data: PreparedData, folder: Path, say: Say) -> PreparedDat
                 say(f"validation: off ({len(source)} example(s) are too few to hold any out)")
                 return PreparedData(data.train, None, data.summary, split=None)
             attrs = source.attrs
-            for path, rows in ((train_file, train_rows), (validation_file, held_out)):
-                with PreparedWriter(path, {**attrs, "subset_of": attrs.get("cache_key", "")}) as w:
+            parent = str(attrs.get("cache_key", ""))
+            for role, path, rows in (
+                ("train", train_file, train_rows),
+                ("validation", validation_file, held_out),
+            ):
+                key = hashlib.sha256(f"{parent}:{role}:{fraction}:{seed}".encode()).hexdigest()
+                subset = {**attrs, "cache_key": key, "subset_of": parent, "subset": role}
+                with PreparedWriter(path, subset) as w:
                     for row in rows:
                         tokens, mask = source[int(row)]
                         w.add(tokens, mask)
@@ -503,7 +512,11 @@ def materialize_split(data: PreparedData, folder: Path, say: Say) -> PreparedDat
             f"validation: {len(held_out)} of {len(held_out) + len(train_rows)} examples held out "
             f"(validation_split {fraction}, seed {seed})"
         )
-    summary = {**data.summary, "train_file": str(train_file), "validation_file": str(validation_file)}
+    summary = {
+        **data.summary,
+        "train_file": str(train_file),
+        "validation_file": str(validation_file),
+    }
     return PreparedData(train_file, validation_file, summary, split=None)
 
 

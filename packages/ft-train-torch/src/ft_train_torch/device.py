@@ -18,23 +18,14 @@ import torch
 
 
 def pick_device(setting: str) -> torch.device:
-    """The device for `resources.device`: `auto` is cuda > mps > cpu; an explicit one must exist."""
-    if setting == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(setting)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"resources.device is {setting!r}, but torch sees no CUDA device here "
-            "(torch.cuda.is_available() is False): use device: auto or cpu"
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(
-            f"resources.device is {setting!r}, but MPS is not available here: use device: auto or cpu"
-        )
+    """The device for `resources.device` (`auto` is cuda > mps > cpu), chosen by ft-models so
+    every part of ft agrees; a device this machine lacks raises ft-models' DeviceError."""
+    from ft_models.device import pick_device as choose
+
+    choice = choose(setting)
+    device = torch.device(choice.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 

@@ -83,11 +83,6 @@ class TorchTrainer:
         device = distributed.device_for(world, pick_device(resources.device))
         check_method(method.name, device)
         precision = resolve_precision(settings.precision, device)
-        if settings.batch_size == "auto":
-            raise ValueError(
-                "training.batch_size: auto is not available in the torch trainer yet "
-                "(it needs ft_models.memory.auto_batch_size): set a number, e.g. batch_size: 4"
-            )
         if config.model.task == "sequence-classification":
             raise ValueError(
                 "model.task: sequence-classification needs a class label per example, and ft-data's "
@@ -124,7 +119,26 @@ class TorchTrainer:
                     "info",
                     f"method {method.name} adds virtual tokens to each row: packing is off, rows are padded",
                 )
-            rows = world.size * int(settings.batch_size)
+            dtype = load_dtype(config.model.dtype, device, full=method.name == "full")
+            base = load_base_model(job.model_path, config.model, method, device, dtype)
+            if settings.gradient_checkpointing:
+                base.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
+            model = apply_method(base, method, config.model.task)
+            trainable, total = count_parameters(model)
+            batch_size = settings.batch_size
+            if batch_size == "auto" and job.resume_from is not None:
+                saved = read_trainer_state(job.resume_from)["fingerprint"].get("batch_size")
+                if saved:
+                    batch_size = int(saved)
+                    note("info", f"batch_size auto: {batch_size}, as chosen when the run started")
+            if batch_size == "auto":
+                batch_size, why = choose_batch_size(
+                    config, job.model_path, train_set, model, device, dtype, prompt=prompt
+                )
+                note("info", f"batch_size auto: {batch_size} ({why})")
+            rows = world.size * int(batch_size)
             batches = Batches(
                 train_set,
                 batch_size=rows,
@@ -145,14 +159,6 @@ class TorchTrainer:
                 else None
             )
 
-            dtype = load_dtype(config.model.dtype, device, full=method.name == "full")
-            base = load_base_model(job.model_path, config.model, method, device, dtype)
-            if settings.gradient_checkpointing:
-                base.gradient_checkpointing_enable(
-                    gradient_checkpointing_kwargs={"use_reentrant": False}
-                )
-            model = apply_method(base, method, config.model.task)
-            trainable, total = count_parameters(model)
             if job.resume_from is not None:
                 read_manifest(job.resume_from)  # refuses a broken checkpoint, saying what is wrong
                 load_weights(model, Path(job.resume_from), method.name)
@@ -164,6 +170,7 @@ class TorchTrainer:
             scheduler = build_scheduler(optimizer, settings, total_steps)
             scaler = grad_scaler(precision, device)
             prints = fingerprint(config, job.model_path, job.train_data, job.validation_data)
+            prints["batch_size"] = int(batch_size)
             state = LoopState()
             if job.resume_from is not None:
                 for difference in compare_fingerprints(
@@ -310,3 +317,72 @@ def _sliding_window(model_config: Any, max_seq_length: int) -> int | None:
             f"set data.packing: false, or data.max_seq_length <= {window}"
         )
     return int(window)
+
+
+def choose_batch_size(
+    config: Any,
+    model_path: Path,
+    dataset: PreparedDataset,
+    model: torch.nn.Module,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    prompt: bool,
+) -> tuple[int, str]:
+    """`training.batch_size: auto`: the largest power of two whose estimated peak (ft-models'
+    estimator) fits the memory limit, confirmed on a GPU by a real forward and backward pass
+    that halves the batch on out-of-memory. On the CPU an out-of-memory kills the process
+    instead of raising, so the estimate alone decides, with the safety margin it keeps."""
+    import json
+
+    from ft_models.device import memory_info
+    from ft_models.memory import auto_batch_size
+    from ft_models.shape import ModelShape
+
+    shape = ModelShape.from_hf_config(json.loads((model_path / "config.json").read_text()))
+    resources, method, data = config.resources, config.method, config.data
+    if resources.max_memory_gb:
+        limit, where = int(resources.max_memory_gb * 1e9), "resources.max_memory_gb"
+    elif device.type == "cuda":
+        limit, where = torch.cuda.mem_get_info(device)[0], f"free memory on {device}"
+    else:
+        limit, where = memory_info(gpus=False).available_bytes, "available RAM"
+    seq_len = int(data.max_seq_length)
+    if not data.packing and len(dataset):
+        seq_len = min(seq_len, int(dataset.lengths.max()))
+    most = 1
+    while most * 2 <= min(256, max(len(dataset), 1)):
+        most *= 2
+    trial = None
+    if device.type in ("cuda", "mps"):
+
+        def trial(batch: int) -> bool:
+            ids = torch.randint(0, shape.vocab_size, (batch, seq_len), device=device)
+            try:
+                out = model(input_ids=ids, labels=ids)
+                out.loss.backward()
+                return True
+            finally:
+                model.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    dtype_name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[
+        dtype
+    ]
+    targets = method.target_modules
+    chosen = auto_batch_size(
+        shape,
+        memory_limit_bytes=limit,
+        seq_len=seq_len,
+        method=method.name if method.name in ("full", "lora", "dora", "qlora") else "lora",
+        dtype=dtype_name,
+        lora_rank=method.rank,
+        lora_targets=targets if isinstance(targets, str) else list(targets),
+        gradient_checkpointing=bool(config.training.gradient_checkpointing),
+        optimizer=config.training.optimizer,
+        max_batch_size=most,
+        trial=trial,
+    )
+    how = "confirmed by a trial step" if trial else "estimated"
+    return chosen, f"{how} for sequences of {seq_len} tokens within {limit / 1e9:.1f} GB ({where})"
