@@ -1,0 +1,478 @@
+"""The built-in exporters, one per format, each writing into a fresh folder and checking it.
+
+Every exporter builds its export in a temporary folder beside `out` and renames it into place
+once written and checked, so `out` holds a whole export or nothing new. A failed check still
+publishes the export (so it can be inspected) and raises `VerificationError`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ft_export.types import (
+    ExportError,
+    ExportOptions,
+    ExportResult,
+    ExportSource,
+    Progress,
+    Verification,
+    VerificationError,
+)
+
+# -- shared steps -----------------------------------------------------------------------------
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
+
+
+def _build_folder(out: Path) -> Path:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} already exists and is not empty: choose another -o/--output")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build = out.with_name(f".tmp-{out.name}-{uuid.uuid4().hex[:8]}")
+    build.mkdir()
+    return build
+
+
+def _publish(build: Path, out: Path) -> None:
+    if out.exists():
+        out.rmdir()  # empty, checked by _build_folder
+    build.rename(out)
+
+
+def _finish(
+    build: Path, out: Path, fmt: str, verification: Verification | None, notes: list[str]
+) -> ExportResult:
+    _publish(build, out)
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    result = ExportResult(fmt, out, files, verification, notes)
+    if verification is not None and not verification.passed:
+        raise VerificationError(
+            f"the {fmt} export in {out} failed its check: {verification.summary()}", result
+        )
+    return result
+
+
+def _run(
+    out: Path, fmt: str, write: Callable[[Path], tuple[Verification | None, list[str]]]
+) -> ExportResult:
+    build = _build_folder(out)
+    try:
+        verification, notes = write(build)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    return _finish(build, out, fmt, verification, notes)
+
+
+@dataclass
+class _Merged:
+    model: Any
+    tokenizer: Any
+    reference: Any
+    notes: list[str]
+
+
+def _merged(source: ExportSource, options: ExportOptions, progress: Progress) -> _Merged:
+    from ft_export.merge import load_tokenizer, merged_model
+    from ft_export.verify import reference_of
+
+    progress("loading and merging", 0, 0)
+    model, notes = merged_model(source)
+    tokenizer = load_tokenizer(source)
+    reference = reference_of(model, tokenizer, options.prompt, options.greedy_tokens)
+    progress("loading and merging", 1, 1)
+    return _Merged(model, tokenizer, reference, notes)
+
+
+def _expected_template(source: ExportSource, tokenizer: Any) -> str | None:
+    return source.chat_template if source.chat_template is not None else tokenizer.chat_template
+
+
+def _single_adapter(source: ExportSource, fmt: str) -> None:
+    if not source.adapters:
+        raise ExportError(
+            f"--format {fmt} exports an adapter, and {source.base} is a plain model; "
+            "name a run of a LoRA method, or pass --adapter PATH"
+        )
+
+
+def _save_adapter(source: ExportSource, build: Path) -> list[str]:
+    """The source's adapter in PEFT's layout in `build` (the combination when several)."""
+    from ft_export.merge import load_base, with_adapters
+
+    if len(source.adapters) == 1:
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            if not (source.adapters[0] / name).is_file():
+                raise ExportError(f"{source.adapters[0]} has no {name}: not a PEFT adapter")
+            shutil.copy2(source.adapters[0] / name, build / name)
+        return []
+    model, notes = with_adapters(load_base(source.base), source)
+    with tempfile.TemporaryDirectory(dir=build.parent) as tmp:
+        model.save_pretrained(tmp, selected_adapters=["combined"], safe_serialization=True)
+        saved = Path(tmp) / "combined"
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.move(saved / name, build / name)
+    return notes
+
+
+# -- peft -------------------------------------------------------------------------------------
+
+
+class PeftExporter:
+    name = "peft"
+    description = "the adapter in PEFT's layout (adapter_config.json + safetensors), with tokenizer"
+
+    def export(
+        self, source: ExportSource, out: Path, options: ExportOptions, progress: Progress
+    ) -> ExportResult:
+        _single_adapter(source, self.name)
+
+        def write(build: Path) -> tuple[Verification | None, list[str]]:
+            notes = _save_adapter(source, build)
+            from ft_export.merge import load_tokenizer
+
+            tokenizer = load_tokenizer(source)
+            tokenizer.save_pretrained(build)
+            progress("adapter written", 1, 1)
+            if not options.verify:
+                return None, notes
+            merged = _merged(source, options, progress)
+            return _check_peft(source, build, merged), notes + merged.notes
+
+        return _run(out, self.name, write)
+
+
+def _check_peft(source: ExportSource, folder: Path, merged: _Merged) -> Verification:
+    from ft_export.merge import import_torch, load_base
+    from ft_export.verify import TOLERANCES, compare, torch_logits
+
+    _, transformers, peft = import_torch()
+    model = peft.PeftModel.from_pretrained(load_base(source.base), folder).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    checks = {
+        "chat template kept": tokenizer.chat_template
+        == _expected_template(source, merged.tokenizer)
+    }
+    return compare(
+        merged.reference,
+        torch_logits(model, merged.reference.ids),
+        "peft (PeftModel.from_pretrained, adapter not merged)",
+        TOLERANCES["adapter"],
+        checks=checks,
+    )
+
+
+# -- hf ---------------------------------------------------------------------------------------
+
+
+class HFExporter:
+    name = "hf"
+    description = "the merged model as a Hugging Face safetensors folder, tokenizer included"
+
+    def export(
+        self, source: ExportSource, out: Path, options: ExportOptions, progress: Progress
+    ) -> ExportResult:
+        from ft_export.merge import save_hf, torch_dtype_of
+
+        torch_dtype_of(options.dtype)  # a bad dtype fails before any work
+
+        def write(build: Path) -> tuple[Verification | None, list[str]]:
+            merged = _merged(source, options, progress)
+            progress("saving safetensors", 0, 1)
+            save_hf(merged.model, merged.tokenizer, build, options.dtype, options.max_shard_size)
+            progress("saving safetensors", 1, 1)
+            if not options.verify:
+                return None, merged.notes
+            return _check_hf(source, build, merged, options.dtype), merged.notes
+
+        return _run(out, self.name, write)
+
+
+def _check_hf(source: ExportSource, folder: Path, merged: _Merged, dtype: str) -> Verification:
+    from ft_export.merge import import_torch
+    from ft_export.verify import TOLERANCES, compare, torch_logits
+
+    torch, transformers, _ = import_torch()
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    checks = {
+        "chat template kept": tokenizer.chat_template
+        == _expected_template(source, merged.tokenizer)
+    }
+    return compare(
+        merged.reference,
+        torch_logits(model, merged.reference.ids),
+        "transformers (AutoModelForCausalLM.from_pretrained)",
+        TOLERANCES[dtype] if dtype in TOLERANCES else TOLERANCES["float32"],
+        checks=checks,
+    )
+
+
+# -- gguf -------------------------------------------------------------------------------------
+
+
+class GGUFExporter:
+    name = "gguf"
+    description = "the merged model as one GGUF file (llama.cpp), f32/f16/bf16/q8_0/q5/q4"
+
+    def export(
+        self, source: ExportSource, out: Path, options: ExportOptions, progress: Progress
+    ) -> ExportResult:
+        from ft_export.gguf_convert import GGUF_TYPES
+
+        gguf_type = (options.quant or "f16").lower()
+        if gguf_type not in GGUF_TYPES:
+            raise ExportError(
+                f"--quant {gguf_type} is not a GGUF type ft writes: {', '.join(GGUF_TYPES)}"
+            )
+
+        def write(build: Path) -> tuple[Verification | None, list[str]]:
+            path, merged, notes = write_merged_gguf(source, options, build, gguf_type, progress)
+            if not options.verify:
+                return None, notes
+            return check_gguf(source, path, merged, gguf_type, options), notes
+
+        return _run(out, self.name, write)
+
+
+def write_merged_gguf(
+    source: ExportSource,
+    options: ExportOptions,
+    build: Path,
+    gguf_type: str,
+    progress: Progress,
+) -> tuple[Path, _Merged | None, list[str]]:
+    """Merge (when there are adapters) and convert into `build/<name>-<type>.gguf`."""
+    from ft_export.gguf_convert import convert_to_gguf
+    from ft_export.merge import save_hf
+
+    path = build / f"{_slug(source.display_name)}-{gguf_type}.gguf"
+    merged = _merged(source, options, progress) if (options.verify or source.adapters) else None
+    notes = list(merged.notes) if merged else []
+    template = source.chat_template
+    if not source.adapters:
+        written = convert_to_gguf(
+            source.base,
+            path,
+            gguf_type,
+            name=source.display_name,
+            chat_template=template,
+            progress=progress,
+        )
+    else:
+        assert merged is not None
+        with tempfile.TemporaryDirectory(dir=build.parent) as tmp:
+            progress("saving the merged model", 0, 1)
+            save_hf(merged.model, merged.tokenizer, Path(tmp), "float32", "50GB")
+            written = convert_to_gguf(
+                Path(tmp),
+                path,
+                gguf_type,
+                name=source.display_name,
+                chat_template=template,
+                progress=progress,
+            )
+    notes.extend(written.notes)
+    return path, merged, notes
+
+
+def check_gguf(
+    source: ExportSource,
+    path: Path,
+    merged: _Merged | None,
+    gguf_type: str,
+    options: ExportOptions,
+) -> Verification:
+    """Reload the GGUF with transformers (gguf-py's reader for architectures transformers does
+    not load) and compare with ft's merged model; f16/f32 also match greedy tokens."""
+    from gguf import GGUFReader
+
+    from ft_export.merge import import_torch
+    from ft_export.verify import TOLERANCES, compare, torch_greedy, torch_logits
+
+    assert merged is not None
+    torch, transformers, _ = import_torch()
+    config = json.loads((source.base / "config.json").read_text(encoding="utf-8"))
+    notes: list[str] = []
+    if config.get("model_type") in TRANSFORMERS_GGUF:
+        kwargs: dict[str, Any] = {}
+        if config.get("model_type") == "gpt2":
+            # transformers reads GPT-2's feed_forward_length into a key GPT2Config ignores, so
+            # its own config would build a 4*n_embd MLP; the weights still come from the file
+            kwargs["config"] = transformers.AutoConfig.from_pretrained(source.base)
+            notes.append("GPT-2: transformers' GGUF config misses n_inner; config from the source")
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32, **kwargs
+        ).eval()
+        reader = "transformers (from_pretrained(gguf_file=...))"
+    else:
+        model = _model_from_gguf_reader(path, source.base)
+        reader = "gguf-py GGUFReader + transformers model (transformers has no GGUF loader for it)"
+    ids = merged.reference.ids
+    file = GGUFReader(path)
+    field = file.fields.get("tokenizer.chat_template")
+    kept = bytes(field.parts[field.data[0]]).decode("utf-8") if field else None
+    checks = {"chat template kept": kept == _expected_template(source, merged.tokenizer)}
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        checks["tokenizer ids identical"] = (
+            tokenizer(options.prompt, add_special_tokens=True)["input_ids"] == ids
+        )
+    except Exception as error:  # any failure to rebuild it is the finding
+        notes.append(f"transformers could not rebuild the tokenizer from the GGUF: {error}")
+    greedy = None
+    if gguf_type in ("f32", "f16"):
+        greedy = torch_greedy(model, ids, options.greedy_tokens)
+    return compare(
+        merged.reference,
+        torch_logits(model, ids),
+        reader,
+        TOLERANCES[gguf_type],
+        greedy=greedy,
+        checks=checks,
+        notes=notes,
+    )
+
+
+TRANSFORMERS_GGUF = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gpt2")
+"""Model types whose GGUF files transformers loads (gemma, Gemma 1, is not among them)."""
+
+
+def _model_from_gguf_reader(path: Path, base: Path) -> Any:
+    """Read every tensor back with gguf-py, undo ft's writing changes, load into the model."""
+    import torch
+    import transformers
+    from gguf import GGUFReader, get_tensor_name_map
+    from gguf.quants import dequantize
+
+    from ft_export.gguf_convert import architecture_of
+
+    config = transformers.AutoConfig.from_pretrained(base)
+    raw = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    arch = architecture_of(raw)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    names = get_tensor_name_map(arch.arch, config.num_hidden_layers)
+    hf_of = {}
+    for hf_name in model.state_dict():
+        gguf = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf:
+            hf_of[gguf] = hf_name
+    state = {}
+    for tensor in GGUFReader(path).tensors:
+        values = dequantize(tensor.data, tensor.tensor_type).reshape(
+            [int(d) for d in reversed(tensor.shape)]
+        )
+        hf_name = hf_of[tensor.name]
+        if arch.norm_plus_one and hf_name.endswith("norm.weight"):
+            values = values - 1
+        state[hf_name] = torch.from_numpy(values.astype("float32"))
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+class GGUFLoraExporter:
+    name = "gguf-lora"
+    description = "the LoRA adapter as a GGUF adapter for llama.cpp's --lora"
+
+    def export(
+        self, source: ExportSource, out: Path, options: ExportOptions, progress: Progress
+    ) -> ExportResult:
+        from ft_export.gguf_convert import convert_lora_to_gguf
+
+        _single_adapter(source, self.name)
+        gguf_type = (options.quant or "f16").lower()
+        config = json.loads((source.base / "config.json").read_text(encoding="utf-8"))
+
+        def write(build: Path) -> tuple[Verification | None, list[str]]:
+            with tempfile.TemporaryDirectory(dir=build.parent) as tmp:
+                notes = _save_adapter(source, Path(tmp))
+                path = build / f"{_slug(source.display_name)}-lora-{gguf_type}.gguf"
+                convert_lora_to_gguf(Path(tmp), config, path, gguf_type, name=source.display_name)
+                adapter_config = json.loads((Path(tmp) / "adapter_config.json").read_text())
+            progress("adapter written", 1, 1)
+            if not options.verify:
+                return None, notes
+            merged = _merged(source, options, progress)
+            return _check_gguf_lora(source, path, adapter_config, merged, gguf_type), notes
+
+        return _run(out, self.name, write)
+
+
+def _check_gguf_lora(
+    source: ExportSource,
+    path: Path,
+    adapter_config: dict[str, Any],
+    merged: _Merged,
+    gguf_type: str,
+) -> Verification:
+    """Read the adapter back with gguf-py, turn it into a PEFT adapter again (undoing the q/k
+    permutation) and apply it with peft to the base: the logits must match the merge."""
+    import torch
+    from gguf import GGUFReader, get_tensor_name_map
+    from gguf.quants import dequantize
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    from ft_export.gguf_convert import architecture_of
+    from ft_export.merge import load_base
+    from ft_export.verify import TOLERANCES, compare, torch_logits
+
+    raw = json.loads((source.base / "config.json").read_text(encoding="utf-8"))
+    arch = architecture_of(raw)
+    base = load_base(source.base)
+    layers = raw.get("num_hidden_layers") or raw["n_layer"]
+    names = get_tensor_name_map(arch.arch, layers)
+    hf_of = {}
+    for hf_name, _ in base.named_parameters():
+        gguf = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf:
+            hf_of[gguf] = hf_name.removesuffix(".weight")
+    file = GGUFReader(path)
+    alpha_field = file.fields["adapter.lora.alpha"]
+    alpha = float(alpha_field.parts[alpha_field.data[0]][0])
+    state = {}
+    for tensor in file.tensors:
+        values = dequantize(tensor.data, tensor.tensor_type).reshape(
+            [int(d) for d in reversed(tensor.shape)]
+        )
+        gguf_name, kind = tensor.name.rsplit(".", 1)
+        module = hf_of[gguf_name]
+        if kind == "lora_b" and arch.permute_qk and module.endswith(("q_proj", "k_proj")):
+            from ft_models.gguf.architectures import reverse_llama_permutation
+
+            heads = raw["num_attention_heads"]
+            if module.endswith("k_proj"):
+                heads = raw.get("num_key_value_heads") or heads
+            values = reverse_llama_permutation(values, heads)
+        letter = "A" if kind == "lora_a" else "B"
+        state[f"base_model.model.{module}.lora_{letter}.weight"] = torch.from_numpy(
+            values.astype("float32")
+        )
+    rank = int(next(v for k, v in state.items() if ".lora_A." in k).shape[0])
+    modules = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in state})
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=modules,
+        fan_in_fan_out=bool(adapter_config.get("fan_in_fan_out")),
+        lora_dropout=0.0,
+    )
+    model = get_peft_model(base, config)
+    result = set_peft_model_state_dict(model, {k: v for k, v in state.items()})
+    checks = {"every tensor has a place": not result.unexpected_keys}
+    return compare(
+        merged.reference,
+        torch_logits(model.eval(), merged.reference.ids),
+        "gguf-py GGUFReader -> peft LoRA on the base",
+        TOLERANCES[gguf_type],
+        checks=checks,
+    )
