@@ -1,0 +1,295 @@
+"""The training loop: plain, top to bottom, the torch trainer's loop in MLX.
+
+One optimizer step is `gradient_accumulation_steps` micro-batches. Before any forward pass
+the loop counts the trained tokens of the whole step (every micro-batch, every process); the
+gradients of each micro-batch's summed loss are added up, summed over processes, and divided
+by that count: accumulating 2 micro-batches of b rows is the same update as one batch of 2b.
+Then: clip, check for NaN/inf, set the scheduled learning rate, step, and, between steps,
+evaluate, checkpoint, and ask whether to stop.
+
+Checkpoints are taken between optimizer steps only, so the saved accumulation micro-step is
+always 0 and the data position is `step * gradient_accumulation_steps` micro-batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_map
+
+from ft_config import TrainingConfig
+from ft_data.batches import Batches
+from ft_models.checkpoint import prune_checkpoints, step_folder, write_checkpoint
+from ft_train_mlx.distributed import World
+from ft_train_mlx.optim import learning_rate, set_learning_rate
+from ft_train_mlx.packing import model_inputs, real_tokens, summed_loss, trained_tokens
+from ft_train_mlx.state import LoopState, seed_micro_batch
+
+Event = dict[str, Any]
+SaveFn = Callable[[Path, LoopState, dict[str, int]], None]  # write weights + state into a folder
+
+
+@dataclass
+class Loop:
+    """What the loop works with; `trainer.py` builds it from a job."""
+
+    model: nn.Module
+    optimizer: optim.Optimizer
+    batches: Batches  # global batches (world_size * batch_size rows); each process takes its share
+    settings: TrainingConfig
+    total_steps: int
+    total_micro_batches: int | None  # None: `max_steps` decides, the data cycles
+    save: SaveFn
+    checkpoints_dir: Path
+    world: World = field(default_factory=World)
+    eval_batches: Batches | None = None
+    compile: bool = False
+
+    @property
+    def accumulation(self) -> int:
+        return self.settings.gradient_accumulation_steps
+
+
+@dataclass(frozen=True)
+class Outcome:
+    reason: str
+    step: int
+    best_checkpoint: Path | None
+    metrics: dict[str, float]
+
+
+def gradient_function(model: nn.Module, compiled: bool) -> Callable[..., Any]:
+    """`grads(ids, targets, mask) -> (summed loss, gradients)`; with `compiled`, an
+    `mx.compile`d function per mask kind. Its inputs and outputs are the model's state
+    (value_and_grad swaps the weights in and out) and MLX's random state, which dropout draws
+    from."""
+
+    def plain(ids: mx.array, targets: mx.array) -> mx.array:
+        return summed_loss(model, ids, targets, None)
+
+    def masked(ids: mx.array, targets: mx.array, mask: mx.array) -> mx.array:
+        return summed_loss(model, ids, targets, mask)
+
+    plain_grad = nn.value_and_grad(model, plain)
+    masked_grad = nn.value_and_grad(model, masked)
+    if compiled:
+        state = [model.state, mx.random.state]
+        plain_grad = mx.compile(plain_grad, inputs=state, outputs=state)
+        masked_grad = mx.compile(masked_grad, inputs=state, outputs=state)
+
+    def grads(ids: mx.array, targets: mx.array, mask: mx.array | None) -> Any:
+        return plain_grad(ids, targets) if mask is None else masked_grad(ids, targets, mask)
+
+    return grads
+
+
+def run(
+    loop: Loop, state: LoopState, emit: Callable[[Event], None], should_stop: Callable[[], bool]
+) -> Outcome:
+    """Train from `state` (fresh or restored) until the plan ends, early stopping, a stop
+    request, or a NaN loss. Events go through `emit` on rank 0 only."""
+    say = emit if loop.world.is_main else (lambda event: None)
+    settings, world, model = loop.settings, loop.world, loop.model
+    grads_of = gradient_function(model, loop.compile)
+    micro_batches = loop.batches.iter_from(state.step * loop.accumulation)
+    started, elapsed_before = time.perf_counter(), state.elapsed_s
+    saved_at: int | None = None
+    metrics: dict[str, float] = {}
+
+    def checkpoint(is_best: bool = False) -> Path:
+        nonlocal saved_at
+        folder = step_folder(loop.checkpoints_dir, state.step)
+        if is_best:
+            state.best_checkpoint = folder.name
+        state.elapsed_s = elapsed_before + time.perf_counter() - started
+        if world.is_main:
+            epoch, index = loop.batches.position(state.step * loop.accumulation)
+            position = {
+                "epoch": epoch,
+                "batch_in_epoch": index,
+                "micro_batches_done": state.step * loop.accumulation,
+                "micro_step": state.micro_step,
+            }
+            with write_checkpoint(folder, step=state.step, metadata={"is_best": is_best}) as build:
+                loop.save(build, state, position)
+            keep = (loop.checkpoints_dir / state.best_checkpoint,) if state.best_checkpoint else ()
+            prune_checkpoints(loop.checkpoints_dir, keep_last=settings.keep_last, keep=keep)
+        world.barrier()
+        saved_at = state.step
+        say({"type": "checkpoint", "step": state.step, "path": str(folder), "is_best": is_best})
+        return folder
+
+    def best() -> Path | None:
+        return loop.checkpoints_dir / state.best_checkpoint if state.best_checkpoint else None
+
+    def finish(reason: str) -> Outcome:
+        return Outcome(reason, state.step, best(), metrics)
+
+    model.train()
+    while state.step < loop.total_steps:
+        if world.agree(should_stop()):
+            if saved_at != state.step:
+                checkpoint()
+            return finish("interrupted")
+
+        # -- one optimizer step -------------------------------------------------------------
+        step_started = time.perf_counter()
+        first = state.step * loop.accumulation
+        last = first + loop.accumulation
+        if loop.total_micro_batches is not None:
+            last = min(last, loop.total_micro_batches)
+        shards = [world.shard(next(micro_batches)) for _ in range(last - first)]
+        # Normalise by the targets of the whole step, on every process, before any backward.
+        targets = world.sum(float(sum(trained_tokens(b) for b in shards)))
+        tokens = int(world.sum(float(sum(real_tokens(b) for b in shards))))
+        loss_sum = mx.array(0.0, dtype=mx.float32)
+        accumulated: Any = None
+        for index, batch in enumerate(shards):
+            seed_micro_batch(settings.seed + 1_000_003 * world.rank, first + index)
+            summed, grads = grads_of(*model_inputs(batch))
+            accumulated = grads if accumulated is None else tree_map(mx.add, accumulated, grads)
+            loss_sum = loss_sum + summed
+            # Evaluate now: one micro-batch's graph at a time, not the whole step's.
+            mx.eval(accumulated, loss_sum)
+        accumulated = world.sum_tree(accumulated)
+        scale = 1.0 / max(targets, 1.0)
+        accumulated = tree_map(lambda g, s=scale: g * s, accumulated)
+        loss = world.sum(float(loss_sum.item())) / max(targets, 1.0)
+
+        if settings.max_grad_norm:
+            accumulated, norm = optim.clip_grad_norm(accumulated, settings.max_grad_norm)
+        else:
+            norm = mx.sqrt(
+                sum(mx.sum(g.astype(mx.float32) ** 2) for _, g in tree_flatten(accumulated))
+            )
+        grad_norm = float(norm.item())
+        if not math.isfinite(loss) or not math.isfinite(grad_norm):
+            # Stop before the step: the weights and every checkpoint stay good.
+            what = "loss" if not math.isfinite(loss) else "gradient norm"
+            where = (
+                f"; the last good checkpoint is {step_folder(loop.checkpoints_dir, saved_at)}"
+                if saved_at is not None
+                else ""
+            )
+            say(
+                {
+                    "type": "message",
+                    "level": "error",
+                    "text": f"the {what} is {loss if what == 'loss' else grad_norm} at step {state.step + 1}: training "
+                    f"stopped{where}. Try a lower training.learning_rate or precision: fp32.",
+                }
+            )
+            return finish("nan")
+        rate = learning_rate(settings, state.step, loop.total_steps)
+        set_learning_rate(loop.optimizer, rate)
+        loop.optimizer.update(model, accumulated)
+        mx.eval(model.parameters(), loop.optimizer.state)
+        state.step += 1
+        seconds = time.perf_counter() - step_started
+        metrics["loss"] = loss
+        say(
+            {
+                "type": "step",
+                "step": state.step,
+                "epoch": _epoch(loop.batches, last),
+                "loss": loss,
+                "learning_rate": rate,
+                "grad_norm": grad_norm,
+                "tokens": tokens,
+                "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+                "elapsed_s": elapsed_before + time.perf_counter() - started,
+                "memory_bytes": int(mx.get_peak_memory()),
+            }
+        )
+
+        # -- between steps: evaluate, checkpoint, early stopping ---------------------------
+        epoch_ended = _epoch_ended(loop.batches, last)
+        final = state.step >= loop.total_steps
+        is_best, stop_early = False, False
+        eval_due = (settings.eval_every and state.step % settings.eval_every == 0) or (
+            not settings.eval_every and epoch_ended
+        )
+        if loop.eval_batches is not None and (eval_due or final):
+            eval_loss = evaluate(loop)
+            threshold = settings.early_stopping_threshold
+            is_best = state.best_metric is None or eval_loss < state.best_metric - threshold
+            if is_best:
+                state.best_metric, state.best_step = eval_loss, state.step
+                state.evals_without_improvement = 0
+            else:
+                state.evals_without_improvement += 1
+            patience = settings.early_stopping_patience
+            stop_early = patience is not None and state.evals_without_improvement >= patience
+            metrics.update(eval_loss=eval_loss, perplexity=_perplexity(eval_loss))
+            say(
+                {
+                    "type": "eval",
+                    "step": state.step,
+                    "eval_loss": eval_loss,
+                    "perplexity": _perplexity(eval_loss),
+                    "is_best": is_best,
+                }
+            )
+        save_due = (settings.save_every and state.step % settings.save_every == 0) or (
+            not settings.save_every and epoch_ended
+        )
+        if save_due or is_best or final or stop_early:
+            checkpoint(is_best=is_best)
+        if stop_early:
+            return finish("early_stopping")
+    reason = "max_steps" if loop.total_micro_batches is None else "completed"
+    if saved_at != state.step:
+        checkpoint()
+    return finish(reason)
+
+
+def evaluate(loop: Loop) -> float:
+    """Mean loss per target over the validation batches (all processes together)."""
+    assert loop.eval_batches is not None
+    loop.model.eval()
+    total, count = 0.0, 0
+    for batch in loop.eval_batches.iter_from(0, epochs=1):
+        shard = loop.world.shard(batch)
+        total += float(summed_loss(loop.model, *model_inputs(shard)).item())
+        count += trained_tokens(shard)
+    loop.model.train()
+    total, count = loop.world.sum(total), loop.world.sum(float(count))
+    return total / count if count else float("nan")
+
+
+def plan(batches: Batches, settings: TrainingConfig) -> tuple[int, int | None]:
+    """(optimizer steps, micro-batches) of a run: `epochs` (a fraction takes that share of the
+    last epoch's batches), unless `max_steps` is set (then the data cycles: None)."""
+    accumulation = settings.gradient_accumulation_steps
+    if settings.max_steps is not None:
+        return settings.max_steps, None
+    whole = int(settings.epochs)
+    micro = batches.steps(whole) + round(
+        (settings.epochs - whole) * batches.batches_in_epoch(whole)
+    )
+    if micro == 0:
+        raise ValueError("the training data gives no batch: add rows or lower training.batch_size")
+    return -(-micro // accumulation), micro
+
+
+def _epoch(batches: Batches, micro_done: int) -> float:
+    epoch, index = batches.position(micro_done)
+    return epoch + index / max(1, batches.batches_in_epoch(epoch))
+
+
+def _epoch_ended(batches: Batches, micro_done: int) -> bool:
+    """True when the micro-batch before `micro_done` was the last of its epoch."""
+    epoch, index = batches.position(micro_done - 1)
+    return index == batches.batches_in_epoch(epoch) - 1
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 700 else math.inf

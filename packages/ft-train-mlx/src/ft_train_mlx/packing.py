@@ -1,0 +1,106 @@
+"""From ft-data's numpy batches to MLX inputs, the attention mask of packed rows, and the loss.
+
+A packed row holds several examples (`segment_ids` 1..k, 0 on padding). Attention must stay
+inside each example: query q sees key k when both are in the same example and k <= q. mlx-lm's
+models build their mask with `create_attention_mask(h, cache)`, which asks the layer's cache
+for it (`cache.make_mask`). So a packed batch runs with one `BlockMask` per layer: a stand-in
+cache that keeps nothing and answers with the block-diagonal causal mask. Every mlx-lm model
+that takes a cache (all of them) gets the mask without a change to its code.
+
+Positions: mlx-lm rotates queries and keys by their place in the row (RoPE), not by
+`position_ids`. RoPE scores depend only on the distance between query and key, and attention
+never leaves an example, so a packed row computes what its examples compute alone, up to
+float rounding. Learned absolute positions (GPT-2) would differ: packing is refused there.
+
+The loss is a sum of token cross-entropies (fp32), never a mean: the loop divides by the
+trained tokens of the whole optimizer step, so accumulation and data parallelism give the same
+update as one big batch. A label is predicted from the token before it; a label whose token
+starts another example (or is padding) is not a target.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+IGNORE_INDEX = -100
+Batch = dict[str, np.ndarray]
+ABSOLUTE_POSITIONS = ("gpt2",)  # model types whose position embeddings packing would break
+
+
+def shifted_targets(batch: Batch) -> np.ndarray:
+    """The target of each position but the last: the next token's label, or -100 where that
+    token is not trained or belongs to another example."""
+    labels = batch["labels"][:, 1:]
+    segments = batch["segment_ids"]
+    same_example = segments[:, 1:] == segments[:, :-1]
+    return np.where(same_example & (segments[:, 1:] > 0), labels, IGNORE_INDEX)
+
+
+def trained_tokens(batch: Batch) -> int:
+    """How many targets `batch` trains: the loss of the batch is summed over these."""
+    return int((shifted_targets(batch) != IGNORE_INDEX).sum())
+
+
+def real_tokens(batch: Batch) -> int:
+    """Non-padding tokens of `batch` (0 for the stand-in row of an idle process)."""
+    return 0 if "_no_tokens" in batch else int(np.sum(batch["attention_mask"]))
+
+
+def is_packed(batch: Batch) -> bool:
+    """True when some row holds more than one example."""
+    return bool((batch["segment_ids"] > 1).any())
+
+
+def block_causal_mask(segment_ids: np.ndarray) -> np.ndarray:
+    """The `(batch, 1, length, length)` boolean mask (True: attend) that keeps attention causal
+    and inside each example. Padding attends to itself only, so no softmax row is empty."""
+    length = segment_ids.shape[1]
+    index = np.arange(length)
+    causal = index[None, :] <= index[:, None]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    allowed = (same & causal[None] & (segment_ids[:, None, :] > 0)) | np.eye(length, dtype=bool)[
+        None
+    ]
+    return allowed[:, None]
+
+
+class BlockMask:
+    """A per-layer stand-in for mlx-lm's KV cache: stores nothing, hands out `mask`."""
+
+    offset = 0
+
+    def __init__(self, mask: mx.array) -> None:
+        self.mask = mask
+
+    def make_mask(self, n: int, return_array: bool = False, window_size: int | None = None) -> Any:
+        return self.mask
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        return keys, values
+
+
+def model_inputs(batch: Batch) -> tuple[mx.array, mx.array, mx.array | None]:
+    """(input ids, targets, mask or None) of `batch` as MLX arrays; the mask only for packed rows."""
+    ids = mx.array(batch["input_ids"].astype(np.int32))
+    targets = mx.array(shifted_targets(batch).astype(np.int32))
+    mask = mx.array(block_causal_mask(batch["segment_ids"])) if is_packed(batch) else None
+    return ids, targets, mask
+
+
+def layer_count(model: nn.Module) -> int:
+    return len(model.layers)
+
+
+def summed_loss(
+    model: nn.Module, ids: mx.array, targets: mx.array, mask: mx.array | None
+) -> mx.array:
+    """The summed cross-entropy of the targets (fp32, whatever the logits' dtype)."""
+    cache = [BlockMask(mask)] * layer_count(model) if mask is not None else None
+    logits = model(ids, cache=cache)[:, :-1].astype(mx.float32)
+    valid = targets != IGNORE_INDEX
+    losses = nn.losses.cross_entropy(logits, mx.where(valid, targets, 0), reduction="none")
+    return (losses * valid).sum()

@@ -1,0 +1,306 @@
+"""MLXTrainer end to end on the tiny random Llama: events, methods, optimizer, schedule,
+accumulation, packing, evaluation, early stopping, pruning, stop requests, NaN, memory limit."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from train_helpers import train, types
+
+from ft_runs.protocols import Trainer
+from ft_train_mlx import MLXTrainer
+
+# The documented keys of each event type (ft_runs.protocols), besides `type`.
+KEYS = {
+    "start": {"total_steps", "trainable_params", "total_params", "device", "dtype", "resumed_from_step"},
+    "step": {"step", "epoch", "loss", "learning_rate", "grad_norm", "tokens", "tokens_per_s", "elapsed_s", "memory_bytes"},
+    "eval": {"step", "eval_loss", "perplexity", "is_best"},
+    "checkpoint": {"step", "path", "is_best"},
+    "message": {"level", "text"},
+    "end": {"step", "reason", "adapter_path", "best_checkpoint"},
+}  # fmt: skip
+HIDDEN, KV, MLP, LAYERS = 64, 32, 128, 2  # the tiny Llama: 4 heads of 16, 2 key/value heads
+
+
+def test_capabilities_and_protocol() -> None:
+    trainer = MLXTrainer()
+    assert isinstance(trainer, Trainer)
+    caps = trainer.capabilities()
+    assert (caps.backend, caps.methods, caps.distributed) == (
+        "mlx",
+        ("lora", "dora", "qlora", "full"),
+        True,
+    )
+    assert "cpu" in caps.devices
+
+
+def test_lora_run_events_and_files(make_job) -> None:
+    job = make_job(training__max_steps=3, training__eval_every=2, training__save_every=1)
+    events, result = train(job)
+    assert types(events) == [
+        "start", "step", "checkpoint", "step", "eval", "checkpoint",
+        "step", "eval", "checkpoint", "end",
+    ]  # fmt: skip
+    for event in events:
+        assert set(event) - {"type"} == KEYS[event["type"]], event
+    start = events[0]
+    # r=4 on q_proj (64 -> 64) and v_proj (64 -> 32) of 2 layers
+    assert start["trainable_params"] == LAYERS * 4 * ((HIDDEN + HIDDEN) + (HIDDEN + KV))
+    assert (start["device"], start["dtype"], start["resumed_from_step"]) == (
+        "mlx:cpu",
+        "fp32",
+        None,
+    )
+    steps = [e for e in events if e["type"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3]
+    assert all(e["tokens"] > 0 and e["memory_bytes"] > 0 for e in steps)
+    assert all(math.isfinite(e["loss"]) and e["grad_norm"] > 0 for e in steps)
+    assert (result.reason, result.step) == ("max_steps", 3)
+    assert sorted(p.name for p in result.adapter_path.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    # keep_last 2, and the best (step 3, the last evaluation improved) among them
+    assert sorted(p.name for p in job.checkpoints_dir.iterdir()) == [
+        "step-00000002",
+        "step-00000003",
+    ]
+    files = sorted(p.name for p in (job.checkpoints_dir / "step-00000003").iterdir())
+    assert files == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "manifest.json",
+        "optimizer.safetensors",
+        "trainer_state.json",
+    ]
+    assert result.metrics["peak_memory_bytes"] > 0 and result.metrics["active_memory_bytes"] > 0
+
+
+def test_overfits(make_job) -> None:
+    """A high rate: the loss falls well below its start (ln 512 = 6.24). The tiny model's random
+    lm_head caps its logits near +-1 whatever the layers below do, so the adapter includes it."""
+    job = make_job(
+        validation=False,
+        method__target_modules=["q_proj", "v_proj", "lm_head"],
+        method__rank=8,
+        training__learning_rate=1e-2,
+        training__max_steps=40,
+        training__save_every=100,
+    )
+    events, result = train(job)
+    losses = [e["loss"] for e in events if e["type"] == "step"]
+    assert result.reason == "max_steps" and len(losses) == 40
+    assert losses[0] > 6.0
+    assert sum(losses[-8:]) / 8 < losses[0] - 1.0
+
+
+def test_methods_count_parameters(make_job) -> None:
+    events, _ = train(
+        make_job(validation=False, training__max_steps=1, method__target_modules="all-linear")
+    )
+    per_layer = 4 * ((HIDDEN + HIDDEN) * 2 + (HIDDEN + KV) * 2 + (HIDDEN + MLP) * 3)
+    assert events[0]["trainable_params"] == LAYERS * per_layer
+    events, result = train(
+        make_job(run="full", validation=False, training__max_steps=1, method__name="full")
+    )
+    assert events[0]["trainable_params"] == events[0]["total_params"]
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {
+        p.name for p in result.adapter_path.iterdir()
+    }
+
+
+def test_adamw_matches_torch() -> None:
+    """mlx.optimizers.AdamW(bias_correction=True) is torch.optim.AdamW, step for step."""
+    import mlx.nn as nn
+    import torch
+
+    from ft_config import TrainingConfig
+    from ft_train_mlx.optim import build_optimizer, set_learning_rate
+
+    settings = TrainingConfig(learning_rate=1e-2, weight_decay=0.1)
+    rng = np.random.default_rng(0)
+    start = rng.standard_normal((3, 5)).astype(np.float32)
+    grads = [rng.standard_normal((3, 5)).astype(np.float32) for _ in range(5)]
+    layer = nn.Linear(5, 3, bias=False)
+    layer.weight = mx.array(start)
+    optimizer = build_optimizer(settings)
+    weight = torch.nn.Parameter(torch.tensor(start))
+    reference = torch.optim.AdamW([weight], lr=1e-2, weight_decay=0.1, foreach=False)
+    for grad in grads:
+        set_learning_rate(optimizer, 1e-2)
+        optimizer.update(layer, {"weight": mx.array(grad)})
+        weight.grad = torch.tensor(grad)
+        reference.step()
+        mx.eval(layer.parameters())
+    np.testing.assert_allclose(np.array(layer.weight), weight.detach().numpy(), atol=2e-6)
+    # without the correction the first steps are far off
+    assert not np.allclose(start - 1e-2 * grads[0] / (np.abs(grads[0]) + 1e-8) * 0.1, start)
+
+
+def test_schedules_match_torch_trainer() -> None:
+    from ft_train_mlx.optim import lr_factor
+
+    torch_optim = pytest.importorskip("ft_train_torch.optim")
+    for schedule in ("constant", "linear", "cosine"):
+        for step in range(12):
+            kwargs = {"schedule": schedule, "warmup": 3, "total": 12}
+            assert lr_factor(step, **kwargs) == torch_optim.lr_factor(step, **kwargs)
+    assert lr_factor(0, schedule="cosine", warmup=3, total=12) == 0.25
+    assert lr_factor(3, schedule="linear", warmup=3, total=12) == 1.0
+    assert lr_factor(12, schedule="linear", warmup=3, total=12) == 0.0
+
+
+def test_warmup_and_cosine_in_events(make_job) -> None:
+    job = make_job(
+        validation=False,
+        training__max_steps=4,
+        training__warmup_steps=1,
+        training__lr_scheduler="cosine",
+    )
+    events, _ = train(job)
+    rates = [e["learning_rate"] for e in events if e["type"] == "step"]
+    assert rates == pytest.approx([5e-4, 1e-3, 1e-3 * 0.75, 1e-3 * 0.25])
+
+
+def test_accumulation_equals_one_big_batch(make_job) -> None:
+    common = {"validation": False, "training__max_steps": 3, "data__packing": True}
+    one, _ = train(make_job(run="one", training__batch_size=4, **common))
+    two, _ = train(
+        make_job(
+            run="two", training__batch_size=2, training__gradient_accumulation_steps=2, **common
+        )
+    )
+    first = [e["loss"] for e in one if e["type"] == "step"]
+    second = [e["loss"] for e in two if e["type"] == "step"]
+    assert first == pytest.approx(second, abs=1e-5)
+    assert [e["tokens"] for e in one if e["type"] == "step"] == [
+        e["tokens"] for e in two if e["type"] == "step"
+    ]
+
+
+def test_packed_rows_compute_what_their_examples_compute(tiny_llama) -> None:
+    """The block-diagonal mask: a packed row's summed loss is the sum over its examples alone."""
+    from ft_models.load import load_mlx
+    from ft_train_mlx.packing import model_inputs, summed_loss
+
+    model, _ = load_mlx(tiny_llama, dtype="float32")
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(5, 500, 9), rng.integers(5, 500, 6)
+
+    def batch(parts: list[np.ndarray], width: int) -> dict[str, np.ndarray]:
+        ids = np.zeros((1, width), np.int64)
+        segments = np.zeros((1, width), np.int64)
+        at = 0
+        for k, part in enumerate(parts, 1):
+            ids[0, at : at + len(part)] = part
+            segments[0, at : at + len(part)] = k
+            at += len(part)
+        labels = np.where(segments > 0, ids, -100)
+        return {"input_ids": ids, "labels": labels, "segment_ids": segments}
+
+    packed = float(summed_loss(model, *model_inputs(batch([a, b], 18))).item())
+    alone = sum(float(summed_loss(model, *model_inputs(batch([p], 18))).item()) for p in (a, b))
+    assert packed == pytest.approx(alone, rel=1e-5)
+    # without the mask (one segment for both) the loss differs: the mask matters
+    joined = float(summed_loss(model, *model_inputs(batch([np.concatenate([a, b])], 18))).item())
+    assert abs(joined - alone) > 1e-3
+
+
+def test_eval_best_early_stopping_and_pruning(make_job) -> None:
+    job = make_job(
+        training__max_steps=8,
+        training__eval_every=1,
+        training__early_stopping_patience=2,
+        training__early_stopping_threshold=10.0,  # nothing after the first evaluation counts
+        training__keep_last=1,
+    )
+    events, result = train(job)
+    evals = [e for e in events if e["type"] == "eval"]
+    assert [e["is_best"] for e in evals] == [True, False, False]
+    assert all(e["perplexity"] == pytest.approx(math.exp(e["eval_loss"])) for e in evals)
+    assert (result.reason, result.step) == ("early_stopping", 3)
+    assert result.best_checkpoint == job.checkpoints_dir / "step-00000001"
+    assert sorted(p.name for p in job.checkpoints_dir.iterdir()) == [
+        "step-00000001",
+        "step-00000003",
+    ]
+    assert events[-1]["best_checkpoint"] == str(result.best_checkpoint)
+
+
+def test_interrupted(make_job) -> None:
+    job = make_job(validation=False, training__save_every=100)
+    events, result = train(job, stop_at=2)
+    assert types(events)[-2:] == ["checkpoint", "end"]
+    assert (result.reason, result.step, result.adapter_path) == ("interrupted", 2, None)
+    assert [p.name for p in job.checkpoints_dir.iterdir()] == ["step-00000002"]
+    assert not job.adapter_dir.exists()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(make_job, monkeypatch) -> None:
+    import ft_train_mlx.loop as loop_module
+
+    calls = {"n": 0}
+    real = loop_module.summed_loss
+
+    def poisoned(model, ids, targets, mask):
+        calls["n"] += 1
+        loss = real(model, ids, targets, mask)
+        return loss * float("nan") if calls["n"] >= 3 else loss
+
+    monkeypatch.setattr(loop_module, "summed_loss", poisoned)
+    job = make_job(validation=False, training__save_every=1)
+    events, result = train(job)
+    assert types(events) == ["start", "step", "checkpoint", "step", "checkpoint", "message", "end"]
+    message = events[-2]
+    assert message["level"] == "error" and "loss is nan at step 3" in message["text"]
+    assert "step-00000002" in message["text"]
+    assert (result.reason, result.step, result.adapter_path) == ("nan", 2, None)
+    assert sorted(p.name for p in job.checkpoints_dir.iterdir()) == [
+        "step-00000001",
+        "step-00000002",
+    ]
+
+
+def test_max_memory_gb_sets_mlx_limits(make_job) -> None:
+    seen: list[tuple[int, int]] = []
+    before = mx.get_memory_limit()
+
+    def emit(event: dict) -> None:
+        if event["type"] == "step":
+            cache = mx.set_cache_limit(0)  # returns the limit in force
+            mx.set_cache_limit(cache)
+            seen.append((mx.get_memory_limit(), cache))
+
+    job = make_job(validation=False, training__max_steps=1, resources__max_memory_gb=0.5)
+    MLXTrainer().train(job, emit=emit, should_stop=lambda: False)
+    assert seen == [(1 << 29, 1 << 27)]
+    assert mx.get_memory_limit() == before
+
+
+def test_compile_gives_the_same_losses(make_job) -> None:
+    """mx.compile'd gradients, dropout included (the random state is the compiled function's)."""
+    common = {"validation": False, "training__max_steps": 3, "method__dropout": 0.1}
+    plain, _ = train(make_job(run="plain", **common))
+    compiled, _ = train(make_job(run="compiled", training__compile=True, **common))
+    losses = [[e["loss"] for e in ev if e["type"] == "step"] for ev in (plain, compiled)]
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_update(make_job) -> None:
+    common = {"validation": False, "training__max_steps": 3}
+    plain, _ = train(make_job(run="plain", **common))
+    checkpointed, _ = train(make_job(run="ckpt", training__gradient_checkpointing=True, **common))
+    losses = [[e["loss"] for e in ev if e["type"] == "step"] for ev in (plain, checkpointed)]
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+
+
+def test_clear_errors(make_job) -> None:
+    with pytest.raises(ValueError, match="batch_size: auto"):
+        train(make_job(training__batch_size="auto"))
+    with pytest.raises(ValueError, match="torch only"):
+        train(make_job(method__name="prefix"))
+    with pytest.raises(ValueError, match=r"matches no linear layer.*q_proj"):
+        train(make_job(method__target_modules=["query"]))
