@@ -9,6 +9,12 @@ Served, for model and dataset repos:
     GET  /api/models/{repo_id}/refs                                   list_repo_refs
     HEAD/GET /{repo_id}/resolve/{revision}/{filename}                 hf_hub_download (Range too)
     GET  /api/whoami-v2                                               whoami
+    POST /api/repos/create                                            create_repo
+    POST /api/models/{repo_id}/preupload/{revision}                   (upload_file, upload_folder)
+    POST /api/models/{repo_id}/commit/{revision}                      create_commit
+
+Uploads need a token the hub knows (one given to `add_repo`); every file is taken as a regular
+(base64, in the commit) file, never LFS or Xet, which is enough for small test repos.
 
 (`/api/datasets/...` and `/datasets/{repo_id}/resolve/...` the same.) Errors carry the
 `X-Error-Code` header (`RepoNotFound`, `RevisionNotFound`, `EntryNotFound`, `GatedRepo`) that the
@@ -21,6 +27,7 @@ Standard library only. Everything is held in memory; this is for small test repo
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -219,6 +226,57 @@ class LocalHub:
             return _error(404, "EntryNotFound", "Entry not found", {"X-Repo-Commit": sha})
         return _file_response(file, sha, headers.get("range"))
 
+    def _post(self, target: str, headers: dict[str, str], body: bytes) -> _Response:
+        """create_repo, preupload and commit: enough for `upload_folder` with small files."""
+        parts = [unquote(part) for part in urlsplit(target).path.strip("/").split("/")]
+        token = _bearer(headers)
+        if token is None or token not in self._known_tokens():
+            return _error(401, None, "Invalid credentials in Authorization header")
+        if parts == ["api", "repos", "create"]:
+            request = json.loads(body or b"{}")
+            repo_type = request.get("type") or "model"
+            name = request["name"]
+            repo_id = f"{request['organization']}/{name}" if request.get("organization") else name
+            if (repo_type, repo_id) in self._repos:
+                return _error(409, None, "You already created this model repo")
+            private = request.get("visibility") == "private" or bool(request.get("private"))
+            self.add_repo(repo_id, {}, repo_type=repo_type, private=private, token=token)
+            return _json({"url": f"{self.url}/{repo_id}", "name": repo_id})
+        if len(parts) < 4 or parts[0] != "api" or parts[1] not in _PLURAL:
+            return _error(501, None, f"ft's LocalHub does not serve POST {target}")
+        repo_type = _PLURAL[parts[1]]
+        repo, repo_id, rest = self._find_repo(repo_type, parts[2:])
+        if denied := self._deny(repo, repo_id, token, files=True):
+            return denied
+        assert repo is not None
+        if len(rest) < 2 or rest[0] not in ("preupload", "commit"):
+            return _error(501, None, f"ft's LocalHub does not serve POST {target}")
+        revision = "/".join(rest[1:])
+        if rest[0] == "preupload":
+            files = json.loads(body)["files"]
+            modes = [
+                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
+            ]
+            return _json({"files": modes})
+        sha = self._resolve_revision(repo, revision)
+        contents = {path: file.data for path, file in repo.commits[sha].items()} if sha else {}
+        for line in body.splitlines():
+            item = json.loads(line)
+            if item["key"] == "file":
+                contents[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            elif item["key"] == "deletedFile":
+                contents.pop(item["value"]["path"], None)
+            elif item["key"] != "header":
+                return _error(501, None, f"ft's LocalHub does not take {item['key']} operations")
+        new_sha = self.add_revision(repo_id, contents, revision, repo_type=repo_type)
+        return _json(
+            {
+                "commitUrl": f"{self.url}/{repo_id}/commit/{new_sha}",
+                "commitOid": new_sha,
+                "pullRequestUrl": None,
+            }
+        )
+
     def _api(
         self, repo_type: str, parts: list[str], query: dict[str, str], token: str | None
     ) -> _Response:
@@ -386,7 +444,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {name.lower(): value for name, value in self.headers.items()}
         hub.requests.append(HubRequest(method, self.path, headers))
         if method == "POST":
-            response = _error(501, None, f"ft's LocalHub does not serve POST {self.path}")
+            length = int(self.headers.get("Content-Length") or 0)
+            response = hub._post(self.path, headers, self.rfile.read(length))
         else:
             response = hub._answer(method, self.path, headers)
         self.send_response(response.status)

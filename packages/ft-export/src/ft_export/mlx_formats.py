@@ -1,0 +1,218 @@
+"""MLX exports: an mlx-lm model folder (optionally 4/8-bit) and mlx-lm's adapter layout.
+
+The model is built with mlx-lm's own definitions through `ft_models.load.load_mlx` (which
+fixes the few config fields transformers 5 writes differently), quantized with mlx-lm's
+`quantize_model` and written with mlx-lm's `save`, so the folder loads with plain
+`mlx_lm.load(folder)`. mlx and mlx-lm are imported inside the functions (the `mlx` extra).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ft_export.formats import _expected_template, _merged, _run, _save_adapter, _single_adapter
+from ft_export.types import (
+    ExportError,
+    ExportOptions,
+    ExportResult,
+    ExportSource,
+    Progress,
+    Verification,
+)
+
+MLX_MISSING = 'the mlx formats need mlx and mlx-lm: pip install "ft-export[mlx]"'
+_MLX_PREFIX = {"gpt2": ("transformer.", "model.")}
+"""HF module prefixes that mlx-lm's model definitions name differently."""
+
+
+def _import_mlx() -> tuple[Any, Any]:
+    try:
+        import mlx.core as mx
+        import mlx_lm
+    except ImportError as error:
+        raise ImportError(MLX_MISSING) from error
+    return mx, mlx_lm
+
+
+def _bits(options: ExportOptions) -> int | None:
+    if options.quant in (None, "", "none"):
+        return None
+    text = str(options.quant).lower().removeprefix("q").removesuffix("bit")
+    if text not in ("4", "8"):
+        raise ExportError(f"--quant for mlx is 4 or 8 (bits), not {options.quant!r}")
+    return int(text)
+
+
+def _mlx_logits(model: Any, ids: list[int]) -> np.ndarray:
+    mx, _ = _import_mlx()
+    logits = model(mx.array([ids]))[0].astype(mx.float32)
+    return np.array(logits)
+
+
+def _quiet() -> contextlib.AbstractContextManager[Any]:
+    return contextlib.redirect_stdout(io.StringIO())  # mlx-lm prints [INFO] lines
+
+
+class MLXExporter:
+    name = "mlx"
+    description = "the merged model as an mlx-lm folder (loads with mlx_lm.load), 4/8-bit optional"
+
+    def export(
+        self, source: ExportSource, out: Path, options: ExportOptions, progress: Progress
+    ) -> ExportResult:
+        bits = _bits(options)
+        _import_mlx()
+
+        def write(build: Path) -> tuple[Verification | None, list[str]]:
+            from mlx_lm.utils import quantize_model, save
+
+            from ft_export.merge import save_hf
+            from ft_models.load import ModelLoadError, load_mlx, mlx_config_overrides
+
+            merged = _merged(source, options, progress)
+            with tempfile.TemporaryDirectory(dir=build.parent) as tmp:
+                save_hf(merged.model, merged.tokenizer, Path(tmp), options.dtype, "50GB")
+                config = json.loads((Path(tmp) / "config.json").read_text(encoding="utf-8"))
+                try:
+                    config.update(mlx_config_overrides(config))
+                    model, tokenizer = load_mlx(Path(tmp))
+                except ModelLoadError as error:
+                    raise ExportError(f"mlx-lm cannot hold this model: {error}") from None
+                config.pop("dtype", None)
+                config["torch_dtype"] = options.dtype
+                progress("writing the mlx model", 0, 1)
+                with _quiet():
+                    if bits is not None:
+                        model, config = quantize_model(model, config, 64, bits)
+                    save(build, tmp, model, tokenizer, config)
+            progress("writing the mlx model", 1, 1)
+            if not options.verify:
+                return None, merged.notes
+            return _check_mlx(source, build, merged, options, bits), merged.notes
+
+        return _run(out, self.name, write)
+
+
+def _check_mlx(
+    source: ExportSource, folder: Path, merged: Any, options: ExportOptions, bits: int | None
+) -> Verification:
+    from ft_export.verify import TOLERANCES, compare
+
+    _, mlx_lm = _import_mlx()
+    with _quiet():
+        model, tokenizer = mlx_lm.load(str(folder))
+    key = (
+        f"mlx-{bits}" if bits else ("mlx-float32" if options.dtype == "float32" else options.dtype)
+    )
+    tolerance = TOLERANCES.get(key, 1e-4)
+    checks = {
+        "chat template kept": tokenizer.chat_template
+        == _expected_template(source, merged.tokenizer)
+    }
+    return compare(
+        merged.reference,
+        _mlx_logits(model, merged.reference.ids),
+        "mlx_lm.load",
+        tolerance,
+        checks=checks,
+    )
+
+
+class MLXAdapterExporter:
+    name = "mlx-adapter"
+    description = "the LoRA adapter in mlx-lm's layout (adapters.safetensors + adapter_config.json)"
+
+    def export(
+        self, source: ExportSource, out: Path, options: ExportOptions, progress: Progress
+    ) -> ExportResult:
+        _single_adapter(source, self.name)
+        _import_mlx()
+
+        def write(build: Path) -> tuple[Verification | None, list[str]]:
+            from safetensors.numpy import save_file
+
+            with tempfile.TemporaryDirectory(dir=build.parent) as tmp:
+                notes = _save_adapter(source, Path(tmp))
+                tensors, config = mlx_adapter(Path(tmp), source.base)
+            save_file(tensors, str(build / "adapters.safetensors"))
+            (build / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+            progress("adapter written", 1, 1)
+            if not options.verify:
+                return None, notes
+            merged = _merged(source, options, progress)
+            return _check_mlx_adapter(source, build, merged), notes + merged.notes
+
+        return _run(out, self.name, write)
+
+
+def mlx_adapter(peft_dir: Path, base: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A PEFT LoRA adapter as mlx-lm's (tensors, adapter_config): `lora_a` is A transposed
+    (in x r), `lora_b` B transposed (r x out), and `scale` is alpha / r."""
+    from ft_export.tensors import iter_file
+
+    config = json.loads((peft_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    if config.get("peft_type") != "LORA" or config.get("use_dora"):
+        raise ExportError(
+            f"mlx-lm's adapter layout holds LoRA adapters; this one is "
+            f"{'DoRA' if config.get('use_dora') else config.get('peft_type')}: export --format mlx"
+        )
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise ExportError("mlx-lm's adapter layout has one rank and scale for every layer")
+    base_config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    model_type = base_config.get("model_type")
+    if model_type == "gpt2":
+        width, inner = base_config.get("n_embd"), base_config.get("n_inner")
+        if inner is not None and inner != 4 * width:
+            raise ExportError(
+                f"mlx-lm's gpt2 only builds an MLP of 4 x n_embd, and this model has n_inner={inner}"
+            )
+    old, new = _MLX_PREFIX.get(model_type, ("", ""))
+    rank, alpha = int(config["r"]), float(config["lora_alpha"])
+    scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+    tensors: dict[str, np.ndarray] = {}
+    keys: set[str] = set()
+    for name, values in iter_file(peft_dir / "adapter_model.safetensors"):
+        if ".lora_A." not in name and ".lora_B." not in name:
+            raise ExportError(f"adapter tensor {name!r} is not a LoRA matrix")
+        module, kind = name.removeprefix("base_model.model.").split(".lora_")
+        if old and module.startswith(old):
+            module = new + module.removeprefix(old)
+        letter = "a" if kind.startswith("A") else "b"
+        tensors[f"{module}.lora_{letter}"] = np.ascontiguousarray(values.T, dtype=np.float32)
+        # the module's path inside its transformer block: `self_attn.q_proj`
+        parts = module.split(".")
+        at = next(i for i, p in enumerate(parts) if p.isdigit())
+        keys.add(".".join(parts[at + 1 :]))
+    layers = base_config.get("num_hidden_layers") or base_config.get("n_layer")
+    return tensors, {
+        "fine_tune_type": "lora",
+        "num_layers": layers,
+        "lora_parameters": {"rank": rank, "scale": scale, "dropout": 0.0, "keys": sorted(keys)},
+    }
+
+
+def _check_mlx_adapter(source: ExportSource, folder: Path, merged: Any) -> Verification:
+    from mlx_lm.tuner.utils import load_adapters
+
+    from ft_export.verify import TOLERANCES, compare
+    from ft_models.load import load_mlx
+
+    # mlx-lm's own loader for the adapter; the base through ft's (transformers 5 config fixes)
+    model, _ = load_mlx(source.base)
+    with _quiet():
+        model = load_adapters(model, str(folder))
+    model.eval()
+    return compare(
+        merged.reference,
+        _mlx_logits(model, merged.reference.ids),
+        "mlx-lm load_adapters on the base",
+        TOLERANCES.get("mlx-float32", 1e-4),
+    )
