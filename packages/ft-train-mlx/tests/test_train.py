@@ -62,6 +62,7 @@ def test_lora_run_events_and_files(make_job) -> None:
     assert sorted(p.name for p in result.adapter_path.iterdir()) == [
         "adapter_config.json",
         "adapter_model.safetensors",
+        "ft_adapter.json",
     ]
     # keep_last 2, and the best (step 3, the last evaluation improved) among them
     assert sorted(p.name for p in job.checkpoints_dir.iterdir()) == [
@@ -72,6 +73,7 @@ def test_lora_run_events_and_files(make_job) -> None:
     assert files == [
         "adapter_config.json",
         "adapter_model.safetensors",
+        "ft_adapter.json",
         "manifest.json",
         "optimizer.safetensors",
         "trainer_state.json",

@@ -33,6 +33,7 @@ METHODS = ("lora", "dora", "qlora", "full")
 ADAPTER_METHODS = ("lora", "dora", "qlora")
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
+FT_ADAPTER = "ft_adapter.json"  # what peft's config has no key for (peft warns on unknown keys)
 MLX_LM_WEIGHTS = "adapters.safetensors"
 FULL_WEIGHTS = "model.safetensors"
 PEFT_PREFIX = "base_model.model."
@@ -224,8 +225,6 @@ def peft_config(
         "modules_to_save": None,
         "layers_to_transform": None,
         "revision": None,
-        "ft_backend": "mlx",
-        "ft_method": method.name,
     }
 
 
@@ -273,6 +272,8 @@ def save_weights(
         mx.save_safetensors(str(folder / PEFT_WEIGHTS), tensors, metadata={"format": "pt"})
         config = peft_config(method, paths, model_path, model_type)
         (folder / PEFT_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        extra = {"backend": "mlx", "method": method.name, "quant_bits": method.quant_bits}
+        (folder / FT_ADAPTER).write_text(json.dumps(extra, indent=2) + "\n", encoding="utf-8")
         return
     weights = dict(tree_flatten(model.parameters()))
     mx.eval(weights)
