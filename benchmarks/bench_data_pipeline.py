@@ -242,8 +242,10 @@ def _ids(encoded: Any) -> list[int]:
 
 
 def child_datasets(data: Path, tokenizer: Path, out: Path) -> dict[str, Any]:
-    from datasets import load_dataset
+    from datasets import disable_progress_bars, load_dataset
     from transformers import AutoTokenizer
+
+    disable_progress_bars()
 
     tok = AutoTokenizer.from_pretrained(tokenizer)
     started, cpu = time.perf_counter(), time.process_time()

@@ -196,3 +196,43 @@ def test_text_tokenization_ends_with_eos(tokenizer_dir: Path) -> None:
     assert example.tokens[-1] == tokenizer.eos_token_id
     assert example.tokens[:-1].tolist() == tokenizer.tokenizer.encode("Some text.").ids
     assert example.loss_mask.all()
+
+
+def test_masks_from_token_bytes_match_the_offsets(
+    tokenizer_dir: Path, alpaca_rows: list[dict]
+) -> None:
+    """Masks found from the byte lengths of the ids (no offsets asked of the tokenizer) are
+    those of the offsets, for multi-byte characters and for texts cut short; a tokenizer with
+    a normalizer takes the offsets path."""
+    from tokenizers import normalizers
+
+    from ft_data.tokenize import spans_to_mask, token_byte_lengths
+    from ft_data.tokenizer import ModelTokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    assert token_byte_lengths(tokenizer) is not None
+    unicode = Conversation(
+        [
+            Message("user", "中文 café 🤖?"),
+            Message("assistant", " 🤖中文 ok\n"),
+            Message("user", "x"),
+            Message("assistant", "é🤖"),
+        ]
+    )
+    conversations = [*_conversations(alpaca_rows)[:40], unicode]
+    template = get_template(None, tokenizer_template=tokenizer.chat_template)
+    lowered = tokenizer.tokenizer.from_str(tokenizer.tokenizer.to_str())
+    lowered.normalizer = normalizers.Lowercase()
+    other = ModelTokenizer(lowered, "lowercased", tokenizer.chat_template, tokenizer.special_tokens)
+    assert token_byte_lengths(other) is None
+    for tok in (tokenizer, other):
+        for max_chars in (None, 150):
+            examples = tokenize_conversations(conversations, template, tok, max_chars=max_chars)
+            for conversation, example in zip(conversations, examples, strict=True):
+                text, spans = template.render_with_spans(conversation, tok.special_tokens)
+                encoding = tok.tokenizer.encode(text[:max_chars], add_special_tokens=False)
+                offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+                assert example.tokens.tolist() == encoding.ids
+                assert example.loss_mask.tolist() == spans_to_mask(offsets, spans).tolist()
+    unicode_mask = tokenize_conversations([unicode], template, tokenizer)[0].loss_mask
+    assert 0 < int(unicode_mask.sum()) < len(unicode_mask)

@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -129,7 +130,7 @@ def prepare_dataset(
     options: PrepareOptions | None = None,
     *,
     rebuild: bool = False,
-    batch_rows: int = 256,
+    batch_rows: int = 1024,
     progress: Callable[[int], None] | None = None,
 ) -> PrepareResult:
     """Prepare ``source`` (file, folder, glob or URL) into the HDF5 file ``output``.
@@ -166,12 +167,24 @@ def prepare_dataset(
             "eos_token_id": _id(tok.eos_token_id),
             "pad_token_id": _id(tok.pad_token_id),
         }
-        with PreparedWriter(output, attrs) as writer:
+        # One worker thread renders and tokenizes a chunk while this thread writes the chunk
+        # before it and reads the one after: the tokenizer (Rust, its own threads) runs without
+        # the GIL, so reading and tokenizing overlap. Issues are recorded by this thread only,
+        # so the report comes out the same in every run.
+        with (
+            PreparedWriter(output, attrs) as writer,
+            ThreadPoolExecutor(1, thread_name_prefix="ft-tokenize") as worker,
+        ):
+            pending: tuple[list[tuple[Located, Conversation]], Future[Any]] | None = None
             for chunk in _chunks(_conversations(files, fmt, options, report), batch_rows):
-                for (file, row), example in _tokenize(chunk, fmt, template, tok, options, report):
-                    _write(writer, file, row, example, options, report)
+                encoding = worker.submit(_encode_chunk, chunk, template, tok, options)
+                if pending is not None:
+                    _write_chunk(writer, *pending, template, tok, options, report)
+                pending = chunk, encoding
                 if progress:
                     progress(report.rows_read)
+            if pending is not None:
+                _write_chunk(writer, *pending, template, tok, options, report)
             writer.attrs["stats"] = report.to_dict()
     return PrepareResult(output, False, report)
 
@@ -292,29 +305,40 @@ def _digest(conversation: Conversation) -> int:
     return int.from_bytes(digest.digest(), "little")
 
 
-def _tokenize(
+def _encode_chunk(
     chunk: list[tuple[Located, Conversation]],
-    fmt: Format,
+    template: ChatTemplate | None,
+    tok: ModelTokenizer,
+    options: PrepareOptions,
+) -> list[TokenizedExample]:
+    return _encode([conversation for _, conversation in chunk], template, tok, options)
+
+
+def _write_chunk(
+    writer: PreparedWriter,
+    chunk: list[tuple[Located, Conversation]],
+    encoding: Future[list[TokenizedExample]],
     template: ChatTemplate | None,
     tok: ModelTokenizer,
     options: PrepareOptions,
     report: PrepareReport,
-) -> list[tuple[Located, TokenizedExample]]:
-    where = [located for located, _ in chunk]
-    conversations = [conversation for _, conversation in chunk]
+) -> None:
     try:
-        return list(zip(where, _encode(conversations, template, tok, options), strict=True))
+        examples: list[TokenizedExample | None] = list(encoding.result())
     except RowProblem:
-        pass  # one of them failed: go one by one to find it (rare, so the batch path stays fast)
-    done = []
-    for (file, row), conversation in chunk:
-        try:
-            done.append(((file, row), _encode([conversation], template, tok, options)[0]))
-        except RowProblem as problem:
-            if options.on_invalid == "error":
-                raise problem.at(file=file, row=row) from None
-            report.add_issue("invalid", file, row, str(problem))
-    return done
+        # One of them failed: go one by one to find it (rare, so the batch path stays fast).
+        examples = []
+        for (file, row), conversation in chunk:
+            try:
+                examples.append(_encode([conversation], template, tok, options)[0])
+            except RowProblem as problem:
+                if options.on_invalid == "error":
+                    raise problem.at(file=file, row=row) from None
+                report.add_issue("invalid", file, row, str(problem))
+                examples.append(None)
+    for ((file, row), _), example in zip(chunk, examples, strict=True):
+        if example is not None:
+            _write(writer, file, row, example, options, report)
 
 
 def _encode(
