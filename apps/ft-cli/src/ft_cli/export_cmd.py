@@ -1,11 +1,363 @@
-"""`ft export` (being built; see the issue tracker)."""
+"""`ft export`: a run or a model to PEFT, Hugging Face, MLX, GGUF or Ollama, each export checked.
+
+The command only finds what to export (a run's checkpoint and base model, or a model name and
+`--adapter`s) and shows progress and the check; ft-export does the work. torch, transformers,
+peft and mlx are imported inside the command, so `ft --help` stays light.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import click
 
 from ft_cli.main import UserError
 
+FORMATS = ("peft", "hf", "gguf", "gguf-lora", "mlx", "mlx-adapter", "ollama")
+
 
 @click.command()
-def export() -> None:
-    """Not built yet."""
-    raise UserError("`ft export` is not built yet in this version of ft.")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--format", "-f", "fmt", required=True, help=f"What to write: {', '.join(FORMATS)}.")
+@click.option(
+    "--checkpoint", default=None, help="For a run: best, last or a step number (default: final)."
+)
+@click.option(
+    "--quant",
+    "-q",
+    default=None,
+    help="gguf: f32, f16 (default), bf16, q8_0, q5_1, q5_0, q4_1, q4_0; mlx: 4 or 8 bits.",
+)
+@click.option(
+    "--dtype",
+    default="float32",
+    show_default=True,
+    type=click.Choice(["float32", "float16", "bfloat16"]),
+    help="Weights of hf/mlx exports.",
+)
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="The folder to write.")
+@click.option(
+    "--adapter",
+    "adapters",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A PEFT adapter folder to apply to MODEL (repeat to combine several).",
+)
+@click.option(
+    "--base", default=None, help="The base model of adapter folders (default: from the adapter)."
+)
+@click.option(
+    "--merge-adapters",
+    is_flag=True,
+    help="SOURCES are adapters (runs or folders) to combine into one.",
+)
+@click.option("--weights", default=None, help="One weight per adapter when combining: 0.5,0.5.")
+@click.option(
+    "--combination",
+    default="linear",
+    show_default=True,
+    type=click.Choice(
+        ["linear", "ties", "dare_ties", "dare_linear", "cat", "svd", "magnitude_prune"]
+    ),
+    help="How adapters are combined (peft's add_weighted_adapter).",
+)
+@click.option("--density", default=0.5, show_default=True, help="TIES/DARE: fraction kept.")
+@click.option(
+    "--template", default=None, help="Chat template to ship (name or .jinja; default: training's)."
+)
+@click.option("--name", default=None, help="The model's name in the export's metadata.")
+@click.option("--no-verify", is_flag=True, help="Skip reloading and checking the export.")
+@click.option("--push-to-hub", "push_repo", default=None, help="Upload the export to this repo.")
+@click.option("--private", is_flag=True, help="With --push-to-hub: create the repo private.")
+def export(
+    sources: tuple[str, ...],
+    fmt: str,
+    checkpoint: str | None,
+    quant: str | None,
+    dtype: str,
+    output: Path | None,
+    adapters: tuple[Path, ...],
+    base: str | None,
+    merge_adapters: bool,
+    weights: str | None,
+    combination: str,
+    density: float,
+    template: str | None,
+    name: str | None,
+    no_verify: bool,
+    push_repo: str | None,
+    private: bool,
+) -> None:
+    """Export RUN or MODEL (or, with --merge-adapters, several adapters) to --format, then
+    reload the export with an independent reader and compare it with ft's merged model.
+
+    \b
+    ft export last --format gguf --quant q8_0
+    ft export 20261125-2030 --checkpoint best --format hf --dtype bfloat16
+    ft export smollm2-135m --adapter runs/x/adapter --format ollama
+    ft export --merge-adapters runA runB --weights 0.7,0.3 --combination ties --format peft
+    """
+    from ft_export import ExportError, ExportOptions, ExportSource, VerificationError
+    from ft_export.registry import get_exporter
+
+    try:
+        exporter = get_exporter(fmt)
+    except ExportError as error:
+        raise UserError(str(error)) from None
+    if len(sources) > 1 and not merge_adapters:
+        raise UserError(
+            f"{len(sources)} sources given: pass one RUN or MODEL, or --merge-adapters to "
+            "combine several adapters"
+        )
+    found = [_find_source(ref, checkpoint, base) for ref in sources]
+    if merge_adapters:
+        if any(not f.adapters for f in found):
+            plain = [ref for ref, f in zip(sources, found, strict=True) if not f.adapters]
+            raise UserError(f"--merge-adapters combines adapters; {', '.join(plain)} has none")
+        all_adapters = tuple(a for f in found for a in f.adapters)
+    else:
+        all_adapters = found[0].adapters + adapters
+    first = found[0]
+    bases = {f.base.resolve() for f in found}
+    if len(bases) > 1:
+        raise UserError(
+            "the adapters were trained on different base models "
+            f"({', '.join(str(b) for b in sorted(bases))}); they cannot be combined"
+        )
+    weight_list = _weights(weights, len(all_adapters))
+    chat_template = _template_source(template, first.base) if template else first.chat_template
+    source = ExportSource(
+        base=first.base,
+        adapters=all_adapters,
+        adapter_weights=weight_list,
+        combination=combination,
+        density=density,
+        chat_template=chat_template,
+        name=name or first.name,
+        quantized_base=first.quantized_base,
+    )
+    label = quant or ("f16" if fmt in ("gguf", "gguf-lora") else dtype)
+    label = "q8_0" if fmt == "ollama" and not quant else label
+    out = output or (first.exports / f"{fmt}-{label}")
+    options = ExportOptions(dtype=dtype, quant=quant, verify=not no_verify)
+
+    click.echo(f"exporting {source.display_name} as {fmt} ({label}) to {out}", err=True)
+    _quiet_libraries()
+    try:
+        with _Bar() as bar:
+            result = exporter.export(source, out, options, bar)
+    except VerificationError as error:
+        _report(error.result)
+        raise UserError(
+            f"the export failed its check (files kept in {error.result.path} for inspection); "
+            "rerun with --no-verify to skip the check"
+        ) from None
+    except (ExportError, OSError) as error:
+        raise UserError(str(error)) from None
+    _report(result)
+    if push_repo:
+        from ft_config.secrets import PASSWORDS_FILE, load_secrets
+        from ft_export.hub import push_to_hub
+
+        token = load_secrets(Path(PASSWORDS_FILE)).get("hf_token")
+        try:
+            url = push_to_hub(result.path, push_repo, token, private=private)
+        except ExportError as error:
+            raise UserError(str(error)) from None
+        click.echo(f"pushed to {push_repo}: {url}")
+
+
+@dataclass(frozen=True)
+class _Found:
+    """One source on the command line: the base model folder and the adapters on it."""
+
+    base: Path
+    adapters: tuple[Path, ...]
+    exports: Path
+    """Where its exports go by default."""
+    name: str
+    chat_template: str | None = None
+    quantized_base: bool = False
+
+
+def _find_source(ref: str, checkpoint: str | None, base: str | None) -> _Found:
+    """What `ref` names: an adapter folder, a run, or a model (in that order)."""
+    path = Path(ref).expanduser()
+    if (path / "adapter_config.json").is_file():
+        if checkpoint:
+            raise UserError("--checkpoint applies to a run, and this is an adapter folder")
+        config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+        base_name = base or config.get("base_model_name_or_path")
+        if not base_name:
+            raise UserError(f"{path}: the adapter does not name its base model; pass --base MODEL")
+        return _Found(_resolve(base_name), (path,), Path("exports"), path.name)
+    if (path / "config.json").is_file() and not (path / "run.json").is_file():
+        if checkpoint:
+            raise UserError("--checkpoint applies to a run, and this is a model folder")
+        return _Found(_resolve(ref), (), Path("exports"), path.name)
+    from ft_runs.run_folder import RunNotFoundError, find_run
+
+    try:
+        run = find_run(ref)
+    except RunNotFoundError as error:
+        if path.exists() or ref in ("last", "latest"):
+            raise UserError(str(error)) from None
+        resolved = _resolve(base or ref)
+        return _Found(resolved, (), Path("exports"), Path(ref.split("@")[0]).name)
+    return _from_run(run, checkpoint, base)
+
+
+def _from_run(run: Any, checkpoint: str | None, base: str | None) -> _Found:
+    from ft_runs.run_folder import RunNotFoundError
+
+    info = run.info()
+    try:
+        folder = run.checkpoint(checkpoint) if checkpoint else run.adapter
+    except RunNotFoundError as error:
+        raise UserError(str(error)) from None
+    if not folder.is_dir():
+        raise UserError(
+            f"run {run.id} has no final adapter yet ({folder}); pass --checkpoint last or best"
+        )
+    method = _method_of(run)
+    chat_template = _training_template(info)
+    name = f"{run.id}" + (f"-{folder.name}" if checkpoint else "")
+    if not (folder / "adapter_config.json").is_file():
+        # a full fine-tune: the folder is the whole model
+        return _Found(folder, (), run.exports, name, chat_template)
+    model = info.get("model") or {}
+    base_path = Path(base) if base else Path(model.get("path") or "")
+    if not (base_path / "config.json").is_file():
+        if not model.get("name"):
+            raise UserError(f"run {run.id} does not record its base model; pass --base MODEL")
+        base_path = _resolve(model["name"])
+    return _Found(
+        base_path, (folder,), run.exports, name, chat_template, quantized_base=method == "qlora"
+    )
+
+
+def _method_of(run: Any) -> str | None:
+    import yaml
+
+    if not run.config_file.is_file():
+        return None
+    data = yaml.safe_load(run.config_file.read_text(encoding="utf-8")) or {}
+    method = data.get("method")
+    return method.get("name") if isinstance(method, dict) else method
+
+
+def _training_template(info: dict[str, Any]) -> str | None:
+    """The chat template the run's data was prepared with (None: the tokenizer's own)."""
+    name = (info.get("data") or {}).get("template")
+    if not name or name == "tokenizer":
+        return None
+    try:
+        from ft_data.templates import get_template
+
+        return get_template(name).source
+    except Exception as error:
+        click.echo(
+            f"warning: the run's chat template {name!r} is not available ({error}); "
+            "the tokenizer's own is exported",
+            err=True,
+        )
+        return None
+
+
+def _template_source(template: str, base: Path) -> str:
+    from ft_data.errors import DataError
+    from ft_data.templates import get_template
+
+    try:
+        return get_template(template).source
+    except DataError as error:
+        raise UserError(str(error)) from None
+
+
+def _resolve(name: str) -> Path:
+    from ft_models.resolve import ModelError, resolve_model
+
+    try:
+        return resolve_model(name).path
+    except ModelError as error:
+        raise UserError(str(error)) from None
+
+
+def _weights(text: str | None, count: int) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(
+            f"--weights {text!r}: give numbers separated by commas, like 0.5,0.5"
+        ) from None
+    if len(values) != count:
+        raise UserError(f"--weights has {len(values)} numbers for {count} adapters")
+    return values
+
+
+def _report(result: Any) -> None:
+    click.echo(f"wrote {result.format} export: {result.path}")
+    for file in result.files:
+        size = file.stat().st_size
+        click.echo(f"  {file.relative_to(result.path)}  {_size(size)}")
+    for note in result.notes:
+        click.echo(f"  note: {note}")
+    verification = result.verification
+    if verification is None:
+        click.echo("check: skipped (--no-verify)")
+        return
+    click.echo(f"check: {verification.summary()}")
+    for note in verification.notes:
+        click.echo(f"  note: {note}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _quiet_libraries() -> None:
+    """Only ft's own progress bar: transformers' per-load bars and deprecation warnings from
+    inside the libraries say nothing a user can act on."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        from transformers.utils import logging
+    except ImportError:
+        return
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+class _Bar:
+    """A rich progress bar driven by ft-export's `progress(step, done, total)` calls."""
+
+    def __enter__(self) -> _Bar:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=28),
+            TaskProgressColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self.progress.__enter__()
+        self.task = self.progress.add_task("starting", total=None)
+        return self
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        self.progress.update(self.task, description=step, completed=done, total=total or None)
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
