@@ -11,6 +11,8 @@ Only rank 0 writes checkpoints, the final adapter and events; `should_stop` is r
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,10 +76,9 @@ class World:
             mx.eval(mx.distributed.all_sum(mx.array([0.0]), group=self.group))
 
 
+@functools.cache
 def world_from_env() -> World:
     """The world `mlx.launch` set up (MLX_RANK and a hostfile); one process without it."""
-    import os
-
     if "MLX_RANK" not in os.environ:
         return World()
     group = mx.distributed.init(strict=True, backend="ring")
