@@ -54,7 +54,8 @@ def _finish(
 ) -> ExportResult:
     _publish(build, out)
     files = sorted(p for p in out.rglob("*") if p.is_file())
-    result = ExportResult(fmt, out, files, verification, notes)
+    # writing and checking may both combine adapters: say each thing once
+    result = ExportResult(fmt, out, files, verification, list(dict.fromkeys(notes)))
     if verification is not None and not verification.passed:
         raise VerificationError(
             f"the {fmt} export in {out} failed its check: {verification.summary()}", result

@@ -126,13 +126,18 @@ def merged_model(source: ExportSource) -> tuple[Any, list[str]]:
 def save_hf(model: Any, tokenizer: Any, out: Path, dtype: str, max_shard_size: str) -> None:
     """Save `model` in `dtype` as a safetensors folder (sharded above `max_shard_size`) with
     its tokenizer and chat template. `model` itself is left in float32."""
+    from ft_config import atomic_write_text
+
     torch_dtype = torch_dtype_of(dtype)
     state = {k: v.to(torch_dtype) for k, v in model.state_dict().items()}
-    model.config.dtype = dtype
     model.save_pretrained(
         out, state_dict=state, safe_serialization=True, max_shard_size=max_shard_size
     )
-    model.config.dtype = "float32"
+    # transformers records the dtype of the model in memory (float32); say what was saved
+    config_file = out / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["dtype"] = str(torch_dtype).removeprefix("torch.")
+    atomic_write_text(config_file, json.dumps(config, indent=2, sort_keys=True) + "\n")
     tokenizer.save_pretrained(out)
 
 
