@@ -17,6 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 from ft_cli.dataset_cmd import dataset
 from ft_data import Batches, PreparedDataset, load_tokenizer
+from ft_data.quality import normalize_text
 
 # SmolLM2-Instruct's template: no {% generation %} blocks, a default system prompt.
 CHATML_TEMPLATE = (
@@ -112,11 +113,12 @@ def run_json(*args: str | Path) -> dict[str, Any]:
 
 
 def unique_rows(rows: list[dict[str, str]], keys: tuple[str, ...]) -> tuple[int, list[int]]:
-    """How many distinct rows, and the 1-based numbers of the repeats."""
+    """How many distinct rows, and the 1-based numbers of the repeats (compared as prepare
+    compares them: case-folded, whitespace collapsed)."""
     seen: set[tuple[str, ...]] = set()
     repeats = []
     for number, row in enumerate(rows, 1):
-        key = tuple(row.get(k, "") for k in keys)
+        key = tuple(normalize_text(row.get(k, "")) for k in keys)
         if key in seen:
             repeats.append(number)
         seen.add(key)

@@ -49,7 +49,9 @@ def test_defaults(tmp_path: Path) -> None:
         ({"overlong": "error"}, {"on_too_long": "error"}),
         ({"train_on": "all"}, {"train_on": "all"}),
         ({"dedup": "none"}, {"dedup": "none"}),
-        ({"dedup": "near"}, {"dedup": "exact"}),  # near duplicates: found by the quality checks
+        ({"dedup": "near"}, {"dedup": "near"}),
+        ({"near_dup_threshold": 0.7}, {"near_dup_threshold": 0.7}),
+        ({"label_column": "category"}, {"label_column": "category"}),
         ({"max_seq_length": 512}, {"max_length": 512}),
         ({"format": "sharegpt"}, {"format": "sharegpt"}),
         ({"template": "chatml"}, {"template": "chatml"}),

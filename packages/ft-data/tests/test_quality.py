@@ -390,3 +390,18 @@ def test_render_stats_draws_histograms(alpaca_texts: list[str]) -> None:
     assert len(bars) == len(stats.chars.histogram.counts) + len(stats.labels.counts)  # type: ignore[union-attr]
     assert max(sum(char in "█▏▎▍▌▋▊▉" for char in line) for line in bars) == 20
     assert class_balance(["a", "b", "b"]).imbalance_ratio == 2.0
+
+
+def test_normalized_digest_is_the_hash_of_the_normalized_text(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import hashlib
+
+    from ft_data import quality
+
+    monkeypatch.setattr(quality, "_NORMALIZE_WINDOW", 7)  # windows cut inside these texts
+    texts = ["", "  Hello   World  ", "abc defghijklmnop qrs  tu\n\nv Straße", "x" * 30]
+    texts += ["ÄB c" * 5, "a\x1cb\u00a0c\u2003d  e"]
+    for text in texts:
+        expected = hashlib.blake2b(quality.normalize_text(text).encode(), digest_size=16)
+        assert quality.normalized_digest(text) == expected.digest(), text

@@ -9,6 +9,11 @@ Every batch is a dict of numpy arrays of shape ``(rows, length)``:
 - ``segment_ids`` (int64: 1..k for the k examples packed in a row, 0 on padding), so a
   trainer can keep attention within each example.
 
+For a classification dataset (prepared with a label column, see
+:meth:`~ft_data.hdf5.PreparedDataset.labels`), ``labels`` is instead each row's class
+(int64, shape ``(rows,)``, an index into the dataset's ``label_names``), as sequence
+classification models expect; such datasets are batched one example per row (``pad``).
+
 Modes: ``pad`` (one example per row, padded to the longest in the batch or to
 ``max_seq_length``), ``pack`` (whole examples packed greedily into rows of
 ``max_seq_length``), and ``chunk`` (for continued pretraining: the token stream, in which
@@ -67,6 +72,12 @@ class Batches:
             raise ValueError(
                 f"{dataset.path}: example {where} has {longest} tokens, more than max_seq_length {max_seq_length}; "
                 "prepare the dataset with max_length <= max_seq_length, or raise max_seq_length"
+            )
+        self.classes = dataset.labels()
+        if self.classes is not None and mode != "pad":
+            raise ValueError(
+                f"{dataset.path}: a classification dataset (it has labels) is batched one "
+                f"example per row: use mode 'pad', not {mode!r} (packing off)"
             )
         self._plans: dict[int, list[np.ndarray]] = {}
         self._units = -(-dataset.num_tokens // max_seq_length) if mode == "chunk" else len(dataset)
@@ -162,7 +173,10 @@ class Batches:
             if self.mode != "pad" or self.pad_to == "max"
             else max(len(p[0]) for p in pieces)
         )
-        return _assemble(pieces, width, self.pad_id)
+        batch = _assemble(pieces, width, self.pad_id)
+        if self.classes is not None:
+            batch["labels"] = self.classes[[int(members[0]) for members in rows]]
+        return batch
 
     def _row(self, members: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(tokens, loss_mask, position_ids, segment_ids) of one row, unpadded."""

@@ -15,14 +15,15 @@ train.yml           ft-data
 ``max_seq_length``  ``PrepareOptions.max_length`` and ``Batches(max_seq_length=)``
 ``overlong``        ``PrepareOptions.on_too_long`` (truncate, drop, error)
 ``train_on``        ``completions`` -> ``"assistant"``, ``all`` -> ``"all"``
-``dedup``           ``PrepareOptions.dedup``: ``exact`` (``near`` also prepares with
-                    ``exact``; near duplicates are found by the quality checks)
+``dedup``           ``PrepareOptions.dedup``: ``none``, ``exact`` or ``near``
+``near_dup_threshold`` ``PrepareOptions.near_dup_threshold``
+``label_column``    ``PrepareOptions.label_column`` (labels in the HDF5), ``Batches``
+                    then pads (``packing`` is ignored), stratified splits
 ``packing``         ``Batches(mode="pack")``, else ``"pad"``
 ``train`` ...       paths relative to train.yml made absolute; URLs unchanged
 ==================  ==============================================================
 
-Settings that prepare and batches do not take (``validation_split``, ``near_dup_threshold``,
-``label_column``) are carried through unchanged for the steps that use them.
+``validation_split`` is carried through for the split (:meth:`DataSettings.split`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ft_data.errors import DataError
 from ft_data.formats import available_formats
 from ft_data.hdf5 import PreparedDataset
 from ft_data.prepare import PrepareOptions
+from ft_data.split import ValidationPlan, plan_validation
 from ft_data.templates import available_templates
 from ft_data.tokenize import TrainOn
 
@@ -74,6 +76,19 @@ class DataSettings:
             mode=self.batch_mode,
             seed=seed,
             shuffle=shuffle,
+        )
+
+    def split(self, dataset: PreparedDataset, *, seed: int) -> ValidationPlan:
+        """Which examples of a prepared training set to hold out for validation: none when a
+        validation file is set, else ``validation_split`` of them, stratified by class when
+        the dataset has labels."""
+        labels = dataset.labels()
+        return plan_validation(
+            len(dataset),
+            validation_file=self.validation,
+            fraction=self.validation_split,
+            seed=seed,
+            labels=None if labels is None else labels.tolist(),
         )
 
 
@@ -114,7 +129,9 @@ def options_from_config(data: DataConfig, *, config_dir: str | Path) -> DataSett
         on_too_long=data.overlong,
         train_on=_TRAIN_ON[data.train_on],
         system_prompt=data.system_prompt or None,
-        dedup="none" if data.dedup == "none" else "exact",
+        dedup=data.dedup,
+        near_dup_threshold=data.near_dup_threshold,
+        label_column=data.label_column,
     )
     return DataSettings(
         train=_source(data.train, folder),
@@ -122,7 +139,7 @@ def options_from_config(data: DataConfig, *, config_dir: str | Path) -> DataSett
         test=_source(data.test, folder) if data.test else None,
         prepare=options,
         max_seq_length=data.max_seq_length,
-        batch_mode="pack" if data.packing else "pad",
+        batch_mode="pack" if data.packing and not data.label_column else "pad",
         validation_split=data.validation_split,
         dedup=data.dedup,
         near_dup_threshold=data.near_dup_threshold,

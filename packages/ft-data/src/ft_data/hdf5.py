@@ -6,6 +6,8 @@ One HDF5 file holds three flat datasets:
 - ``loss_mask`` (uint8): 1 where the loss is computed, aligned with ``tokens``;
 - ``offsets`` (int64, n + 1): example ``i`` is ``tokens[offsets[i]:offsets[i + 1]]``;
 
+for a classification dataset also ``labels`` (int64, n): each example's class, an index into
+the ``label_names`` attribute (a JSON list, sorted);
 and attributes: ``format_version``, ``tokenizer_fingerprint`` (sha256 of tokenizer.json),
 ``template_name``, ``template_sha256``, ``max_length`` (0: no limit), ``source_hash``,
 ``cache_key``, ``eos_token_id``/``pad_token_id`` (-1: none) and ``stats`` (JSON).
@@ -48,6 +50,8 @@ class PreparedWriter:
         self._tokens: list[np.ndarray] = []
         self._masks: list[np.ndarray] = []
         self._ends: list[int] = []
+        self._labels: list[int] = []
+        self._label_ids: dict[str, int] = {}  # in order of first appearance
         self._buffered = 0
         self.examples = 0
         self.total_tokens = 0
@@ -63,12 +67,17 @@ class PreparedWriter:
         self._file["offsets"][0] = 0
         return self
 
-    def add(self, tokens: np.ndarray, loss_mask: np.ndarray) -> None:
-        """Append one example (equal lengths, at least one token)."""
+    def add(self, tokens: np.ndarray, loss_mask: np.ndarray, *, label: str | None = None) -> None:
+        """Append one example (equal lengths, at least one token); with ``label``, its class.
+        Either every example has a label or none has."""
         if len(tokens) != len(loss_mask) or len(tokens) == 0:
             raise ValueError(
                 f"an example needs as many mask values as tokens (>0), got {len(tokens)} and {len(loss_mask)}"
             )
+        if (label is None) != (not self._label_ids) and self.examples:
+            raise ValueError("either every example has a label or none has")
+        if label is not None:
+            self._labels.append(self._label_ids.setdefault(label, len(self._label_ids)))
         self._tokens.append(np.asarray(tokens, dtype=np.int32))
         self._masks.append(np.asarray(loss_mask, dtype=np.uint8))
         self.total_tokens += len(tokens)
@@ -81,17 +90,39 @@ class PreparedWriter:
     def _flush(self) -> None:
         if not self._ends or self._file is None:
             return
-        for name, parts in (
+        parts_by_name = [
             ("tokens", self._tokens),
             ("loss_mask", self._masks),
             ("offsets", [np.asarray(self._ends, np.int64)]),
-        ):
+        ]
+        if self._labels:
+            if "labels" not in self._file:
+                self._file.create_dataset(
+                    "labels", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(_CHUNK,)
+                )
+            parts_by_name.append(("labels", [np.asarray(self._labels, np.int64)]))
+        for name, parts in parts_by_name:
             data = np.concatenate(parts)
             dataset = self._file[name]
             start = dataset.shape[0]
             dataset.resize((start + len(data),))
             dataset[start:] = data
-        self._tokens, self._masks, self._ends, self._buffered = [], [], [], 0
+        self._tokens, self._masks, self._ends, self._labels, self._buffered = [], [], [], [], 0
+
+    def finish_labels(self) -> list[str]:
+        """Renumber the classes in sorted order of their names, store the names as the
+        ``label_names`` attribute, and return them (call once, after the last ``add``)."""
+        self._flush()
+        names = sorted(self._label_ids)
+        if self._file is not None and "labels" in self._file:
+            renumber = np.zeros(len(names), dtype=np.int64)
+            for rank, name in enumerate(names):
+                renumber[self._label_ids[name]] = rank
+            labels = self._file["labels"]
+            for start in range(0, labels.shape[0], _CHUNK):
+                labels[start : start + _CHUNK] = renumber[labels[start : start + _CHUNK]]
+        self.attrs["label_names"] = names
+        return names
 
     def __exit__(
         self,
@@ -148,6 +179,17 @@ class PreparedDataset:
         if isinstance(attrs.get("stats"), str):
             attrs["stats"] = json.loads(attrs["stats"])
         return attrs
+
+    @property
+    def label_names(self) -> list[str] | None:
+        """The class names of a classification dataset (``labels()`` index them), else None."""
+        names = self._file.attrs.get("label_names")
+        return json.loads(_plain(names)) if names is not None else None
+
+    def labels(self) -> np.ndarray | None:
+        """Each example's class (int64, an index into ``label_names``), or None when the
+        dataset has no label column. 8 bytes an example, read whole."""
+        return self._file["labels"][:] if "labels" in self._file else None
 
     @property
     def num_tokens(self) -> int:

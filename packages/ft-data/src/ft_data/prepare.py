@@ -25,6 +25,9 @@ from ft_data.conversation import Conversation, Message, check_conversation
 from ft_data.errors import DataError, RowProblem
 from ft_data.formats import Format, detect_format, get_format
 from ft_data.hdf5 import PreparedWriter, read_attrs
+from ft_data.minhash import MinHasher, NearDuplicateIndex
+from ft_data.ngrams import word_ngrams
+from ft_data.quality import conversation_text, normalized_digest
 from ft_data.readers import BadUtf8, local_files, read_file
 from ft_data.templates import ChatTemplate, get_template
 from ft_data.tokenize import (
@@ -37,7 +40,8 @@ from ft_data.tokenize import (
 from ft_data.tokenizer import ModelTokenizer, load_tokenizer
 
 # Bump when a change here would tokenize the same input differently, so old caches rebuild.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: exact dedup by normalized text
+NEAR_NUM_PERM, NEAR_NGRAM = 64, 5  # find_duplicates' defaults, so stats and prepare agree
 KEPT_ISSUES = 1000  # issues of each kind listed one by one in the report; all are counted
 
 
@@ -55,13 +59,20 @@ class PrepareOptions:
     on_bad_utf8: BadUtf8 = "error"
     detect_rows: int = 1000
     system_prompt: str | None = None  # added first to every chat conversation that has none
-    dedup: Literal["none", "exact"] = "none"  # "exact": leave out repeats of a conversation
+    # "exact": leave out repeats of a conversation (compared as quality.normalize_text of
+    # quality.conversation_text, as `ft dataset stats` compares them); "near": also rows whose
+    # word 5-grams have a Jaccard similarity >= near_dup_threshold with a kept row (MinHash).
+    dedup: Literal["none", "exact", "near"] = "none"
+    near_dup_threshold: float = 0.85
+    # The column holding a class label (sequence classification): written as `labels`.
+    label_column: str | None = None
 
 
 @dataclass(frozen=True)
 class RowIssue:
     """Why one row was left out (or truncated): ``kind`` is one of ``invalid``,
-    ``too_long``, ``truncated``, ``no_trained_tokens``, ``bad_utf8``, ``duplicate``."""
+    ``too_long``, ``truncated``, ``no_trained_tokens``, ``bad_utf8``, ``duplicate``,
+    ``near_duplicate``."""
 
     kind: str
     file: str
@@ -83,6 +94,7 @@ class PrepareReport:
     longest: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     issues: list[RowIssue] = field(default_factory=list)
+    label_names: list[str] | None = None  # with a label column: the classes, sorted
 
     def add_issue(self, kind: str, file: str | Path, row: int, reason: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -176,7 +188,8 @@ def prepare_dataset(
             ThreadPoolExecutor(1, thread_name_prefix="ft-tokenize") as worker,
         ):
             pending: tuple[list[tuple[Located, Conversation]], Future[Any]] | None = None
-            for chunk in _chunks(_conversations(files, fmt, options, report), batch_rows):
+            rows = _conversations(files, fmt, options, report)
+            for chunk in _chunks(rows, batch_rows, options, report):
                 encoding = worker.submit(_encode_chunk, chunk, template, tok, options)
                 if pending is not None:
                     _write_chunk(writer, *pending, template, tok, options, report)
@@ -185,6 +198,8 @@ def prepare_dataset(
                     progress(report.rows_read)
             if pending is not None:
                 _write_chunk(writer, *pending, template, tok, options, report)
+            if options.label_column is not None:
+                report.label_names = writer.finish_labels()
             writer.attrs["stats"] = report.to_dict()
     return PrepareResult(output, False, report)
 
@@ -262,7 +277,7 @@ def _conversations(
         report.add_issue("bad_utf8", file, line, f"{reason} (line {line})")
 
     # 8-byte digests of the conversations seen: about 60 bytes a row, enough for many millions.
-    seen: set[int] | None = set() if options.dedup == "exact" else None
+    seen: set[int] | None = set() if options.dedup != "none" else None
     for file in files:
         for row_number, row in read_file(file, on_bad_utf8=options.on_bad_utf8, on_skip=skipped):
             report.rows_read += 1
@@ -271,6 +286,8 @@ def _conversations(
                 if fmt.kind == "chat":
                     check_conversation(conversation)
                     conversation = add_system_prompt(conversation, options.system_prompt)
+                if options.label_column is not None:
+                    conversation = _with_label(conversation, row, options.label_column)
             except RowProblem as problem:
                 if options.on_invalid == "error":
                     raise problem.at(
@@ -291,18 +308,50 @@ def _conversations(
             yield (str(file), row_number), conversation
 
 
+def _with_label(conversation: Conversation, row: Mapping[str, Any], column: str) -> Conversation:
+    value = row.get(column)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise RowProblem(f"no label in column {column!r}", key=column)
+    if not isinstance(value, str | int | bool):
+        raise RowProblem(
+            f"the label must be text or a whole number, not {type(value).__name__}", key=column
+        )
+    return dataclasses.replace(conversation, label=str(value).strip())
+
+
 def _digest(conversation: Conversation) -> int:
-    """A 64-bit hash of everything in the conversation that reaches the model."""
-    digest = hashlib.blake2b(digest_size=8)
-    for message in conversation.messages:
-        digest.update(f"{message.role}\0{message.name or ''}\0{message.content}\x1e".encode())
-        if message.tool_calls:
-            digest.update(json.dumps(message.tool_calls, sort_keys=True, default=str).encode())
-    if conversation.tools:
-        digest.update(json.dumps(conversation.tools, sort_keys=True, default=str).encode())
-    if conversation.label is not None:
-        digest.update(f"\x1flabel\0{conversation.label}".encode())
-    return int.from_bytes(digest.digest(), "little")
+    """A 64-bit hash of the conversation as exact deduplication compares it: the text of
+    :func:`~ft_data.quality.conversation_text`, normalized by
+    :func:`~ft_data.quality.normalize_text` (the rule `ft dataset stats` counts by)."""
+    return int.from_bytes(normalized_digest(conversation_text(conversation), 8), "little")
+
+
+class _NearDuplicates:
+    """Streaming near-duplicate removal: MinHash signatures of each chunk's conversation texts
+    against the LSH index of the rows kept so far (what ``find_duplicates(mode="near")``
+    does in one pass over texts)."""
+
+    def __init__(self, threshold: float) -> None:
+        self.hasher = MinHasher(NEAR_NUM_PERM, 0)
+        self.index = NearDuplicateIndex(threshold=threshold, num_perm=NEAR_NUM_PERM)
+        self.where: list[Located] = []  # index row -> (file, row), to name the kept row
+
+    def filter(
+        self, chunk: list[tuple[Located, Conversation]], report: PrepareReport
+    ) -> list[tuple[Located, Conversation]]:
+        texts = [conversation_text(conversation) for _, conversation in chunk]
+        signatures = self.hasher.signatures(word_ngrams(texts, NEAR_NGRAM), len(texts))
+        duplicate_of, similarity = self.index.add(signatures)
+        self.where += [located for located, _ in chunk]
+        kept = []
+        for item, of, share in zip(chunk, duplicate_of.tolist(), similarity.tolist(), strict=True):
+            if of < 0:
+                kept.append(item)
+                continue
+            (file, row), (kept_file, kept_row) = item[0], self.where[of]
+            other = f"row {kept_row}" + ("" if kept_file == file else f" of {kept_file}")
+            report.add_issue("near_duplicate", file, row, f"about {share:.0%} similar to {other}")
+        return kept
 
 
 def _encode_chunk(
@@ -336,9 +385,9 @@ def _write_chunk(
                     raise problem.at(file=file, row=row) from None
                 report.add_issue("invalid", file, row, str(problem))
                 examples.append(None)
-    for ((file, row), _), example in zip(chunk, examples, strict=True):
+    for ((file, row), conversation), example in zip(chunk, examples, strict=True):
         if example is not None:
-            _write(writer, file, row, example, options, report)
+            _write(writer, file, row, example, options, report, conversation.label)
 
 
 def _encode(
@@ -372,6 +421,7 @@ def _write(
     example: TokenizedExample,
     options: PrepareOptions,
     report: PrepareReport,
+    label: str | None = None,
 ) -> None:
     tokens, mask = example.tokens, example.loss_mask
     limit = options.max_length
@@ -408,16 +458,25 @@ def _write(
             + (" after truncation" if limit and len(example) > limit else ""),
         )
         return
-    writer.add(tokens, mask)
+    writer.add(tokens, mask, label=label if options.label_column is not None else None)
     report.examples += 1
     report.tokens += len(tokens)
     report.trained_tokens += trained
     report.longest = max(report.longest, len(tokens))
 
 
-def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+def _chunks(
+    items: Iterator[tuple[Located, Conversation]],
+    size: int,
+    options: PrepareOptions,
+    report: PrepareReport,
+) -> Iterator[list[tuple[Located, Conversation]]]:
+    near = _NearDuplicates(options.near_dup_threshold) if options.dedup == "near" else None
     while chunk := list(itertools.islice(items, size)):
-        yield chunk
+        if near is not None:
+            chunk = near.filter(chunk, report)
+        if chunk:
+            yield chunk
 
 
 def _id(token_id: int | None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,12 +24,36 @@ from ft_data.ngrams import word_ngrams
 
 DedupMode = Literal["exact", "near"]
 _BATCH_ROWS = 4096  # rows hashed at once: their n-gram arrays take tens of MiB
+_NORMALIZE_WINDOW = 1 << 20  # characters normalized at once by normalized_digest
+_WHITESPACE = re.compile(r"\s")
 
 
 def normalize_text(text: str) -> str:
     """The text as exact deduplication compares it: case-folded, every run of whitespace
     collapsed to one space, no leading or trailing whitespace."""
     return " ".join(text.casefold().split())
+
+
+def normalized_digest(text: str, digest_size: int = 16) -> bytes:
+    """BLAKE2b of ``normalize_text(text)`` in UTF-8, computed a megabyte at a time, so that a
+    100 MB row costs megabytes, not the gigabyte its list of words would take."""
+    digest = hashlib.blake2b(digest_size=digest_size)
+    first, start = True, 0
+    while start < len(text):
+        end = start + _NORMALIZE_WINDOW
+        if end < len(text):  # end the window after whitespace, so no word is cut in two
+            space = _WHITESPACE.search(text, end)
+            end = space.end() if space else len(text)
+        part = " ".join(text[start:end].casefold().split())
+        if part:
+            digest.update(
+                part.encode("utf-8", "surrogatepass")
+                if first
+                else b" " + part.encode("utf-8", "surrogatepass")
+            )
+            first = False
+        start = end
+    return digest.digest()
 
 
 def conversation_text(conversation: Conversation) -> str:
@@ -148,9 +173,7 @@ def _exact_duplicates(batches: Iterator[list[str]]) -> DuplicateReport:
     digests = bytearray()
     for batch in batches:
         for text in batch:
-            digests += hashlib.blake2b(
-                normalize_text(text).encode("utf-8", "surrogatepass"), digest_size=16
-            ).digest()
+            digests += normalized_digest(text)
     halves = np.frombuffer(bytes(digests), dtype="<u8").reshape(-1, 2)
     rows = len(halves)
     order = np.lexsort((np.arange(rows), halves[:, 1], halves[:, 0]))
