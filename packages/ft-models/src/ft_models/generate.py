@@ -540,6 +540,14 @@ def eos_token_ids(folder: Path | None, tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
+def _torch_generation_dtype(device: str) -> str:
+    # Decoding one token at a time is matrix-vector work: on a CPU, bfloat16 measured about 3x
+    # slower than float32 here even with AMX (docs/generation.md), so CPUs get float32.
+    from ft_models.device import pick_device
+
+    return "float32" if pick_device(device).device == "cpu" else "auto"
+
+
 def _unwrap_tokenizer(tokenizer: Any) -> Any:
     # mlx-lm wraps the transformers tokenizer; both backends use the same one underneath.
     if type(tokenizer).__module__.startswith("mlx_lm"):
@@ -589,9 +597,9 @@ class Generator:
     ) -> Generator:
         """Load `model` (a local folder, catalog alias, Hub repo id or `.gguf` file: see
         `ft_models.resolve.resolve_model`) on `backend` (auto, torch or mlx), with an optional
-        PEFT LoRA adapter folder, in `dtype` (None: torch picks for the device, MLX keeps the
-        saved dtype). `template` names the chat template for message prompts (None: the
-        tokenizer's). `device` is torch's (auto, cpu, cuda, mps)."""
+        PEFT LoRA adapter folder, in `dtype` (None: on torch, float32 on a CPU, else what the
+        device computes best; on MLX, the saved dtype). `template` names the chat template for
+        message prompts (None: the tokenizer's). `device` is torch's (auto, cpu, cuda, mps)."""
         from ft_models.device import pick_backend
         from ft_models.load import load_mlx, load_torch
         from ft_models.resolve import resolve_model
@@ -613,7 +621,10 @@ class Generator:
             lm = MlxLM(loaded)
         else:
             loaded, tokenizer = load_torch(
-                resolved.path, dtype=dtype or "auto", device=device, trust_remote_code=remote
+                resolved.path,
+                dtype=dtype or _torch_generation_dtype(device),
+                device=device,
+                trust_remote_code=remote,
             )
             if adapter_path is not None:
                 loaded = apply_adapter_torch(loaded, adapter_path)
