@@ -53,6 +53,7 @@ def train(
     callbacks: Iterable[Callable[[Event], None]] = (),
     resume: bool | str | Path = False,
     should_stop: Callable[[], bool] | None = None,
+    initial_adapter: str | Path | None = None,
 ) -> TrainResult:
     """Train the model in folder `model` (a Hugging Face safetensors folder) on the prepared
     dataset `dataset` (an HDF5 file from `ft dataset prepare` / `ft_data.prepare.prepare_dataset`).
@@ -62,7 +63,8 @@ def train(
     and, at the end, `adapter/` (PEFT layout; the whole model for `method: full`).
     `resume=True` continues from the newest valid checkpoint there (if any), or give a
     checkpoint folder. Ctrl-C stops after the current step with a checkpoint (reason
-    `interrupted`), as does `should_stop()` returning True.
+    `interrupted`), as does `should_stop()` returning True. `initial_adapter` (a PEFT-layout
+    LoRA/DoRA folder) replaces the random initial adapter weights.
     """
     run_dir = Path(output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +97,8 @@ def train(
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     try:
-        return MLXTrainer().train(job, emit=emit, should_stop=stop)
+        trainer = MLXTrainer(Path(initial_adapter) if initial_adapter else None)
+        return trainer.train(job, emit=emit, should_stop=stop)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

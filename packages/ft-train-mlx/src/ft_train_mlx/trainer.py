@@ -30,6 +30,7 @@ from ft_train_mlx.methods import (
     apply_method,
     check_method,
     count_parameters,
+    load_peft_tensors,
     load_weights,
     save_final,
     save_weights,
@@ -61,6 +62,12 @@ class MLXTrainer:
     models; data parallel under `mlx.launch`."""
 
     name = "mlx"
+
+    def __init__(self, initial_adapter: Path | None = None) -> None:
+        """`initial_adapter`: a PEFT-layout adapter folder (LoRA/DoRA, same targets and rank)
+        whose weights replace the random initial ones: to continue from an adapter trained
+        elsewhere, or to start exactly where a torch run starts."""
+        self.initial_adapter = Path(initial_adapter) if initial_adapter else None
 
     def capabilities(self) -> Capabilities:
         gpu = gpu_available()
@@ -152,6 +159,10 @@ class MLXTrainer:
                 if settings.compile:
                     note("warning", "training.compile is off with gradient_checkpointing on MLX")
             trainable, total = count_parameters(model)
+            if self.initial_adapter is not None and job.resume_from is None:
+                if method.name == "full":
+                    raise ValueError("initial_adapter is for adapter methods, not method: full")
+                load_peft_tensors(model, self.initial_adapter, model_type)
             if job.resume_from is not None:
                 read_manifest(job.resume_from)  # refuses a broken checkpoint, saying what is wrong
                 load_weights(model, Path(job.resume_from), method, model_type)
