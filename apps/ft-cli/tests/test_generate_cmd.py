@@ -218,9 +218,12 @@ def test_chat_keeps_history_and_obeys_commands(tiny_llama: Path, library) -> Non
     assert "unknown command /bogus" in out
 
 
-def test_chat_ends_cleanly_at_end_of_input(tiny_llama: Path) -> None:
-    result = run(chat, str(tiny_llama), *FAST, "--max-tokens", "4", "--stats", input="hi\n")
+def test_chat_ends_cleanly_at_end_of_input_and_survives_a_long_prompt(tiny_llama: Path) -> None:
+    too_long = "one two three " * 300  # beyond the tiny Llama's 512 positions
+    stdin = f"{too_long}\nhi\n"
+    result = run(chat, str(tiny_llama), *FAST, "--max-tokens", "4", "--stats", input=stdin)
     assert result.exit_code == 0, result.output
+    assert "this model reads at most 512" in result.stdout
     assert result.stdout.count("assistant: ") == 1
     assert "4 tokens, " in result.stderr
 

@@ -207,6 +207,20 @@ def test_max_tokens_gives_length(generators, backend) -> None:
     assert result.stop is None
 
 
+def test_the_context_length_ends_the_answer_and_refuses_longer_prompts(generators) -> None:
+    generator = generators["torch"]
+    assert generator.context_length == 512  # the tiny Llama's max_position_embeddings
+    size = len(generator.encode(PROMPT))
+    near = Generator(generator.lm, generator.tokenizer, context_length=size + 3)
+    result = near.generate(PROMPT, GenerationOptions(max_tokens=10))
+    assert (len(result.tokens), result.finish_reason) == (3, "length")
+    full = Generator(generator.lm, generator.tokenizer, context_length=size)
+    with pytest.raises(
+        GenerationError, match=f"the prompt is {size} tokens and this model reads at most {size}"
+    ):
+        full.generate(PROMPT)
+
+
 def test_eos_token_stops_with_stop(generators) -> None:
     generator = generators["torch"]
     first = generator.generate(PROMPT, GenerationOptions(max_tokens=1)).tokens[0]

@@ -97,11 +97,12 @@ def chat(model: str | None, stats: bool, **params: Any) -> None:
                 unknown = f"unknown command {command}\n" if command != "/help" else ""
                 console.print(escape(unknown + HELP))
             continue
-        console.print("[bold blue]assistant[/bold blue]: ", end="")
         try:
             stream = generator.stream(session.messages(text), options)
         except GenerationError as error:
-            raise UserError(str(error)) from None
+            console.print(f"[red]error:[/red] {escape(str(error))}")
+            continue
+        console.print("[bold blue]assistant[/bold blue]: ", end="")
         result = stream_to_terminal(stream)
         if result is None:
             console.print("[dim](stopped; this turn is forgotten)[/dim]")

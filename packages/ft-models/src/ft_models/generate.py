@@ -540,6 +540,17 @@ def eos_token_ids(folder: Path | None, tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
+def context_length_of(folder: Path) -> int | None:
+    """The longest sequence the model in `folder` was built for (config.json's
+    `max_position_embeddings`, or GPT-2's `n_positions`), or None when it does not say."""
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
+        if isinstance(config.get(key), int) and config[key] > 0:
+            return int(config[key])
+    return None
+
+
 def _torch_generation_dtype(device: str) -> str:
     # Decoding one token at a time is matrix-vector work: on a CPU, bfloat16 measured about 3x
     # slower than float32 here even with AMX (docs/generation.md), so CPUs get float32.
@@ -568,8 +579,11 @@ class Generator:
         model_path: Path | None = None,
         adapter: Path | None = None,
         reason: str = "",
+        context_length: int | None = None,
     ) -> None:
         self.tokenizer = _unwrap_tokenizer(tokenizer)
+        self.context_length = context_length
+        """The most tokens (prompt and answer) the model reads; None: unknown, unchecked."""
         self.lm = lm
         self.template = template
         self.model_path = model_path
@@ -639,6 +653,7 @@ class Generator:
             adapter=adapter_path,
             reason=f"{resolved.reason}; backend {chosen.backend} "
             + ("(asked for)" if backend == chosen.backend else f"({chosen.reason})"),
+            context_length=context_length_of(resolved.path),
         )
 
     # -- prompts -------------------------------------------------------------------------------
@@ -680,7 +695,17 @@ class Generator:
         """Generate, yielding text deltas as they are decided; the deltas join to the result's
         text, and none of them holds any part of a stop string."""
         ids = self.encode(prompt)
-        return GenerationStream(self._steps(ids, options or GenerationOptions()))
+        options = options or GenerationOptions()
+        limit = self.context_length
+        if limit is not None:
+            if len(ids) >= limit:
+                raise GenerationError(
+                    f"the prompt is {len(ids)} tokens and this model reads at most {limit}: "
+                    "shorten it (in `ft chat`, /reset forgets the conversation)"
+                )
+            # The answer stops at the end of the context ('length'), not in an error.
+            options = attrs.evolve(options, max_tokens=min(options.max_tokens, limit - len(ids)))
+        return GenerationStream(self._steps(ids, options))
 
     def generate(
         self, prompt: Prompt, options: GenerationOptions | None = None
