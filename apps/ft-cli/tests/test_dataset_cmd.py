@@ -3,29 +3,35 @@ tokenizer trained in the test (byte-level BPE and SmolLM2's ChatML template)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from ft_cli.dataset_cmd import dataset
 from ft_data import Batches, PreparedDataset, load_tokenizer
 from ft_data.quality import normalize_text
 
-# SmolLM2-Instruct's template: no {% generation %} blocks, a default system prompt.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
-    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+
+def _ft_data_conftest() -> ModuleType:
+    """packages/ft-data/tests/conftest.py, for the tiny tokenizer the ft-data tests use."""
+    path = Path(__file__).resolve().parents[3] / "packages" / "ft-data" / "tests" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("ft_data_tests_conftest", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FT_DATA_TESTS = _ft_data_conftest()
 PREPARE_KEYS = {
     "source",
     "output",
@@ -77,29 +83,7 @@ def alpaca_rows(datasets: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory, alpaca_rows: list[dict[str, str]]) -> Path:
     """A model folder with tokenizer.json (byte-level BPE, 800 tokens) and a ChatML template."""
-    folder = tmp_path_factory.mktemp("model")
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=800,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(
-        [row["instruction"] + "\n" + row["output"] for row in alpaca_rows], trainer
-    )
-    tokenizer.save(str(folder / "tokenizer.json"))
-    config = {
-        "bos_token": "<|im_start|>",
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|im_end|>",
-        "chat_template": CHATML_TEMPLATE,
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
-    return folder
+    return FT_DATA_TESTS.build_chat_tokenizer(tmp_path_factory.mktemp("model"), alpaca_rows)  # type: ignore[no-any-return]
 
 
 def run(*args: str | Path) -> Result:
@@ -371,6 +355,68 @@ def test_stats(datasets: Path, model_dir: Path) -> None:
         assert report["packing"]["sequences"] == len(packer_rows := packed.rows(0)) and packer_rows
     text = run("stats", source, "--model", model_dir).stdout
     assert "rows:      999 read -> 985 examples (duplicate 14)" in text
+
+
+def test_stats_finds_planted_duplicates_and_overlap(
+    alpaca_rows: list[dict[str, str]], model_dir: Path, tmp_path: Path
+) -> None:
+    """Real rows with planted copies (case and spacing changed: exact once normalized), one
+    near copy (one word changed), labels, and an eval file holding two training rows."""
+    rows = [
+        dict(row, topic=("howto" if i % 3 else "other")) for i, row in enumerate(alpaca_rows[:120])
+    ]
+    rows.append(dict(rows[7], output=rows[7]["output"].upper() + "  "))  # row 121 = row 8
+    near = dict(rows[11])  # a 206-word answer: one word changed leaves it > 0.9 similar
+    words = near["output"].split()
+    words[-3] = "splendid"
+    rows.append(dict(near, output=" ".join(words)))  # row 122 ~ row 12
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    held_out = [dict(row) for row in alpaca_rows[500:530]]
+    held_out[4] = dict(alpaca_rows[40])  # eval row 5 is training row 41
+    held_out[20] = dict(alpaca_rows[90], output=alpaca_rows[90]["output"] + " Indeed.")
+    evaluation = tmp_path / "eval.json"
+    evaluation.write_text(json.dumps(held_out), encoding="utf-8")
+
+    report = run_json(
+        "stats", train, "--model", model_dir, "--label-column", "topic", "--eval", evaluation
+    )
+    assert report["rows"]["by_reason"] == {"duplicate": 1}  # prepare drops the exact copy
+    assert report["label_names"] == ["howto", "other"]
+    quality = report["quality"]
+    assert quality["rows"] == 122
+    duplicates = quality["duplicates"]
+    assert (duplicates["exact"], duplicates["near"], duplicates["near_threshold"]) == (1, 2, 0.85)
+    assert [(r["row"], r["duplicate_of"]) for r in duplicates["exact_rows"]] == [(121, 8)]
+    assert [(r["row"], r["duplicate_of"]) for r in duplicates["near_rows"]] == [(121, 8), (122, 12)]
+    assert 0.85 <= duplicates["near_rows"][1]["similarity"] < 1.0
+    assert quality["labels"]["counts"] == {"howto": 82, "other": 40}
+    tokens, chars = quality["lengths"]["tokens"], quality["lengths"]["chars"]
+    assert (tokens["count"], chars["count"], tokens["max_length"]) == (122, 122, 2048)
+    assert tokens["above_max"] == 0 and sum(tokens["histogram"]["counts"]) == 122
+    assert chars["max"] == max(
+        len(
+            f"user: {r['instruction']}"
+            + (f"\n{r['input']}" if r["input"] else "")
+            + f"\nassistant: {r['output']}"
+        )
+        for r in rows
+    )
+    complexity = quality["complexity"]
+    assert complexity["tokens"] == tokens["total"] and 0 < complexity["type_token_ratio"] < 1
+    overlap = quality["contamination"]
+    assert (overlap["train_rows"], overlap["eval_rows"]) == (122, 30)
+    assert [(o["train_row"], o["eval_row"]) for o in overlap["overlaps"]] == [(41, 5), (91, 21)]
+    assert overlap["overlaps"][0]["share"] == 1.0 and overlap["overlaps"][1]["share"] < 1.0
+
+    text = run(
+        "stats", train, "--model", model_dir, "--near-threshold", "0.99", "--eval", evaluation
+    )
+    assert text.exit_code == 0, text.output
+    out = text.stdout
+    assert "near (>= 0.99)" in out and "121: 8" in out
+    assert "tokens per row (without the template): mean" in out and "│█" in out
+    assert "2 of 30 rows of" in out and "type/token ratio" in out
 
 
 # errors -----------------------------------------------------------------------------------------

@@ -1,11 +1,14 @@
 """Shared fixtures: the real datasets in shared/datasets, and a tiny byte-level BPE tokenizer
-with a ChatML chat template (like SmolLM2's), trained in the test on the Alpaca rows."""
+with a ChatML chat template (like SmolLM2's), trained in the test on the Alpaca rows.
+
+The CLI tests (apps/ft-cli/tests) load this file by its path for ``build_chat_tokenizer``,
+so the two test suites use one tokenizer."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,36 @@ CHATML_TEMPLATE_MARKED = (
     "{% else %}{{ message['content'] + '<|im_end|>\n' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+def build_chat_tokenizer(folder: Path, alpaca_rows: Iterable[dict[str, str]]) -> Path:
+    """Write tokenizer.json (trained on the rows' instructions and answers) and
+    tokenizer_config.json (special tokens, the ChatML template) into ``folder``."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=800,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(
+        [row["instruction"] + "\n" + row["output"] for row in alpaca_rows], trainer
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    config = {
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|im_end|>",
+        "unk_token": "<|endoftext|>",
+        "chat_template": CHATML_TEMPLATE,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
 
 
 def _datasets_folder() -> Path | None:
@@ -60,31 +93,7 @@ def tokenizer_dir(
     tmp_path_factory: pytest.TempPathFactory, alpaca_rows: list[dict[str, str]]
 ) -> Path:
     """A model folder with tokenizer.json (byte-level BPE, 800 tokens) and tokenizer_config.json."""
-    folder = tmp_path_factory.mktemp("tokenizer")
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=800,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(
-        [row["instruction"] + "\n" + row["output"] for row in alpaca_rows], trainer
-    )
-    tokenizer.save(str(folder / "tokenizer.json"))
-    config = {
-        "bos_token": "<|im_start|>",
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|im_end|>",
-        "unk_token": "<|endoftext|>",
-        "chat_template": CHATML_TEMPLATE,
-        "tokenizer_class": "PreTrainedTokenizerFast",
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
-    return folder
+    return build_chat_tokenizer(tmp_path_factory.mktemp("tokenizer"), alpaca_rows)
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ ft-data and numpy are imported inside the commands: `ft --help` loads this modul
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -89,8 +91,37 @@ def dataset() -> None:
 # Options shared by the commands, and what they resolve to ------------------------------------
 
 
+@dataclass(frozen=True)
+class DataArgs:
+    """The options every `ft dataset` command shares (see :func:`data_options`)."""
+
+    src: str | None
+    config_path: Path | None
+    model: str | None
+    tokenizer: Path | None
+    fmt: str | None
+    template: str | None
+    max_seq_length: int | None
+    as_json: bool
+
+    def setup(self, **overrides: Any) -> Setup:
+        """The source, settings and tokenizer these options (and ``overrides`` of train.yml's
+        data section, e.g. ``label_column``) name."""
+        return resolve_setup(
+            self.src,
+            self.config_path,
+            self.model,
+            self.tokenizer,
+            self.fmt,
+            self.template,
+            self.max_seq_length,
+            **overrides,
+        )
+
+
 def data_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """SRC, `-c train.yml`, the tokenizer, the settings that override train.yml's, `--json`."""
+    """SRC, `-c train.yml`, the tokenizer, the settings that override train.yml's, `--json`;
+    the command receives them as one :class:`DataArgs` argument, ``data``."""
     options = [
         click.argument("src", required=False),
         click.option(
@@ -122,9 +153,16 @@ def data_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
     ]
+    names = [field.name for field in dataclasses.fields(DataArgs)]
+
+    @functools.wraps(func)
+    def command(**kwargs: Any) -> Any:
+        data = DataArgs(**{name: kwargs.pop(name) for name in names})
+        return func(data, **kwargs)
+
     for option in reversed(options):
-        func = option(func)
-    return func
+        command = option(command)
+    return command
 
 
 @dataclass(frozen=True)
@@ -145,8 +183,10 @@ def resolve_setup(
     fmt: str | None,
     template: str | None,
     max_seq_length: int | None,
+    **overrides: Any,
 ) -> Setup:
-    """Settings precedence: options over train.yml over train.yml's defaults."""
+    """Settings precedence: options over train.yml over train.yml's defaults. ``overrides``
+    are more data-section settings (None: not given)."""
     import attrs
 
     from ft_config import DataConfig, ModelConfig, load_config
@@ -166,6 +206,7 @@ def resolve_setup(
         )
     if max_seq_length is not None:
         changes["max_seq_length"] = max_seq_length
+    changes.update({key: value for key, value in overrides.items() if value is not None})
     settings = options_from_config(attrs.evolve(data, **changes), config_dir=base)
     if src is None:
         if config_path is None:
@@ -218,18 +259,7 @@ def _echo_json(data: dict[str, Any]) -> None:
     help="Write here (a .h5 file, or a folder) instead of into the cache.",
 )
 @click.option("--rebuild", is_flag=True, help="Prepare again even if an up-to-date file exists.")
-def prepare(
-    src: str | None,
-    config_path: Path | None,
-    model: str | None,
-    tokenizer: Path | None,
-    fmt: str | None,
-    template: str | None,
-    max_seq_length: int | None,
-    as_json: bool,
-    output: Path | None,
-    rebuild: bool,
-) -> None:
+def prepare(data: DataArgs, output: Path | None, rebuild: bool) -> None:
     """Prepare SRC (a file, folder, glob or URL) for training.
 
     Detects the format, renders every row with the chat template, tokenizes it with its loss
@@ -239,7 +269,7 @@ def prepare(
     """
     from ft_data import DatasetCache, prepare_dataset
 
-    setup = resolve_setup(src, config_path, model, tokenizer, fmt, template, max_seq_length)
+    setup = data.setup()
     options = setup.settings.prepare
     started = time.perf_counter()
     evicted: tuple[Any, ...] = ()
@@ -260,7 +290,7 @@ def prepare(
             evicted = result.evicted
     summary = prepare_summary(setup, result, time.perf_counter() - started)
     summary["evicted"] = [str(entry.path) for entry in evicted]
-    if as_json:
+    if data.as_json:
         _echo_json(summary)
     else:
         _print_prepare(summary)
@@ -418,23 +448,12 @@ def _count_rows(source: str) -> int | None:
     help="Highlight with colours (default: when printing to a terminal); "
     "without, trained text is marked «like this».",
 )
-def inspect(
-    src: str | None,
-    config_path: Path | None,
-    model: str | None,
-    tokenizer: Path | None,
-    fmt: str | None,
-    template: str | None,
-    max_seq_length: int | None,
-    as_json: bool,
-    count: int,
-    color: bool | None,
-) -> None:
+def inspect(data: DataArgs, count: int, color: bool | None) -> None:
     """Show the first N rows of SRC as the model sees them: the template applied, and the
     tokens it learns (the loss mask) highlighted."""
-    setup = resolve_setup(src, config_path, model, tokenizer, fmt, template, max_seq_length)
+    setup = data.setup()
     reason, examples = inspect_examples(setup, count)
-    if as_json:
+    if data.as_json:
         public = [
             {k: v for k, v in example.items() if not k.startswith("_")} for example in examples
         ]
@@ -613,40 +632,71 @@ def _ignore(file: Path, line: int, reason: str) -> None:
 
 @dataset.command()
 @data_options
+@click.option(
+    "--near-threshold",
+    type=click.FloatRange(0.0, 1.0),
+    help="Jaccard similarity from which rows count as near duplicates "
+    "(default: train.yml's near_dup_threshold, 0.85).",
+)
+@click.option(
+    "--label-column",
+    metavar="COLUMN",
+    help="The column holding a class label: its class balance is shown "
+    "(default: train.yml's label_column).",
+)
+@click.option(
+    "--eval",
+    "eval_source",
+    metavar="PATH",
+    help="Evaluation or test data (file, folder, glob or URL): training rows that overlap "
+    "its rows are listed (contamination).",
+)
+@click.option(
+    "--shown", default=20, show_default=True, type=click.IntRange(min=0), help="Rows listed."
+)
 def stats(
-    src: str | None,
-    config_path: Path | None,
-    model: str | None,
-    tokenizer: Path | None,
-    fmt: str | None,
-    template: str | None,
-    max_seq_length: int | None,
-    as_json: bool,
+    data: DataArgs,
+    near_threshold: float | None,
+    label_column: str | None,
+    eval_source: str | None,
+    shown: int,
 ) -> None:
-    """Count the rows and tokens of SRC, with example lengths and how well they pack.
+    """Describe SRC: rows and tokens, lengths, duplicates, token complexity, class balance,
+    and overlap with evaluation data (--eval).
 
-    Prepares SRC (or reuses the cached result) with the same settings as `prepare`.
+    Prepares SRC (or reuses the cached result) with the same settings as `prepare`, then
+    reads its rows again for the quality checks: exact duplicates (the rule `prepare` drops
+    by), near duplicates (MinHash), lengths in characters and tokens with a histogram.
     """
     from ft_data import DatasetCache
+    from ft_data.report import quality_report
 
-    setup = resolve_setup(src, config_path, model, tokenizer, fmt, template, max_seq_length)
+    setup = data.setup(near_dup_threshold=near_threshold, label_column=label_column)
+    settings = setup.settings
     with row_progress("prepare", setup.source) as progress:
         result = DatasetCache().prepare(
-            setup.source, setup.tokenizer, setup.settings.prepare, progress=progress
+            setup.source, setup.tokenizer, settings.prepare, progress=progress
         )
     report = stats_report(setup, result)
-    if as_json:
+    quality = quality_report(
+        setup.source,
+        setup.tokenizer,
+        settings.prepare,
+        near_threshold=settings.near_dup_threshold,
+        max_seq_length=settings.max_seq_length,
+        eval_source=eval_source,
+    )
+    report["quality"] = quality.to_dict(shown=shown)
+    if data.as_json:
         _echo_json(report)
     else:
         _print_stats(report)
+        _print_quality(report["quality"], quality)
 
 
 def stats_report(setup: Setup, result: PrepareResult) -> dict[str, Any]:
-    """Everything `ft dataset stats` reports, as plain data.
-
-    Quality checks (duplicates, near duplicates, contamination, complexity) from
-    ``ft_data.quality`` belong here as one more section: ``report["quality"] = ...``.
-    """
+    """What `ft dataset stats` reports of the prepared dataset, as plain data (the quality
+    checks of the source rows are added as ``report["quality"]``)."""
     import numpy as np
 
     from ft_data import Batches, PreparedDataset
@@ -656,7 +706,7 @@ def stats_report(setup: Setup, result: PrepareResult) -> dict[str, Any]:
         lengths = data.lengths
         trained = _trained_per_example(data)
         sequences = 0
-        if len(data):
+        if len(data) and data.labels() is None:  # classification data is never packed
             packer = Batches(
                 data,
                 batch_size=1,
@@ -671,6 +721,7 @@ def stats_report(setup: Setup, result: PrepareResult) -> dict[str, Any]:
         "format": prepared.format,
         "detected": prepared.format_reason,
         "template": prepared.template,
+        "label_names": prepared.label_names,
         "rows": {
             "read": prepared.rows_read,
             "examples": prepared.examples,
@@ -747,6 +798,105 @@ def _print_stats(report: dict[str, Any]) -> None:
             f"packing:   {rows['examples']:,} examples -> {packing['sequences']:,} sequences of "
             f"{packing['max_seq_length']:,} tokens ({packing['fill']:.1%} full)"
         )
+
+
+def _print_quality(quality: dict[str, Any], found: Any) -> None:
+    """The quality checks as rich tables, and the length histograms drawn in the terminal."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from ft_data.stats import render_lengths
+
+    console = Console(highlight=False, soft_wrap=True)
+
+    def table(title: str, *columns: str) -> Table:
+        grid = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+        for index, column in enumerate(columns):
+            grid.add_column(column, justify="left" if index == 0 else "right")
+        return grid
+
+    duplicates = quality["duplicates"]
+    dups = table("duplicates", "kind", "rows", "examples (row: duplicate of)")
+    for kind, label in (("exact", "exact"), ("near", f"near (>= {duplicates['near_threshold']})")):
+        rows = duplicates[f"{kind}_rows"]
+        listed = ", ".join(f"{row['row']}: {row['duplicate_of']}" for row in rows[:5])
+        more = duplicates[kind] - min(len(rows), 5)
+        dups.add_row(
+            label, f"{duplicates[kind]:,}", listed + (f" and {more:,} more" if more > 0 else "")
+        )
+    console.print(dups)
+
+    lengths = table("lengths", "in", "mean", "p50", "p90", "p95", "p99", "max", "over max")
+    for unit, values in quality["lengths"].items():
+        if values:
+            over = (
+                ""
+                if values["above_max"] is None
+                else f"{values['above_max']:,} > {values['max_length']:,}"
+            )
+            lengths.add_row(
+                unit,
+                f"{values['mean']:,.1f}",
+                *(f"{values[key]:,}" for key in ("p50", "p90", "p95", "p99", "max")),
+                over,
+            )
+    console.print(lengths)
+    if found.stats.chars is not None:
+        click.echo("\n".join(render_lengths("characters per row", found.stats.chars)))
+    if found.stats.tokens is not None:
+        click.echo(
+            "\n".join(render_lengths("tokens per row (without the template)", found.stats.tokens))
+        )
+
+    if (c := quality["complexity"]) is not None:
+        complexity = table("\ntoken complexity", "measure", "value")
+        complexity.add_row("tokens", f"{c['tokens']:,}")
+        complexity.add_row("distinct tokens", f"{c['distinct_tokens']:,}")
+        complexity.add_row("type/token ratio", f"{c['type_token_ratio']:.4f}")
+        complexity.add_row("characters per token", f"{c['chars_per_token']:.2f}")
+        complexity.add_row("unknown tokens", f"{c['unknown_tokens']:,} ({c['unknown_share']:.2%})")
+        complexity.add_row(
+            "byte-fallback tokens",
+            f"{c['byte_fallback_tokens']:,} ({c['byte_fallback_share']:.2%})",
+        )
+        console.print(complexity)
+
+    if (labels := quality["labels"]) is not None:
+        balance = table(
+            f"class balance (imbalance ratio {labels['imbalance_ratio']:.2f})",
+            "label",
+            "rows",
+            "share",
+        )
+        for label, count in labels["counts"].items():
+            balance.add_row(label, f"{count:,}", f"{labels['shares'][label]:.1%}")
+        if labels["unlabelled"]:
+            balance.add_row("(no label)", f"{labels['unlabelled']:,}", "")
+        console.print(balance)
+
+    if (overlap := quality["contamination"]) is not None:
+        click.echo(
+            f"contamination: {overlap['contaminated_eval_rows']:,} of {overlap['eval_rows']:,} "
+            f"rows of {overlap['eval']} overlap {overlap['contaminated_train_rows']:,} of "
+            f"{overlap['train_rows']:,} training rows (rule: {overlap['rule']})"
+        )
+        if overlap["overlaps"]:
+            pairs = table("overlapping rows", "train row", "eval row", "share", "shared text")
+            pairs.columns[-1].justify = "left"
+            for pair in overlap["overlaps"]:
+                pairs.add_row(
+                    str(pair["train_row"]),
+                    str(pair["eval_row"]),
+                    f"{pair['share']:.0%}",
+                    pair["snippet"],
+                )
+            console.print(pairs)
+            if overlap["pairs"] > len(overlap["overlaps"]):
+                click.echo(
+                    f"{len(overlap['overlaps']):,} of {overlap['pairs']:,} pairs listed "
+                    "(--shown N lists more)"
+                )
 
 
 # cache ------------------------------------------------------------------------------------------

@@ -325,9 +325,9 @@ def render_stats(stats: DatasetStats, *, width: int = 40) -> str:
     distribution, drawn with Unicode block characters ``width`` cells wide at most."""
     lines = [f"rows: {stats.rows}"]
     if stats.chars is not None:
-        lines += _render_lengths("length in characters", stats.chars, width)
+        lines += render_lengths("length in characters", stats.chars, width)
     if stats.tokens is not None:
-        lines += _render_lengths("length in tokens", stats.tokens, width)
+        lines += render_lengths("length in tokens", stats.tokens, width)
     if (c := stats.complexity) is not None:
         lines += [
             "",
@@ -353,11 +353,12 @@ def render_stats(stats: DatasetStats, *, width: int = 40) -> str:
             f"prepared: {p.examples} examples, {p.tokens} tokens, "
             f"{p.trained_tokens} trained ({p.trained_share:.1%})",
         ]
-        lines += _render_lengths("example length in tokens", p.lengths, width)
+        lines += render_lengths("example length in tokens", p.lengths, width)
     return "\n".join(lines)
 
 
-def _render_lengths(title: str, s: LengthStats, width: int) -> list[str]:
+def render_lengths(title: str, s: LengthStats, width: int = 40) -> list[str]:
+    """A blank line, a summary line and the histogram of ``s`` in lines of Unicode bars."""
     head = (
         f"{title}: mean {s.mean:.1f}, p50 {s.p50}, p90 {s.p90}, p95 {s.p95}, p99 {s.p99}, "
         f"max {s.max}"
