@@ -153,3 +153,36 @@ def test_two_processes_with_torchrun(project: Path) -> None:
     assert job["train_data"].endswith("data/train.h5")
     steps = [e for e in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())]
     assert [e["step"] for e in steps if e["type"] == "step"] == [1, 2]
+
+
+def test_report_and_compare(project: Path) -> None:
+    for lr in ("1e-3", "1e-2"):
+        code, out = run(
+            "train", *FAST, "--set", "training.max_steps=4", "--set",
+            f"training.learning_rate={lr}", cwd=project,
+        )  # fmt: skip
+        assert code == 0, out
+    first, second = sorted(p.name for p in (project / "runs").iterdir())
+
+    code, out = run("runs", "report", first, cwd=project)
+    assert code == 0, out
+    png = project / "runs" / first / "report.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(png) as image:
+        assert image.size[0] >= 1200  # readable without zooming
+    page = (project / "runs" / first / "report.html").read_text()
+    assert f"<h1>Run {first}</h1>" in page and "data:image/png;base64," in page
+    assert "best validation loss" in page
+
+    code, out = run("runs", "compare", first, second, "--json", cwd=project)
+    assert code == 0, out
+    comparison = json.loads(out)
+    assert comparison["runs"] == [first, second]
+    assert comparison["settings"] == {"training.learning_rate": [0.001, 0.01]}
+    assert comparison["figures"]["steps"] == [4, 4]
+    assert all(isinstance(v, float) for v in comparison["figures"]["best eval loss"])
+
+    code, out = run("runs", "compare", first, cwd=project)
+    assert code == 1 and "at least two runs" in out

@@ -179,3 +179,110 @@ def _record_dict(record: Any) -> dict[str, Any]:
     data = attrs.asdict(record)
     data.pop("config_json")
     return data
+
+
+@runs.command()
+@click.argument("run_id", default="last")
+@click.option(
+    "-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Folder for the files."
+)
+def report(run_id: str, output: Path | None) -> None:
+    """Write RUN's report (default: the latest run): report.html and report.png with the loss,
+    validation loss, learning rate, tokens/s and memory curves and the sample generations."""
+    from ft_cli.main import UserError
+    from ft_runs import RunNotFoundError, find_run
+    from ft_runs.report import write_report
+
+    try:
+        folder = find_run(run_id)
+    except RunNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    if not folder.events("step"):
+        raise UserError(f"run {folder.id} has no training steps recorded yet: nothing to plot")
+    written = write_report(folder, output)
+    click.echo(f"report: {written.html}")
+    click.echo(f"curves: {written.png}")
+
+
+@runs.command()
+@click.argument("run_ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare(run_ids: tuple[str, ...], as_json: bool) -> None:
+    """Compare runs side by side: the settings that differ, training figures and the latest
+    evaluation of each."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ft_cli.main import UserError
+    from ft_config import load_config, unstructure_config
+    from ft_runs import RunNotFoundError, find_run
+    from ft_runs.report import latest_evaluation, run_summary
+
+    if len(run_ids) < 2:
+        raise UserError("give at least two runs to compare, e.g. `ft runs compare A B`")
+    try:
+        folders = [find_run(r) for r in run_ids]
+    except RunNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    settings = [_flatten(unstructure_config(load_config(f.config_file))) for f in folders]
+    keys = sorted(set().union(*settings))
+    differing = {
+        k: [s.get(k) for s in settings]
+        for k in keys
+        if len({json.dumps(s.get(k)) for s in settings}) > 1
+    }
+    summaries = [run_summary(f) for f in folders]
+    evaluations = [latest_evaluation(f) or {} for f in folders]
+    figures: dict[str, list[Any]] = {
+        "steps": [s["steps"] for s in summaries],
+        "last loss": [s["last_loss"] for s in summaries],
+        "best eval loss": [(s["best_eval"] or {}).get("eval_loss") for s in summaries],
+        "tokens/s": [s["tokens_per_s"] for s in summaries],
+        "peak memory GiB": [
+            s["peak_memory_bytes"] / 2**30 if s["peak_memory_bytes"] else None for s in summaries
+        ],
+        "train seconds": [s["train_seconds"] for s in summaries],
+    }
+    metric_names = sorted({k for e in evaluations for k in e.get("metrics", {})})
+    for name in metric_names:
+        figures[f"eval {name}"] = [e.get("metrics", {}).get(name) for e in evaluations]
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"runs": [f.id for f in folders], "settings": differing, "figures": figures},
+                indent=2,
+                default=str,
+            )
+        )
+        return
+    console = Console() if Console().is_terminal else Console(width=200)
+    table = Table(box=None, pad_edge=False)
+    table.add_column("")
+    for f in folders:
+        table.add_column(f.id, overflow="fold")
+    for key, values in differing.items():
+        table.add_row(f"[dim]{key}[/]", *[str(v) for v in values])
+    if differing:
+        table.add_section()
+    for name, values in figures.items():
+        finite = [v for v in values if isinstance(v, int | float)]
+        lower_better = "loss" in name or "memory" in name or "seconds" in name
+        best = (
+            (min(finite) if lower_better else max(finite)) if finite and len(finite) > 1 else None
+        )
+        cells = []
+        for v in values:
+            text = "-" if v is None else (f"{v:,.4f}" if isinstance(v, float) else str(v))
+            cells.append(f"[bold green]{text}[/]" if v is not None and v == best else text)
+        table.add_row(name, *cells)
+    console.print(table)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value and key != "columns":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -95,6 +95,18 @@ MIGRATIONS: tuple[str, ...] = (
         resolved_at REAL NOT NULL
     );
     """,
+    # 2: evaluation results (`ft evaluate`), comparable across runs.
+    """
+    CREATE TABLE evaluations (
+        run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        checkpoint TEXT NOT NULL,
+        data TEXT,
+        created_at REAL NOT NULL,
+        metrics_json TEXT NOT NULL,
+        file TEXT
+    );
+    CREATE INDEX evaluations_run ON evaluations(run_id, created_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -393,6 +405,36 @@ class JobStore:
                 (name, str(path), kind, repo_id, revision, time.time()),
             )
 
+    def add_evaluation(
+        self,
+        run_id: str,
+        *,
+        checkpoint: str,
+        data: str | None,
+        metrics: Mapping[str, Any],
+        file: Path | None = None,
+    ) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO evaluations (run_id, checkpoint, data, created_at, metrics_json, file)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    checkpoint,
+                    data,
+                    time.time(),
+                    json.dumps(_finite_json(metrics)),
+                    str(file) if file else None,
+                ),
+            )
+
+    def evaluations(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's evaluations, oldest first, with `metrics` decoded."""
+        rows = self._connection().execute(
+            "SELECT * FROM evaluations WHERE run_id=? ORDER BY created_at", (run_id,)
+        )
+        return [{**dict(r), "metrics": json.loads(r["metrics_json"])} for r in rows.fetchall()]
+
     def datasets(self) -> list[dict[str, Any]]:
         return [
             dict(r)
@@ -442,6 +484,14 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _finite_json(values: Mapping[str, Any]) -> dict[str, Any]:
+    """NaN and infinities are not JSON: stored as null."""
+    return {
+        k: (None if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))) else v)
+        for k, v in values.items()
+    }
 
 
 def _like_prefix(prefix: str) -> str:
