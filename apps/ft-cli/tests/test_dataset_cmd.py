@@ -183,6 +183,62 @@ def _multi_turn(rows: list[dict[str, str]], count: int) -> list[list[tuple[str, 
     ]
 
 
+@pytest.mark.parametrize("kind", ["csv", "tsv", "parquet", "prompt_completion"])
+def test_prepare_each_file_kind_and_format(
+    kind: str, alpaca_rows: list[dict[str, str]], model_dir: Path, tmp_path: Path
+) -> None:
+    """Real Alpaca rows written as CSV, TSV, Parquet and prompt/completion JSON Lines: each is
+    read, detected and trained on its answers."""
+    import polars as pl
+
+    rows = alpaca_rows[:150]
+    distinct, repeats = unique_rows(rows, ("instruction", "input", "output"))
+    source = tmp_path / f"rows.{ {'prompt_completion': 'jsonl'}.get(kind, kind) }"
+    frame = pl.DataFrame(rows)
+    if kind == "csv":
+        frame.write_csv(source)
+    elif kind == "tsv":
+        frame.write_csv(source, separator="\t")
+    elif kind == "parquet":
+        frame.write_parquet(source)
+    else:
+        pairs = [{"prompt": r["instruction"], "completion": r["output"]} for r in rows]
+        source.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
+        distinct, repeats = unique_rows(pairs, ("prompt", "completion"))
+    report = run_json("prepare", source, "--model", model_dir)
+    expected = {
+        "prompt_completion": "detected: prompt_completion (keys 'prompt'/'completion' in 150/150 rows)"
+    }.get(kind, "detected: alpaca (keys 'instruction'/'output' in 150/150 rows)")
+    assert report["detected"] == expected
+    assert (report["rows_read"], report["examples"]) == (150, distinct)
+    kept = [row for number, row in enumerate(rows, 1) if number not in repeats]
+    assert report["trained_tokens"] == answer_tokens(model_dir, [row["output"] for row in kept])
+
+
+def test_prepare_a_folder_of_text_markdown_and_html(
+    datasets: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    """Real C4 texts as .txt, .md and .html files in a folder: one row each, all trained."""
+    texts = [
+        json.loads(line)["text"]
+        for line in (datasets / "c4_demo.jsonl").read_text().splitlines()[:6]
+    ]
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for index, text in enumerate(texts):
+        if index % 3 == 0:
+            (folder / f"{index}.txt").write_text(text, encoding="utf-8")
+        elif index % 3 == 1:
+            (folder / f"{index}.md").write_text(f"# Document {index}\n\n{text}", encoding="utf-8")
+        else:
+            html = f"<html><body><nav>menu</nav><article><p>{text}</p></article></body></html>"
+            (folder / f"{index}.html").write_text(html, encoding="utf-8")
+    report = run_json("prepare", folder, "--model", model_dir)
+    assert report["detected"].startswith("detected: text (keys 'text' in 6/6 rows)")
+    assert (report["rows_read"], report["examples"], report["left_out"]) == (6, 6, 0)
+    assert report["template"] is None and report["trained_tokens"] == report["tokens"] > 0
+
+
 @pytest.mark.parametrize("shape", ["sharegpt", "openai"])
 def test_prepare_multi_turn(
     shape: str, alpaca_rows: list[dict[str, str]], model_dir: Path, tmp_path: Path
