@@ -49,7 +49,7 @@ def hf_greedy(model, ids: list[int], max_new_tokens: int, **kwargs) -> list[int]
     import torch
 
     out = model.generate(
-        torch.tensor([ids]),
+        torch.tensor([ids], device=model.device),
         do_sample=False,
         max_new_tokens=max_new_tokens,
         pad_token_id=model.config.pad_token_id,
@@ -415,6 +415,29 @@ def test_bad_options_are_refused(options, message) -> None:
 
 def test_a_single_stop_string_is_one_stop() -> None:
     assert GenerationOptions(stop="\n\n").stop == ("\n\n",)
+
+
+# -- CUDA -------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_greedy_equals_transformers_on_cuda(tiny_llama: Path, adapter: Path, dtype: str) -> None:
+    import torch
+    import transformers
+
+    generator = Generator.load(tiny_llama, backend="torch", dtype=dtype, device="cuda")
+    assert next(generator.lm.model.parameters()).device.type == "cuda"
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        tiny_llama, dtype=getattr(torch, dtype)
+    )
+    ids = generator.encode(CHAT)
+    result = generator.generate(CHAT, GenerationOptions(max_tokens=32))
+    assert list(result.tokens) == hf_greedy(reference.to("cuda").eval(), ids, 32)
+    sampled = GenerationOptions(max_tokens=16, temperature=1.0, top_p=0.9, seed=4)
+    assert generator.generate(CHAT, sampled).tokens == generator.generate(CHAT, sampled).tokens
+    tuned = Generator.load(tiny_llama, backend="torch", dtype=dtype, device="cuda", adapter=adapter)
+    assert tuned.generate(CHAT, GenerationOptions(max_tokens=32)).tokens != result.tokens
 
 
 # -- the real model ---------------------------------------------------------------------------
