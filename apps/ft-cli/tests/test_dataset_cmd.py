@@ -49,6 +49,7 @@ PREPARE_KEYS = {
     "tokens",
     "trained_tokens",
     "longest",
+    "label_names",
     "seconds",
     "evicted",
 }

@@ -326,6 +326,7 @@ def prepare_summary(setup: Setup, result: PrepareResult, seconds: float) -> dict
         "tokens": report.tokens,
         "trained_tokens": report.trained_tokens,
         "longest": report.longest,
+        "label_names": report.label_names,
         "seconds": round(seconds, 3),
     }
 

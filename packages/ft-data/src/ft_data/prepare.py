@@ -155,7 +155,7 @@ def prepare_dataset(
     options = options or PrepareOptions()
     tok = tokenizer if isinstance(tokenizer, ModelTokenizer) else load_tokenizer(tokenizer)
     with local_files(source) as files:
-        fmt, reason = _choose_format(source, files, options)
+        fmt, reason = choose_format(source, files, options)
         template = (
             None
             if fmt.kind == "text"
@@ -241,9 +241,11 @@ def _cache_key(
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _choose_format(
+def choose_format(
     source: str | Path, files: list[Path], options: PrepareOptions
 ) -> tuple[Format, str]:
+    """The configured format, or the one detected from the first ``detect_rows`` rows; and
+    the line saying which and why."""
     if options.format is not None:
         return get_format(
             options.format, **options.format_options
@@ -287,7 +289,7 @@ def _conversations(
                     check_conversation(conversation)
                     conversation = add_system_prompt(conversation, options.system_prompt)
                 if options.label_column is not None:
-                    conversation = _with_label(conversation, row, options.label_column)
+                    conversation = with_label(conversation, row, options.label_column)
             except RowProblem as problem:
                 if options.on_invalid == "error":
                     raise problem.at(
@@ -308,7 +310,9 @@ def _conversations(
             yield (str(file), row_number), conversation
 
 
-def _with_label(conversation: Conversation, row: Mapping[str, Any], column: str) -> Conversation:
+def with_label(conversation: Conversation, row: Mapping[str, Any], column: str) -> Conversation:
+    """``conversation`` with the row's ``column`` as its label (text); :class:`RowProblem`
+    when the row has none or it is not text or a whole number."""
     value = row.get(column)
     if value is None or (isinstance(value, str) and not value.strip()):
         raise RowProblem(f"no label in column {column!r}", key=column)

@@ -28,7 +28,7 @@ from ft_data.contamination import ContaminationReport, find_contamination
 from ft_data.conversation import Conversation, check_conversation
 from ft_data.errors import RowProblem
 from ft_data.formats import Format
-from ft_data.prepare import PrepareOptions, _choose_format, _with_label, add_system_prompt
+from ft_data.prepare import PrepareOptions, add_system_prompt, choose_format, with_label
 from ft_data.quality import DuplicateReport, conversation_text, find_duplicates
 from ft_data.readers import local_files, read_file
 from ft_data.stats import DatasetStats, dataset_stats
@@ -145,7 +145,7 @@ def quality_report(
     """The quality report of ``source`` read with ``options`` (see the module docstring).
     Raises :class:`~ft_data.errors.DataError` for unreadable data or an unknown format."""
     with local_files(source) as files:
-        fmt, reason = _choose_format(source, files, options)
+        fmt, reason = choose_format(source, files, options)
         rows = RowNumbers()
         labels: list[str | None] = []
 
@@ -194,7 +194,7 @@ def _eval_texts(source: str | Path, options: PrepareOptions, rows: RowNumbers) -
     )
     texts = []
     with local_files(source) as files:
-        fmt, _ = _choose_format(source, files, eval_options)
+        fmt, _ = choose_format(source, files, eval_options)
         for file, row, conversation in _conversations(files, fmt, eval_options):
             rows.add(file, row)
             texts.append(conversation_text(conversation))
@@ -212,7 +212,7 @@ def _conversations(
                     check_conversation(conversation)
                     conversation = add_system_prompt(conversation, options.system_prompt)
                 if options.label_column is not None:
-                    conversation = _with_label(conversation, row, options.label_column)
+                    conversation = with_label(conversation, row, options.label_column)
             except RowProblem:
                 continue  # prepare's report names these rows
             yield str(file), number, conversation
