@@ -376,6 +376,23 @@ def test_adapter_changes_output_and_matches_across_backends(tiny_llama: Path, ad
     assert with_adapter["mlx"].generate(CHAT, options).tokens == tuned
 
 
+def test_an_adapter_for_another_model_is_refused_on_both_backends(
+    tiny_model_factory: TinyModelFactory, adapter: Path
+) -> None:
+    phi3 = tiny_model_factory("phi3")  # one qkv_proj where the Llama has q_proj, k_proj, v_proj
+    for backend in BACKENDS:
+        with pytest.raises(GenerationError, match=r"adapts model\.layers\.0\.self_attn\.q_proj, "):
+            Generator.load(phi3, backend=backend, dtype="float32", adapter=adapter)
+
+
+def test_mlx_reads_a_long_prompt_in_chunks(generators, monkeypatch) -> None:
+    from ft_models import generate
+
+    whole = generators["mlx"].generate(CHAT, GenerationOptions(max_tokens=12)).tokens
+    monkeypatch.setattr(generate, "_MLX_PREFILL_CHUNK", 5)
+    assert generators["mlx"].generate(CHAT, GenerationOptions(max_tokens=12)).tokens == whole
+
+
 def test_mlx_merge_touches_every_adapted_matrix(tiny_llama: Path, adapter) -> None:
     from ft_models.load import load_mlx
 

@@ -39,7 +39,7 @@ import math
 import re
 import time
 from collections.abc import Generator as GeneratorFunction
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal
@@ -425,6 +425,60 @@ def _check_lora(folder: Path, config: dict[str, Any], backend: str) -> None:
         )
 
 
+def lora_pairs(folder: Path, keys: Iterable[str], *, strict: bool) -> dict[str, dict[str, str]]:
+    """Module name -> {"A": key, "B": key} for the LoRA tensors of an adapter. `strict`: any
+    other tensor (modules_to_save, embedding adapters) is an error, for merging on MLX."""
+    pairs: dict[str, dict[str, str]] = {}
+    for key in keys:
+        name = key.removeprefix("base_model.model.")
+        match = re.fullmatch(r"(.+)\.lora_([AB])(?:\.[^.]+)?\.weight", name)
+        if match is None:
+            if strict:
+                raise GenerationError(
+                    f"adapter {folder}: tensor {key} is not a LoRA A/B matrix, and ft merges "
+                    "only those on MLX (modules_to_save and embedding adapters need "
+                    "--backend torch)"
+                )
+            continue
+        pairs.setdefault(match.group(1), {})[match.group(2)] = key
+    for module, pair in pairs.items():
+        if set(pair) != {"A", "B"}:
+            raise GenerationError(f"adapter {folder}: {module} lacks its lora_A or lora_B")
+    return pairs
+
+
+def _check_fits_torch(model: Any, folder: Path) -> None:
+    # peft adapts the modules it finds and only warns about tensors it has no place for, so an
+    # adapter of another model could load half-applied: check every LoRA pair first.
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as tensors:
+        pairs = lora_pairs(folder, tensors.keys(), strict=False)
+        shapes = {
+            module: (
+                tensors.get_slice(pair["B"]).get_shape()[0],
+                tensors.get_slice(pair["A"]).get_shape()[-1],
+            )
+            for module, pair in pairs.items()
+        }
+    for module, (out_features, in_features) in sorted(shapes.items()):
+        try:
+            weight = getattr(model.get_submodule(module), "weight", None)
+        except AttributeError:
+            weight = None
+        if weight is None:
+            raise GenerationError(
+                f"adapter {folder} adapts {module}, which this model does not have: "
+                "was it trained on another base model?"
+            )
+        # A Linear stores (out, in); transformers' Conv1D (GPT-2) stores (in, out).
+        if tuple(weight.shape) not in ((out_features, in_features), (in_features, out_features)):
+            raise GenerationError(
+                f"adapter {folder}: {module} is {out_features}x{in_features} in the adapter "
+                f"but {tuple(weight.shape)} in the model: was it trained on another base model?"
+            )
+
+
 def apply_adapter_torch(model: Any, folder: Path) -> Any:
     """The transformers model with the PEFT LoRA adapter in `folder` merged in."""
     folder = Path(folder)
@@ -434,7 +488,15 @@ def apply_adapter_torch(model: Any, folder: Path) -> Any:
         from peft import PeftModel
     except ImportError as error:
         raise ImportError("applying an adapter on torch needs peft: pip install peft") from error
-    wrapped = PeftModel.from_pretrained(model, str(folder))
+    _check_fits_torch(model, folder)
+    try:
+        wrapped = PeftModel.from_pretrained(model, str(folder))
+    except (RuntimeError, ValueError, KeyError) as error:
+        # peft's own words (size mismatch, missing module) after ft's: which adapter, and why.
+        raise GenerationError(
+            f"adapter {folder} does not fit this model (was it trained on another base "
+            f"model?): {str(error).strip().splitlines()[0][:300]}"
+        ) from error
     return wrapped.merge_and_unload()
 
 
@@ -457,22 +519,14 @@ def merge_adapter_mlx(model: Any, folder: Path) -> int:
     config = read_adapter_config(folder)
     _check_lora(folder, config, "mlx")
     tensors = mx.load(str(folder / "adapter_model.safetensors"))
-    pairs: dict[str, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        name = key.removeprefix("base_model.model.")
-        match = re.fullmatch(r"(.+)\.lora_([AB])(?:\.[^.]+)?\.weight", name)
-        if match is None:
-            raise GenerationError(
-                f"adapter {folder}: tensor {key} is not a LoRA A/B matrix, and ft merges only "
-                "those on MLX (modules_to_save and embedding adapters need --backend torch)"
-            )
-        pairs.setdefault(match.group(1), {})[match.group(2)] = value
+    pairs = {
+        module: {side: tensors[key] for side, key in pair.items()}
+        for module, pair in lora_pairs(folder, tensors, strict=True).items()
+    }
     params = dict(tree_flatten(model.parameters()))
     rank, alpha = int(config.get("r", 8)), config.get("lora_alpha")
     updates = []
     for module, pair in sorted(pairs.items()):
-        if set(pair) != {"A", "B"}:
-            raise GenerationError(f"adapter {folder}: {module} lacks its lora_A or lora_B")
         r = int(_pattern_value(config.get("rank_pattern") or {}, module, rank))
         a = float(_pattern_value(config.get("alpha_pattern") or {}, module, alpha or r))
         scale = a / math.sqrt(r) if config.get("use_rslora") else a / r
