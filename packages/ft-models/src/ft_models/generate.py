@@ -665,9 +665,10 @@ class Generator:
     ) -> Generator:
         """Load `model` (a local folder, catalog alias, Hub repo id or `.gguf` file: see
         `ft_models.resolve.resolve_model`) on `backend` (auto, torch or mlx), with an optional
-        PEFT LoRA adapter folder, in `dtype` (None: on torch, float32 on a CPU, else what the
-        device computes best; on MLX, the saved dtype). `template` names the chat template for
-        message prompts (None: the tokenizer's). `device` is torch's (auto, cpu, cuda, mps)."""
+        PEFT LoRA adapter folder, in `dtype` (None or "auto": on torch, float32 on a CPU, else
+        what the device computes best; on MLX, the saved dtype). `template` names the chat
+        template for message prompts (None: the tokenizer's). `device` is torch's (auto, cpu,
+        cuda, mps)."""
         from ft_models.device import pick_backend
         from ft_models.load import load_mlx, load_torch
         from ft_models.resolve import resolve_model
@@ -675,6 +676,7 @@ class Generator:
         if backend not in BACKENDS:
             raise GenerationError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         chosen = pick_backend(backend)
+        dtype = None if dtype == "auto" else dtype
         prompt_template = load_template(template)
         adapter_path = Path(adapter).expanduser() if adapter is not None else None
         if adapter_path is not None:
