@@ -145,7 +145,8 @@ def export(
     options = ExportOptions(dtype=dtype, quant=quant, verify=not no_verify)
 
     click.echo(f"exporting {source.display_name} as {fmt} ({label}) to {out}", err=True)
-    _quiet_libraries()
+    if options.verify or source.adapters or fmt != "gguf":
+        _quiet_libraries()  # only when transformers will be loaded anyway: it takes seconds
     try:
         with _Bar() as bar:
             result = exporter.export(source, out, options, bar)
