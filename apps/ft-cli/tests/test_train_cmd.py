@@ -186,3 +186,40 @@ def test_report_and_compare(project: Path) -> None:
 
     code, out = run("runs", "compare", first, cwd=project)
     assert code == 1 and "at least two runs" in out
+
+
+def test_evaluate_stores_metrics_and_answers(project: Path) -> None:
+    code, out = run("train", *FAST, "--set", "training.max_steps=2", cwd=project)
+    assert code == 0, out
+    folder = only_run(project)
+    code, out = run(
+        "evaluate", "--max-examples", "3", "--max-tokens", "4", "--samples", "2", "--json",
+        cwd=project,
+    )  # fmt: skip
+    assert code == 0, out
+    result = json.loads(out[out.index("{") :])
+    assert result["run"] == folder.name
+    assert result["checkpoint"] == "best (step-00000002)"
+    assert set(result["metrics"]) == {
+        "eval_loss", "perplexity", "exact_match", "token_f1", "rouge_l", "bleu",
+    }  # fmt: skip
+    assert set(result["base_metrics"]) == set(result["metrics"])
+    # The trainer's own evaluation at step 2 and ft evaluate agree on the loss.
+    (evaluated,) = [
+        e for e in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
+        if e["type"] == "eval"
+    ]  # fmt: skip
+    assert result["metrics"]["eval_loss"] == pytest.approx(evaluated["eval_loss"], abs=1e-4)
+    assert len(result["samples"]) == 2
+    assert all(s["reference"] and s["prompt"] for s in result["samples"])
+    saved = json.loads(Path(result["file"]).read_text())
+    assert saved["metrics"] == result["metrics"]
+
+    from ft_runs.store import JobStore
+
+    (stored,) = JobStore().evaluations(folder.name)
+    assert stored["metrics"]["eval_loss"] == pytest.approx(result["metrics"]["eval_loss"])
+    assert stored["metrics"]["base_eval_loss"] == pytest.approx(result["base_metrics"]["eval_loss"])
+
+    code, out = run("evaluate", "--checkpoint", "7", cwd=project)
+    assert code == 1 and "no checkpoint at step 7" in out

@@ -42,6 +42,20 @@ def command_entry_points() -> dict[str, metadata.EntryPoint]:
     return plugins | builtin
 
 
+def quiet_libraries() -> None:
+    """Hide what the model libraries print that tells a user nothing: transformers' "Loading
+    weights" bars and a deprecation warning peft triggers. Downloads keep their progress bars
+    (huggingface_hub's own). Call it in commands that load models, before loading."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+
+
 class UserError(click.ClickException):
     """An error the user can fix; printed as `error: ...` without a traceback."""
 

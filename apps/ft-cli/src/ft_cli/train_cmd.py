@@ -88,7 +88,7 @@ def train(
 
     from rich.console import Console
 
-    from ft_cli.main import UserError
+    from ft_cli.main import UserError, quiet_libraries
     from ft_cli.progress import PrepareProgress, TrainDisplay
     from ft_config import ConfigError
     from ft_data.errors import DataError
@@ -99,6 +99,7 @@ def train(
     from ft_runs.training import train as run_training
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
+    quiet_libraries()
     if config is None and Path("train.yml").exists():
         config = Path("train.yml")
     if config is not None and not config.exists():

@@ -74,6 +74,23 @@ class TorchTrainer:
             notes=notes,
         )
 
+    def evaluate_loss(
+        self,
+        model_path: Path,
+        adapter: Path | None,
+        dataset: Path,
+        *,
+        max_seq_length: int = 2048,
+        batch_size: int = 4,
+        device: str = "auto",
+    ) -> Any:
+        """Validation loss and perplexity of the model (with the adapter, or a full fine-tune's
+        folder) on a prepared dataset, as the trainer's `eval` events compute them."""
+        from ft_train_torch.evaluation import evaluate_loss, load_for_eval
+
+        model = load_for_eval(model_path, adapter, device=device)
+        return evaluate_loss(model, dataset, batch_size=batch_size, max_seq_length=max_seq_length)
+
     def train(
         self, job: Any, emit: Callable[[Event], None], should_stop: Callable[[], bool]
     ) -> TrainResult:

@@ -1,0 +1,279 @@
+"""`ft evaluate`: how well a run's checkpoint does on held-out data, next to its base model.
+
+For a run and one of its checkpoints (best, last, a step, or the final adapter):
+
+1. the data: the run's own validation set (the held-out split or validation file it trained
+   with), or `--data PATH` prepared with the run's tokenizer, template and options;
+2. validation loss and perplexity, by the trainer backend's `evaluate_loss` (the same
+   definition as the trainer's `eval` events), for the fine-tuned and the base model;
+3. answers: for each example, the prompt is every token before its first trained token (the
+   conversation so far, through the run's own chat template, up to the opened assistant
+   turn) and the reference is the first trained span (that assistant answer). Both models
+   answer greedily; exact match, token F1, ROUGE-L and BLEU score the answers against the
+   references (ft_runs.textmetrics);
+4. the results go to `<run>/evaluations/<time>-<checkpoint>.json` and the job store's
+   evaluations table, so `ft runs compare` can put runs side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from ft_config import atomic_write_text, load_config
+from ft_runs.run_folder import RunFolder
+from ft_runs.textmetrics import generation_metrics
+
+Say = Callable[[str], None]
+
+
+@attrs.frozen
+class Example:
+    prompt_ids: list[int]
+    prompt: str
+    reference: str
+
+
+@attrs.frozen
+class Evaluation:
+    run: str
+    checkpoint: str
+    adapter: Path
+    data: str
+    metrics: dict[str, float]
+    base_metrics: dict[str, float]
+    samples: list[dict[str, Any]]
+    file: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "checkpoint": self.checkpoint,
+            "adapter": str(self.adapter),
+            "data": self.data,
+            "created": datetime.now(UTC).isoformat(),
+            "metrics": self.metrics,
+            "base_metrics": self.base_metrics,
+            "samples": self.samples,
+        }
+
+
+def checkpoint_of(folder: RunFolder, which: str | None) -> tuple[str, Path]:
+    """(label, adapter folder): `final` is the run's adapter; default best, else final, else
+    the newest checkpoint."""
+    if which in (None, ""):
+        if folder.best() is not None:
+            which = "best"
+        elif (folder.adapter / "adapter_config.json").exists() or (
+            folder.adapter / "config.json"
+        ).exists():
+            which = "final"
+        else:
+            which = "last"
+    if which == "final":
+        if not folder.adapter.exists():
+            from ft_runs.run_folder import RunNotFoundError
+
+            raise RunNotFoundError(
+                f"run {folder.id} has no final adapter yet; use --checkpoint last"
+            )
+        return "final", folder.adapter
+    path = folder.checkpoint(which)
+    return f"{which} ({path.name})" if which in ("best", "last") else path.name, path
+
+
+def examples_from(dataset: Path, tokenizer: Any, limit: int) -> list[Example]:
+    """Up to `limit` (prompt, reference) pairs from a prepared dataset (see the module doc)."""
+    from ft_data.hdf5 import PreparedDataset
+
+    found: list[Example] = []
+    with PreparedDataset(dataset) as data:
+        for i in range(len(data)):
+            tokens, mask = data[i]
+            trained = np.flatnonzero(np.asarray(mask))
+            if len(trained) == 0 or trained[0] == 0:
+                continue  # nothing to answer, or trained from the first token (raw text)
+            start = int(trained[0])
+            end = start
+            while end < len(mask) and mask[end]:
+                end += 1
+            ids = [int(t) for t in tokens[:start]]
+            found.append(
+                Example(
+                    prompt_ids=ids,
+                    prompt=tokenizer.decode(ids, skip_special_tokens=False),
+                    reference=tokenizer.decode(
+                        [int(t) for t in tokens[start:end]], skip_special_tokens=True
+                    ).strip(),
+                )
+            )
+            if len(found) >= limit:
+                break
+    return found
+
+
+def _answer(generator: Any, ids: list[int], max_tokens: int) -> str:
+    from ft_models.generate import GenerationOptions, GenerationStream
+
+    options = GenerationOptions(max_tokens=max_tokens)
+    limit = generator.context_length
+    if limit is not None:
+        options = attrs.evolve(options, max_tokens=max(1, min(max_tokens, limit - len(ids))))
+    stream = GenerationStream(generator._steps(ids, options))
+    for _ in stream:
+        pass
+    assert stream.result is not None
+    return stream.result.text.strip()
+
+
+def run_data(folder: RunFolder) -> Path | None:
+    """The validation set the run trained with, if it had one."""
+    info = folder.info()
+    data = info.get("data", {})
+    for key in ("validation_file",):
+        if data.get(key) and Path(data[key]).exists():
+            return Path(data[key])
+    if data.get("validation_source"):
+        from ft_data.cache import DatasetCache
+
+        key = data.get("validation_cache_key")
+        if key:
+            candidate = DatasetCache().path_for(key)
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def prepare_for_run(folder: RunFolder, source: str | Path, model_path: Path, say: Say) -> Path:
+    """`source` prepared the way the run prepared its training data."""
+    from ft_data.cache import prepare_cached
+    from ft_data.config import options_from_config
+
+    config = load_config(folder.config_file)
+    settings = options_from_config(config.data, config_dir=Path.cwd())
+    result = prepare_cached(str(Path(source).expanduser().absolute()), model_path, settings.prepare)
+    say(f"data: {result.report.summary()}")
+    return result.path
+
+
+def evaluate_run(
+    folder: RunFolder,
+    *,
+    checkpoint: str | None = None,
+    data: str | Path | None = None,
+    samples: int = 5,
+    max_examples: int = 50,
+    max_tokens: int = 128,
+    compare_base: bool = True,
+    backend: str = "torch",
+    store: Any = None,
+    say: Say = print,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Evaluation:
+    """Evaluate `folder`'s checkpoint (see the module docstring)."""
+    from ft_models.generate import Generator
+    from ft_runs.trainers import get_trainer
+
+    info = folder.info()
+    model_path = Path(info["model"]["path"])
+    label, adapter = checkpoint_of(folder, checkpoint)
+    if data is not None:
+        dataset = prepare_for_run(folder, data, model_path, say)
+        data_label = str(data)
+    else:
+        found = run_data(folder)
+        if found is None:
+            raise ValueError(
+                f"run {folder.id} trained without validation data: give some with --data PATH"
+            )
+        dataset, data_label = found, "the run's validation set"
+    say(f"evaluating {folder.id} at {label} on {data_label}")
+    config = load_config(folder.config_file)
+    trainer = get_trainer("torch")
+    loss = trainer.evaluate_loss(
+        model_path, adapter, dataset, max_seq_length=config.data.max_seq_length
+    )
+    metrics: dict[str, float] = {"eval_loss": loss.loss, "perplexity": loss.perplexity}
+    base_metrics: dict[str, float] = {}
+    if compare_base:
+        base = trainer.evaluate_loss(
+            model_path, None, dataset, max_seq_length=config.data.max_seq_length
+        )
+        base_metrics = {"eval_loss": base.loss, "perplexity": base.perplexity}
+    say(
+        f"validation loss {loss.loss:.4f} (perplexity {loss.perplexity:.2f}) on {loss.tokens} tokens"
+        + (f"; base model {base_metrics['eval_loss']:.4f}" if base_metrics else "")
+    )
+
+    template = info.get("data", {}).get("template")
+    tuned = Generator.load(model_path, backend=backend, adapter=adapter, template=template)
+    examples = examples_from(dataset, tuned.tokenizer, max_examples)
+    answers: list[str] = []
+    started = time.perf_counter()
+    for i, example in enumerate(examples):
+        answers.append(_answer(tuned, example.prompt_ids, max_tokens))
+        if progress:
+            progress("fine-tuned", i + 1, len(examples))
+    del tuned
+    references = [e.reference for e in examples]
+    if examples:
+        metrics.update(generation_metrics(answers, references))
+    base_answers: list[str] = []
+    if compare_base and examples:
+        base_gen = Generator.load(model_path, backend=backend, template=template)
+        for i, example in enumerate(examples):
+            base_answers.append(_answer(base_gen, example.prompt_ids, max_tokens))
+            if progress:
+                progress("base", i + 1, len(examples))
+        base_metrics.update(generation_metrics(base_answers, references))
+    say(f"answered {len(examples)} prompts in {time.perf_counter() - started:.0f} s")
+    shown = [
+        {
+            "prompt": _last_user_text(e.prompt),
+            "base": base_answers[i] if base_answers else None,
+            "tuned": answers[i],
+            "reference": e.reference,
+        }
+        for i, e in enumerate(examples[:samples])
+    ]
+    result = Evaluation(folder.id, label, adapter, data_label, metrics, base_metrics, shown)
+    target = (
+        folder.path
+        / "evaluations"
+        / (datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + f"-{label.split(' ')[0]}.json")
+    )
+    target.parent.mkdir(exist_ok=True)
+    atomic_write_text(target, json.dumps(result.to_dict(), indent=2) + "\n")
+    if store is not None:
+        store.add_evaluation(
+            folder.id,
+            checkpoint=label,
+            data=data_label,
+            metrics={**metrics, **{f"base_{k}": v for k, v in base_metrics.items()}},
+            file=target,
+        )
+    return attrs.evolve(result, file=target)
+
+
+def _last_user_text(prompt: str) -> str:
+    """The prompt as people read it: the text of the last turn before the answer, without the
+    template's markup where it is recognisable (ChatML, Llama 3, Mistral), else all of it."""
+    import re
+
+    for pattern in (
+        r"<\|im_start\|>user\n(.*?)<\|im_end\|>",
+        r"<\|start_header_id\|>user<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>",
+        r"\[INST\](.*?)\[/INST\]",
+        r"### Instruction:\n(.*?)\n\n### Response:",
+    ):
+        found = re.findall(pattern, prompt, flags=re.S)
+        if found:
+            return found[-1].strip()
+    return prompt.strip()
