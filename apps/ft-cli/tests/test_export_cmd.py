@@ -165,3 +165,20 @@ def test_push_to_hub(
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= set(files)
     config = json.loads((run / "exports" / "peft-float32" / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA"
+
+
+def test_a_full_fine_tune_run_is_the_model(
+    run: Path, tiny_model_factory: Callable[[str], Path]
+) -> None:
+    # method full: the run's adapter/ folder is a whole model (here: another architecture, so
+    # the export can only have come from it and not from run.json's base model)
+    shutil.rmtree(run / "adapter")
+    shutil.copytree(tiny_model_factory("qwen2"), run / "adapter")
+    code, out = ft("export", str(run), "--format", "gguf", "--quant", "f32")
+    assert code == 0, out
+    assert "greedy tokens 8/8 identical" in out
+    from gguf import GGUFReader
+
+    [path] = (run / "exports" / "gguf-f32").iterdir()
+    field = GGUFReader(path).fields["general.architecture"]
+    assert bytes(field.parts[field.data[0]]).decode() == "qwen2"
