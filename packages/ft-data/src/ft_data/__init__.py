@@ -17,6 +17,7 @@ from ft_data.hdf5 import PreparedDataset, PreparedWriter
 from ft_data.prepare import PrepareOptions, PrepareReport, PrepareResult, prepare_dataset
 from ft_data.quality import DuplicateReport, conversation_text, find_duplicates, normalize_text
 from ft_data.readers import find_files, local_files, read_file, read_rows
+from ft_data.report import QualityReport, quality_report
 from ft_data.split import ValidationPlan, plan_validation, split_rows
 from ft_data.stats import DatasetStats, dataset_stats, render_stats
 from ft_data.templates import ChatTemplate, available_templates, get_template
@@ -44,6 +45,7 @@ __all__ = [
     "PrepareResult",
     "PreparedDataset",
     "PreparedWriter",
+    "QualityReport",
     "RowProblem",
     "TokenizedExample",
     "ValidationPlan",
@@ -65,6 +67,7 @@ __all__ = [
     "plan_validation",
     "prepare_cached",
     "prepare_dataset",
+    "quality_report",
     "read_file",
     "read_rows",
     "render_stats",
