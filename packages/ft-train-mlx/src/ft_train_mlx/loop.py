@@ -67,16 +67,16 @@ class Outcome:
 
 
 def gradient_function(model: nn.Module, compiled: bool) -> Callable[..., Any]:
-    """`grads(ids, targets, mask) -> (summed loss, gradients)`; with `compiled`, an
+    """`grads(*model_inputs(batch)) -> (summed loss, gradients)`; with `compiled`, an
     `mx.compile`d function per mask kind. Its inputs and outputs are the model's state
     (value_and_grad swaps the weights in and out) and MLX's random state, which dropout draws
     from."""
 
-    def plain(ids: mx.array, targets: mx.array) -> mx.array:
-        return summed_loss(model, ids, targets, None)
+    def plain(*arrays: mx.array) -> mx.array:
+        return summed_loss(model, *arrays, None)
 
-    def masked(ids: mx.array, targets: mx.array, mask: mx.array) -> mx.array:
-        return summed_loss(model, ids, targets, mask)
+    def masked(*arrays: mx.array) -> mx.array:
+        return summed_loss(model, *arrays)
 
     plain_grad = nn.value_and_grad(model, plain)
     masked_grad = nn.value_and_grad(model, masked)
@@ -85,8 +85,9 @@ def gradient_function(model: nn.Module, compiled: bool) -> Callable[..., Any]:
         plain_grad = mx.compile(plain_grad, inputs=state, outputs=state)
         masked_grad = mx.compile(masked_grad, inputs=state, outputs=state)
 
-    def grads(ids: mx.array, targets: mx.array, mask: mx.array | None) -> Any:
-        return plain_grad(ids, targets) if mask is None else masked_grad(ids, targets, mask)
+    def grads(*inputs: Any) -> Any:
+        *arrays, mask = inputs
+        return plain_grad(*arrays) if mask is None else masked_grad(*arrays, mask)
 
     return grads
 

@@ -83,24 +83,84 @@ class BlockMask:
         return keys, values
 
 
-def model_inputs(batch: Batch) -> tuple[mx.array, mx.array, mx.array | None]:
-    """(input ids, targets, mask or None) of `batch` as MLX arrays; the mask only for packed rows."""
-    ids = mx.array(batch["input_ids"].astype(np.int32))
-    targets = mx.array(shifted_targets(batch).astype(np.int32))
-    mask = mx.array(block_causal_mask(batch["segment_ids"])) if is_packed(batch) else None
-    return ids, targets, mask
+Inputs = tuple[mx.array, mx.array, mx.array, mx.array, "mx.array | None"]
 
 
-def layer_count(model: nn.Module) -> int:
-    return len(model.layers)
+def model_inputs(batch: Batch, *, multiple: int = 16) -> Inputs:
+    """(ids, index, targets, weights, mask) of `batch` as MLX arrays.
+
+    `index` lists the flat positions (row * width + column) whose next token is a target, and
+    `targets` those tokens: the loss needs the logits there only (see `summed_loss`). Columns
+    after the last token of every row are cut (to a multiple of `multiple`, so compiled shapes
+    repeat): padding at the end of a row changes nothing before it. The mask is only built for
+    packed rows; other rows are plainly causal (right padding is never attended to).
+    """
+    segments = batch["segment_ids"]
+    used = np.flatnonzero(segments.any(axis=0))
+    width = segments.shape[1] if not len(used) else int(used[-1]) + 1
+    width = min(segments.shape[1], -(-width // multiple) * multiple)
+    segments = segments[:, :width]
+    trimmed = {"labels": batch["labels"][:, :width], "segment_ids": segments}
+    shifted = shifted_targets(trimmed)
+    rows, columns = np.nonzero(shifted != IGNORE_INDEX)
+    index = rows * width + columns
+    targets = shifted[rows, columns]
+    weights = np.ones(len(index), dtype=np.float32)
+    if not len(index):  # an idle process' row: one position, weighted 0
+        index, targets, weights = (
+            np.zeros(1, np.int64),
+            np.zeros(1, np.int64),
+            np.zeros(1, np.float32),
+        )
+    packed = bool((segments > 1).any())
+    return (
+        mx.array(batch["input_ids"][:, :width].astype(np.int32)),
+        mx.array(index.astype(np.int32)),
+        mx.array(targets.astype(np.int32)),
+        mx.array(weights),
+        mx.array(block_causal_mask(segments)) if packed else None,
+    )
+
+
+def hidden_states(model: nn.Module, ids: mx.array, cache: Any) -> mx.array | None:
+    """The last hidden states of an mlx-lm causal LM (its body without the output head), or None
+    for a model not shaped as `model.model` + `lm_head` or tied embeddings."""
+    body = getattr(model, "model", None)
+    if body is None or _head(model) is None:
+        return None
+    return body(ids, cache)
+
+
+def _head(model: nn.Module) -> Any:
+    if "lm_head" in model:  # mlx-lm builds lm_head only when the embeddings are not tied
+        return model.lm_head
+    body = getattr(model, "model", None)
+    for name in ("embed_tokens", "wte"):
+        embedding = getattr(body, name, None)
+        if embedding is not None:
+            return embedding.as_linear
+    return None
 
 
 def summed_loss(
-    model: nn.Module, ids: mx.array, targets: mx.array, mask: mx.array | None
+    model: nn.Module,
+    ids: mx.array,
+    index: mx.array,
+    targets: mx.array,
+    weights: mx.array,
+    mask: mx.array | None,
 ) -> mx.array:
-    """The summed cross-entropy of the targets (fp32, whatever the logits' dtype)."""
-    cache = [BlockMask(mask)] * layer_count(model) if mask is not None else None
-    logits = model(ids, cache=cache)[:, :-1].astype(mx.float32)
-    valid = targets != IGNORE_INDEX
-    losses = nn.losses.cross_entropy(logits, mx.where(valid, targets, 0), reduction="none")
-    return (losses * valid).sum()
+    """The summed cross-entropy of the targets (fp32, whatever the logits' dtype).
+
+    The output head runs on the target positions only: over a large vocabulary it is most of a
+    small model's work, and prompts and padding (often half the tokens) need no logits.
+    """
+    cache = [BlockMask(mask)] * len(model.layers) if mask is not None else None
+    hidden = hidden_states(model, ids, cache)
+    if hidden is None:
+        logits = model(ids, cache=cache)
+        picked = logits.reshape(-1, logits.shape[-1])[index]
+    else:
+        picked = _head(model)(hidden.reshape(-1, hidden.shape[-1])[index])
+    losses = nn.losses.cross_entropy(picked.astype(mx.float32), targets, reduction="none")
+    return (losses * weights).sum()
