@@ -23,12 +23,13 @@ from ft_export import (
 )
 from ft_export.verify import TOLERANCES
 
-ARCHS = ("llama", "mistral", "phi3", "qwen2", "gemma", "gpt2")
+ARCHS = ("llama", "mistral", "phi3", "qwen2", "qwen3", "gemma", "gpt2")
 GGUF_ARCH = {
     "llama": "llama",
     "mistral": "llama",
     "phi3": "phi3",
     "qwen2": "qwen2",
+    "qwen3": "qwen3",
     "gemma": "gemma",
     "gpt2": "gpt2",
 }
@@ -46,10 +47,10 @@ def gguf_field(path: Path, key: str) -> object:
 
 @pytest.fixture
 def source(
-    tiny_model_factory: Callable[[str], Path], tiny_adapter: Callable[..., Path]
+    tiny_model: Callable[[str], Path], tiny_adapter: Callable[..., Path]
 ) -> Callable[[str], ExportSource]:
     def make(arch: str) -> ExportSource:
-        return ExportSource(tiny_model_factory(arch), (tiny_adapter(arch),), name=f"tiny-{arch}-ft")
+        return ExportSource(tiny_model(arch), (tiny_adapter(arch),), name=f"tiny-{arch}-ft")
 
     return make
 
@@ -88,7 +89,7 @@ def test_peft_export_loads_in_peft_and_matches_the_merge(
 def test_hf_export_is_the_merged_model(
     arch: str,
     source: Callable[[str], ExportSource],
-    tiny_model_factory: Callable[[str], Path],
+    tiny_model: Callable[[str], Path],
     tmp_path: Path,
 ) -> None:
     import torch
@@ -102,7 +103,7 @@ def test_hf_export_is_the_merged_model(
     # The adapter changed the model: the export is far from the base (merging mattered).
     ids = torch.tensor([[5, 9, 40, 100, 200]])
     with torch.no_grad():
-        base = AutoModelForCausalLM.from_pretrained(tiny_model_factory(arch))(ids).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_model(arch))(ids).logits
         ours = AutoModelForCausalLM.from_pretrained(result.path)(ids).logits
     assert float((ours - base).norm() / base.norm()) > 0.05
 

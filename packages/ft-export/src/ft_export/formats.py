@@ -307,11 +307,11 @@ def check_gguf(
     notes: list[str] = []
     if config.get("model_type") in TRANSFORMERS_GGUF:
         kwargs: dict[str, Any] = {}
-        if config.get("model_type") == "gpt2":
-            # transformers reads GPT-2's feed_forward_length into a key GPT2Config ignores, so
-            # its own config would build a 4*n_embd MLP; the weights still come from the file
+        gap = _TRANSFORMERS_GGUF_GAPS.get(config["model_type"])
+        if gap is not None and gap[0](config):
+            # the weights still come from the file; only the config is taken from the source
             kwargs["config"] = transformers.AutoConfig.from_pretrained(source.base)
-            notes.append("GPT-2: transformers' GGUF config misses n_inner; config from the source")
+            notes.append(gap[1])
         model = transformers.AutoModelForCausalLM.from_pretrained(
             path.parent, gguf_file=path.name, dtype=torch.float32, **kwargs
         ).eval()
@@ -344,6 +344,20 @@ def check_gguf(
         notes=notes,
     )
 
+
+_TRANSFORMERS_GGUF_GAPS: dict[str, tuple[Callable[[dict[str, Any]], bool], str]] = {
+    "gpt2": (
+        lambda c: (c.get("n_inner") or 4 * c["n_embd"]) != 4 * c["n_embd"],
+        "transformers' GGUF config reader drops GPT-2's feed_forward_length (n_inner): the "
+        "model was built from the source config, its weights read from the file",
+    ),
+    "qwen3": (
+        lambda c: c.get("head_dim", 128) != 128,
+        "transformers' GGUF config reader ignores Qwen3's attention.key_length (head_dim): the "
+        "model was built from the source config, its weights read from the file",
+    ),
+}
+"""Configs transformers' GGUF loader would rebuild wrongly: (affected?, what is done instead)."""
 
 TRANSFORMERS_GGUF = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gpt2")
 """Model types whose GGUF files transformers loads (gemma, Gemma 1, is not among them)."""

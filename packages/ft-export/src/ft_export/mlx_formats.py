@@ -61,6 +61,28 @@ def _quiet() -> contextlib.AbstractContextManager[Any]:
     return contextlib.redirect_stdout(io.StringIO())  # mlx-lm prints [INFO] lines
 
 
+def _load_mlx(folder: Path) -> tuple[Any, Any]:
+    """(model, tokenizer) of a Hugging Face folder with mlx-lm's definitions: through ft-models
+    (which fixes transformers 5 configs and GPT-2's names), or for an architecture ft-models
+    does not train (Qwen3), mlx-lm's loader with the same config fixes."""
+    from ft_models.load import ModelLoadError, load_mlx, mlx_config_overrides, read_config
+
+    try:
+        return load_mlx(folder)
+    except ModelLoadError as error:
+        if "is not one ft loads" not in str(error):
+            raise
+    from mlx_lm.utils import load_model, load_tokenizer
+
+    config = read_config(folder)
+    try:
+        model, _ = load_model(folder, model_config=mlx_config_overrides(config))
+    except ValueError as error:
+        raise ModelLoadError(f"mlx-lm cannot load {folder}: {error}") from error
+    model.eval()
+    return model, load_tokenizer(folder, eos_token_ids=config.get("eos_token_id"))
+
+
 class MLXExporter:
     name = "mlx"
     description = "the merged model as an mlx-lm folder (loads with mlx_lm.load), 4/8-bit optional"
@@ -75,7 +97,7 @@ class MLXExporter:
             from mlx_lm.utils import quantize_model, save
 
             from ft_export.merge import save_hf
-            from ft_models.load import ModelLoadError, load_mlx, mlx_config_overrides
+            from ft_models.load import ModelLoadError, mlx_config_overrides
 
             merged = _merged(source, options, progress)
             with tempfile.TemporaryDirectory(dir=build.parent) as tmp:
@@ -83,7 +105,7 @@ class MLXExporter:
                 config = json.loads((Path(tmp) / "config.json").read_text(encoding="utf-8"))
                 try:
                     config.update(mlx_config_overrides(config))
-                    model, tokenizer = load_mlx(Path(tmp))
+                    model, tokenizer = _load_mlx(Path(tmp))
                 except ModelLoadError as error:
                     raise ExportError(f"mlx-lm cannot hold this model: {error}") from None
                 config.pop("dtype", None)
@@ -203,10 +225,9 @@ def _check_mlx_adapter(source: ExportSource, folder: Path, merged: Any) -> Verif
     from mlx_lm.tuner.utils import load_adapters
 
     from ft_export.verify import TOLERANCES, compare
-    from ft_models.load import load_mlx
 
     # mlx-lm's own loader for the adapter; the base through ft's (transformers 5 config fixes)
-    model, _ = load_mlx(source.base)
+    model, _ = _load_mlx(source.base)
     with _quiet():
         model = load_adapters(model, str(folder))
     model.eval()
