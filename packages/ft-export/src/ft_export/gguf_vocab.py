@@ -149,15 +149,15 @@ def read_vocab(folder: Path, vocab_size: int, chat_template: str | None = None) 
         if text is None:
             tokens.append(f"[PAD{i}]")
             types.append(TokenType.UNUSED)
-        elif i in added:
-            tokens.append(text)
-            types.append(TokenType.CONTROL if added[i].get("special") else TokenType.USER_DEFINED)
         elif kind == "llama" and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", text):
             tokens.append(text)
             types.append(TokenType.BYTE)
         elif text == unk:
             tokens.append(text)
             types.append(TokenType.UNKNOWN)
+        elif i in added:
+            tokens.append(text)
+            types.append(TokenType.CONTROL if added[i].get("special") else TokenType.USER_DEFINED)
         else:
             tokens.append(text)
             types.append(TokenType.NORMAL)
