@@ -344,3 +344,16 @@ def test_push_to_hub(
     assert Path(got).read_bytes() == (result.path / "adapter_model.safetensors").read_bytes()
     with pytest.raises(ExportError, match="needs a Hugging Face token"):
         push_to_hub(result.path, "ft-test/other", None)
+
+
+def test_the_default_dtype_is_the_saved_one(tmp_path: Path) -> None:
+    from ft_export.merge import saved_dtype
+
+    for config, expected in (
+        ({"dtype": "bfloat16"}, "bfloat16"),
+        ({"torch_dtype": "float16"}, "float16"),
+        ({"dtype": "int8"}, "float32"),
+        ({}, "float32"),
+    ):
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        assert saved_dtype(tmp_path) == expected

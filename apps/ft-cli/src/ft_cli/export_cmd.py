@@ -33,10 +33,9 @@ FORMATS = ("peft", "hf", "gguf", "gguf-lora", "mlx", "mlx-adapter", "ollama")
 )
 @click.option(
     "--dtype",
-    default="float32",
-    show_default=True,
+    default=None,
     type=click.Choice(["float32", "float16", "bfloat16"]),
-    help="Weights of hf/mlx exports.",
+    help="Weights of hf/mlx exports (default: the dtype the base model is saved in).",
 )
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="The folder to write.")
 @click.option(
@@ -77,7 +76,7 @@ def export(
     fmt: str,
     checkpoint: str | None,
     quant: str | None,
-    dtype: str,
+    dtype: str | None,
     output: Path | None,
     adapters: tuple[Path, ...],
     base: str | None,
@@ -139,7 +138,9 @@ def export(
         name=name or first.name,
         quantized_base=first.quantized_base,
     )
-    label = quant or ("f16" if fmt in ("gguf", "gguf-lora") else dtype)
+    from ft_export.merge import saved_dtype
+
+    label = quant or ("f16" if fmt in ("gguf", "gguf-lora") else dtype or saved_dtype(source.base))
     label = "q8_0" if fmt == "ollama" and not quant else label
     out = output or (first.exports / f"{fmt}-{label}")
     options = ExportOptions(dtype=dtype, quant=quant, verify=not no_verify)

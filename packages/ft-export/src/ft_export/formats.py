@@ -183,18 +183,19 @@ class HFExporter:
     def export(
         self, source: ExportSource, out: Path, options: ExportOptions, progress: Progress
     ) -> ExportResult:
-        from ft_export.merge import save_hf, torch_dtype_of
+        from ft_export.merge import save_hf, saved_dtype, torch_dtype_of
 
-        torch_dtype_of(options.dtype)  # a bad dtype fails before any work
+        dtype = options.dtype or saved_dtype(source.base)
+        torch_dtype_of(dtype)  # a bad dtype fails before any work
 
         def write(build: Path) -> tuple[Verification | None, list[str]]:
             merged = _merged(source, options, progress)
             progress("saving safetensors", 0, 1)
-            save_hf(merged.model, merged.tokenizer, build, options.dtype, options.max_shard_size)
+            save_hf(merged.model, merged.tokenizer, build, dtype, options.max_shard_size)
             progress("saving safetensors", 1, 1)
             if not options.verify:
                 return None, merged.notes
-            return _check_hf(source, build, merged, options.dtype), merged.notes
+            return _check_hf(source, build, merged, dtype), merged.notes
 
         return _run(out, self.name, write)
 

@@ -141,6 +141,15 @@ def save_hf(model: Any, tokenizer: Any, out: Path, dtype: str, max_shard_size: s
     tokenizer.save_pretrained(out)
 
 
+def saved_dtype(folder: Path) -> str:
+    """The dtype a model folder's weights are saved in (its config's `dtype`/`torch_dtype`),
+    float32 when it does not say or says something ft does not export."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    dtype = config.get("dtype") or config.get("torch_dtype")
+    return dtype if dtype in ("float32", "float16", "bfloat16") else "float32"
+
+
 def torch_dtype_of(dtype: str) -> Any:
     torch, _, _ = import_torch()
     table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

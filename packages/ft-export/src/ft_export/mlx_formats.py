@@ -90,7 +90,10 @@ class MLXExporter:
     def export(
         self, source: ExportSource, out: Path, options: ExportOptions, progress: Progress
     ) -> ExportResult:
+        from ft_export.merge import saved_dtype
+
         bits = _bits(options)
+        dtype = options.dtype or saved_dtype(source.base)
         _import_mlx()
 
         def write(build: Path) -> tuple[Verification | None, list[str]]:
@@ -101,7 +104,7 @@ class MLXExporter:
 
             merged = _merged(source, options, progress)
             with tempfile.TemporaryDirectory(dir=build.parent) as tmp:
-                save_hf(merged.model, merged.tokenizer, Path(tmp), options.dtype, "50GB")
+                save_hf(merged.model, merged.tokenizer, Path(tmp), dtype, "50GB")
                 config = json.loads((Path(tmp) / "config.json").read_text(encoding="utf-8"))
                 try:
                     config.update(mlx_config_overrides(config))
@@ -109,7 +112,7 @@ class MLXExporter:
                 except ModelLoadError as error:
                     raise ExportError(f"mlx-lm cannot hold this model: {error}") from None
                 config.pop("dtype", None)
-                config["torch_dtype"] = options.dtype
+                config["torch_dtype"] = dtype
                 progress("writing the mlx model", 0, 1)
                 with _quiet():
                     if bits is not None:
@@ -118,22 +121,20 @@ class MLXExporter:
             progress("writing the mlx model", 1, 1)
             if not options.verify:
                 return None, merged.notes
-            return _check_mlx(source, build, merged, options, bits), merged.notes
+            return _check_mlx(source, build, merged, dtype, bits), merged.notes
 
         return _run(out, self.name, write)
 
 
 def _check_mlx(
-    source: ExportSource, folder: Path, merged: Any, options: ExportOptions, bits: int | None
+    source: ExportSource, folder: Path, merged: Any, dtype: str, bits: int | None
 ) -> Verification:
     from ft_export.verify import TOLERANCES, compare
 
     _, mlx_lm = _import_mlx()
     with _quiet():
         model, tokenizer = mlx_lm.load(str(folder))
-    key = (
-        f"mlx-{bits}" if bits else ("mlx-float32" if options.dtype == "float32" else options.dtype)
-    )
+    key = f"mlx-{bits}" if bits else ("mlx-float32" if dtype == "float32" else dtype)
     tolerance = TOLERANCES.get(key, 1e-4)
     checks = {
         "chat template kept": tokenizer.chat_template

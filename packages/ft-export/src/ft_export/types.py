@@ -62,8 +62,9 @@ class ExportSource:
 class ExportOptions:
     """How to export."""
 
-    dtype: str = "float32"
-    """float32, float16 or bfloat16: the weights of `hf`/`mlx` exports."""
+    dtype: str | None = None
+    """float32, float16 or bfloat16: the weights of `hf`/`mlx` exports; None: the dtype the
+    base model is saved in (`saved_dtype`)."""
     quant: str | None = None
     """gguf: f32, f16 (default), bf16, q8_0, q5_1, q5_0, q4_1, q4_0; mlx: 4 or 8 (bits)."""
     verify: bool = True
