@@ -182,3 +182,24 @@ def test_a_full_fine_tune_run_is_the_model(
     [path] = (run / "exports" / "gguf-f32").iterdir()
     field = GGUFReader(path).fields["general.architecture"]
     assert bytes(field.parts[field.data[0]]).decode() == "qwen2"
+
+
+def test_a_project_jinja_template_travels_with_the_export(run: Path, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    (project / "mine.jinja").write_text(template)
+    info = json.loads((run / "run.json").read_text())
+    info["config_path"] = str(project / "train.yml")
+    info["data"]["template"] = "mine.jinja"
+    (run / "run.json").write_text(json.dumps(info))
+    code, out = ft("export", str(run), "--format", "peft", "--no-verify", "-o", str(tmp_path / "o"))
+    assert code == 0, out
+    assert (tmp_path / "o" / "chat_template.jinja").read_text() == template
+    # --template overrides what training used
+    code, out = ft(
+        "export", str(run), "--format", "peft", "--template", "llama3", "-o", str(tmp_path / "p")
+    )
+    assert code == 0, out
+    assert "<|start_header_id|>" in (tmp_path / "p" / "chat_template.jinja").read_text()
+    assert "check: passed" in out and "chat template kept: yes" in out

@@ -127,7 +127,7 @@ def export(
             f"({', '.join(str(b) for b in sorted(bases))}); they cannot be combined"
         )
     weight_list = _weights(weights, len(all_adapters))
-    chat_template = _template_source(template, first.base) if template else first.chat_template
+    chat_template = _template_source(template) if template else first.chat_template
     source = ExportSource(
         base=first.base,
         adapters=all_adapters,
@@ -256,6 +256,9 @@ def _training_template(info: dict[str, Any]) -> str | None:
     name = (info.get("data") or {}).get("template")
     if not name or name == "tokenizer":
         return None
+    config_path = info.get("config_path")
+    if name.endswith(".jinja") and config_path and not Path(name).is_absolute():
+        name = str(Path(config_path).parent / name)  # relative to the project, as in training
     try:
         from ft_data.templates import get_template
 
@@ -269,7 +272,7 @@ def _training_template(info: dict[str, Any]) -> str | None:
         return None
 
 
-def _template_source(template: str, base: Path) -> str:
+def _template_source(template: str) -> str:
     from ft_data.errors import DataError
     from ft_data.templates import get_template
 
