@@ -109,7 +109,7 @@ def mkl_env() -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--examples", type=int, default=32, help="training rows (one pass)")
+    parser.add_argument("--examples", type=int, default=8, help="training rows (one pass)")
     parser.add_argument("--batch", type=int, default=4, help="mlx-lm examples per step")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=128)

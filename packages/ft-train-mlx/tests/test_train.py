@@ -306,3 +306,15 @@ def test_clear_errors(make_job) -> None:
         train(make_job(method__name="prefix"))
     with pytest.raises(ValueError, match=r"matches no linear layer.*q_proj"):
         train(make_job(method__target_modules=["query"]))
+
+
+def test_bf16_base_with_fp32_adapter(make_job) -> None:
+    from safetensors.numpy import load_file
+
+    events, result = train(
+        make_job(validation=False, training__max_steps=2, training__precision="bf16")
+    )
+    assert events[0]["dtype"] == "bf16"
+    assert all(math.isfinite(e["loss"]) for e in events if e["type"] == "step")
+    tensors = load_file(str(result.adapter_path / "adapter_model.safetensors"))
+    assert {str(t.dtype) for t in tensors.values()} == {"float32"}
