@@ -32,6 +32,6 @@ docs:
     uv run --locked ft config schema --markdown -o docs/config-reference.md
     uv run --locked python -c "from pathlib import Path; from ft_models.catalog import update_docs_section as u; p = Path('docs/models.md'); p.write_text(u(p.read_text()))"
 
-# The main job on the embedded default model (until training lands: check the machine).
+# The main job on the embedded default model: fine-tune it offline and compare (README's first command).
 demo:
-    uv run --locked ft doctor
+    uv run --locked ft demo

@@ -25,7 +25,7 @@ TRAIN_YML = """\
 model: smollm2-135m
 data:
   train: {data}
-  validation_split: 0.02
+  validation_split: 0.01
   max_seq_length: 256
   overlong: drop
   packing: true
@@ -35,11 +35,11 @@ method:
   alpha: 16
   target_modules: [q_proj, k_proj, v_proj, o_proj]
 training:
-  batch_size: 2
-  max_steps: 12
+  batch_size: 1
+  max_steps: 10
   learning_rate: 1.0e-3
   lr_scheduler: constant
-  eval_every: 12
+  eval_every: 10
   seed: 0
 resources:
   device: cpu
@@ -65,7 +65,7 @@ def test_lora_on_smollm2_lowers_validation_loss(tmp_path: Path, smollm2_gguf: Pa
         os.chdir(old)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output[result.output.index("{") :])
-    assert summary["status"] == "completed" and summary["step"] == 12
+    assert summary["status"] == "completed" and summary["step"] == 10
     run = Path(summary["folder"])
     info = json.loads((run / "run.json").read_text())
     model_path = Path(info["model"]["path"])
