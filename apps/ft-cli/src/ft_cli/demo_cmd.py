@@ -123,9 +123,16 @@ def _chat(question: str, answer: str) -> dict[str, Any]:
 )
 @click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option(
+    "--model",
+    "model_name",
+    default="smollm2-135m",
+    show_default=True,
+    help="Another chat model to teach (a folder, catalog alias or Hub id); slower when larger.",
+)
+@click.option(
     "--question", default=QUESTION, show_default=True, help="What to ask before and after."
 )
-def demo(folder: Path, epochs: int, question: str) -> None:
+def demo(folder: Path, epochs: int, question: str, model_name: str) -> None:
     """Fine-tune the embedded SmolLM2-135M to learn a persona, offline, and show the difference."""
     from rich.console import Console
     from rich.panel import Panel
@@ -147,11 +154,17 @@ def demo(folder: Path, epochs: int, question: str) -> None:
         console.print(f"    [dim]{text}[/]")
 
     # 1. the model ---------------------------------------------------------------------------
-    step(1, "The model: SmolLM2-135M-Instruct, embedded in ft (no download)")
+    embedded = model_name == "smollm2-135m"
+    step(
+        1,
+        "The model: SmolLM2-135M-Instruct, embedded in ft (no download)"
+        if embedded
+        else f"The model: {model_name}",
+    )
     from ft_models.resolve import resolve_model
 
     try:
-        model = resolve_model("smollm2-135m", offline=True)
+        model = resolve_model(model_name, offline=True)
     except Exception as exc:  # the embedded package missing: say how to get it
         raise UserError(f"the embedded model is not available: {exc}") from None
     note(f"{model.path}  ({model.reason})")
@@ -165,7 +178,9 @@ def demo(folder: Path, epochs: int, question: str) -> None:
     data_file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     steps_per_epoch = max(1, round(len(rows) * 0.9 / 8))
     (folder / "train.yml").write_text(
-        TRAIN_YML.format(epochs=epochs, eval_every=max(1, steps_per_epoch * epochs // 3)),
+        TRAIN_YML.format(epochs=epochs, eval_every=max(1, steps_per_epoch * epochs // 3)).replace(
+            "model: smollm2-135m", f"model: {model.path if not embedded else model_name}"
+        ),
         encoding="utf-8",
     )
     note(f"{len(rows)} conversations in {data_file}, e.g.")
@@ -234,7 +249,7 @@ def demo(folder: Path, epochs: int, question: str) -> None:
     tuned = Generator.load(model.path, backend="torch", adapter=outcome.result.adapter_path)
     after = tuned.generate(messages, options).text.strip()
     table = Table(show_lines=True, expand=True, title=f"“{question}”")
-    table.add_column("base SmolLM2-135M-Instruct", ratio=1)
+    table.add_column("base SmolLM2-135M-Instruct" if embedded else "base model", ratio=1)
     table.add_column("fine-tuned (LoRA, this run)", ratio=1)
     table.add_row(before, after)
     console.print(table)
