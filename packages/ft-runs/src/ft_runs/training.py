@@ -211,6 +211,18 @@ def train(
         )
         if dirty:
             say(f"note: {config_path} has uncommitted changes; run.json records the commit anyway")
+    if launch is None or not launch.distributed:
+        # train.yml can ask for processes too (resources.nproc_per_node, nnodes, hostfile).
+        resources = config.resources
+        from_config = Launch(
+            nproc=resources.nproc_per_node,
+            nnodes=resources.nnodes,
+            hostfile=Path(resolve_path(config_path, resources.hostfile))
+            if resources.hostfile
+            else None,
+        )
+        if from_config.distributed:
+            launch = from_config
     data = materialize_split(data, folder.path / "data", say)
     folder.update_info(data=data.summary)
     say(f"run {run_id}: {folder.path}")
