@@ -223,3 +223,19 @@ def test_evaluate_stores_metrics_and_answers(project: Path) -> None:
 
     code, out = run("evaluate", "--checkpoint", "7", cwd=project)
     assert code == 1 and "no checkpoint at step 7" in out
+
+
+def test_train_with_the_mlx_backend(project: Path) -> None:
+    pytest.importorskip("ft_train_mlx")
+    code, out = run(
+        "train", *FAST, "--set", "training.max_steps=2", "--backend", "mlx", "--json", cwd=project
+    )
+    assert code == 0, out
+    summary = json.loads(out[out.index("{") :])
+    assert summary["status"] == "completed" and summary["step"] == 2
+    folder = only_run(project)
+    assert json.loads((folder / "run.json").read_text())["backend"] == "mlx"
+    # MLX saves adapters in PEFT's layout too.
+    adapter = json.loads((folder / "adapter" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "LORA"
+    assert (folder / "adapter" / "adapter_model.safetensors").exists()
