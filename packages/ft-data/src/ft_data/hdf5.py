@@ -30,6 +30,10 @@ import numpy as np
 
 FORMAT_VERSION = 1
 _CHUNK = 1 << 16  # elements per HDF5 chunk: 256 KiB of tokens, a cheap unit to read at random
+# Byte shuffle puts the (mostly zero) high bytes of token ids together and LZF squeezes them:
+# SmolLM2-tokenized Alpaca shrinks to about half at a few percent of prepare's time. Both
+# filters ship with h5py, so every h5py reads the file.
+_COMPRESSED: dict[str, Any] = {"compression": "lzf", "shuffle": True}
 
 
 class PreparedWriter:
@@ -61,7 +65,7 @@ class PreparedWriter:
         self._file = h5py.File(self.temp_path, "w")
         for name, dtype in (("tokens", np.int32), ("loss_mask", np.uint8), ("offsets", np.int64)):
             self._file.create_dataset(
-                name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(_CHUNK,)
+                name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(_CHUNK,), **_COMPRESSED
             )
         self._file["offsets"].resize((1,))
         self._file["offsets"][0] = 0
@@ -98,7 +102,12 @@ class PreparedWriter:
         if self._labels:
             if "labels" not in self._file:
                 self._file.create_dataset(
-                    "labels", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(_CHUNK,)
+                    "labels",
+                    shape=(0,),
+                    maxshape=(None,),
+                    dtype=np.int64,
+                    chunks=(_CHUNK,),
+                    **_COMPRESSED,
                 )
             parts_by_name.append(("labels", [np.asarray(self._labels, np.int64)]))
         for name, parts in parts_by_name:
