@@ -99,7 +99,7 @@ def test_overfits(make_job) -> None:
     assert sum(losses[-8:]) / 8 < losses[0] - 1.0
 
 
-def test_methods_count_parameters(make_job) -> None:
+def test_methods_count_parameters(make_job, tiny_llama) -> None:
     events, _ = train(
         make_job(validation=False, training__max_steps=1, method__target_modules="all-linear")
     )
@@ -112,6 +112,15 @@ def test_methods_count_parameters(make_job) -> None:
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= {
         p.name for p in result.adapter_path.iterdir()
     }
+    # the saved folder is a transformers model folder, with the trained weights
+    from transformers import AutoModelForCausalLM
+
+    trained = AutoModelForCausalLM.from_pretrained(result.adapter_path, output_loading_info=True)
+    model, info = trained
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    before, after = base.state_dict(), model.state_dict()
+    assert any(not (before[k] == after[k]).all() for k in before)
 
 
 def test_adamw_matches_torch() -> None:
