@@ -308,9 +308,33 @@ def test_gradient_checkpointing_gives_the_same_update(make_job) -> None:
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
 
 
+def test_auto_batch_size_fits_the_limit_and_survives_resume(make_job) -> None:
+    common = {"validation": False, "training__batch_size": "auto", "training__save_every": 1}
+    events, _ = train(make_job(run="big", training__max_steps=1, **common))
+    messages = [e["text"] for e in events if e["type"] == "message"]
+    assert len(messages) == 1  # the cap: this tiny model fits 64 rows anywhere
+    assert messages[0].startswith("training.batch_size: auto picked 64 rows of 64 tokens under ")
+    # 40 MiB: the measured per-row memory brings it down
+    job = make_job(run="small", training__max_steps=2, resources__max_memory_gb=0.04, **common)
+    events, _ = train(job, stop_at=1)
+    picked = int(events[1]["text"].split("picked ")[1].split()[0])
+    assert 1 <= picked < 64 and picked & (picked - 1) == 0
+    assert max(e["memory_bytes"] for e in events if e["type"] == "step") <= 0.04 * (1 << 30)
+    resumed, _ = train(
+        make_job(
+            run="small",
+            training__max_steps=2,
+            resources__max_memory_gb=0.04,
+            resume_from=job.checkpoints_dir / "step-00000001",
+            **common,
+        )
+    )
+    assert f"training.batch_size: auto, {picked} as in the checkpoint" in [
+        e["text"] for e in resumed if e["type"] == "message"
+    ]
+
+
 def test_clear_errors(make_job) -> None:
-    with pytest.raises(ValueError, match="batch_size: auto"):
-        train(make_job(training__batch_size="auto"))
     with pytest.raises(ValueError, match="torch only"):
         train(make_job(method__name="prefix"))
     with pytest.raises(ValueError, match=r"matches no linear layer.*q_proj"):

@@ -88,11 +88,6 @@ class MLXTrainer:
         config = job.config
         settings, method, resources = config.training, config.method, config.resources
         check_method(method.name)
-        if settings.batch_size == "auto":
-            raise ValueError(
-                "training.batch_size: auto is not available in the MLX trainer yet: set a "
-                "number, e.g. batch_size: 4"
-            )
         if config.model.task != "causal-lm":
             raise ValueError(
                 "model.task: sequence-classification is torch only (mlx-lm has causal LMs): "
@@ -120,15 +115,33 @@ class MLXTrainer:
         with contextlib.ExitStack() as stack:
             stack.enter_context(_on_device(device))
             stack.enter_context(_memory_limit(resources.max_memory_gb))
-            mx.reset_peak_memory()
+            if job.resume_from is not None:
+                read_manifest(job.resume_from)  # refuses a broken checkpoint, saying what is wrong
             train_set = stack.enter_context(PreparedDataset(job.train_data))
             eval_set = (
                 stack.enter_context(PreparedDataset(job.validation_data))
                 if job.validation_data
                 else None
             )
+            dtype = _load_dtype(config.model.dtype, precision)
+            model, _tokenizer = load_mlx(
+                job.model_path, dtype=dtype, trust_remote_code=config.model.trust_remote_code
+            )
+            paths = apply_method(model, method)
+            if settings.gradient_checkpointing:
+                checkpoint_layers(model)
+                if settings.compile:
+                    note("warning", "training.compile is off with gradient_checkpointing on MLX")
+            trainable, total = count_parameters(model)
+            if self.initial_adapter is not None and job.resume_from is None:
+                if method.name == "full":
+                    raise ValueError("initial_adapter is for adapter methods, not method: full")
+                load_peft_tensors(model, self.initial_adapter, model_type)
+            batch_size = settings.batch_size
+            if batch_size == "auto":
+                batch_size = _auto_batch_size(job, model, precision, note)
             mode = _batching_mode(train_set, packing=config.data.packing)
-            rows = world.size * int(settings.batch_size)
+            rows = world.size * int(batch_size)
             batches = Batches(
                 train_set,
                 batch_size=rows,
@@ -149,24 +162,10 @@ class MLXTrainer:
                 else None
             )
 
-            dtype = _load_dtype(config.model.dtype, precision)
-            model, _tokenizer = load_mlx(
-                job.model_path, dtype=dtype, trust_remote_code=config.model.trust_remote_code
-            )
-            paths = apply_method(model, method)
-            if settings.gradient_checkpointing:
-                checkpoint_layers(model)
-                if settings.compile:
-                    note("warning", "training.compile is off with gradient_checkpointing on MLX")
-            trainable, total = count_parameters(model)
-            if self.initial_adapter is not None and job.resume_from is None:
-                if method.name == "full":
-                    raise ValueError("initial_adapter is for adapter methods, not method: full")
-                load_peft_tensors(model, self.initial_adapter, model_type)
             if job.resume_from is not None:
-                read_manifest(job.resume_from)  # refuses a broken checkpoint, saying what is wrong
                 load_weights(model, Path(job.resume_from), method, model_type)
             mx.eval(model.parameters())
+            mx.reset_peak_memory()  # the peak of training, not of loading or probing
 
             optimizer = build_optimizer(settings)
             total_steps, total_micro = loop.plan(batches, settings)
@@ -187,6 +186,7 @@ class MLXTrainer:
                     optimizer=optimizer,
                     data_position=position,
                     fingerprint=prints,
+                    batch_size=int(batch_size),
                 )
 
             say(
@@ -251,6 +251,66 @@ class MLXTrainer:
                 best_checkpoint=outcome.best_checkpoint,
                 metrics=metrics,
             )
+
+
+def _auto_batch_size(
+    job: Any, model: nn.Module, precision: str, note: Callable[[str, str], None]
+) -> int:
+    """`training.batch_size: auto`: the batch a resumed run used; else the largest power of two
+    (at most 64) whose training step keeps MLX's peak under 90% of the limit (`max_memory_gb`,
+    else Metal's working set, else the available RAM). MLX's allocator is measured, not
+    estimated: a step of 1 and of 2 rows of `max_seq_length` trained tokens give the fixed and
+    the per-row memory; the predicted batch is then run once and halved until it fits."""
+    from ft_models.device import memory_info
+
+    if job.resume_from is not None:
+        saved = read_trainer_state(job.resume_from).get("batch_size")
+        if saved:
+            note("info", f"training.batch_size: auto, {saved} as in the checkpoint")
+            return int(saved)
+    config = job.config
+    length = config.data.max_seq_length
+    if config.resources.max_memory_gb:
+        limit = int(config.resources.max_memory_gb * GIB)
+    else:
+        info = memory_info(gpus=False)
+        limit = int(info.metal_working_set_bytes or info.available_bytes)
+    budget = 0.9 * limit
+    vocab = int(read_config(job.model_path).get("vocab_size") or 2)
+    from ft_train_mlx.packing import model_inputs, summed_loss
+
+    def peak_of(batch: int) -> int:
+        ids = np.random.default_rng(0).integers(0, vocab, (batch, length))
+        rows = {"input_ids": ids, "labels": ids, "segment_ids": np.ones_like(ids)}
+        mx.clear_cache()
+        mx.reset_peak_memory()
+        loss, grads = nn.value_and_grad(model, lambda *a: summed_loss(model, *a))(
+            *model_inputs(rows)
+        )
+        mx.eval(loss, grads)
+        del loss, grads
+        return int(mx.get_peak_memory())
+
+    one, two = peak_of(1), peak_of(2)
+    per_row, fixed = max(two - one, 1), one - max(two - one, 1)
+    if one > budget:
+        raise MemoryError(
+            f"training.batch_size: auto: one row of {length} tokens needs {one / GIB:.2f} GiB, "
+            f"more than 90% of {limit / GIB:.2f} GiB: lower data.max_seq_length, turn on "
+            "training.gradient_checkpointing, or raise resources.max_memory_gb"
+        )
+    batch = 1
+    while batch * 2 <= 64 and fixed + per_row * batch * 2 <= budget:
+        batch *= 2
+    while batch > 1 and peak_of(batch) > budget:
+        batch //= 2
+    mx.clear_cache()
+    note(
+        "info",
+        f"training.batch_size: auto picked {batch} rows of {length} tokens under "
+        f"{limit / GIB:.2f} GiB ({per_row / 2**20:.1f} MiB per row measured)",
+    )
+    return batch
 
 
 def check_resume_compatible(checkpoint: Path, job: Any) -> list[str]:
