@@ -153,6 +153,12 @@ def _job_file(job, folder: Path) -> Path:
     return path
 
 
+def _count_starts(events: Path) -> int:
+    if not events.is_file():
+        return 0
+    return events.read_text().count('"type": "start"')
+
+
 def _kill_and_resume(job, tmp_path: Path, kills: int, seed: int) -> tuple[list[dict], bool]:
     """Start the job in a child process and SIGKILL it `kills` times, first while a checkpoint
     is being written, then at random moments; then let it finish. Each start resumes from the
@@ -183,7 +189,18 @@ def _kill_and_resume(job, tmp_path: Path, kills: int, seed: int) -> tuple[list[d
                         break
                     time.sleep(0.0005)
             else:
-                time.sleep(rng.uniform(1.0, 3.0))
+                # MLX steps take a fraction of a second here: wait until this child has started
+                # training (its start event), then kill it at a random moment of its steps.
+                events_file = tmp_path / "events.jsonl"
+                starts = _count_starts(events_file)
+                deadline = time.monotonic() + 60
+                while (
+                    time.monotonic() < deadline
+                    and child.is_alive()
+                    and _count_starts(events_file) == starts
+                ):
+                    time.sleep(0.01)
+                time.sleep(rng.uniform(0.05, 0.8))
             child.kill()
             child.join(120)
             if attempt == 0:
