@@ -44,7 +44,12 @@ class PreparedWriter:
     """
 
     def __init__(
-        self, path: str | Path, attrs: dict[str, Any], *, flush_tokens: int = 1 << 20
+        self,
+        path: str | Path,
+        attrs: dict[str, Any],
+        *,
+        flush_tokens: int = 1 << 20,
+        label_names: list[str] | None = None,
     ) -> None:
         self.path = Path(path)
         self.attrs = dict(attrs)
@@ -55,7 +60,9 @@ class PreparedWriter:
         self._masks: list[np.ndarray] = []
         self._ends: list[int] = []
         self._labels: list[int] = []
-        self._label_ids: dict[str, int] = {}  # in order of first appearance
+        # In order of first appearance; `label_names` (e.g. a split of a labelled dataset)
+        # declares every class up front, so a class missing from this part keeps its place.
+        self._label_ids: dict[str, int] = {n: i for i, n in enumerate(label_names or ())}
         self._buffered = 0
         self.examples = 0
         self.total_tokens = 0
@@ -78,7 +85,7 @@ class PreparedWriter:
             raise ValueError(
                 f"an example needs as many mask values as tokens (>0), got {len(tokens)} and {len(loss_mask)}"
             )
-        if (label is None) != (not self._label_ids) and self.examples:
+        if (label is None) != (not self._labels) and self.examples:
             raise ValueError("either every example has a label or none has")
         if label is not None:
             self._labels.append(self._label_ids.setdefault(label, len(self._label_ids)))

@@ -498,7 +498,7 @@ def materialize_split(data: PreparedData, folder: Path, say: Say) -> PreparedDat
     fraction, seed = data.split
     if not (train_file.exists() and validation_file.exists()):
         with PreparedDataset(data.train) as source:
-            labels = source.labels() if hasattr(source, "labels") else None
+            labels = source.labels()
             train_rows, held_out = split_rows(
                 len(source),
                 fraction=fraction,
@@ -516,10 +516,14 @@ def materialize_split(data: PreparedData, folder: Path, say: Say) -> PreparedDat
             ):
                 key = hashlib.sha256(f"{parent}:{role}:{fraction}:{seed}".encode()).hexdigest()
                 subset = {**attrs, "cache_key": key, "subset_of": parent, "subset": role}
-                with PreparedWriter(path, subset) as w:
+                names = source.label_names
+                with PreparedWriter(path, subset, label_names=names) as w:
                     for row in rows:
                         tokens, mask = source[int(row)]
-                        w.add(tokens, mask)
+                        label = None if labels is None else names[int(labels[int(row)])]
+                        w.add(tokens, mask, label=label)
+                    if labels is not None:
+                        w.finish_labels()
         say(
             f"validation: {len(held_out)} of {len(held_out) + len(train_rows)} examples held out "
             f"(validation_split {fraction}, seed {seed})"
