@@ -76,6 +76,17 @@ class LocalHub:
 
     # -- repos --------------------------------------------------------------------------------
 
+    def repo_keys(self) -> set[tuple[str, str]]:
+        """(repo type, repo id) of every repo the Hub holds now."""
+        with self._lock:
+            return set(self._repos)
+
+    def remove_repos(self, keys: set[tuple[str, str]]) -> None:
+        """Forget these repos (those a test created by uploading, say)."""
+        with self._lock:
+            for key in keys:
+                self._repos.pop(key, None)
+
     def add_repo(
         self,
         repo_id: str,

@@ -202,8 +202,11 @@ def hub_env(
 ) -> Iterator[LocalHub]:
     """`local_hub`, with huggingface_hub and transformers of this test (and its subprocesses)
     pointed at it through `HF_ENDPOINT`, and an empty `HF_HOME` (a cold cache). The request log
-    starts empty. Needs huggingface_hub."""
+    starts empty; repos the test creates (uploads) are removed afterwards, so the Hub every
+    test sees holds only the repos above. Needs huggingface_hub."""
     use_hf_endpoint(monkeypatch, local_hub.url)
     use_hf_home(monkeypatch, tmp_path / "hf_home")
     local_hub.clear_requests()
+    before = local_hub.repo_keys()
     yield local_hub
+    local_hub.remove_repos(local_hub.repo_keys() - before)
