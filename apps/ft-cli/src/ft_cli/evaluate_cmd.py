@@ -48,7 +48,9 @@ def evaluate(
 ) -> None:
     """Evaluate RUN (default: the latest): loss and perplexity, answers to held-out prompts
     from the fine-tuned and the base model side by side, and exact match, token F1, ROUGE-L and
-    BLEU against the reference answers. Results are stored with the run."""
+    BLEU against the reference answers. A classification run (model.task:
+    sequence-classification) gets loss, accuracy and macro F1 instead, with predicted and true
+    classes as samples (no base model: its head is untrained). Results are stored with the run."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from rich.table import Table
@@ -114,12 +116,13 @@ def evaluate(
         table.add_row(key, *cells)
     out.print(table)
     if result.samples:
+        classify = "accuracy" in result.metrics  # samples are (text, predicted, true class)
         answers = Table(show_lines=True, expand=True)
-        answers.add_column("prompt", ratio=2)
+        answers.add_column("text" if classify else "prompt", ratio=2)
         if result.base_metrics:
             answers.add_column("base model", ratio=3)
-        answers.add_column("fine-tuned", ratio=3)
-        answers.add_column("reference", ratio=3)
+        answers.add_column("predicted" if classify else "fine-tuned", ratio=3)
+        answers.add_column("label" if classify else "reference", ratio=3)
         for s in result.samples:
             row = [s["prompt"]] + ([s["base"] or ""] if result.base_metrics else [])
             answers.add_row(*row, s["tuned"], s["reference"])

@@ -13,6 +13,11 @@ For a run and one of its checkpoints (best, last, a step, or the final adapter):
    references (ft_runs.textmetrics);
 4. the results go to `<run>/evaluations/<time>-<checkpoint>.json` and the job store's
    evaluations table, so `ft runs compare` can put runs side by side.
+
+A classification run (`model.task: sequence-classification`) is scored instead by its loss per
+example, accuracy and macro F1 against the data's labels, with a few examples' predicted and
+true classes as samples; nothing is generated, and the base model is skipped (its
+classification head is untrained, so its figures would mean nothing).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import numpy as np
 
 from ft_config import atomic_write_text, load_config
 from ft_runs.run_folder import RunFolder
-from ft_runs.textmetrics import generation_metrics
+from ft_runs.textmetrics import classification_metrics, generation_metrics
 
 Say = Callable[[str], None]
 
@@ -197,6 +202,13 @@ def evaluate_run(
     say(f"evaluating {folder.id} at {label} on {data_label}")
     config = load_config(folder.config_file)
     trainer = get_trainer("torch")
+    if config.model.task == "sequence-classification":
+        if compare_base:
+            say("base model skipped: its classification head is untrained")
+        metrics, shown = _classify(trainer, model_path, adapter, dataset, samples, say)
+        return _save(
+            folder, Evaluation(folder.id, label, adapter, data_label, metrics, {}, shown), store
+        )
     loss = trainer.evaluate_loss(
         model_path, adapter, dataset, max_seq_length=config.data.max_seq_length
     )
@@ -244,6 +256,12 @@ def evaluate_run(
         for i, e in enumerate(examples[:samples])
     ]
     result = Evaluation(folder.id, label, adapter, data_label, metrics, base_metrics, shown)
+    return _save(folder, result, store)
+
+
+def _save(folder: RunFolder, result: Evaluation, store: Any) -> Evaluation:
+    """Write `result` into the run's evaluations folder (and the job store, when given)."""
+    label, metrics, base_metrics = result.checkpoint, result.metrics, result.base_metrics
     target = (
         folder.path
         / "evaluations"
@@ -255,11 +273,45 @@ def evaluate_run(
         store.add_evaluation(
             folder.id,
             checkpoint=label,
-            data=data_label,
+            data=result.data,
             metrics={**metrics, **{f"base_{k}": v for k, v in base_metrics.items()}},
             file=target,
         )
     return attrs.evolve(result, file=target)
+
+
+def _classify(
+    trainer: Any, model_path: Path, adapter: Path, dataset: Path, samples: int, say: Say
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """(metrics, samples) of a sequence classifier on a prepared dataset with labels."""
+    scored = trainer.evaluate_classification(model_path, adapter, dataset)
+    metrics = {
+        "eval_loss": scored.loss,
+        **classification_metrics(scored.predictions, scored.labels),
+    }
+    say(
+        f"validation loss {scored.loss:.4f}, accuracy {metrics['accuracy']:.4f}, macro F1 "
+        f"{metrics['macro_f1']:.4f} on {len(scored.labels)} examples"
+    )
+    shown: list[dict[str, Any]] = []
+    if samples:
+        from ft_data.hdf5 import PreparedDataset
+        from ft_data.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(model_path).tokenizer
+        with PreparedDataset(dataset) as data:
+            for i in range(min(samples, len(data))):
+                tokens, _ = data[i]
+                text = tokenizer.decode([int(t) for t in tokens], skip_special_tokens=True)
+                shown.append(
+                    {
+                        "prompt": text.strip(),
+                        "base": None,
+                        "tuned": scored.predictions[i],
+                        "reference": scored.labels[i],
+                    }
+                )
+    return metrics, shown
 
 
 def _last_user_text(prompt: str) -> str:

@@ -31,6 +31,10 @@ _NUMERIC_TRAIN = (
 )
 
 
+# `accuracy`: classification runs only (absent keys are left out by `_finite`).
+_NUMERIC_EVAL = ("eval_loss", "perplexity", "accuracy")
+
+
 def _finite(values: dict[str, Any]) -> dict[str, float]:
     return {
         k: float(v)
@@ -60,9 +64,7 @@ class StoreSink:
                 self.heartbeat.step = event["step"]
             self.store.update_run(self.run_id, step=event["step"])
         elif kind == "eval":
-            values = _finite(
-                {"eval_loss": event.get("eval_loss"), "perplexity": event.get("perplexity")}
-            )
+            values = _finite({k: event.get(k) for k in _NUMERIC_EVAL})
             self.store.add_metrics(self.run_id, "eval", event["step"], values)
             if event.get("is_best"):
                 self.store.update_run(self.run_id, best_eval_loss=event.get("eval_loss"))
@@ -98,7 +100,11 @@ class TensorBoardSink:
                 self.writer.add_scalar(f"train/{key}", value, event["step"])
         elif kind == "eval":
             for key, value in _finite(
-                {"loss": event.get("eval_loss"), "perplexity": event.get("perplexity")}
+                {
+                    "loss": event.get("eval_loss"),
+                    "perplexity": event.get("perplexity"),
+                    "accuracy": event.get("accuracy"),
+                }
             ).items():
                 self.writer.add_scalar(f"eval/{key}", value, event["step"])
         elif kind == "end":
@@ -153,8 +159,9 @@ class WandbSink:
                 step=event["step"],
             )
         elif kind == "eval":
+            values = _finite({k: event.get(k) for k in _NUMERIC_EVAL})
             self.run.log(
-                {"eval/loss": event.get("eval_loss"), "eval/perplexity": event.get("perplexity")},
+                {("eval/loss" if k == "eval_loss" else f"eval/{k}"): v for k, v in values.items()},
                 step=event["step"],
             )
         elif kind == "end":

@@ -36,6 +36,8 @@ Event = dict[str, Any]
 LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]  # summed loss of a batch
 CountFn = Callable[[Batch], int]  # trained targets of a batch
 SaveFn = Callable[[Path, LoopState, dict[str, int]], None]  # write weights + state into a folder
+# Classification: (summed loss, correct predictions) of a batch, for `accuracy` in eval events.
+ScoreFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, int]]
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Loop:
     eval_batches: Batches | None = None
     scaler: torch.amp.GradScaler | None = None
     offload: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
+    score: ScoreFn | None = None  # set for classification: evaluation also reports accuracy
 
     @property
     def accumulation(self) -> int:
@@ -202,7 +205,8 @@ def run(
             not settings.eval_every and epoch_ended
         )
         if loop.eval_batches is not None and (eval_due or final):
-            eval_loss = evaluate(loop)
+            scores = evaluate_scores(loop)
+            eval_loss = scores["eval_loss"]
             threshold = settings.early_stopping_threshold
             is_best = state.best_metric is None or eval_loss < state.best_metric - threshold
             if is_best:
@@ -215,12 +219,12 @@ def run(
                 state.evals_without_improvement += 1
             patience = settings.early_stopping_patience
             stop_early = patience is not None and state.evals_without_improvement >= patience
-            metrics.update(eval_loss=eval_loss, perplexity=_perplexity(eval_loss))
+            metrics.update(scores, perplexity=_perplexity(eval_loss))
             say(
                 {
                     "type": "eval",
                     "step": state.step,
-                    "eval_loss": eval_loss,
+                    **scores,
                     "perplexity": _perplexity(eval_loss),
                     "is_best": is_best,
                 }
@@ -240,17 +244,33 @@ def run(
 
 def evaluate(loop: Loop) -> float:
     """Mean loss per target over the validation batches (all processes together)."""
+    return evaluate_scores(loop)["eval_loss"]
+
+
+def evaluate_scores(loop: Loop) -> dict[str, float]:
+    """`eval_loss` (mean loss per target) over the validation batches, all processes together,
+    and, when the loop has a `score` function (classification), `accuracy`: the share of
+    validation rows whose predicted class is their label."""
     assert loop.eval_batches is not None
     loop.model.eval()
-    total, count = 0.0, 0
+    total, count, correct = 0.0, 0, 0
     with torch.no_grad():
         for batch in loop.eval_batches.iter_from(0, epochs=1):
             shard = loop.world.shard(batch)
-            total += float(loop.loss(loop.model, shard))
+            if loop.score is not None:
+                summed, right = loop.score(loop.model, shard)
+                correct += right
+            else:
+                summed = loop.loss(loop.model, shard)
+            total += float(summed)
             count += loop.count(shard)
     loop.model.train()
     total, count = loop.world.sum(total, loop.device), loop.world.sum(count, loop.device)
-    return total / count if count else float("nan")
+    scores = {"eval_loss": total / count if count else float("nan")}
+    if loop.score is not None:
+        right = loop.world.sum(correct, loop.device)
+        scores["accuracy"] = right / count if count else float("nan")
+    return scores
 
 
 def plan(batches: Batches, settings: TrainingConfig) -> tuple[int, int | None]:

@@ -27,6 +27,9 @@ PEFT_METHODS = ("lora", "dora", "qlora", "prefix", "p-tuning")
 PROMPT_METHODS = ("prefix", "p-tuning")
 METHODS = (*PEFT_METHODS, "full")
 TRAINABLE = "trainable.safetensors"  # prompt methods: every trainable tensor, for exact resume
+# Classification with an adapter: the classes (id2label, label2id) and pad token the head was
+# trained with, beside the adapter (a full fine-tune keeps them in its config.json).
+CLASSES = "classes.json"
 QLORA_NO_CUDA = (
     "QLoRA needs an NVIDIA GPU with bitsandbytes; this machine has no CUDA device: use method: lora"
 )
@@ -54,8 +57,15 @@ def load_base_model(
     dtype: torch.dtype,
     *,
     num_labels: int | None = None,
+    label_names: list[str] | None = None,
+    pad_token_id: int | None = None,
 ) -> torch.nn.Module:
-    """The base model from a local folder, on `device`, in `dtype` (QLoRA: quantized)."""
+    """The base model from a local folder, on `device`, in `dtype` (QLoRA: quantized).
+
+    For `model.task: sequence-classification` it is the architecture's sequence classifier
+    (BERT's, or a causal LM's with a `score` head, e.g. LlamaForSequenceClassification) with
+    one output per class of `label_names` (its `id2label`), a head newly made when the saved
+    one has another number of classes, and `pad_token_id` (where rows end, for causal LMs)."""
     import transformers
 
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model.trust_remote_code}
@@ -73,9 +83,20 @@ def load_base_model(
         )
         kwargs["device_map"] = {"": device}
     if model.task == "sequence-classification":
-        if num_labels is not None:
+        if label_names is not None:
+            kwargs["id2label"] = dict(enumerate(label_names))
+            kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
+        elif num_labels is not None:
             kwargs["num_labels"] = num_labels
-        base = transformers.AutoModelForSequenceClassification.from_pretrained(model_path, **kwargs)
+        if pad_token_id is not None:
+            kwargs["pad_token_id"] = pad_token_id
+        # A base saved with another number of classes (or none: a causal LM) gets a new head.
+        kwargs["ignore_mismatched_sizes"] = True
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*newly initialized.*")
+            base = transformers.AutoModelForSequenceClassification.from_pretrained(
+                model_path, **kwargs
+            )
     else:
         base = transformers.AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     if method.name != "qlora":
@@ -143,6 +164,8 @@ def save_weights(model: torch.nn.Module, folder: Path, method: str, model_path: 
     model in transformers' layout with its tokenizer, so the folder loads with `from_pretrained`."""
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
+    if method in PEFT_METHODS:
+        save_classes(model, folder)
     if method in PROMPT_METHODS:
         # peft saves P-tuning's prompt as the encoder's output only; resuming needs the encoder.
         tensors = {
@@ -153,6 +176,35 @@ def save_weights(model: torch.nn.Module, folder: Path, method: str, model_path: 
         save_file(tensors, str(folder / TRAINABLE))
     if method == "full":
         _copy_tokenizer(model_path, folder)
+
+
+def save_classes(model: torch.nn.Module, folder: Path) -> None:
+    """For a sequence classifier under an adapter: write `classes.json` (id2label, label2id,
+    pad_token_id) into `folder`, so the adapter says which class each output is."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not type(base).__name__.endswith("ForSequenceClassification"):
+        return
+    config = base.config
+    from ft_config import atomic_write_text
+
+    id2label = {str(i): str(name) for i, name in sorted(config.id2label.items())}
+    classes = {
+        "id2label": id2label,
+        "label2id": {name: int(i) for i, name in id2label.items()},
+        "num_labels": len(id2label),
+        "pad_token_id": config.pad_token_id,
+    }
+    atomic_write_text(folder / CLASSES, json.dumps(classes, indent=2) + "\n")
+
+
+def read_classes(folder: Path) -> dict[str, Any] | None:
+    """What `save_classes` wrote into `folder` (id2label with int keys), or None."""
+    path = Path(folder) / CLASSES
+    if not path.is_file():
+        return None
+    classes = json.loads(path.read_text())
+    classes["id2label"] = {int(i): name for i, name in classes["id2label"].items()}
+    return classes
 
 
 def load_weights(model: torch.nn.Module, folder: Path, method: str) -> None:

@@ -37,7 +37,8 @@ def shifted_targets(batch: Batch) -> np.ndarray:
 def trained_tokens(batch: Batch, task: str = "causal-lm") -> int:
     """How many targets `batch` trains: the loss of the batch is summed over these."""
     if task == "sequence-classification":
-        return len(batch["labels"])
+        # One target a row; a process' empty share of a short batch is labelled IGNORE_INDEX.
+        return int((np.asarray(batch["labels"]) != IGNORE_INDEX).sum())
     return int((shifted_targets(batch) != IGNORE_INDEX).sum())
 
 
@@ -139,3 +140,9 @@ def classification_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     (one class index per row)."""
     labels = torch.as_tensor(batch["labels"], device=logits.device).long().reshape(-1)
     return F.cross_entropy(logits.float(), labels, reduction="sum")
+
+
+def classification_correct(logits: torch.Tensor, batch: Batch) -> int:
+    """How many rows of `batch` the classifier's `logits` put in their labelled class."""
+    labels = torch.as_tensor(batch["labels"], device=logits.device).long().reshape(-1)
+    return int((logits.argmax(-1) == labels).sum())

@@ -35,7 +35,13 @@ from ft_train_torch.methods import (
     save_weights,
 )
 from ft_train_torch.optim import build_optimizer, build_scheduler
-from ft_train_torch.packing import causal_lm_loss, model_inputs, trained_tokens
+from ft_train_torch.packing import (
+    causal_lm_loss,
+    classification_correct,
+    classification_loss,
+    model_inputs,
+    trained_tokens,
+)
 from ft_train_torch.state import (
     LoopState,
     compare_fingerprints,
@@ -91,6 +97,22 @@ class TorchTrainer:
         model = load_for_eval(model_path, adapter, device=device)
         return evaluate_loss(model, dataset, batch_size=batch_size, max_seq_length=max_seq_length)
 
+    def evaluate_classification(
+        self,
+        model_path: Path,
+        adapter: Path | None,
+        dataset: Path,
+        *,
+        batch_size: int = 8,
+        device: str = "auto",
+    ) -> Any:
+        """A sequence classifier's mean loss per example, and each example's predicted and
+        true class by name (`ClassificationResult`), on a prepared dataset with labels."""
+        from ft_train_torch.evaluation import evaluate_classification, load_for_eval
+
+        model = load_for_eval(model_path, adapter, device=device, task="sequence-classification")
+        return evaluate_classification(model, dataset, batch_size=batch_size)
+
     def train(
         self, job: Any, emit: Callable[[Event], None], should_stop: Callable[[], bool]
     ) -> TrainResult:
@@ -100,11 +122,8 @@ class TorchTrainer:
         device = distributed.device_for(world, pick_device(resources.device))
         check_method(method.name, device)
         precision = resolve_precision(settings.precision, device)
-        if config.model.task == "sequence-classification":
-            raise ValueError(
-                "model.task: sequence-classification needs a class label per example, and ft-data's "
-                "prepared datasets do not store labels yet: use model.task: causal-lm"
-            )
+        task = config.model.task
+        classify = task == "sequence-classification"
         say = emit if world.is_main else (lambda event: None)
         notes: list[Event] = []  # messages found while setting up, told right after `start`
 
@@ -130,19 +149,34 @@ class TorchTrainer:
                 else None
             )
             prompt = method.name in PROMPT_METHODS
-            mode = _batching_mode(train_set, packing=config.data.packing and not prompt)
+            label_names = _label_names(train_set, job.train_data) if classify else None
+            # Classification: one example a row, padded (a class belongs to a whole row).
+            mode = (
+                "pad"
+                if classify
+                else _batching_mode(train_set, packing=config.data.packing and not prompt)
+            )
+            pad_id = _pad_token_id(job.model_path, train_set) if classify else None
             if config.data.packing and prompt:
                 note(
                     "info",
                     f"method {method.name} adds virtual tokens to each row: packing is off, rows are padded",
                 )
             dtype = load_dtype(config.model.dtype, device, full=method.name == "full")
-            base = load_base_model(job.model_path, config.model, method, device, dtype)
+            base = load_base_model(
+                job.model_path,
+                config.model,
+                method,
+                device,
+                dtype,
+                label_names=label_names,
+                pad_token_id=pad_id,
+            )
             if settings.gradient_checkpointing:
                 base.gradient_checkpointing_enable(
                     gradient_checkpointing_kwargs={"use_reentrant": False}
                 )
-            model = apply_method(base, method, config.model.task)
+            model = apply_method(base, method, task)
             trainable, total = count_parameters(model)
             batch_size = settings.batch_size
             if batch_size == "auto" and job.resume_from is not None:
@@ -162,6 +196,7 @@ class TorchTrainer:
                 max_seq_length=config.data.max_seq_length,
                 mode=mode,
                 seed=settings.seed,
+                pad_id=pad_id,
             )
             eval_batches = (
                 Batches(
@@ -171,6 +206,7 @@ class TorchTrainer:
                     mode=mode,
                     seed=settings.seed,
                     shuffle=False,
+                    pad_id=pad_id,
                 )
                 if eval_set is not None and len(eval_set)
                 else None
@@ -202,7 +238,7 @@ class TorchTrainer:
             attn = getattr(base.config, "_attn_implementation", "sdpa") or "sdpa"
             window = _sliding_window(base.config, config.data.max_seq_length)
 
-            def loss(module: torch.nn.Module, batch: dict[str, np.ndarray]) -> torch.Tensor:
+            def logits_of(module: torch.nn.Module, batch: dict[str, np.ndarray]) -> torch.Tensor:
                 inputs = model_inputs(
                     batch,
                     device,
@@ -210,10 +246,22 @@ class TorchTrainer:
                     dtype=dtype,
                     sliding_window=window,
                     prompt_learning=prompt,
+                    task=task,
                 )
                 with cast():
-                    logits = (forward if module is wrapped else module)(**inputs).logits
+                    return (forward if module is wrapped else module)(**inputs).logits
+
+            def loss(module: torch.nn.Module, batch: dict[str, np.ndarray]) -> torch.Tensor:
+                logits = logits_of(module, batch)
+                if classify:
+                    return classification_loss(logits, batch)
                 return causal_lm_loss(logits, batch)
+
+            def score(
+                module: torch.nn.Module, batch: dict[str, np.ndarray]
+            ) -> tuple[torch.Tensor, int]:
+                logits = logits_of(module, batch)
+                return classification_loss(logits, batch), classification_correct(logits, batch)
 
             def save(folder: Path, loop_state: LoopState, position: dict[str, int]) -> None:
                 save_weights(model, folder, method.name, job.model_path)
@@ -260,7 +308,7 @@ class TorchTrainer:
                     total_steps=total_steps,
                     total_micro_batches=total_micro,
                     loss=loss,
-                    count=trained_tokens,
+                    count=lambda batch: trained_tokens(batch, task),
                     save=save,
                     checkpoints_dir=job.checkpoints_dir,
                     device=device,
@@ -268,6 +316,7 @@ class TorchTrainer:
                     eval_batches=eval_batches,
                     scaler=scaler,
                     offload=offload,
+                    score=score if classify else None,
                 ),
                 state,
                 emit=say,
@@ -306,6 +355,46 @@ def check_resume_compatible(checkpoint: Path, job: Any) -> list[str]:
     saved = read_trainer_state(checkpoint)["fingerprint"]
     current = fingerprint(job.config, job.model_path, job.train_data, job.validation_data)
     return compare_fingerprints(saved, current)
+
+
+def _label_names(dataset: PreparedDataset, path: Path) -> list[str]:
+    """The classes of a classification dataset; a clear error when it has none."""
+    names = dataset.label_names
+    if dataset.labels() is None or not names:
+        raise ValueError(
+            f"{path}: model.task: sequence-classification needs a class per example, and this "
+            "prepared dataset has no labels: set data.label_column to the column that holds "
+            "each row's class (the data is then prepared again)"
+        )
+    if len(names) < 2:
+        raise ValueError(
+            f"{path}: sequence classification needs at least two classes; the label column "
+            f"holds only {names!r}"
+        )
+    return list(names)
+
+
+def _pad_token_id(model_path: Path, dataset: PreparedDataset) -> int:
+    """The token that pads classification rows, which the model must know too: a causal LM's
+    classifier reads the last token that is not padding. The model's own pad token, else the
+    tokenizer's (as prepared), else eos, else 0."""
+    import json
+
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    text = config.get("text_config") or {}
+    attrs = dataset.attrs
+    for candidate in (
+        config.get("pad_token_id"),
+        text.get("pad_token_id"),
+        attrs.get("pad_token_id"),
+        config.get("eos_token_id"),
+        attrs.get("eos_token_id"),
+    ):
+        if isinstance(candidate, list):
+            candidate = candidate[0] if candidate else None
+        if isinstance(candidate, int) and candidate >= 0:
+            return candidate
+    return 0
 
 
 def _batching_mode(dataset: PreparedDataset, *, packing: bool) -> str:
@@ -375,8 +464,13 @@ def choose_batch_size(
 
         def trial(batch: int) -> bool:
             ids = torch.randint(0, shape.vocab_size, (batch, seq_len), device=device)
+            labels = (
+                torch.zeros(batch, dtype=torch.long, device=device)
+                if config.model.task == "sequence-classification"
+                else ids
+            )
             try:
-                out = model(input_ids=ids, labels=ids)
+                out = model(input_ids=ids, labels=labels)
                 out.loss.backward()
                 return True
             finally:
