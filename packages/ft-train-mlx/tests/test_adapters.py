@@ -7,8 +7,8 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx_train_helpers import train
 from safetensors.numpy import load_file
-from train_helpers import train
 
 from ft_train_mlx import load_adapted, peft_to_mlx_lm
 

@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 import pytest
+from mlx_train_helpers import train
 from safetensors.numpy import load_file
-from train_helpers import train
 
 from ft_config.structure import unstructure_config
 from ft_train_mlx.launch import launch_argv

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from train_helpers import launch, tensors_sha256, train
+from mlx_train_helpers import launch, tensors_sha256, train
 
 from ft_config.structure import unstructure_config
 from ft_models.checkpoint import latest_valid_checkpoint, read_manifest
@@ -52,7 +52,7 @@ def _resumed(make_job, run: str, stops: list[int], **settings) -> tuple[Path, li
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, tiny_model_factory, prepared) -> tuple[str, int]:
     """The uninterrupted run: (sha256 of the final adapter's tensors, its steps)."""
-    from conftest import settings
+    from mlx_train_helpers import settings
 
     from ft_config.structure import structure_config
     from ft_runs.protocols import TrainJob

@@ -8,7 +8,7 @@ import math
 import mlx.core as mx
 import numpy as np
 import pytest
-from train_helpers import train, types
+from mlx_train_helpers import train, types
 
 from ft_runs.protocols import Trainer
 from ft_train_mlx import MLXTrainer
