@@ -109,3 +109,18 @@ def test_train_and_evaluate_a_classifier(project: Path) -> None:
     code, out = run("evaluate", "--samples", "1", cwd=project)
     assert code == 0, out
     assert "macro_f1" in out and "predicted" in out and "label" in out
+
+    # Other data, prepared as the run's: its classes are matched to the model's by name (this
+    # file has one class, numbered 0 on its own; the model calls it 1).
+    (project / "data" / "more.csv").write_text(
+        "text,label\nthe show was lovely,positive\nthe song was great,positive\n"
+    )
+    code, out = run("evaluate", "--data", "data/more.csv", "--json", cwd=project)
+    assert code == 0, out
+    result = json.loads(out[out.index("{") :])
+    assert [s["reference"] for s in result["samples"]] == ["positive", "positive"]
+    assert result["metrics"]["accuracy"] in (0.0, 0.5, 1.0)
+    (project / "data" / "odd.csv").write_text("text,label\nthe show was fine,neutral\n")
+    code, out = run("evaluate", "--data", "data/odd.csv", cwd=project)
+    assert code == 1
+    assert "classes the model was not trained on: neutral (it knows negative, positive)" in out
