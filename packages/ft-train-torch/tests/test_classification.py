@@ -142,10 +142,18 @@ def test_full_finetune_saves_the_classes_in_the_config(
 def test_causal_lm_with_a_classification_head(tmp_path, tiny_model_factory, toy_data) -> None:
     model, data = tiny_model_factory("llama"), toy_data("llama")
     job = classification_job(
-        tmp_path, model, data, method__target_modules=["q_proj", "v_proj"], training__max_steps=3
+        tmp_path,
+        model,
+        data,
+        method__target_modules=["q_proj", "v_proj"],
+        training__max_steps=3,
+        data__packing=True,
     )
     events, result = train(job)
     assert result.reason == "max_steps"
+    assert [e["text"] for e in events if e["type"] == "message"] == [
+        "sequence classification takes one example a row: packing is off"
+    ]
     classes = json.loads((result.adapter_path / "classes.json").read_text())
     assert classes["id2label"] == {"0": "negative", "1": "positive"}
     assert isinstance(classes["pad_token_id"], int)

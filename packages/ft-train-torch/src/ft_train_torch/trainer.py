@@ -157,7 +157,9 @@ class TorchTrainer:
                 else _batching_mode(train_set, packing=config.data.packing and not prompt)
             )
             pad_id = _pad_token_id(job.model_path, train_set) if classify else None
-            if config.data.packing and prompt:
+            if config.data.packing and classify:
+                note("info", "sequence classification takes one example a row: packing is off")
+            elif config.data.packing and prompt:
                 note(
                     "info",
                     f"method {method.name} adds virtual tokens to each row: packing is off, rows are padded",
