@@ -89,9 +89,13 @@ class TrainDisplay:
             )
         elif kind == "eval":
             best = " [green](best)[/]" if event.get("is_best") else ""
+            figure = (
+                f"accuracy {event['accuracy']:.3f}"
+                if event.get("accuracy") is not None
+                else f"perplexity {event.get('perplexity', math.nan):.2f}"
+            )
             self.progress.console.print(
-                f"  eval at step {event['step']}: loss {event['eval_loss']:.4f}, "
-                f"perplexity {event.get('perplexity', math.nan):.2f}{best}"
+                f"  eval at step {event['step']}: loss {event['eval_loss']:.4f}, {figure}{best}"
             )
         elif kind == "message":
             style = {"warning": "yellow", "error": "red"}.get(event.get("level", "info"), "")

@@ -11,7 +11,7 @@ progress as events, plain dicts with a `type` key, through `emit`:
 | --- | --- |
 | `start` | `total_steps`, `trainable_params`, `total_params`, `device`, `dtype`, `resumed_from_step` |
 | `step` | `step`, `epoch` (float), `loss`, `learning_rate`, `grad_norm`, `tokens` (non-padding tokens this step), `tokens_per_s`, `elapsed_s`, `memory_bytes` (peak so far, or null) |
-| `eval` | `step`, `eval_loss`, `perplexity`, `is_best` |
+| `eval` | `step`, `eval_loss`, `perplexity`, `is_best`; classification runs add `accuracy` |
 | `checkpoint` | `step`, `path`, `is_best` |
 | `message` | `level` (`info`/`warning`/`error`), `text` |
 | `end` | `step`, `reason` (`completed`/`early_stopping`/`interrupted`/`nan`/`max_steps`), `adapter_path`, `best_checkpoint` |

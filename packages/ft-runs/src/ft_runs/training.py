@@ -405,6 +405,9 @@ def run_distributed(
 def choose_backend(config: TrainConfig, say: Say) -> str:
     from ft_models.device import pick_backend
 
+    if config.training.backend == "auto" and config.model.task == "sequence-classification":
+        say("backend: torch (auto: sequence classification trains on the torch backend)")
+        return "torch"
     choice = pick_backend(config.training.backend)
     say(f"backend: {choice.backend} ({choice.reason})")
     return choice.backend
