@@ -12,7 +12,7 @@ tokens per step). Both then see the same examples once.
 - baseline: what a user writes instead: `Trainer` + `get_peft_model`, rows tokenized with
   `apply_chat_template`, labels -100 outside the answer, `DataCollatorForSeq2Seq` padding.
 
-Each runs in its own child process, so each peak RSS (`os.wait4`) is its own. Speed is
+Each runs in its own child process, so each peak memory (RSS; on a GPU the allocator peak) is its own. Speed is
 non-padding tokens per second of training (model loading excluded). The validation loss of
 both adapters is computed afterwards by the same code, on the same 16 held-out rows.
 
@@ -39,6 +39,8 @@ VALIDATION_ROWS = 16
 
 
 def datasets_dir() -> Path:
+    if os.environ.get("FT_BENCH_DATASETS"):
+        return Path(os.environ["FT_BENCH_DATASETS"])
     for parent in Path(__file__).resolve().parents:
         candidate = parent / "shared" / "datasets"
         if (candidate / "alpaca_en_demo.json").is_file():
@@ -46,7 +48,23 @@ def datasets_dir() -> Path:
     raise SystemExit("shared/datasets/alpaca_en_demo.json not found beside the checkout")
 
 
-def model_dir() -> Path:
+def model_dir(args: argparse.Namespace, work: Path) -> Path:
+    """The embedded SmolLM2-135M-Instruct, or `--model`; with `--random-init`, a model of the
+    same shape with random weights (the same speed: how a GPU machine gets it without carrying
+    the weights there)."""
+    if args.model:
+        if not args.random_init:
+            return args.model
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        torch.manual_seed(0)
+        folder = work / "random-model"
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.model)).save_pretrained(
+            folder
+        )
+        AutoTokenizer.from_pretrained(args.model).save_pretrained(folder)
+        return folder
     from ft_models.resolve import resolve_model
 
     return resolve_model("smollm2-135m", offline=True, progress=False).path
@@ -63,6 +81,11 @@ def main() -> None:
     parser.add_argument(
         "--precision", choices=["fp32", "bf16", "both"], default="fp32", help="ft's precision"
     )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--model", type=Path, help="a model folder instead of the embedded one")
+    parser.add_argument(
+        "--random-init", action="store_true", help="with --model: its config, random weights"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -73,7 +96,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="ft-bench-train-") as tmp:
         work = Path(tmp)
-        model = model_dir()
+        model = model_dir(args, work)
         rows = json.loads((datasets_dir() / "alpaca_en_demo.json").read_text(encoding="utf-8"))
         train_rows = rows[VALIDATION_ROWS : VALIDATION_ROWS + args.examples]
         val_rows = rows[:VALIDATION_ROWS]
@@ -87,18 +110,20 @@ def main() -> None:
             f"threads {args.threads}; torch {_version('torch')}, transformers {_version('transformers')}, peft {_version('peft')}"
         )
 
-        peaks = measure_matmul_peaks(args.threads)
+        peaks = measure_matmul_peaks(args.threads, args.device)
         runs: dict[str, dict[str, Any]] = {}
         precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
         for precision in precisions:
             runs[f"ft-{precision}"] = child("ft", args, work, extra=["--precision", precision])
-        runs["baseline"] = child("baseline", args, work)
+        # The baseline in the precision a user would pick on this device.
+        base_precision = "bf16" if args.device.startswith("cuda") else "fp32"
+        runs["baseline"] = child("baseline", args, work, extra=["--precision", base_precision])
         for run in runs.values():
             run["eval_loss"] = eval_loss(model, Path(run["adapter"]), work / "validation.h5")
 
     params = 134_515_008
     print()
-    print(f"{'':<14}{'tokens/s':>10}{'peak RSS':>11}{'val loss':>10}{'steps':>7}{'train s':>9}")
+    print(f"{'':<14}{'tokens/s':>10}{'peak mem':>11}{'val loss':>10}{'steps':>7}{'train s':>9}")
     for name, run in runs.items():
         print(
             f"{name:<14}{run['tokens_per_s']:>10.1f}{run['peak_rss'] / 2**30:>9.2f} G"
@@ -112,7 +137,7 @@ def main() -> None:
         flops = 4 * params * run["tokens_per_s"]
         print(
             f"\n{name} / baseline: {run['tokens_per_s'] / base['tokens_per_s']:.2f}x tokens/s, "
-            f"{run['peak_rss'] / base['peak_rss']:.2f}x peak RSS, "
+            f"{run['peak_rss'] / base['peak_rss']:.2f}x peak memory, "
             f"val loss {run['eval_loss']:.4f} vs {base['eval_loss']:.4f}"
         )
         print(
@@ -133,7 +158,7 @@ def child(
     argv = [
         sys.executable, __file__, "--child", name, "--work", str(work),
         "--examples", str(args.examples), "--batch", str(args.batch),
-        "--threads", str(args.threads), *extra,
+        "--threads", str(args.threads), "--device", args.device, *extra,
     ]  # fmt: skip
     started = time.perf_counter()
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
@@ -150,15 +175,18 @@ def child(
     return result
 
 
-def measure_matmul_peaks(threads: int) -> dict[str, float]:
+def measure_matmul_peaks(threads: int, device: str = "cpu") -> dict[str, float]:
     import torch
 
     torch.set_num_threads(threads)
     peaks = {}
+    size = 1024 if device == "cpu" else 8192
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a = torch.randn(1024, 1024, dtype=dtype)
-        b = torch.randn(1024, 1024, dtype=dtype)
+        a = torch.randn(size, size, dtype=dtype, device=device)
+        b = torch.randn(size, size, dtype=dtype, device=device)
         a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
         best = 0.0
         for _ in range(3):
             started = time.perf_counter()
@@ -166,9 +194,11 @@ def measure_matmul_peaks(threads: int) -> dict[str, float]:
             while time.perf_counter() - started < 0.5:
                 a @ b
                 n += 1
-            best = max(best, 2 * 1024**3 * n / (time.perf_counter() - started))
+            if device != "cpu":
+                torch.cuda.synchronize()
+            best = max(best, 2 * size**3 * n / (time.perf_counter() - started))
         peaks[name] = best
-        print(f"matmul peak {name}: {best / 1e9:.1f} GFLOP/s (1024x1024, {threads} threads)")
+        print(f"matmul peak {name}: {best / 1e9:.1f} GFLOP/s ({size}x{size}, {device})")
     return peaks
 
 
@@ -180,16 +210,17 @@ def eval_loss(model_path: Path, adapter: Path, validation: Path) -> float:
 
     from ft_data.hdf5 import PreparedDataset
 
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
     model = PeftModel.from_pretrained(base, adapter).eval()
     total, count = 0.0, 0
     with PreparedDataset(validation) as data, torch.no_grad():
         for i in range(len(data)):
             tokens, mask = data[i]
-            ids = torch.tensor(tokens, dtype=torch.long)[None]
+            ids = torch.tensor(tokens, dtype=torch.long, device=device)[None]
             logits = model(input_ids=ids).logits[0, :-1].float()
             target = ids[0, 1:]
-            keep = torch.tensor(mask[1:], dtype=torch.bool)
+            keep = torch.tensor(mask[1:], dtype=torch.bool, device=device)
             losses = torch.nn.functional.cross_entropy(logits, target, reduction="none")
             total += float(losses[keep].sum())
             count += int(keep.sum())
@@ -226,7 +257,7 @@ def run_ft(args: argparse.Namespace) -> dict[str, Any]:
                 "lr_scheduler": "constant", "warmup_steps": 0, "precision": precision,
                 "seed": 0, "keep_last": 1,
             },
-            "resources": {"device": "cpu", "num_threads": args.threads},
+            "resources": {"device": args.device, "num_threads": args.threads},
         }
     )  # fmt: skip
     assert config is not None and not problems, problems
@@ -299,7 +330,8 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
         args=TrainingArguments(
             output_dir=str(out), per_device_train_batch_size=args.batch, num_train_epochs=1,
             learning_rate=2e-4, lr_scheduler_type="constant", warmup_steps=0, logging_steps=1,
-            save_strategy="no", report_to=[], use_cpu=True, seed=0, dataloader_num_workers=0,
+            save_strategy="no", report_to=[], use_cpu=args.device == "cpu", seed=0,
+            dataloader_num_workers=0, bf16=args.precision == "bf16",
         ),
         train_dataset=examples,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
@@ -322,7 +354,13 @@ def _ids(value: Any) -> list[int]:
 
 
 def peak_rss() -> int:
+    """Peak RSS; on a GPU, the peak of torch's allocator (what bounds the batch there)."""
     import resource
+
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated():
+        return torch.cuda.max_memory_allocated()
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
