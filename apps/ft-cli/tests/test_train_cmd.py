@@ -239,3 +239,19 @@ def test_train_with_the_mlx_backend(project: Path) -> None:
     adapter = json.loads((folder / "adapter" / "adapter_config.json").read_text())
     assert adapter["peft_type"] == "LORA"
     assert (folder / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_two_mlx_processes_with_mlx_launch(project: Path) -> None:
+    pytest.importorskip("ft_train_mlx")
+    code, out = run(
+        "train", *FAST, "--set", "training.max_steps=2", "--set", "training.batch_size=1",
+        "--backend", "mlx", "--nproc", "2", "--json", cwd=project,
+    )  # fmt: skip
+    assert code == 0, out
+    summary = json.loads(out[out.index("{") :])
+    assert summary["status"] == "completed" and summary["step"] == 2
+    folder = only_run(project)
+    assert (folder / "adapter" / "adapter_model.safetensors").exists()
+    events = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["type"] == "step"] == [1, 2]
