@@ -11,14 +11,12 @@ The result is written to `<run_dir>/result.json` by rank 0. The format is ft_tra
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
-from ft_config.structure import structure_config
-from ft_models.checkpoint import latest_valid_checkpoint
+from ft_runs.trainkit import load_job as load_job  # where callers of this module find it
+from ft_runs.trainkit import run_job_file
 
 
 def launch_argv(
@@ -40,62 +38,17 @@ def launch_argv(
     return [*argv, "--", python, "-m", "ft_train_mlx.launch", str(job_json)]
 
 
-def load_job(path: Path) -> Any:
-    """The TrainJob a job file describes."""
-    from ft_runs.protocols import TrainJob
-
-    spec = json.loads(Path(path).read_text(encoding="utf-8"))
-    config, problems = structure_config(spec["config"])
-    if config is None or problems:
-        raise ValueError(f"{path}: invalid config: {problems}")
-    run_dir = Path(spec["run_dir"])
-    resume = spec.get("resume_from")
-    if resume == "latest":
-        found = latest_valid_checkpoint(run_dir / "checkpoints")
-        resume = found[0] if found else None
-    return TrainJob(
-        config=config,
-        model_path=Path(spec["model_path"]),
-        train_data=Path(spec["train_data"]),
-        validation_data=Path(spec["validation_data"]) if spec.get("validation_data") else None,
-        run_dir=run_dir,
-        resume_from=Path(resume) if resume else None,
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     from ft_train_mlx.distributed import world_from_env
     from ft_train_mlx.trainer import MLXTrainer
 
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m ft_train_mlx.launch JOB.json", file=sys.stderr)
-        return 2
-    job_file = Path(args[0])
-    job = load_job(job_file)
-    spec = json.loads(job_file.read_text(encoding="utf-8"))
-    events = Path(spec["events"]) if spec.get("events") else None
-    main_rank = world_from_env().is_main
-
-    def emit(event: dict[str, Any]) -> None:
-        if events is not None and main_rank:
-            with events.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(event) + "\n")
-
-    result = MLXTrainer().train(job, emit=emit, should_stop=lambda: False)
-    if main_rank:
-        (job.run_dir / "result.json").write_text(
-            json.dumps(
-                {
-                    "reason": result.reason,
-                    "step": result.step,
-                    "adapter_path": str(result.adapter_path) if result.adapter_path else None,
-                    "metrics": result.metrics,
-                }
-            ),
-            encoding="utf-8",
-        )
-    return 0
+    return run_job_file(
+        sys.argv[1:] if argv is None else argv,
+        module="ft_train_mlx.launch",
+        trainer=MLXTrainer,
+        is_main=lambda: world_from_env().is_main,
+        with_metrics=True,
+    )
 
 
 if __name__ == "__main__":

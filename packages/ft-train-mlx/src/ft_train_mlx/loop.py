@@ -28,6 +28,7 @@ from mlx.utils import tree_flatten, tree_map
 from ft_config import TrainingConfig
 from ft_data.batches import Batches
 from ft_models.checkpoint import prune_checkpoints, step_folder, write_checkpoint
+from ft_runs import trainkit
 from ft_train_mlx.distributed import World
 from ft_train_mlx.optim import learning_rate, set_learning_rate
 from ft_train_mlx.packing import model_inputs, real_tokens, summed_loss, trained_tokens
@@ -200,7 +201,7 @@ def run(
             {
                 "type": "step",
                 "step": state.step,
-                "epoch": _epoch(loop.batches, last),
+                "epoch": trainkit.epoch_progress(loop.batches, last),
                 "loss": loss,
                 "learning_rate": rate,
                 "grad_norm": grad_norm,
@@ -212,7 +213,7 @@ def run(
         )
 
         # -- between steps: evaluate, checkpoint, early stopping ---------------------------
-        epoch_ended = _epoch_ended(loop.batches, last)
+        epoch_ended = trainkit.epoch_ended(loop.batches, last)
         final = state.step >= loop.total_steps
         is_best, stop_early = False, False
         eval_due = (settings.eval_every and state.step % settings.eval_every == 0) or (
@@ -229,13 +230,13 @@ def run(
                 state.evals_without_improvement += 1
             patience = settings.early_stopping_patience
             stop_early = patience is not None and state.evals_without_improvement >= patience
-            metrics.update(eval_loss=eval_loss, perplexity=_perplexity(eval_loss))
+            metrics.update(eval_loss=eval_loss, perplexity=trainkit.perplexity(eval_loss))
             say(
                 {
                     "type": "eval",
                     "step": state.step,
                     "eval_loss": eval_loss,
-                    "perplexity": _perplexity(eval_loss),
+                    "perplexity": trainkit.perplexity(eval_loss),
                     "is_best": is_best,
                 }
             )
@@ -264,33 +265,3 @@ def evaluate(loop: Loop) -> float:
     loop.model.train()
     total, count = loop.world.sum(total), loop.world.sum(float(count))
     return total / count if count else float("nan")
-
-
-def plan(batches: Batches, settings: TrainingConfig) -> tuple[int, int | None]:
-    """(optimizer steps, micro-batches) of a run: `epochs` (a fraction takes that share of the
-    last epoch's batches), unless `max_steps` is set (then the data cycles: None)."""
-    accumulation = settings.gradient_accumulation_steps
-    if settings.max_steps is not None:
-        return settings.max_steps, None
-    whole = int(settings.epochs)
-    micro = batches.steps(whole) + round(
-        (settings.epochs - whole) * batches.batches_in_epoch(whole)
-    )
-    if micro == 0:
-        raise ValueError("the training data gives no batch: add rows or lower training.batch_size")
-    return -(-micro // accumulation), micro
-
-
-def _epoch(batches: Batches, micro_done: int) -> float:
-    epoch, index = batches.position(micro_done)
-    return epoch + index / max(1, batches.batches_in_epoch(epoch))
-
-
-def _epoch_ended(batches: Batches, micro_done: int) -> bool:
-    """True when the micro-batch before `micro_done` was the last of its epoch."""
-    epoch, index = batches.position(micro_done - 1)
-    return index == batches.batches_in_epoch(epoch) - 1
-
-
-def _perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else math.inf

@@ -12,13 +12,13 @@ the checkpoint.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import mlx.core as mx
 import mlx.optimizers as optim
 
 from ft_config import TrainingConfig
+from ft_runs.trainkit import lr_factor, warmup_steps
 
 
 class AdamL2(optim.Adam):
@@ -61,29 +61,6 @@ def build_optimizer(settings: TrainingConfig) -> optim.Optimizer:
 
 def set_learning_rate(optimizer: optim.Optimizer, value: float) -> None:
     optimizer.learning_rate = mx.array(value, dtype=mx.float32)
-
-
-def warmup_steps(settings: TrainingConfig, total_steps: int) -> int:
-    """`warmup_steps` when set, else `warmup_ratio` of the steps (rounded up)."""
-    if settings.warmup_steps is not None:
-        return settings.warmup_steps
-    return math.ceil(settings.warmup_ratio * total_steps)
-
-
-def lr_factor(step: int, *, schedule: str, warmup: int, total: int) -> float:
-    """The learning rate of optimizer step `step` (0-based) as a share of the peak: warmup
-    rises linearly to the peak at step `warmup`; then `constant`, `linear` to 0 at `total`, or
-    half a cosine to 0 at `total` (the torch trainer's schedule, number for number)."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "linear":
-        return 1.0 - progress
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown lr_scheduler {schedule!r}: constant, linear or cosine")
 
 
 def learning_rate(settings: TrainingConfig, step: int, total_steps: int) -> float:

@@ -23,6 +23,7 @@ from ft_data.hdf5 import PreparedDataset
 from ft_models.checkpoint import read_manifest
 from ft_models.load import load_mlx, read_config
 from ft_runs.protocols import Capabilities, TrainResult  # declared by its consumer, ft-runs
+from ft_runs.trainkit import fingerprint, plan
 from ft_train_mlx import loop
 from ft_train_mlx.distributed import world_from_env
 from ft_train_mlx.methods import (
@@ -40,7 +41,6 @@ from ft_train_mlx.packing import ABSOLUTE_POSITIONS
 from ft_train_mlx.state import (
     LoopState,
     compare_fingerprints,
-    fingerprint,
     load_training_state,
     read_trainer_state,
     save_training_state,
@@ -168,7 +168,7 @@ class MLXTrainer:
             mx.reset_peak_memory()  # the peak of training, not of loading or probing
 
             optimizer = build_optimizer(settings)
-            total_steps, total_micro = loop.plan(batches, settings)
+            total_steps, total_micro = plan(batches, settings)
             prints = fingerprint(config, job.model_path, job.train_data, job.validation_data)
             state = LoopState()
             if job.resume_from is not None:

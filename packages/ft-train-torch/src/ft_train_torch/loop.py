@@ -27,6 +27,7 @@ import torch
 from ft_config import TrainingConfig
 from ft_data.batches import Batches
 from ft_models.checkpoint import prune_checkpoints, step_folder, write_checkpoint
+from ft_runs import trainkit
 from ft_train_torch.device import peak_memory_bytes
 from ft_train_torch.distributed import World, barrier
 from ft_train_torch.packing import Batch
@@ -186,7 +187,7 @@ def run(
             {
                 "type": "step",
                 "step": state.step,
-                "epoch": _epoch(loop.batches, last),
+                "epoch": trainkit.epoch_progress(loop.batches, last),
                 "loss": loss,
                 "learning_rate": learning_rate,
                 "grad_norm": grad_norm,
@@ -198,7 +199,7 @@ def run(
         )
 
         # -- between steps: evaluate, checkpoint, early stopping ---------------------------
-        epoch_ended = _epoch_ended(loop.batches, last)
+        epoch_ended = trainkit.epoch_ended(loop.batches, last)
         final = state.step >= loop.total_steps
         is_best, stop_early = False, False
         eval_due = (settings.eval_every and state.step % settings.eval_every == 0) or (
@@ -219,13 +220,13 @@ def run(
                 state.evals_without_improvement += 1
             patience = settings.early_stopping_patience
             stop_early = patience is not None and state.evals_without_improvement >= patience
-            metrics.update(scores, perplexity=_perplexity(eval_loss))
+            metrics.update(scores, perplexity=trainkit.perplexity(eval_loss))
             say(
                 {
                     "type": "eval",
                     "step": state.step,
                     **scores,
-                    "perplexity": _perplexity(eval_loss),
+                    "perplexity": trainkit.perplexity(eval_loss),
                     "is_best": is_best,
                 }
             )
@@ -273,35 +274,5 @@ def evaluate_scores(loop: Loop) -> dict[str, float]:
     return scores
 
 
-def plan(batches: Batches, settings: TrainingConfig) -> tuple[int, int | None]:
-    """(optimizer steps, micro-batches) of a run: `epochs` (a fraction takes that share of the
-    last epoch's batches), unless `max_steps` is set (then the data cycles: None)."""
-    accumulation = settings.gradient_accumulation_steps
-    if settings.max_steps is not None:
-        return settings.max_steps, None
-    whole = int(settings.epochs)
-    micro = batches.steps(whole) + round(
-        (settings.epochs - whole) * batches.batches_in_epoch(whole)
-    )
-    if micro == 0:
-        raise ValueError("the training data gives no batch: add rows or lower training.batch_size")
-    return -(-micro // accumulation), micro
-
-
-def _epoch(batches: Batches, micro_done: int) -> float:
-    epoch, index = batches.position(micro_done)
-    return epoch + index / max(1, batches.batches_in_epoch(epoch))
-
-
-def _epoch_ended(batches: Batches, micro_done: int) -> bool:
-    """True when the micro-batch before `micro_done` was the last of its epoch."""
-    epoch, index = batches.position(micro_done - 1)
-    return index == batches.batches_in_epoch(epoch) - 1
-
-
 def _real_tokens(batch: Batch) -> int:
     return 0 if "_no_tokens" in batch else int(np.sum(batch["attention_mask"]))
-
-
-def _perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else math.inf

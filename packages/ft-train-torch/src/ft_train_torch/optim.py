@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
 
 from ft_config import TrainingConfig
+from ft_runs.trainkit import lr_factor, warmup_steps
 
 
 def build_optimizer(
@@ -50,31 +50,6 @@ def build_optimizer(
             warmup_init=False,
         )
     raise ValueError(f"unknown optimizer {settings.optimizer!r}: adamw, adam, sgd or adafactor")
-
-
-def warmup_steps(settings: TrainingConfig, total_steps: int) -> int:
-    """`warmup_steps` when set, else `warmup_ratio` of the steps (rounded up)."""
-    if settings.warmup_steps is not None:
-        return settings.warmup_steps
-    return math.ceil(settings.warmup_ratio * total_steps)
-
-
-def lr_factor(step: int, *, schedule: str, warmup: int, total: int) -> float:
-    """The learning rate of optimizer step `step` (0-based) as a share of the peak.
-
-    Warmup rises linearly to the peak, reached at step `warmup`; then `constant` stays there,
-    `linear` falls to 0 at `total`, `cosine` follows half a cosine to 0 at `total`.
-    """
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "linear":
-        return 1.0 - progress
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown lr_scheduler {schedule!r}: constant, linear or cosine")
 
 
 def build_scheduler(

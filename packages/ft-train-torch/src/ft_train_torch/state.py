@@ -12,7 +12,6 @@ Files in a checkpoint folder, next to the weights:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from pathlib import Path
@@ -23,51 +22,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ft_config import TrainConfig
-from ft_config.structure import unstructure_config
+from ft_runs.trainkit import TRAINER_STATE, LoopState, read_trainer_state
 
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 OPTIMIZER_INDEX = "optimizer.json"
 RNG_TENSORS = "rng.safetensors"
-TRAINER_STATE = "trainer_state.json"
-
-# Settings that may change between a run and its resume without changing what is learnt.
-RESUME_NEUTRAL = (
-    "logging.",
-    "output.",
-    "tune.",
-    "profile",
-    "training.save_every",
-    "training.keep_last",
-    "training.eval_every",
-    "training.early_stopping_patience",
-    "training.early_stopping_threshold",
-    "training.max_steps",
-    "training.backend",
-    "resources.device",
-    "resources.max_memory_gb",
-    "resources.hostfile",
-    "model.name",  # where the weights came from; the model fingerprint below says what they are
-    "model.revision",
-    "data.train",
-    "data.validation",
-    "data.test",
-)
-
-
-@attrs.define
-class LoopState:
-    """The loop's own counters, saved in every checkpoint."""
-
-    step: int = 0  # optimizer steps done
-    micro_step: int = 0  # micro-batches of the current step done (0 at every checkpoint)
-    best_metric: float | None = None
-    best_step: int | None = None
-    best_checkpoint: str | None = None  # folder name under the checkpoints folder
-    evals_without_improvement: int = 0
-    elapsed_s: float = 0.0
-
-
 # -- optimizer ------------------------------------------------------------------------------------
 
 
@@ -185,10 +144,6 @@ def load_training_state(
     return LoopState(**doc["loop"])
 
 
-def read_trainer_state(folder: Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / TRAINER_STATE).read_text(encoding="utf-8"))
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -199,72 +154,3 @@ def _jsonable(value: Any) -> Any:
     if callable(value):
         return None
     return value
-
-
-# -- fingerprints ---------------------------------------------------------------------------------
-
-
-def fingerprint(
-    config: TrainConfig, model_path: Path, train_data: Path, validation_data: Path | None
-) -> dict[str, Any]:
-    """What a run learns from: its settings (flattened, dotted keys), the base model and the data.
-
-    The model is identified by its config.json and the names and sizes of its weight files (not
-    their hashes: reading gigabytes at every checkpoint is too slow); a prepared dataset by its
-    cache key (source bytes, tokenizer, template, options).
-    """
-    settings = _flatten(unstructure_config(config))
-    model_files = {p.name: p.stat().st_size for p in sorted(Path(model_path).glob("*.safetensors"))}
-    config_json = Path(model_path) / "config.json"
-    model = {
-        "config_sha256": hashlib.sha256(config_json.read_bytes()).hexdigest()
-        if config_json.is_file()
-        else None,
-        "weights": model_files,
-    }
-    data = {"train": _dataset_id(train_data), "validation": _dataset_id(validation_data)}
-    return {"settings": settings, "model": model, "data": data}
-
-
-def _dataset_id(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    from ft_data.hdf5 import read_attrs
-
-    attrs_ = read_attrs(path) or {}
-    key = attrs_.get("cache_key") or attrs_.get("source_hash")
-    if key:
-        return str(key)
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if (
-            isinstance(value, dict)
-            and value
-            and all(isinstance(k, str) for k in value)
-            and not prefix.endswith("columns")
-        ):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def compare_fingerprints(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The differences that make resuming unsafe, one sentence each (empty: compatible)."""
-    problems = []
-    before, after = saved.get("settings", {}), current.get("settings", {})
-    for key in sorted(set(before) | set(after)):
-        if key.startswith(RESUME_NEUTRAL) or key in RESUME_NEUTRAL:
-            continue
-        if before.get(key) != after.get(key):
-            problems.append(f"{key} was {before.get(key)!r}, now {after.get(key)!r}")
-    if saved.get("model") != current.get("model"):
-        problems.append("the base model differs (config.json or weight files changed)")
-    for split in ("train", "validation"):
-        if saved.get("data", {}).get(split) != current.get("data", {}).get(split):
-            problems.append(f"the {split} data differs (a different prepared dataset)")
-    return problems

@@ -21,6 +21,7 @@ from ft_data.batches import Batches
 from ft_data.hdf5 import PreparedDataset
 from ft_models.checkpoint import read_manifest
 from ft_runs.protocols import Capabilities, TrainResult  # declared by its consumer, ft-runs
+from ft_runs.trainkit import compare_fingerprints, fingerprint, plan, read_trainer_state
 from ft_train_torch import distributed, loop
 from ft_train_torch.device import autocast, grad_scaler, load_dtype, pick_device, resolve_precision
 from ft_train_torch.methods import (
@@ -42,14 +43,7 @@ from ft_train_torch.packing import (
     model_inputs,
     trained_tokens,
 )
-from ft_train_torch.state import (
-    LoopState,
-    compare_fingerprints,
-    fingerprint,
-    load_training_state,
-    read_trainer_state,
-    save_training_state,
-)
+from ft_train_torch.state import LoopState, load_training_state, save_training_state
 
 Event = dict[str, Any]
 
@@ -221,7 +215,7 @@ class TorchTrainer:
             forward = torch.compile(wrapped) if settings.compile else wrapped
 
             optimizer = build_optimizer(model.parameters(), settings)
-            total_steps, total_micro = loop.plan(batches, settings)
+            total_steps, total_micro = plan(batches, settings)
             scheduler = build_scheduler(optimizer, settings, total_steps)
             scaler = grad_scaler(precision, device)
             prints = fingerprint(config, job.model_path, job.train_data, job.validation_data)
