@@ -255,3 +255,33 @@ def test_two_mlx_processes_with_mlx_launch(project: Path) -> None:
     assert (folder / "adapter" / "adapter_model.safetensors").exists()
     events = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e["type"] == "step"] == [1, 2]
+
+
+def test_the_run_adapter_loads_in_plain_peft_with_the_logits_of_ft_generation(
+    project: Path,
+) -> None:
+    import numpy as np
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ft_models.generate import Generator
+
+    code, out = run("train", *FAST, "--set", "training.max_steps=3", cwd=project)
+    assert code == 0, out
+    folder = only_run(project)
+    model_path = Path(json.loads((folder / "run.json").read_text())["model"]["path"])
+    ours = Generator.load(model_path, backend="torch", adapter=folder / "adapter")
+    ids = ours.encode([{"role": "user", "content": "What is your name?"}])
+    ft_logits = np.asarray(ours.lm.start(ids))
+
+    plain = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32), folder / "adapter"
+    ).eval()
+    with torch.no_grad():
+        peft_logits = plain(input_ids=torch.tensor([ids])).logits[0, -1].numpy()
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        base_logits = base(input_ids=torch.tensor([ids])).logits[0, -1].numpy()
+    np.testing.assert_allclose(ft_logits, peft_logits, rtol=0, atol=1e-5)
+    assert np.abs(peft_logits - base_logits).max() > 1e-4  # the adapter did change the model

@@ -19,8 +19,9 @@ from ft_runs.protocols import TrainJob
 # One thread: CPU results then depend on nothing but the inputs, and the 2 cores stay shared.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-MAX_LEN = 128
 sys.path.insert(0, str(Path(__file__).parent))  # train_helpers.py
+
+from train_helpers import MAX_LEN, settings
 
 
 def _datasets() -> Path:
@@ -73,34 +74,6 @@ def prepared(
         return built[arch]
 
     return build
-
-
-def settings(**overrides: Any) -> dict[str, Any]:
-    """A config dict: small and fast defaults, then `overrides` given as `section__key=value`."""
-    data: dict[str, Any] = {
-        "data": {"max_seq_length": MAX_LEN, "packing": False},
-        "method": {
-            "name": "lora",
-            "rank": 4,
-            "alpha": 8.0,
-            "dropout": 0.0,
-            "target_modules": ["q_proj", "v_proj"],
-        },
-        "training": {
-            "epochs": 1,
-            "batch_size": 4,
-            "learning_rate": 1e-3,
-            "warmup_steps": 0,
-            "seed": 0,
-            "lr_scheduler": "constant",
-            "keep_last": 2,
-        },
-        "resources": {"device": "cpu", "num_threads": 1},
-    }
-    for key, value in overrides.items():
-        section, name = key.split("__")
-        data.setdefault(section, {})[name] = value
-    return data
 
 
 @pytest.fixture

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import settings
-from train_helpers import tensors_sha256, train
+from train_helpers import settings, tensors_sha256, train
 
 from ft_config.structure import structure_config
 from ft_data.hdf5 import PreparedDataset

@@ -50,7 +50,7 @@ def _resumed(make_job, run: str, stops: list[int], **settings) -> tuple[Path, li
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, tiny_model_factory, prepared) -> tuple[str, int]:
     """The uninterrupted run: (sha256 of the final adapter's tensors, its steps)."""
-    from conftest import settings
+    from train_helpers import settings
 
     from ft_config.structure import structure_config
     from ft_runs.protocols import TrainJob

@@ -45,3 +45,34 @@ def launch(job_file: str) -> None:
     from ft_train_torch.launch import main
 
     main([job_file])
+
+
+MAX_LEN = 128
+
+
+def settings(**overrides: Any) -> dict[str, Any]:
+    """A config dict: small and fast defaults, then `overrides` given as `section__key=value`."""
+    data: dict[str, Any] = {
+        "data": {"max_seq_length": MAX_LEN, "packing": False},
+        "method": {
+            "name": "lora",
+            "rank": 4,
+            "alpha": 8.0,
+            "dropout": 0.0,
+            "target_modules": ["q_proj", "v_proj"],
+        },
+        "training": {
+            "epochs": 1,
+            "batch_size": 4,
+            "learning_rate": 1e-3,
+            "warmup_steps": 0,
+            "seed": 0,
+            "lr_scheduler": "constant",
+            "keep_last": 2,
+        },
+        "resources": {"device": "cpu", "num_threads": 1},
+    }
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        data.setdefault(section, {})[name] = value
+    return data
