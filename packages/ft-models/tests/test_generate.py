@@ -467,3 +467,13 @@ def test_smollm2_knows_the_capital_of_france(smollm2_gguf: Path, monkeypatch) ->
     question = [{"role": "user", "content": "What is the capital of France?"}]
     result = generator.generate(question, GenerationOptions(max_tokens=20))
     assert "Paris" in result.text
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_token_ids_are_a_prompt_as_they_are(generators, backend) -> None:
+    generator = generators[backend]
+    messages = [{"role": "user", "content": "hello there"}]
+    ids = generator.encode(messages)
+    assert generator.encode(ids) == ids
+    options = GenerationOptions(max_tokens=6)
+    assert generator.generate(ids, options).tokens == generator.generate(messages, options).tokens

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ft_cli.main import UserError
+from ft_cli.main import UserError, quiet_libraries
 
 FORMATS = ("peft", "hf", "gguf", "gguf-lora", "mlx", "mlx-adapter", "ollama")
 
@@ -147,7 +147,7 @@ def export(
 
     click.echo(f"exporting {source.display_name} as {fmt} ({label}) to {out}", err=True)
     if options.verify or source.adapters or fmt != "gguf":
-        _quiet_libraries()  # only when transformers will be loaded anyway: it takes seconds
+        quiet_libraries()  # only when transformers will be loaded anyway: it takes seconds
     try:
         with _Bar() as bar:
             result = exporter.export(source, out, options, bar)
@@ -327,20 +327,6 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return str(n)
-
-
-def _quiet_libraries() -> None:
-    """Only ft's own progress bar: transformers' per-load bars and deprecation warnings from
-    inside the libraries say nothing a user can act on."""
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    try:
-        from transformers.utils import logging
-    except ImportError:
-        return
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
 
 
 class _Bar:

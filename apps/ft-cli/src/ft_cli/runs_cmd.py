@@ -217,6 +217,7 @@ def compare(run_ids: tuple[str, ...], as_json: bool) -> None:
     from ft_config import load_config, unstructure_config
     from ft_runs import RunNotFoundError, find_run
     from ft_runs.report import latest_evaluation, run_summary
+    from ft_runs.trainkit import flatten_settings
 
     if len(run_ids) < 2:
         raise UserError("give at least two runs to compare, e.g. `ft runs compare A B`")
@@ -224,7 +225,7 @@ def compare(run_ids: tuple[str, ...], as_json: bool) -> None:
         folders = [find_run(r) for r in run_ids]
     except RunNotFoundError as exc:
         raise UserError(str(exc)) from None
-    settings = [_flatten(unstructure_config(load_config(f.config_file))) for f in folders]
+    settings = [flatten_settings(unstructure_config(load_config(f.config_file))) for f in folders]
     keys = sorted(set().union(*settings))
     differing = {
         k: [s.get(k) for s in settings]
@@ -276,13 +277,3 @@ def compare(run_ids: tuple[str, ...], as_json: bool) -> None:
             cells.append(f"[bold green]{text}[/]" if v is not None and v == best else text)
         table.add_row(name, *cells)
     console.print(table)
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value and key != "columns":
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

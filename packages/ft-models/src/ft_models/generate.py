@@ -51,7 +51,8 @@ from ft_models.device import BACKENDS
 
 FinishReason = Literal["stop", "length"]
 Message = Mapping[str, Any]
-Prompt = str | Sequence[Message]
+Prompt = str | Sequence[Message] | Sequence[int]
+"""Text, chat messages, or token ids already rendered (e.g. a prompt cut from prepared data)."""
 
 TEMPLATES_GROUP = "ft.templates"
 """The entry point group chat templates are registered in (ft-data's built-ins and plugins)."""
@@ -736,9 +737,12 @@ class Generator:
 
     def encode(self, prompt: Prompt) -> list[int]:
         """The prompt's token ids: a string with the tokenizer's special tokens (as ft-data
-        encodes plain text); messages rendered by `render` (the template places them)."""
+        encodes plain text); messages rendered by `render` (the template places them); a list
+        of token ids as it is."""
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt, add_special_tokens=True)
+        elif prompt and all(isinstance(t, int) for t in prompt):
+            ids = list(prompt)  # token ids: used as they are
         else:
             ids = self.tokenizer.encode(self.render(prompt), add_special_tokens=False)
         if not ids:

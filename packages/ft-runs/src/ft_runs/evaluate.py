@@ -125,26 +125,17 @@ def examples_from(dataset: Path, tokenizer: Any, limit: int) -> list[Example]:
 
 
 def _answer(generator: Any, ids: list[int], max_tokens: int) -> str:
-    from ft_models.generate import GenerationOptions, GenerationStream
+    from ft_models.generate import GenerationOptions
 
-    options = GenerationOptions(max_tokens=max_tokens)
-    limit = generator.context_length
-    if limit is not None:
-        options = attrs.evolve(options, max_tokens=max(1, min(max_tokens, limit - len(ids))))
-    stream = GenerationStream(generator._steps(ids, options))
-    for _ in stream:
-        pass
-    assert stream.result is not None
-    return stream.result.text.strip()
+    return str(generator.generate(ids, GenerationOptions(max_tokens=max_tokens)).text).strip()
 
 
 def run_data(folder: RunFolder) -> Path | None:
     """The validation set the run trained with, if it had one."""
     info = folder.info()
     data = info.get("data", {})
-    for key in ("validation_file",):
-        if data.get(key) and Path(data[key]).exists():
-            return Path(data[key])
+    if data.get("validation_file") and Path(data["validation_file"]).exists():
+        return Path(data["validation_file"])
     if data.get("validation_source"):
         from ft_data.cache import DatasetCache
 
@@ -162,7 +153,10 @@ def prepare_for_run(folder: RunFolder, source: str | Path, model_path: Path, say
     from ft_data.config import options_from_config
 
     config = load_config(folder.config_file)
-    settings = options_from_config(config.data, config_dir=Path.cwd())
+    # Paths in the run's config (a template file, say) are relative to its train.yml.
+    started_from = folder.info().get("config_path")
+    project = Path(started_from).parent if started_from else folder.path
+    settings = options_from_config(config.data, config_dir=project)
     result = prepare_cached(str(Path(source).expanduser().absolute()), model_path, settings.prepare)
     say(f"data: {result.report.summary()}")
     return result.path

@@ -31,6 +31,7 @@ from ft_runs.run_folder import RunFolder, git_commit_of, new_run_id
 from ft_runs.sinks import EventSinks, StoreSink, TensorBoardSink, WandbSink
 from ft_runs.store import Heartbeat, JobStore
 from ft_runs.trainers import get_trainer
+from ft_runs.trainkit import flatten_settings
 
 Say = Callable[[str], None]
 STATUS_BY_REASON = {
@@ -567,7 +568,8 @@ def _resume_point(
 
 def _config_differences(folder: RunFolder, config: TrainConfig) -> list[str]:
     old = load_config(folder.config_file)
-    before, after = _flatten(unstructure_config(old)), _flatten(unstructure_config(config))
+    before = flatten_settings(unstructure_config(old))
+    after = flatten_settings(unstructure_config(config))
     # Settings that may change on resume without changing what is learned.
     harmless = ("logging.", "output.", "resources.", "training.max_steps", "training.epochs")
     return [
@@ -575,16 +577,6 @@ def _config_differences(folder: RunFolder, config: TrainConfig) -> list[str]:
         for key in sorted(set(before) | set(after))
         if before.get(key) != after.get(key) and not key.startswith(harmless)
     ]
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and key not in ("columns", "search_space"):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _add_optional_sinks(

@@ -83,7 +83,7 @@ def fingerprint(
     their hashes: reading gigabytes at every checkpoint is too slow); a prepared dataset by its
     cache key (source bytes, tokenizer, template, options).
     """
-    settings = _flatten(unstructure_config(config))
+    settings = flatten_settings(unstructure_config(config))
     model_files = {p.name: p.stat().st_size for p in sorted(Path(model_path).glob("*.safetensors"))}
     config_json = Path(model_path) / "config.json"
     model = {
@@ -108,7 +108,9 @@ def _dataset_id(path: Path | None) -> str | None:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_settings(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A settings mapping as dotted keys (`training.learning_rate`): what fingerprints,
+    resume checks and `ft runs compare` compare."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if (
@@ -117,7 +119,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
             and all(isinstance(k, str) for k in value)
             and not prefix.endswith("columns")
         ):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_settings(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
