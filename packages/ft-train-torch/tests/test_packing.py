@@ -10,10 +10,13 @@ import torch
 from ft_data.batches import Batches
 from ft_data.hdf5 import PreparedDataset
 from ft_train_torch.packing import (
+    OutputAtTargets,
     block_causal_mask,
     causal_lm_loss,
     model_inputs,
+    selected_lm_loss,
     shifted_targets,
+    trained_positions,
     trained_tokens,
 )
 
@@ -110,3 +113,49 @@ def test_mask_and_targets() -> None:
     batch = {"labels": np.array([[-100, 5, 6, 7, 8, -100]]), "segment_ids": segments.numpy()}
     # Position 1 -> 2 crosses into example 2: 6 is a trained label, but not a target there.
     assert shifted_targets(batch).tolist() == [[5, -100, 7, 8, -100]]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_logits_at_targets_only_give_the_same_loss_and_gradients(
+    arch, tiny_model_factory, prepared
+) -> None:
+    """Computing the output layer at the trained positions only (the training loss' shortcut)
+    gives the loss and the gradients of the full logits, for a packed batch; Gemma's tied and
+    scaled output included."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_factory(arch), dtype=torch.float32)
+    model = get_peft_model(
+        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    with PreparedDataset(prepared(arch)[0]) as dataset:
+        batch = Batches(dataset, batch_size=2, max_seq_length=384, mode="pack").batch(0)
+    inputs = model_inputs(batch, torch.device("cpu"))
+    positions = trained_positions(batch)
+    assert 0 < positions.sum() == trained_tokens(batch) < positions.size  # prompts are skipped
+
+    def run(select: bool) -> tuple[float, dict[str, torch.Tensor], tuple[int, ...]]:
+        model.zero_grad(set_to_none=True)
+        if select:
+            output = OutputAtTargets(base)
+            with output.at(positions, torch.device("cpu")):
+                logits = model(**inputs).logits
+            output.remove()
+            loss = selected_lm_loss(logits, batch)
+        else:
+            logits = model(**inputs).logits
+            loss = causal_lm_loss(logits, batch)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return float(loss), grads, tuple(logits.shape)
+
+    full_loss, full_grads, full_shape = run(select=False)
+    loss, grads, shape = run(select=True)
+    assert shape == (trained_tokens(batch), full_shape[-1])
+    assert loss == pytest.approx(full_loss, rel=1e-6)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6)
+    # Outside `at`, the model gives every position's logits again.
+    with torch.no_grad():
+        assert model(**inputs).logits.shape == full_shape

@@ -21,9 +21,12 @@ from ft_data.hdf5 import PreparedDataset
 from ft_train_torch.device import pick_device
 from ft_train_torch.methods import read_classes
 from ft_train_torch.packing import (
+    OutputAtTargets,
     causal_lm_loss,
     classification_loss,
     model_inputs,
+    selected_lm_loss,
+    trained_positions,
     trained_tokens,
 )
 
@@ -118,12 +121,24 @@ def evaluate_loss(
             shuffle=False,
         )
         total, count = 0.0, 0
-        with torch.no_grad():
-            for batch in batches.iter_from(0, epochs=1):
-                inputs = model_inputs(batch, device, dtype=dtype)
-                logits = model(**inputs).logits
-                total += float(causal_lm_loss(logits, batch))
-                count += trained_tokens(batch)
+        # Logits at the answer tokens only, as in training (not with prompt-learning adapters,
+        # whose virtual tokens shift the positions).
+        config = getattr(model, "peft_config", {}).get("default")
+        output = None if getattr(config, "is_prompt_learning", False) else OutputAtTargets(model)
+        try:
+            with torch.no_grad():
+                for batch in batches.iter_from(0, epochs=1):
+                    inputs = model_inputs(batch, device, dtype=dtype)
+                    if output is None:
+                        total += float(causal_lm_loss(model(**inputs).logits, batch))
+                    else:
+                        with output.at(trained_positions(batch), device):
+                            logits = model(**inputs).logits
+                        total += float(selected_lm_loss(logits, batch))
+                    count += trained_tokens(batch)
+        finally:
+            if output is not None:
+                output.remove()
         examples = len(data)
     loss = total / count if count else math.nan
     return LossResult(loss, math.exp(min(loss, 50.0)), count, examples)

@@ -17,6 +17,10 @@ packed row trains exactly the targets its examples would train unpacked.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -133,6 +137,57 @@ def causal_lm_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
+
+
+def trained_positions(batch: Batch) -> np.ndarray:
+    """`(batch, length)` booleans: True at the positions whose next token is a target."""
+    targets = shifted_targets(batch)
+    positions = np.zeros(batch["input_ids"].shape, dtype=bool)
+    positions[:, :-1] = targets != IGNORE_INDEX
+    return positions
+
+
+class OutputAtTargets:
+    """Makes a causal LM compute logits only where they are trained.
+
+    The output layer (`get_output_embeddings()`, the `lm_head`) is the largest matrix of a
+    small model (SmolLM2-135M: 49,152 x 576 of its 135M parameters), and its logits, fp32 and
+    vocabulary-wide, the largest activation. Prompt tokens and padding have no target, so
+    their logits are wasted work. While `at(positions)` is active, a forward pre-hook on the
+    output layer keeps only the hidden states at `positions` (row-major), so the model returns
+    logits of shape `(targets, vocab)`, which `selected_lm_loss` scores. The forward still goes
+    through the model (and any DDP/FSDP wrapper) as usual.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        head = model.get_output_embeddings()
+        if head is None:
+            raise ValueError("the model has no output layer to select positions for")
+        self.positions: torch.Tensor | None = None
+        self.handle = head.register_forward_pre_hook(self._select)
+
+    def _select(self, module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if self.positions is None:
+            return None
+        return (args[0][self.positions], *args[1:])
+
+    @contextlib.contextmanager
+    def at(self, positions: np.ndarray, device: torch.device) -> Iterator[None]:
+        self.positions = torch.as_tensor(positions, device=device)
+        try:
+            yield
+        finally:
+            self.positions = None
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def selected_lm_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """`causal_lm_loss` for logits computed at `trained_positions(batch)` only (row-major)."""
+    targets = shifted_targets(batch)
+    wanted = torch.as_tensor(targets[targets != IGNORE_INDEX], device=logits.device)
+    return F.cross_entropy(logits.float(), wanted, reduction="sum")
 
 
 def classification_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
