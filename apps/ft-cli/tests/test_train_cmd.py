@@ -155,6 +155,44 @@ def test_two_processes_with_torchrun(project: Path) -> None:
     assert [e["step"] for e in steps if e["type"] == "step"] == [1, 2]
 
 
+@pytest.mark.slow
+def test_stopping_two_processes_saves_a_checkpoint_and_resumes(project: Path) -> None:
+    """Ctrl-C during a torchrun launch: both processes stop at the same step, save a checkpoint
+    together and exit; `ft train --resume` continues from it."""
+    from ft_runs.training import Launch, train
+
+    def stepped() -> bool:  # the stop request, once the processes have taken a step
+        events = list((project / "runs").glob("*/launch-events.jsonl"))
+        return bool(events) and '"type": "step"' in events[0].read_text()
+
+    settings = [
+        "data.max_seq_length=64", "training.batch_size=1", "data.validation_split=0.25",
+        "training.eval_every=100000", "training.save_every=100000",
+    ]  # fmt: skip
+    outcome = train(
+        project / "train.yml",
+        overrides=[*settings, "training.max_steps=100000"],
+        say=lambda text: None,
+        should_stop=stepped,
+        launch=Launch(nproc=2),
+    )  # fmt: skip
+    assert outcome.status == "interrupted" and outcome.result.reason == "interrupted"
+    stopped_at = outcome.result.step
+    assert 1 <= stopped_at < 100000
+    checkpoints = sorted(p.name for p in (outcome.folder.path / "checkpoints").iterdir())
+    assert checkpoints[-1] == f"step-{stopped_at:08d}"
+    assert not (outcome.folder.path / "stop-request").exists()
+
+    code, out = run(
+        "train", "--resume", outcome.run_id, "--set", f"training.max_steps={stopped_at + 2}",
+        *[arg for setting in settings for arg in ("--set", setting)],
+        "--nproc-per-node", "2", "--json", cwd=project,
+    )  # fmt: skip
+    assert code == 0, out
+    summary = json.loads(out[out.index("{") :])
+    assert summary["status"] == "completed" and summary["step"] == stopped_at + 2
+
+
 def test_report_and_compare(project: Path) -> None:
     for lr in ("1e-3", "1e-2"):
         code, out = run(

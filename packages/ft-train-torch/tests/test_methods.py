@@ -252,7 +252,7 @@ def test_sequence_classification_with_lora(tiny_model_factory, tmp_path) -> None
             total_micro_batches=None,
             loss=loss,
             count=lambda b: len(b["labels"]),
-            save=lambda folder, state, position: None,
+            save=lambda folder, state, position, gathered: None,
             checkpoints_dir=tmp_path / "checkpoints",
             device=torch.device("cpu"),
             eval_batches=source,

@@ -267,14 +267,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(make_job, monkeypatch) ->
     import ft_train_torch.trainer as trainer_module
 
     calls = {"n": 0}
-    real = trainer_module.causal_lm_loss
+    real = trainer_module.selected_lm_loss
 
     def poisoned(logits, batch):
         calls["n"] += 1
         loss = real(logits, batch)
         return loss * float("nan") if calls["n"] >= 3 else loss
 
-    monkeypatch.setattr(trainer_module, "causal_lm_loss", poisoned)
+    monkeypatch.setattr(trainer_module, "selected_lm_loss", poisoned)
     job = make_job(validation=False, training__save_every=1)
     events, result = train(job)
     assert types(events) == ["start", "step", "checkpoint", "step", "checkpoint", "message", "end"]

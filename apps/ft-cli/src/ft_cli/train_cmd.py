@@ -48,6 +48,12 @@ import click
     help="Processes on this machine (torch: torchrun DDP; MLX: mlx.launch).",
 )
 @click.option(
+    "--strategy",
+    type=click.Choice(["ddp", "fsdp"]),
+    help="torch with several processes: replicate the model (ddp) or shard it (fsdp). "
+    "Shorthand for --set resources.strategy=...",
+)
+@click.option(
     "--nnodes", type=click.IntRange(min=1), default=1, help="Machines taking part (torch)."
 )
 @click.option(
@@ -69,6 +75,7 @@ def train(
     force: bool,
     backend: str | None,
     nproc: int,
+    strategy: str | None,
     nnodes: int,
     node_rank: int,
     master_addr: str,
@@ -83,6 +90,7 @@ def train(
     ft train job.yml --set training.max_steps=50
     ft train --resume                # continue the latest run
     ft train --nproc-per-node 2      # two processes (DDP on torch)
+    ft train --nproc 2 --strategy fsdp   # weights and optimizer sharded (FSDP2)
     """
     import json
 
@@ -110,6 +118,8 @@ def train(
         )
     if backend:
         overrides = (*overrides, f"training.backend={backend}")
+    if strategy:
+        overrides = (*overrides, f"resources.strategy={strategy}")
 
     def say(text: str) -> None:
         console.print(text)

@@ -309,6 +309,12 @@ class ResourcesConfig:
         1, "Training processes on this machine (torchrun / mlx.launch).", min=1
     )
     nnodes: int = setting(1, "Machines taking part (torch multi-node).", min=1)
+    strategy: Literal["ddp", "fsdp"] = setting(
+        "ddp",
+        "How several torch processes share the work: `ddp` keeps a whole copy of the model in "
+        "each and averages gradients; `fsdp` (FSDP2) shards weights, gradients and optimizer "
+        "state across them, for models too big for one GPU. Checkpoints are the same either way.",
+    )
     hostfile: str | None = setting(None, "For MLX across several Macs: the `mlx.launch` hostfile.")
     activation_offloading: bool = setting(
         False, "Keep activations in CPU memory between forward and backward (CUDA)."

@@ -7,6 +7,7 @@ which model file, which data format and which backend were used without reading 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -158,6 +159,11 @@ def train(
     secrets = load_secrets(project_dir_of(config_path) / PASSWORDS_FILE)
 
     backend = choose_backend(config, say)
+    if backend != "torch" and config.resources.strategy == "fsdp":
+        raise ValueError(
+            f"resources.strategy: fsdp is a PyTorch strategy; the {backend} backend replicates "
+            "the model in each process. Remove it, or set training.backend: torch"
+        )
     model = resolve(config, secrets, say)
     store.record_model(
         config.model.name,
@@ -289,6 +295,10 @@ def _record_datasets(store: JobStore, data: PreparedData) -> None:
             )
 
 
+# Created by `ft train` on Ctrl-C while trainer processes run; rank 0 checks for it each step.
+STOP_FILE = "stop-request"
+
+
 def job_spec(job: TrainJob, *, events: Path) -> dict[str, Any]:
     """The JSON a launched process reads (see ft_train_torch.launch / ft_train_mlx.launch)."""
     return {
@@ -299,6 +309,7 @@ def job_spec(job: TrainJob, *, events: Path) -> dict[str, Any]:
         "run_dir": str(job.run_dir),
         "resume_from": str(job.resume_from) if job.resume_from else None,
         "events": str(events),
+        "stop_file": str(job.run_dir / STOP_FILE),
     }
 
 
@@ -337,9 +348,10 @@ def run_distributed(
 ) -> TrainResult:
     """Start the trainer processes and relay rank 0's events until they exit.
 
-    A stop request (Ctrl-C) terminates the processes: the run resumes from its newest
-    checkpoint with `ft train --resume`. (Asking each rank to checkpoint on its own could leave
-    the ranks waiting on each other.)
+    A stop request (Ctrl-C) creates the job's stop file. Rank 0 sees it between two steps and
+    every process learns rank 0's answer (the loops broadcast it), so they all stop at the same
+    step, save a checkpoint together and exit: the run resumes from it with `ft train
+    --resume`. A second Ctrl-C kills the processes at once.
     """
     import json
     import subprocess
@@ -348,6 +360,8 @@ def run_distributed(
     events = job.run_dir / "launch-events.jsonl"
     events.unlink(missing_ok=True)
     (job.run_dir / "result.json").unlink(missing_ok=True)
+    stop_file = job.run_dir / STOP_FILE
+    stop_file.unlink(missing_ok=True)
     job_file = job.run_dir / "job.json"
     from ft_config import atomic_write_text
 
@@ -374,20 +388,27 @@ def run_distributed(
                 emit(event)
 
     stopped = False
-    while process.poll() is None:
-        relay()
-        if should_stop() and not stopped:
-            stopped = True
-            say(
-                "stopping the trainer processes; `ft train --resume` continues from the last checkpoint"
-            )
+    try:
+        while process.poll() is None:
+            relay()
+            if should_stop() and not stopped:
+                stopped = True
+                say(
+                    "stopping after this step: the trainer processes save a checkpoint and exit "
+                    "(Ctrl-C again kills them; `ft train --resume` continues from the last checkpoint)"
+                )
+                stop_file.touch()
+            time.sleep(0.5)
+    except BaseException:
+        # A second Ctrl-C, or any failure here: the processes must not outlive `ft train`.
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
-        time.sleep(0.5)
+        process.wait()
+        raise
+    finally:
+        stop_file.unlink(missing_ok=True)
     relay()
     result_file = job.run_dir / "result.json"
-    if stopped:
-        end = last.get("checkpoint", {})
-        return TrainResult("interrupted", int(end.get("step", 0)), None, None)
     if process.returncode != 0 or not result_file.exists():
         raise RuntimeError(
             f"the {backend} trainer processes failed (exit {process.returncode}); "

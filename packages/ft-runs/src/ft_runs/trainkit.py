@@ -45,6 +45,7 @@ RESUME_NEUTRAL = (
     "resources.device",
     "resources.max_memory_gb",
     "resources.hostfile",
+    "resources.strategy",  # both write the same full-state checkpoints
     "model.name",  # where the weights came from; the model fingerprint below says what they are
     "model.revision",
     "data.train",
@@ -245,7 +246,8 @@ def run_job_file(
 ) -> int:
     """`python -m <module> JOB.json` on one process of a launch: train the job, append every
     event to the job's `events` file and write `<run_dir>/result.json` (on the main process,
-    `is_main()`, asked once the job is read); `with_metrics` adds the run's metrics to it."""
+    `is_main()`, asked once the job is read); `with_metrics` adds the run's metrics to it.
+    The job's `stop_file`, once it exists, asks the processes to checkpoint and stop."""
     if len(args) != 1:
         print(f"usage: python -m {module} JOB.json", file=sys.stderr)
         return 2
@@ -260,7 +262,14 @@ def run_job_file(
             with events.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(event) + "\n")
 
-    result = trainer().train(job, emit=emit, should_stop=lambda: False)
+    # `ft train` creates the stop file on Ctrl-C. Only rank 0's answer counts (the loops
+    # broadcast it), so every process stops at the same step and checkpoints together.
+    stop_file = Path(spec["stop_file"]) if spec.get("stop_file") else None
+
+    def should_stop() -> bool:
+        return main_rank and stop_file is not None and stop_file.exists()
+
+    result = trainer().train(job, emit=emit, should_stop=should_stop)
     if main_rank:
         done: dict[str, Any] = {
             "reason": result.reason,

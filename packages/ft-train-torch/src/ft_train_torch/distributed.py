@@ -10,12 +10,22 @@ row whose targets are all ignored: it adds nothing but still joins the gradient 
 
 Only rank 0 writes checkpoints, the final adapter and events; `should_stop` is rank 0's answer,
 broadcast to all.
+
+`resources.strategy: fsdp` shards the model with FSDP2 (`fully_shard` on each transformer block,
+then on the whole model) instead of replicating it with DDP: each process holds 1/N of the
+weights, gradients and optimizer state. The batch split and the loss scaling are the same (FSDP
+also averages gradients). A checkpoint needs every process: `full_state_dicts` gathers the
+weights and the optimizer state to rank 0 (on the CPU), which writes them in the same files as a
+DDP or single-process run, so a run can resume under either strategy or alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,22 +108,123 @@ def device_for(world: World, device: torch.device) -> torch.device:
 def wrap(
     model: torch.nn.Module, world: World, device: torch.device, *, fsdp: bool = False
 ) -> torch.nn.Module:
-    """DDP (or, on CUDA with `fsdp`, FSDP2's fully_shard) around `model` when distributed."""
+    """DDP, or with `fsdp` FSDP2's `fully_shard`, around `model` when distributed."""
     if not world.distributed:
         return model
     if fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        for module in model.modules():
-            if module.__class__.__name__.endswith("DecoderLayer"):
-                fully_shard(module)
-        fully_shard(model)
-        return model
+        return shard(model, device)
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None
     )
+
+
+def shard(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """FSDP2 over the process group: each transformer block sharded on its own (its weights
+    are gathered just before it runs and freed after), then the rest of the model.
+
+    The mesh is built for `device`'s type: left to itself, FSDP picks the machine's
+    accelerator, and CPU processes on a one-GPU machine would all ask for a GPU of their own."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for module in shard_units(model):
+        fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def shard_units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules FSDP shards one by one: the model's transformer blocks, as transformers names
+    them in `_no_split_modules` (LlamaDecoderLayer, BertLayer...), else any `*DecoderLayer`."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    units = [m for m in model.modules() if type(m).__name__ in names]
+    if not units:
+        units = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    return units
+
+
+def is_fsdp(model: torch.nn.Module) -> bool:
+    """True when `model` was sharded by FSDP2."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def gradient_sync(model: torch.nn.Module, enabled: bool) -> contextlib.AbstractContextManager[None]:
+    """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) of a micro-batch that is not
+    the last of its optimizer step; a no-op for a single process."""
+    if enabled:
+        return contextlib.nullcontext()
+    if hasattr(model, "no_sync"):
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):
+        return _fsdp_no_sync(model)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model: Any) -> Iterator[None]:
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def full_state_dicts(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, trainable_only: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An FSDP model's whole weights (only the trainable ones with `trainable_only`) and its
+    optimizer state, gathered to rank 0's CPU. Every process must call this together; the
+    others get empty dicts. The optimizer state is keyed by parameter name."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(
+        full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only
+    )
+    weights = get_model_state_dict(model, options=options)
+    optim = get_optimizer_state_dict(model, optimizer, options=options)
+    return weights, optim
+
+
+def load_optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """Put a full optimizer state (`torch.optim.Optimizer.state_dict()` form, keyed by index)
+    into the optimizer of an FSDP model: every process passes the whole state and keeps its
+    shard."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
+
+    names = parameter_names(model, optimizer)
+    by_name = {
+        "state": {names[int(index)]: entries for index, entries in state["state"].items()},
+        "param_groups": [
+            {**group, "params": [names[int(i)] for i in group["params"]]}
+            for group in state["param_groups"]
+        ],
+    }
+    set_optimizer_state_dict(
+        model, optimizer, by_name, options=StateDictOptions(full_state_dict=True)
+    )
+
+
+def parameter_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The name of each parameter the optimizer updates, in the optimizer's own numbering (the
+    index `optimizer.state_dict()` gives it)."""
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
 def barrier(world: World) -> None:

@@ -29,14 +29,15 @@ from ft_data.batches import Batches
 from ft_models.checkpoint import prune_checkpoints, step_folder, write_checkpoint
 from ft_runs import trainkit
 from ft_train_torch.device import peak_memory_bytes
-from ft_train_torch.distributed import World, barrier
+from ft_train_torch.distributed import World, barrier, gradient_sync
 from ft_train_torch.packing import Batch
 from ft_train_torch.state import LoopState
 
 Event = dict[str, Any]
 LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]  # summed loss of a batch
 CountFn = Callable[[Batch], int]  # trained targets of a batch
-SaveFn = Callable[[Path, LoopState, dict[str, int]], None]  # write weights + state into a folder
+# Write weights + state into a folder (rank 0), given what `gather` collected from every process.
+SaveFn = Callable[[Path, LoopState, dict[str, int], Any], None]
 # Classification: (summed loss, correct predictions) of a batch, for `accuracy` in eval events.
 ScoreFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, int]]
 
@@ -62,6 +63,9 @@ class Loop:
     scaler: torch.amp.GradScaler | None = None
     offload: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
     score: ScoreFn | None = None  # set for classification: evaluation also reports accuracy
+    # Called on every process before a checkpoint; its result goes to `save` (FSDP gathers the
+    # sharded weights and optimizer state here). None: nothing to gather.
+    gather: Callable[[], Any] | None = None
 
     @property
     def accumulation(self) -> int:
@@ -95,6 +99,7 @@ def run(
         if is_best:
             state.best_checkpoint = folder.name
         state.elapsed_s = elapsed_before + time.perf_counter() - started
+        gathered = loop.gather() if loop.gather is not None else None
         if world.is_main:
             epoch, index = loop.batches.position(state.step * loop.accumulation)
             position = {
@@ -104,7 +109,7 @@ def run(
                 "micro_step": state.micro_step,
             }
             with write_checkpoint(folder, step=state.step, metadata={"is_best": is_best}) as build:
-                loop.save(build, state, position)
+                loop.save(build, state, position, gathered)
             keep = (loop.checkpoints_dir / state.best_checkpoint,) if state.best_checkpoint else ()
             prune_checkpoints(loop.checkpoints_dir, keep_last=settings.keep_last, keep=keep)
         barrier(world)
@@ -137,12 +142,11 @@ def run(
         loop.model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for index, batch in enumerate(shards):
-            # DDP all-reduces gradients on the last micro-batch only.
-            sync = index == len(shards) - 1 or not hasattr(loop.model, "no_sync")
-            with contextlib.nullcontext() if sync else loop.model.no_sync():
+            # DDP and FSDP reduce gradients on the last micro-batch only.
+            with gradient_sync(loop.model, index == len(shards) - 1):
                 with loop.offload():
                     summed = loop.loss(loop.model, batch)
-                # DDP averages gradients over processes; the sum over processes is wanted.
+                # DDP and FSDP average gradients over processes; the sum is wanted.
                 scaled = summed * (world.size / max(targets, 1.0))
                 (loop.scaler.scale(scaled) if loop.scaler else scaled).backward()
             loss_sum += summed.detach().double()
@@ -151,9 +155,8 @@ def run(
 
         if loop.scaler is not None:
             loop.scaler.unscale_(loop.optimizer)
-        grad_norm = float(
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm or math.inf)
-        )
+        norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm or math.inf)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         if not math.isfinite(loss) or (loop.scaler is None and not math.isfinite(grad_norm)):
             # Stop before the step: the weights and every checkpoint stay good.
             what = "loss" if not math.isfinite(loss) else "gradient norm"

@@ -159,11 +159,23 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 # -- saving and restoring the weights -----------------------------------------------------------
 
 
-def save_weights(model: torch.nn.Module, folder: Path, method: str, model_path: Path) -> None:
+def save_weights(
+    model: torch.nn.Module,
+    folder: Path,
+    method: str,
+    model_path: Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Write the trained weights into `folder`: the adapter in PEFT's layout, or (full) the whole
-    model in transformers' layout with its tokenizer, so the folder loads with `from_pretrained`."""
+    model in transformers' layout with its tokenizer, so the folder loads with `from_pretrained`.
+    `state_dict`: the weights to write when `model` holds only a shard of them (FSDP)."""
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
+    if state_dict is not None:
+        if method in PROMPT_METHODS:
+            raise ValueError(f"method {method} cannot be saved from a sharded model")
+        model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
     if method in PEFT_METHODS:
         save_classes(model, folder)
     if method in PROMPT_METHODS:
@@ -273,12 +285,18 @@ def publish(build: Path, final: Path) -> None:
         build.rename(final)
 
 
-def save_final(model: torch.nn.Module, final: Path, method: str, model_path: Path) -> Path:
+def save_final(
+    model: torch.nn.Module,
+    final: Path,
+    method: str,
+    model_path: Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Save the result into `final` atomically (built in a temporary folder beside it, renamed)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     build = final.with_name(f".tmp-{final.name}-{uuid.uuid4().hex[:8]}")
     try:
-        save_weights(model, build, method, model_path)
+        save_weights(model, build, method, model_path, state_dict)
         publish(build, final)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,15 @@ RNG_TENSORS = "rng.safetensors"
 # -- optimizer ------------------------------------------------------------------------------------
 
 
-def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    """Write the optimizer state as a safetensors file of its tensors plus a JSON index."""
-    state_dict = optimizer.state_dict()
+def save_optimizer(
+    optimizer: torch.optim.Optimizer, folder: Path, state_dict: dict[str, Any] | None = None
+) -> None:
+    """Write the optimizer state as a safetensors file of its tensors plus a JSON index.
+
+    `state_dict`: the state to write instead of `optimizer.state_dict()` (FSDP's gathered one,
+    put in the same numbering)."""
+    if state_dict is None:
+        state_dict = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     plain: dict[str, dict[str, Any]] = {}
     for index, entries in state_dict["state"].items():
@@ -52,6 +59,11 @@ def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
 
 def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     """Restore what `save_optimizer` wrote into `optimizer` (built over the same parameters)."""
+    optimizer.load_state_dict(read_optimizer(folder))
+
+
+def read_optimizer(folder: Path) -> dict[str, Any]:
+    """What `save_optimizer` wrote, as `torch.optim.Optimizer.state_dict()` gives it."""
     index_doc = json.loads((folder / OPTIMIZER_INDEX).read_text(encoding="utf-8"))
     tensors = load_file(str(folder / OPTIMIZER_TENSORS))
     state: dict[int, dict[str, Any]] = {}
@@ -67,7 +79,20 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
         }
         for group in index_doc["param_groups"]
     ]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return {"state": state, "param_groups": groups}
+
+
+def numbered(state_dict: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """An optimizer state keyed by parameter name (FSDP's full state) in the optimizer's own
+    numbering, `names[i]` being parameter i: the form single-process checkpoints hold."""
+    index_of = {name: index for index, name in enumerate(names)}
+    return {
+        "state": {index_of[name]: entries for name, entries in state_dict["state"].items()},
+        "param_groups": [
+            {**group, "params": [index_of[name] for name in group["params"]]}
+            for group in state_dict["param_groups"]
+        ],
+    }
 
 
 # -- RNG ------------------------------------------------------------------------------------------
@@ -111,9 +136,11 @@ def save_training_state(
     scaler: torch.amp.GradScaler | None,
     data_position: dict[str, int],
     fingerprint: dict[str, Any],
+    optimizer_state: dict[str, Any] | None = None,
 ) -> None:
-    """Write optimizer, RNG and trainer state into the checkpoint folder being built."""
-    save_optimizer(optimizer, folder)
+    """Write optimizer, RNG and trainer state into the checkpoint folder being built.
+    `optimizer_state`: the optimizer's state when `optimizer` holds only a shard of it (FSDP)."""
+    save_optimizer(optimizer, folder, optimizer_state)
     rng_tensors, rng_plain = rng_state()
     save_file(rng_tensors, str(folder / RNG_TENSORS))
     doc = {
@@ -133,10 +160,16 @@ def load_training_state(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler | None,
+    load_optimizer_state: Callable[[dict[str, Any]], None] | None = None,
 ) -> LoopState:
-    """Restore optimizer, scheduler, scaler and every RNG from `folder`; return the loop state."""
+    """Restore optimizer, scheduler, scaler and every RNG from `folder`; return the loop state.
+    `load_optimizer_state` puts the saved optimizer state in place when the plain
+    `optimizer.load_state_dict` cannot (FSDP: each process keeps its shard)."""
     doc = read_trainer_state(folder)
-    load_optimizer(optimizer, folder)
+    if load_optimizer_state is not None:
+        load_optimizer_state(read_optimizer(folder))
+    else:
+        load_optimizer(optimizer, folder)
     scheduler.load_state_dict(doc["scheduler"])
     if scaler is not None and doc["scaler"]:
         scaler.load_state_dict(doc["scaler"])

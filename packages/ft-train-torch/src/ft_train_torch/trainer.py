@@ -37,13 +37,16 @@ from ft_train_torch.methods import (
 )
 from ft_train_torch.optim import build_optimizer, build_scheduler
 from ft_train_torch.packing import (
+    OutputAtTargets,
     causal_lm_loss,
     classification_correct,
     classification_loss,
     model_inputs,
+    selected_lm_loss,
+    trained_positions,
     trained_tokens,
 )
-from ft_train_torch.state import LoopState, load_training_state, save_training_state
+from ft_train_torch.state import LoopState, load_training_state, numbered, save_training_state
 
 Event = dict[str, Any]
 
@@ -124,6 +127,7 @@ class TorchTrainer:
         def note(level: str, text: str) -> None:
             notes.append({"type": "message", "level": level, "text": text})
 
+        fsdp = _use_fsdp(resources.strategy, method.name, world, note)
         distributed.init_process_group(world, device)
         if resources.num_threads:
             torch.set_num_threads(resources.num_threads)
@@ -211,7 +215,7 @@ class TorchTrainer:
             if job.resume_from is not None:
                 read_manifest(job.resume_from)  # refuses a broken checkpoint, saying what is wrong
                 load_weights(model, Path(job.resume_from), method.name)
-            wrapped = distributed.wrap(model, world, device)
+            wrapped = distributed.wrap(model, world, device, fsdp=fsdp)
             forward = torch.compile(wrapped) if settings.compile else wrapped
 
             optimizer = build_optimizer(model.parameters(), settings)
@@ -227,7 +231,15 @@ class TorchTrainer:
                 ):
                     note("warning", f"resuming with a change: {difference}")
                 state = load_training_state(
-                    Path(job.resume_from), optimizer=optimizer, scheduler=scheduler, scaler=scaler
+                    Path(job.resume_from),
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    scaler=scaler,
+                    load_optimizer_state=(
+                        (lambda saved: distributed.load_optimizer_state(model, optimizer, saved))
+                        if fsdp
+                        else None
+                    ),
                 )
 
             cast = autocast(precision, device)
@@ -247,11 +259,19 @@ class TorchTrainer:
                 with cast():
                     return (forward if module is wrapped else module)(**inputs).logits
 
+            # Logits only where there are targets (not for prompt-learning methods, whose
+            # virtual tokens shift the positions).
+            output = None if classify or prompt else OutputAtTargets(base)
+            if output is not None:
+                stack.callback(output.remove)
+
             def loss(module: torch.nn.Module, batch: dict[str, np.ndarray]) -> torch.Tensor:
-                logits = logits_of(module, batch)
                 if classify:
-                    return classification_loss(logits, batch)
-                return causal_lm_loss(logits, batch)
+                    return classification_loss(logits_of(module, batch), batch)
+                if output is None:
+                    return causal_lm_loss(logits_of(module, batch), batch)
+                with output.at(trained_positions(batch), device):
+                    return selected_lm_loss(logits_of(module, batch), batch)
 
             def score(
                 module: torch.nn.Module, batch: dict[str, np.ndarray]
@@ -259,8 +279,20 @@ class TorchTrainer:
                 logits = logits_of(module, batch)
                 return classification_loss(logits, batch), classification_correct(logits, batch)
 
-            def save(folder: Path, loop_state: LoopState, position: dict[str, int]) -> None:
-                save_weights(model, folder, method.name, job.model_path)
+            def gather() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                # FSDP: every process sends its shards; rank 0 gets the whole (on the CPU).
+                return distributed.full_state_dicts(
+                    model, optimizer, trainable_only=method.name != "full"
+                )
+
+            def save(
+                folder: Path,
+                loop_state: LoopState,
+                position: dict[str, int],
+                gathered: tuple[dict[str, torch.Tensor], dict[str, Any]] | None,
+            ) -> None:
+                weights, optimizer_state = gathered if gathered is not None else (None, None)
+                save_weights(model, folder, method.name, job.model_path, weights)
                 save_training_state(
                     folder,
                     loop=loop_state,
@@ -269,6 +301,11 @@ class TorchTrainer:
                     scaler=scaler,
                     data_position=position,
                     fingerprint=prints,
+                    optimizer_state=(
+                        numbered(optimizer_state, distributed.parameter_names(model, optimizer))
+                        if optimizer_state is not None
+                        else None
+                    ),
                 )
 
             offload: Callable[[], Any] = contextlib.nullcontext
@@ -313,6 +350,7 @@ class TorchTrainer:
                     scaler=scaler,
                     offload=offload,
                     score=score if classify else None,
+                    gather=gather if fsdp else None,
                 ),
                 state,
                 emit=say,
@@ -321,8 +359,9 @@ class TorchTrainer:
             adapter: Path | None = None
             if outcome.reason in ("completed", "max_steps", "early_stopping"):
                 adapter = Path(job.adapter_dir)
+                weights = gather()[0] if fsdp else None
                 if world.is_main:
-                    save_final(model, adapter, method.name, job.model_path)
+                    save_final(model, adapter, method.name, job.model_path, weights)
                 distributed.barrier(world)
             say(
                 {
@@ -351,6 +390,24 @@ def check_resume_compatible(checkpoint: Path, job: Any) -> list[str]:
     saved = read_trainer_state(checkpoint)["fingerprint"]
     current = fingerprint(job.config, job.model_path, job.train_data, job.validation_data)
     return compare_fingerprints(saved, current)
+
+
+def _use_fsdp(strategy: str, method: str, world: distributed.World, note: Any) -> bool:
+    """Whether to shard with FSDP: `resources.strategy: fsdp` with several processes, for the
+    methods whose weights FSDP can gather (not QLoRA's 4-bit base, nor prompt learning)."""
+    if strategy != "fsdp":
+        return False
+    if not world.distributed:
+        note(
+            "info", "resources.strategy: fsdp with one process: nothing to shard, training as usual"
+        )
+        return False
+    if method == "qlora" or method in PROMPT_METHODS:
+        raise ValueError(
+            f"resources.strategy: fsdp does not support method {method} (its weights cannot be "
+            "sharded and gathered by FSDP here): use resources.strategy: ddp, or method lora"
+        )
+    return True
 
 
 def _label_names(dataset: PreparedDataset, path: Path) -> list[str]:
