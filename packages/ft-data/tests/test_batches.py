@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ft_data.batches import Batches
+from ft_data.batches import Batches, pack_rows
 from ft_data.hdf5 import PreparedDataset
 from ft_data.prepare import PrepareOptions, prepare_dataset
 
@@ -161,3 +161,25 @@ def test_too_long_examples_are_refused(alpaca: PreparedDataset) -> None:
         match=r"more than max_seq_length 64; prepare the dataset with max_length <= max_seq_length",
     ):
         Batches(alpaca, batch_size=2, max_seq_length=64)
+
+
+def test_pack_rows_best_fit() -> None:
+    # Next fit closes a row whenever the next example does not fit: [[0], [1, 2], [3]].
+    # Best fit puts example 2 (3 tokens) with example 0 (7) and example 3 (4) with 1 (6).
+    assert pack_rows([0, 1, 2, 3], [7, 6, 3, 4], capacity=10) == [[0, 2], [1, 3]]
+    # With one open row at a time it is next fit.
+    assert pack_rows([0, 1, 2, 3], [7, 6, 3, 4], capacity=10, open_rows=1) == [[0], [1, 2], [3]]
+    # An example exactly the capacity fills a row alone.
+    assert pack_rows([5, 6], [10, 10], capacity=10) == [[5], [6]]
+
+
+def test_packed_rows_are_nearly_full(alpaca: PreparedDataset) -> None:
+    batches = Batches(alpaca, batch_size=4, max_seq_length=MAX, mode="pack", seed=3)
+    rows = batches.rows(0)
+    lengths = np.asarray(alpaca.lengths)
+    assert sorted(int(i) for row in rows for i in row) == list(range(len(alpaca)))
+    assert max(int(lengths[row].sum()) for row in rows) <= MAX
+    # Best fit leaves under 5% padding here (362 rows); next fit (one open row) needs 430.
+    fill = lengths.sum() / (len(rows) * MAX)
+    naive = len(pack_rows(list(range(len(alpaca))), lengths.tolist(), MAX, open_rows=1))
+    assert fill > 0.95 and len(rows) < 0.9 * naive

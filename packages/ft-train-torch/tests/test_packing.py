@@ -55,17 +55,18 @@ def test_packed_loss_equals_padded_loss(arch, attn, tiny_model_factory, prepared
         tiny_model_factory(arch), dtype=torch.float32, attn_implementation=attn
     ).eval()
     with PreparedDataset(prepared(arch)[0]) as dataset:
-        packed = Batches(
-            dataset, batch_size=2, max_seq_length=384, mode="pack", shuffle=False
-        ).batch(0)
+        packing = Batches(dataset, batch_size=2, max_seq_length=384, mode="pack", shuffle=False)
+        packed = packing.batch(0)
         rows = packed["segment_ids"].max(axis=1)
-        examples = int(rows.sum())
         assert (
             packed["segment_ids"].shape == (2, 384) and rows.min() >= 3
         )  # several examples per row
-        padded = Batches(
-            dataset, batch_size=examples, max_seq_length=384, mode="pad", shuffle=False
+        # The same examples, in the same order, one per row.
+        members = np.concatenate(packing.rows(0)[:2])
+        everything = Batches(
+            dataset, batch_size=len(dataset), max_seq_length=384, mode="pad", shuffle=False
         ).batch(0)
+        padded = {key: value[members] for key, value in everything.items()}
     packed_logits, packed_sum, packed_count = _forward(model, packed, attn)
     padded_logits, padded_sum, padded_count = _forward(model, padded, attn)
     assert packed_count == padded_count > 0
