@@ -158,7 +158,8 @@ def test_two_processes_with_torchrun(project: Path) -> None:
 @pytest.mark.slow
 def test_stopping_two_processes_saves_a_checkpoint_and_resumes(project: Path) -> None:
     """Ctrl-C during a torchrun launch: both processes stop at the same step, save a checkpoint
-    together and exit; `ft train --resume` continues from it."""
+    together and exit; `ft train --resume` continues from it, with the settings the run was
+    started with (`settings` is not repeated) plus a longer `max_steps`."""
     from ft_runs.training import Launch, train
 
     def stepped() -> bool:  # the stop request, once the processes have taken a step
@@ -185,7 +186,6 @@ def test_stopping_two_processes_saves_a_checkpoint_and_resumes(project: Path) ->
 
     code, out = run(
         "train", "--resume", outcome.run_id, "--set", f"training.max_steps={stopped_at + 2}",
-        *[arg for setting in settings for arg in ("--set", setting)],
         "--nproc-per-node", "2", "--json", cwd=project,
     )  # fmt: skip
     assert code == 0, out

@@ -143,14 +143,30 @@ def train(
     A changed config or dataset is refused unless `force`. Returns how the run ended; raises
     the libraries' own errors (ConfigError, DataError, ...) for problems the user must fix.
     """
+    overrides = list(overrides)  # read twice: the config, and run.json's record of them
     store = store or JobStore()
     store.mark_stale_runs()
     record = None
     if resume:
         record = _run_to_resume(store, resume)
-        if config_path is None and record.config_path and Path(record.config_path).exists():
+        same_file = (
+            config_path is not None
+            and record.config_path is not None
+            and Path(config_path).resolve() == Path(record.config_path)
+        )
+        if (
+            (config_path is None or same_file)
+            and record.config_path
+            and Path(record.config_path).exists()
+        ):
             config_path = Path(record.config_path)
-            say(f"config: {config_path} (the file run {record.id} started from)")
+            # With the --set overrides and profile it started with (new ones win).
+            started = _started_with(Path(record.run_dir))
+            overrides = [*started.get("overrides", []), *overrides]
+            profile = profile or started.get("profile")
+            also = "".join(f" --set {o}" for o in started.get("overrides", []))
+            also += f" --profile {started['profile']}" if started.get("profile") else ""
+            say(f"config: {config_path}{also} (as run {record.id} started)")
         elif config_path is None:
             config_path = RunFolder(Path(record.run_dir)).config_file
             say(f"config: {config_path} (the run's snapshot)")
@@ -203,6 +219,8 @@ def train(
                 },
                 "data": data.summary,
                 "backend": backend,
+                "overrides": list(overrides),
+                "profile": profile,
             },
         )
         store.create_run(
@@ -422,6 +440,15 @@ def run_distributed(
         Path(done["adapter_path"]) if done.get("adapter_path") else None,
         Path(best) if best else None,
     )
+
+
+def _started_with(run_dir: Path) -> dict[str, Any]:
+    """The `overrides` and `profile` a run was started with (run.json; none for older runs)."""
+    try:
+        info = RunFolder(run_dir).info()
+    except (OSError, ValueError):
+        return {}
+    return {"overrides": list(info.get("overrides") or []), "profile": info.get("profile")}
 
 
 def choose_backend(config: TrainConfig, say: Say) -> str:
