@@ -138,6 +138,28 @@ def test_no_train_yml_says_what_to_do(tmp_path: Path) -> None:
     assert "ft init" in out
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ("--set", "method.name=prefix"),
+            "resources.strategy: fsdp does not support method prefix (its weights cannot be "
+            "sharded and gathered by FSDP here): use resources.strategy: ddp, or method lora",
+        ),
+        (
+            ("--backend", "mlx"),
+            "resources.strategy: fsdp is a PyTorch strategy; the mlx backend replicates the "
+            "model in each process. Remove it, or set training.backend: torch",
+        ),
+    ],
+)
+def test_fsdp_refusals_say_what_to_do(project: Path, flags: tuple[str, ...], message: str) -> None:
+    code, out = run("train", *FAST, "--strategy", "fsdp", "--nproc", "2", *flags, cwd=project)
+    assert code == 1
+    assert message in " ".join(out.split())
+    assert not list((project / "runs").glob("*"))  # refused before any run folder
+
+
 @pytest.mark.slow
 def test_two_processes_with_torchrun(project: Path) -> None:
     code, out = run(

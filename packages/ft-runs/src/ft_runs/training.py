@@ -180,6 +180,13 @@ def train(
             f"resources.strategy: fsdp is a PyTorch strategy; the {backend} backend replicates "
             "the model in each process. Remove it, or set training.backend: torch"
         )
+    if config.resources.strategy == "fsdp" and config.method.name in FSDP_REFUSED:
+        # Checked here too, so the user gets one clear line before any process starts.
+        raise ValueError(
+            f"resources.strategy: fsdp does not support method {config.method.name} (its weights "
+            "cannot be sharded and gathered by FSDP here): use resources.strategy: ddp, or "
+            "method lora"
+        )
     model = resolve(config, secrets, say)
     store.record_model(
         config.model.name,
@@ -312,6 +319,9 @@ def _record_datasets(store: JobStore, data: PreparedData) -> None:
                 tokens=data.summary.get("tokens") if role == "train" else None,
             )
 
+
+# Methods the torch trainer cannot shard with FSDP (a 4-bit base; peft's prompt encoders).
+FSDP_REFUSED = ("qlora", "prefix", "p-tuning")
 
 # Created by `ft train` on Ctrl-C while trainer processes run; rank 0 checks for it each step.
 STOP_FILE = "stop-request"
