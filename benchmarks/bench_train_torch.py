@@ -75,7 +75,7 @@ def model_dir(args: argparse.Namespace, work: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--examples", type=int, default=48, help="training rows (one pass)")
+    parser.add_argument("--examples", type=int, default=96, help="training rows (one pass)")
     parser.add_argument("--batch", type=int, default=4, help="baseline examples per step")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
