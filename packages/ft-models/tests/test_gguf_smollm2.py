@@ -224,3 +224,18 @@ def test_bfloat16_import_stays_close_and_answers_the_same(smollm2, our_answer, t
     assert half_answer.tolist() == answer.tolist()
     # measured here: 0.28 max abs, on logits up to 38 in magnitude
     np.testing.assert_allclose(half_logits.numpy(), logits.numpy(), atol=0.5, rtol=0)
+
+
+def test_tokenizer_keeps_smollm_digit_splitting(imported, ours) -> None:
+    """The GGUF says `tokenizer.ggml.pre: smollm` (digits split one by one, then GPT-2's rule);
+    the imported tokenizer.json keeps that step, as SmolLM2's own tokenizer.json has it, so a
+    GGUF exported from the folder says `smollm` again (transformers' converter drops it)."""
+    folder, _ = imported
+    pre = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["pre_tokenizer"]
+    assert pre["type"] == "Sequence"
+    assert [step["type"] for step in pre["pretokenizers"]] == ["Digits", "ByteLevel"]
+    assert pre["pretokenizers"][0]["individual_digits"] is True
+    _, tokenizer = ours
+    assert tokenizer.tokenize("In 2024, 12345 cats") == [
+        "In", "Ġ", "2", "0", "2", "4", ",", "Ġ", "1", "2", "3", "4", "5", "Ġcats",
+    ]  # fmt: skip

@@ -43,7 +43,9 @@ Progress = Callable[[int, int, str], None]
 """Called after each tensor with (tensors done, tensors in all, the tensor's HF name)."""
 
 RECORD_NAME = "ft-import.json"
-RECORD_FORMAT = 1
+# 2: byte-level tokenizers keep the digit-splitting step `tokenizer.ggml.pre` names; folders
+# imported as format 1 are imported again.
+RECORD_FORMAT = 2
 FINGERPRINT_BYTES = 1 << 20
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # what `save_pretrained` calls "5GB"
 

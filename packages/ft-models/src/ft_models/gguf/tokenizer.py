@@ -46,6 +46,7 @@ def write_tokenizer(header: GGUFHeader, folder: Path, context_length: int | None
         backend, extra = convert_gguf_tokenizer(header.architecture, tokenizer_dict)
     except (ValueError, KeyError, TypeError) as error:
         raise GGUFError(header.path, f"cannot build its tokenizer: {error}") from error
+    _restore_digit_split(backend, header.metadata)
     tokenizer = TokenizersBackend(tokenizer_object=backend, **tokenizer_config, **extra)
     written = sorted({Path(name).name for name in tokenizer.save_pretrained(str(folder))})
 
@@ -60,6 +61,32 @@ def write_tokenizer(header: GGUFHeader, folder: Path, context_length: int | None
         config["model_max_length"] = context_length
     atomic_write_text(config_path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     return written
+
+
+# llama.cpp's byte-level pre-tokenizers (`tokenizer.ggml.pre`) that split every digit out
+# before GPT-2's rule (llama-vocab.cpp: the regexes "\\p{N}" then GPT-2's). transformers' GGUF
+# converter builds GPT-2's rule alone, so the original tokenizer's `Digits` step is put back.
+DIGIT_SPLITTING_PRE = frozenset(
+    {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"}
+)
+
+
+def _restore_digit_split(backend: Any, metadata: dict[str, Any]) -> None:
+    """Give a byte-level tokenizer built from GGUF metadata the digit-splitting step its
+    `tokenizer.ggml.pre` names (SmolLM's tokenizer.json: Sequence[Digits, ByteLevel])."""
+    if (
+        metadata.get("tokenizer.ggml.model") != "gpt2"
+        or metadata.get("tokenizer.ggml.pre") not in DIGIT_SPLITTING_PRE
+    ):
+        return
+    from tokenizers import pre_tokenizers
+
+    current = backend.pre_tokenizer
+    if current is None or "Digits" in current.__getstate__().decode("utf-8", "replace"):
+        return
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), current]
+    )
 
 
 def _gguf_tokenizer(
