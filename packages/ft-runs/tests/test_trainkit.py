@@ -110,6 +110,12 @@ def test_fingerprint_and_what_blocks_a_resume(tmp_path: Path) -> None:
         "training.learning_rate was 0.0001, now 0.0002"
     ]
     assert trainkit.compare_fingerprints(before, after, neutral=("training.",)) == []
+    # Threads and the torch strategy change how the work is done, not what is learned.
+    made = config(learning_rate=1e-4)
+    made.resources.num_threads, made.resources.strategy = 7, "fsdp"
+    assert (
+        trainkit.compare_fingerprints(before, trainkit.fingerprint(made, model, data, None)) == []
+    )
 
 
 def test_load_job_resumes_latest_whole_checkpoint(tmp_path: Path) -> None:

@@ -46,6 +46,9 @@ RESUME_NEUTRAL = (
     "resources.max_memory_gb",
     "resources.hostfile",
     "resources.strategy",  # both write the same full-state checkpoints
+    # Threads change only the order of floating-point sums: the run trains the same, though a
+    # CPU run resumed with another thread count is no longer bit-identical to an unbroken one.
+    "resources.num_threads",
     "model.name",  # where the weights came from; the model fingerprint below says what they are
     "model.revision",
     "data.train",

@@ -33,8 +33,8 @@ from ft_runs.trainkit import TRAINER_STATE, LoopState, read_trainer_state
 
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 
-# The torch trainer's list, and `resources.num_threads`.
-RESUME_NEUTRAL = (*trainkit.RESUME_NEUTRAL, "resources.num_threads")
+# The same settings as the torch trainer (ft_runs.trainkit.RESUME_NEUTRAL).
+RESUME_NEUTRAL = trainkit.RESUME_NEUTRAL
 
 
 def seed_micro_batch(seed: int, micro_batch: int) -> None:
