@@ -124,3 +124,13 @@ def test_train_and_evaluate_a_classifier(project: Path) -> None:
     code, out = run("evaluate", "--data", "data/odd.csv", cwd=project)
     assert code == 1
     assert "classes the model was not trained on: neutral (it knows negative, positive)" in out
+
+    # A classifier does not generate, and ft export writes language models: both say so.
+    for command in (("generate", "--run", "last", "hello"), ("chat", "--run", "last")):
+        code, out = run(*command, cwd=project)
+        assert code == 1, out
+        assert f"run {folder.name} trained a sequence classifier" in out
+        assert f"ft evaluate {folder.name}" in " ".join(out.split())
+    code, out = run("export", "last", "--format", "hf", cwd=project)
+    assert code == 1, out
+    assert "ft export writes language models" in " ".join(out.split())

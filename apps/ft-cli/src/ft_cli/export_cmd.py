@@ -216,6 +216,13 @@ def _from_run(run: Any, checkpoint: str | None, base: str | None) -> _Found:
     from ft_runs.run_folder import RunNotFoundError
 
     info = run.info()
+    if run.task() == "sequence-classification":
+        raise UserError(
+            f"run {run.id} trained a sequence classifier (model.task: sequence-classification); "
+            "ft export writes language models (PEFT, merged safetensors, MLX, GGUF). Its adapter "
+            f"{run.adapter} is already in PEFT's layout: load it with transformers' "
+            "AutoModelForSequenceClassification and peft's PeftModel.from_pretrained"
+        )
     try:
         folder = run.checkpoint(checkpoint) if checkpoint else run.adapter
     except RunNotFoundError as error:

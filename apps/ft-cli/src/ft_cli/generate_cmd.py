@@ -165,6 +165,12 @@ def weights_of_run(ref: str, checkpoint: str | None) -> RunWeights:
         info = run.info()
     except RunNotFoundError as error:
         raise UserError(str(error)) from None
+    if run.task() == "sequence-classification":
+        raise UserError(
+            f"run {run.id} trained a sequence classifier (model.task: sequence-classification): "
+            f"it puts text into classes and does not generate text. Score it with `ft evaluate "
+            f"{run.id}`; its adapter is {run.adapter}"
+        )
     # A checkpoint may keep the weights one folder down, beside its training state.
     candidates = [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]
     found = next(((p, _weights_kind(p)) for p in candidates if _weights_kind(p)), None)

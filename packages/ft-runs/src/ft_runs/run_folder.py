@@ -149,6 +149,18 @@ class RunFolder:
     def info(self) -> dict[str, Any]:
         return json.loads(self.info_file.read_text(encoding="utf-8"))
 
+    def task(self) -> str:
+        """What the run trained, from its config snapshot: `causal-lm` (a language model, the
+        default) or `sequence-classification`."""
+        import yaml
+
+        try:
+            data = yaml.safe_load(self.config_file.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            return "causal-lm"
+        model = data.get("model") if isinstance(data, dict) else None
+        return str((model or {}).get("task") or "causal-lm")
+
     def update_info(self, **fields: Any) -> None:
         atomic_write_text(
             self.info_file, json.dumps({**self.info(), **fields}, indent=2, default=str) + "\n"
