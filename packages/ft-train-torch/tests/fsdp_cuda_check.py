@@ -2,7 +2,7 @@
 NCCL on one GPU (a world of one; the machines lent to this project have one GPU each).
 
 LoRA on a tiny Llama, sharded with `distributed.shard`, trains 3 steps in bf16 autocast next to
-an unsharded copy; the gathered weights and optimizer state (`full_state_dicts`) must equal the
+an unsharded copy; the gathered weights and optimizer state (`full_weights`, `full_optimizer_state`) must equal the
 copy's, and putting that state back (`load_optimizer_state`) into a fresh sharded model must
 make the next step agree too. Prints `OK` on success."""
 
@@ -17,7 +17,6 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ft_train_torch import distributed
-from ft_train_torch.state import numbered
 
 
 def build(device: torch.device) -> torch.nn.Module:
@@ -63,13 +62,13 @@ def main() -> int:
         a, b = step(plain, opt_plain, ids), step(sharded, opt_sharded, ids)
         assert abs(a - b) < 1e-3, (a, b)
 
-    weights, optim = distributed.full_state_dicts(sharded, opt_sharded, trainable_only=True)
+    weights = distributed.full_weights(sharded, trainable_only=True)
     expected = {n: p.detach().cpu() for n, p in plain.named_parameters() if p.requires_grad}
     assert weights.keys() == expected.keys(), sorted(set(weights) ^ set(expected))
     assert all(t.device.type == "cpu" for t in weights.values())
     for name, tensor in expected.items():
         torch.testing.assert_close(weights[name], tensor, rtol=0, atol=1e-5)
-    saved = numbered(optim, distributed.parameter_names(sharded, opt_sharded))
+    saved = distributed.full_optimizer_state(sharded, opt_sharded)
     reference = opt_plain.state_dict()
     assert saved["state"].keys() == reference["state"].keys()
     for index, entries in reference["state"].items():
@@ -90,7 +89,7 @@ def main() -> int:
     distributed.load_optimizer_state(fresh, opt_fresh, saved)
     a, b = step(plain, opt_plain, batches[3]), step(fresh, opt_fresh, batches[3])
     assert abs(a - b) < 1e-3, (a, b)
-    after, _ = distributed.full_state_dicts(fresh, opt_fresh, trainable_only=True)
+    after = distributed.full_weights(fresh, trainable_only=True)
     for name, param in plain.named_parameters():
         if param.requires_grad:
             torch.testing.assert_close(after[name], param.detach().cpu(), rtol=0, atol=1e-5)

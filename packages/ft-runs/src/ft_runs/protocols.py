@@ -44,6 +44,8 @@ class Capabilities:
     dtypes: tuple[str, ...]
     distributed: bool = False
     notes: tuple[str, ...] = ()
+    # Methods it can shard across processes (`resources.strategy: fsdp`); empty: none.
+    sharded_methods: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -175,18 +175,8 @@ def train(
     secrets = load_secrets(project_dir_of(config_path) / PASSWORDS_FILE)
 
     backend = choose_backend(config, say)
-    if backend != "torch" and config.resources.strategy == "fsdp":
-        raise ValueError(
-            f"resources.strategy: fsdp is a PyTorch strategy; the {backend} backend replicates "
-            "the model in each process. Remove it, or set training.backend: torch"
-        )
-    if config.resources.strategy == "fsdp" and config.method.name in FSDP_REFUSED:
-        # Checked here too, so the user gets one clear line before any process starts.
-        raise ValueError(
-            f"resources.strategy: fsdp does not support method {config.method.name} (its weights "
-            "cannot be sharded and gathered by FSDP here): use resources.strategy: ddp, or "
-            "method lora"
-        )
+    if config.resources.strategy == "fsdp":
+        check_sharding(config, backend)
     model = resolve(config, secrets, say)
     store.record_model(
         config.model.name,
@@ -319,9 +309,6 @@ def _record_datasets(store: JobStore, data: PreparedData) -> None:
                 tokens=data.summary.get("tokens") if role == "train" else None,
             )
 
-
-# Methods the torch trainer cannot shard with FSDP (a 4-bit base; peft's prompt encoders).
-FSDP_REFUSED = ("qlora", "prefix", "p-tuning")
 
 # Created by `ft train` on Ctrl-C while trainer processes run; rank 0 checks for it each step.
 STOP_FILE = "stop-request"
@@ -459,6 +446,23 @@ def _started_with(run_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return {"overrides": list(info.get("overrides") or []), "profile": info.get("profile")}
+
+
+def check_sharding(config: TrainConfig, backend: str) -> None:
+    """Refuse `resources.strategy: fsdp` where the trainer cannot shard (its capabilities say),
+    in one line and before any process starts or any run folder is made."""
+    sharded = get_trainer(backend).capabilities().sharded_methods
+    if not sharded:
+        raise ValueError(
+            f"resources.strategy: fsdp is a PyTorch strategy; the {backend} backend replicates "
+            "the model in each process. Remove it, or set training.backend: torch"
+        )
+    if config.method.name not in sharded:
+        raise ValueError(
+            f"resources.strategy: fsdp does not support method {config.method.name} (its weights "
+            f"cannot be sharded and gathered by FSDP here): use resources.strategy: ddp, or "
+            f"method {' / '.join(sharded)}"
+        )
 
 
 def choose_backend(config: TrainConfig, say: Say) -> str:

@@ -14,8 +14,8 @@ broadcast to all.
 `resources.strategy: fsdp` shards the model with FSDP2 (`fully_shard` on each transformer block,
 then on the whole model) instead of replicating it with DDP: each process holds 1/N of the
 weights, gradients and optimizer state. The batch split and the loss scaling are the same (FSDP
-also averages gradients). A checkpoint needs every process: `full_state_dicts` gathers the
-weights and the optimizer state to rank 0 (on the CPU), which writes them in the same files as a
+also averages gradients). A checkpoint needs every process: `full_weights` and
+`full_optimizer_state` gather the weights and the optimizer state to rank 0 (on the CPU), which writes them in the same files as a
 DDP or single-process run, so a run can resume under either strategy or alone.
 """
 
@@ -176,32 +176,40 @@ def _fsdp_no_sync(model: Any) -> Iterator[None]:
         model.set_requires_gradient_sync(True)
 
 
-def full_state_dicts(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, trainable_only: bool
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """An FSDP model's whole weights (only the trainable ones with `trainable_only`) and its
-    optimizer state, gathered to rank 0's CPU. Every process must call this together; the
-    others get empty dicts. The optimizer state is keyed by parameter name."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
+def full_weights(model: torch.nn.Module, *, trainable_only: bool) -> dict[str, torch.Tensor]:
+    """An FSDP model's whole weights (only the trainable ones with `trainable_only`), gathered
+    to rank 0's CPU. Every process must call this together; the others get an empty dict."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    options = StateDictOptions(
-        full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only
-    )
-    weights = get_model_state_dict(model, options=options)
-    optim = get_optimizer_state_dict(model, optimizer, options=options)
-    return weights, optim
+    return get_model_state_dict(model, options=_gathered(trainable_only))
+
+
+def full_optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """An FSDP model's whole optimizer state, gathered to rank 0's CPU in the numbering
+    `optimizer.state_dict()` uses (what a single process saves). Every process must call this
+    together; the others get an empty dict."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    by_name = get_optimizer_state_dict(model, optimizer, options=_gathered(False))
+    if not by_name:
+        return {}
+    index_of = {name: i for i, name in enumerate(parameter_names(model, optimizer))}
+    return {
+        "state": {index_of[name]: entries for name, entries in by_name["state"].items()},
+        "param_groups": [
+            {**group, "params": [index_of[name] for name in group["params"]]}
+            for group in by_name["param_groups"]
+        ],
+    }
 
 
 def load_optimizer_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> None:
-    """Put a full optimizer state (`torch.optim.Optimizer.state_dict()` form, keyed by index)
-    into the optimizer of an FSDP model: every process passes the whole state and keeps its
-    shard."""
+    """Put a whole optimizer state (`full_optimizer_state`'s numbering) into the optimizer of an
+    FSDP model: every process passes the whole state and keeps its shard."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         set_optimizer_state_dict,
@@ -225,6 +233,14 @@ def parameter_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) ->
     index `optimizer.state_dict()` gives it)."""
     name_of = {id(p): name for name, p in model.named_parameters()}
     return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def _gathered(trainable_only: bool) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(
+        full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only
+    )
 
 
 def barrier(world: World) -> None:

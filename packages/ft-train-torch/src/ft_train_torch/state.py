@@ -37,7 +37,7 @@ def save_optimizer(
     """Write the optimizer state as a safetensors file of its tensors plus a JSON index.
 
     `state_dict`: the state to write instead of `optimizer.state_dict()` (FSDP's gathered one,
-    put in the same numbering)."""
+    `distributed.full_optimizer_state`, in the same numbering)."""
     if state_dict is None:
         state_dict = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -80,19 +80,6 @@ def read_optimizer(folder: Path) -> dict[str, Any]:
         for group in index_doc["param_groups"]
     ]
     return {"state": state, "param_groups": groups}
-
-
-def numbered(state_dict: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """An optimizer state keyed by parameter name (FSDP's full state) in the optimizer's own
-    numbering, `names[i]` being parameter i: the form single-process checkpoints hold."""
-    index_of = {name: index for index, name in enumerate(names)}
-    return {
-        "state": {index_of[name]: entries for name, entries in state_dict["state"].items()},
-        "param_groups": [
-            {**group, "params": [index_of[name] for name in group["params"]]}
-            for group in state_dict["param_groups"]
-        ],
-    }
 
 
 # -- RNG ------------------------------------------------------------------------------------------

@@ -46,9 +46,12 @@ from ft_train_torch.packing import (
     trained_positions,
     trained_tokens,
 )
-from ft_train_torch.state import LoopState, load_training_state, numbered, save_training_state
+from ft_train_torch.state import LoopState, load_training_state, save_training_state
 
 Event = dict[str, Any]
+
+# What FSDP can shard and gather here: not QLoRA's 4-bit base, nor peft's prompt encoders.
+SHARDED_METHODS = ("lora", "dora", "full")
 
 
 class TorchTrainer:
@@ -75,6 +78,7 @@ class TorchTrainer:
             dtypes=dtypes,
             distributed=True,
             notes=notes,
+            sharded_methods=SHARDED_METHODS,
         )
 
     def evaluate_loss(
@@ -279,11 +283,12 @@ class TorchTrainer:
                 logits = logits_of(module, batch)
                 return classification_loss(logits, batch), classification_correct(logits, batch)
 
-            def gather() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+            def weights_of_shards() -> dict[str, torch.Tensor]:
                 # FSDP: every process sends its shards; rank 0 gets the whole (on the CPU).
-                return distributed.full_state_dicts(
-                    model, optimizer, trainable_only=method.name != "full"
-                )
+                return distributed.full_weights(model, trainable_only=method.name != "full")
+
+            def gather() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                return weights_of_shards(), distributed.full_optimizer_state(model, optimizer)
 
             def save(
                 folder: Path,
@@ -301,11 +306,7 @@ class TorchTrainer:
                     scaler=scaler,
                     data_position=position,
                     fingerprint=prints,
-                    optimizer_state=(
-                        numbered(optimizer_state, distributed.parameter_names(model, optimizer))
-                        if optimizer_state is not None
-                        else None
-                    ),
+                    optimizer_state=optimizer_state,
                 )
 
             offload: Callable[[], Any] = contextlib.nullcontext
@@ -359,7 +360,7 @@ class TorchTrainer:
             adapter: Path | None = None
             if outcome.reason in ("completed", "max_steps", "early_stopping"):
                 adapter = Path(job.adapter_dir)
-                weights = gather()[0] if fsdp else None
+                weights = weights_of_shards() if fsdp else None
                 if world.is_main:
                     save_final(model, adapter, method.name, job.model_path, weights)
                 distributed.barrier(world)
@@ -394,7 +395,8 @@ def check_resume_compatible(checkpoint: Path, job: Any) -> list[str]:
 
 def _use_fsdp(strategy: str, method: str, world: distributed.World, note: Any) -> bool:
     """Whether to shard with FSDP: `resources.strategy: fsdp` with several processes, for the
-    methods whose weights FSDP can gather (not QLoRA's 4-bit base, nor prompt learning)."""
+    methods whose weights FSDP can gather (`SHARDED_METHODS`). ft-runs checks the same through
+    `capabilities()` before launching; this guards direct callers."""
     if strategy != "fsdp":
         return False
     if not world.distributed:
@@ -402,10 +404,11 @@ def _use_fsdp(strategy: str, method: str, world: distributed.World, note: Any) -
             "info", "resources.strategy: fsdp with one process: nothing to shard, training as usual"
         )
         return False
-    if method == "qlora" or method in PROMPT_METHODS:
+    if method not in SHARDED_METHODS:
         raise ValueError(
             f"resources.strategy: fsdp does not support method {method} (its weights cannot be "
-            "sharded and gathered by FSDP here): use resources.strategy: ddp, or method lora"
+            f"sharded and gathered by FSDP here): use resources.strategy: ddp, or method "
+            f"{' / '.join(SHARDED_METHODS)}"
         )
     return True
 
