@@ -215,8 +215,8 @@ def _find_source(ref: str, checkpoint: str | None, base: str | None) -> _Found:
 def _from_run(run: Any, checkpoint: str | None, base: str | None) -> _Found:
     from ft_runs.run_folder import RunNotFoundError
 
-    info = run.info()
-    if run.task() == "sequence-classification":
+    info, settings = run.info(), run.settings()
+    if run.task_of(settings) == "sequence-classification":
         raise UserError(
             f"run {run.id} trained a sequence classifier (model.task: sequence-classification); "
             "ft export writes language models (PEFT, merged safetensors, MLX, GGUF). Its adapter "
@@ -231,7 +231,7 @@ def _from_run(run: Any, checkpoint: str | None, base: str | None) -> _Found:
         raise UserError(
             f"run {run.id} has no final adapter yet ({folder}); pass --checkpoint last or best"
         )
-    method = _method_of(run)
+    method = _method_of(settings)
     chat_template = _training_template(info)
     name = f"{run.id}" + (f"-{folder.name}" if checkpoint else "")
     if not (folder / "adapter_config.json").is_file():
@@ -248,13 +248,8 @@ def _from_run(run: Any, checkpoint: str | None, base: str | None) -> _Found:
     )
 
 
-def _method_of(run: Any) -> str | None:
-    import yaml
-
-    if not run.config_file.is_file():
-        return None
-    data = yaml.safe_load(run.config_file.read_text(encoding="utf-8")) or {}
-    method = data.get("method")
+def _method_of(settings: dict[str, Any]) -> str | None:
+    method = settings.get("method")
     return method.get("name") if isinstance(method, dict) else method
 
 

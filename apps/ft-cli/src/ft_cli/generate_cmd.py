@@ -153,8 +153,6 @@ def _weights_kind(folder: Path) -> str | None:
 def weights_of_run(ref: str, checkpoint: str | None) -> RunWeights:
     """The model and adapter of run `ref`: its final adapter folder (or full model), or a
     checkpoint (`best`, `last`, a step)."""
-    import yaml
-
     from ft_runs.run_folder import RunNotFoundError, find_run
 
     try:
@@ -165,7 +163,8 @@ def weights_of_run(ref: str, checkpoint: str | None) -> RunWeights:
         info = run.info()
     except RunNotFoundError as error:
         raise UserError(str(error)) from None
-    if run.task() == "sequence-classification":
+    settings = run.settings()
+    if run.task_of(settings) == "sequence-classification":
         raise UserError(
             f"run {run.id} trained a sequence classifier (model.task: sequence-classification): "
             f"it puts text into classes and does not generate text. Score it with `ft evaluate "
@@ -184,11 +183,8 @@ def weights_of_run(ref: str, checkpoint: str | None) -> RunWeights:
         raise UserError(f"{run.info_file} does not say which model the run trained")
     else:
         adapter = weights
-    template = system = None
-    if run.config_file.is_file():
-        data = (yaml.safe_load(run.config_file.read_text(encoding="utf-8")) or {}).get("data") or {}
-        template = data.get("template")
-        system = data.get("system_prompt")
+    data = settings.get("data") or {}
+    template, system = data.get("template"), data.get("system_prompt")
     return RunWeights(model, adapter, None if template == "auto" else template, system)
 
 

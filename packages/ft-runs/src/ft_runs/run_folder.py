@@ -149,17 +149,21 @@ class RunFolder:
     def info(self) -> dict[str, Any]:
         return json.loads(self.info_file.read_text(encoding="utf-8"))
 
-    def task(self) -> str:
-        """What the run trained, from its config snapshot: `causal-lm` (a language model, the
-        default) or `sequence-classification`."""
+    def settings(self) -> dict[str, Any]:
+        """The run's config snapshot as a mapping (empty when it is missing or unreadable)."""
         import yaml
 
         try:
-            data = yaml.safe_load(self.config_file.read_text(encoding="utf-8")) or {}
+            data = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError):
-            return "causal-lm"
-        model = data.get("model") if isinstance(data, dict) else None
-        return str((model or {}).get("task") or "causal-lm")
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    @staticmethod
+    def task_of(settings: dict[str, Any]) -> str:
+        """What a run with these `settings` trained: `causal-lm` (a language model, the
+        default) or `sequence-classification`."""
+        return str((settings.get("model") or {}).get("task") or "causal-lm")
 
     def update_info(self, **fields: Any) -> None:
         atomic_write_text(
