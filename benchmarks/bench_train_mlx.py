@@ -215,8 +215,9 @@ def report(results: dict[str, dict], args: argparse.Namespace, model: Path, mkl:
 def validation_loss(model: Any, work: Path) -> float:
     """The same code for both: summed token loss over the answers / trained tokens."""
     from ft_data.batches import Batches
+    from ft_data.batches import target_count as trained_tokens
     from ft_data.hdf5 import PreparedDataset
-    from ft_train_mlx.packing import model_inputs, summed_loss, trained_tokens
+    from ft_train_mlx.packing import model_inputs, summed_loss
 
     model.eval()
     total, count = 0.0, 0

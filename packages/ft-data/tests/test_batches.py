@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ft_data.batches import Batches, pack_rows
+from ft_data.batches import Batches, pack_rows, process_share, real_tokens, target_count
 from ft_data.hdf5 import PreparedDataset
 from ft_data.prepare import PrepareOptions, prepare_dataset
 
@@ -183,3 +183,16 @@ def test_packed_rows_are_nearly_full(alpaca: PreparedDataset) -> None:
     fill = lengths.sum() / (len(rows) * MAX)
     naive = len(pack_rows(list(range(len(alpaca))), lengths.tolist(), MAX, open_rows=1))
     assert fill > 0.95 and len(rows) < 0.9 * naive
+
+
+def test_process_share_splits_rows_and_idles_a_process_without_any(alpaca: PreparedDataset) -> None:
+    batch = Batches(alpaca, batch_size=3, max_seq_length=MAX, mode="pad", shuffle=False).batch(0)
+    first, second = (process_share(batch, rank, 2) for rank in (0, 1))
+    assert np.array_equal(first["input_ids"], batch["input_ids"][:2])
+    assert np.array_equal(second["input_ids"], batch["input_ids"][2:])
+    assert target_count(first) + target_count(second) == target_count(batch)
+    assert real_tokens(first) + real_tokens(second) == real_tokens(batch)
+    lone = {key: value[:1] for key, value in batch.items()}
+    idle = process_share(lone, 1, 2)
+    assert target_count(idle) == 0 and real_tokens(idle) == 0
+    assert process_share(batch, 0, 1) is batch

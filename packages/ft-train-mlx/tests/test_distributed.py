@@ -13,7 +13,7 @@ import pytest
 from mlx_train_helpers import train
 from safetensors.numpy import load_file
 
-from ft_config.structure import unstructure_config
+from ft_runs.training import job_spec
 from ft_train_mlx.launch import launch_argv
 
 # Measured here: losses differ by at most 7.4e-7 and the adapters by 1.2e-6 (the same sums
@@ -46,16 +46,10 @@ def test_two_processes_equal_one_with_the_doubled_batch(make_job, tmp_path) -> N
     one_events, one = train(make_job(run="one", training__batch_size=4, **SETTINGS))
 
     job = make_job(run="two", training__batch_size=2, **SETTINGS)
-    spec = {
-        "config": unstructure_config(job.config),
-        "model_path": str(job.model_path),
-        "train_data": str(job.train_data),
-        "validation_data": str(job.validation_data),
-        "run_dir": str(job.run_dir),
-        "events": str(tmp_path / "events.jsonl"),
-    }
     job_file = tmp_path / "job.json"
-    job_file.write_text(json.dumps(spec), encoding="utf-8")
+    job_file.write_text(
+        json.dumps(job_spec(job, events=tmp_path / "events.jsonl")), encoding="utf-8"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         launch_argv(job_file, 2, None), env=env, capture_output=True, text=True, timeout=300

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file
 from train_helpers import train
 
-from ft_config.structure import unstructure_config
 from ft_models.checkpoint import latest_valid_checkpoint
+from ft_runs.training import job_spec
 
 COMMON = {
     "training__max_steps": 4,
@@ -32,38 +32,25 @@ COMMON = {
 
 
 def torchrun(job: Any, folder: Path, nproc: int = 2) -> list[dict[str, Any]]:
-    """Run `job` in `nproc` local processes; rank 0's events."""
+    """Run `job` in `nproc` local processes, as `ft train` launches them; rank 0's events."""
     folder.mkdir(parents=True, exist_ok=True)
-    spec = {
-        "config": unstructure_config(job.config),
-        "model_path": str(job.model_path),
-        "train_data": str(job.train_data),
-        "validation_data": str(job.validation_data),
-        "run_dir": str(job.run_dir),
-        "events": str(folder / "events.jsonl"),
-        "resume_from": str(job.resume_from) if job.resume_from else None,
-    }
-    (folder / "job.json").write_text(json.dumps(spec))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            str(nproc),
-            "-m",
-            "ft_train_torch.launch",
-            str(folder / "job.json"),
-        ],
-        env=env,
+    events = folder / "events.jsonl"
+    (folder / "job.json").write_text(json.dumps(job_spec(job, events=events)))
+    process = run_torchrun(nproc, "-m", "ft_train_torch.launch", str(folder / "job.json"))
+    assert process.returncode == 0, process.stderr[-3000:]
+    return [json.loads(line) for line in events.read_text().splitlines()]
+
+
+def run_torchrun(nproc: int, *target: str) -> subprocess.CompletedProcess[str]:
+    """`torchrun --standalone --nproc-per-node N TARGET...` with one thread per process."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         str(nproc), *target],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=300,
-    )
-    assert process.returncode == 0, process.stderr[-3000:]
-    return [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    )  # fmt: skip
 
 
 def assert_same_adapter(
@@ -170,19 +157,5 @@ def test_fsdp_run_resumes_sharded_and_alone(make_job, tmp_path) -> None:
 def test_fsdp_on_cuda_gathers_and_restores_state() -> None:
     """FSDP2 over NCCL (one GPU): gathered weights and optimizer state equal an unsharded
     copy's, and restoring them continues training identically (see fsdp_cuda_check.py)."""
-    script = Path(__file__).with_name("fsdp_cuda_check.py")
-    process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "1",
-            str(script),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    process = run_torchrun(1, str(Path(__file__).with_name("fsdp_cuda_check.py")))
     assert process.returncode == 0 and "OK" in process.stdout, process.stderr[-3000:]

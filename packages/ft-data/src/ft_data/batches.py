@@ -195,6 +195,50 @@ class Batches:
 OPEN_ROWS = 64  # rows packing keeps open at once (see pack_rows)
 
 
+# -- what a trainer needs from a batch (numpy only: shared by the torch and MLX trainers) ----------
+
+
+def shifted_targets(batch: Batch) -> np.ndarray:
+    """The target of each position but the last: the next token's label, or -100 where that
+    token is not trained or belongs to another example (or is padding)."""
+    labels = batch["labels"][:, 1:]
+    segments = batch["segment_ids"]
+    same_example = segments[:, 1:] == segments[:, :-1]
+    return np.where(same_example & (segments[:, 1:] > 0), labels, IGNORE_INDEX)
+
+
+def target_count(batch: Batch) -> int:
+    """How many next-token targets `batch` trains: a causal LM's loss is summed over these."""
+    return int((shifted_targets(batch) != IGNORE_INDEX).sum())
+
+
+def real_tokens(batch: Batch) -> int:
+    """Non-padding tokens of `batch` (0 for the stand-in row of an idle process)."""
+    return 0 if "_no_tokens" in batch else int(np.sum(batch["attention_mask"]))
+
+
+def is_packed(batch: Batch) -> bool:
+    """True when some row holds more than one example."""
+    return bool((batch["segment_ids"] > 1).any())
+
+
+def process_share(batch: Batch, rank: int, size: int) -> Batch:
+    """Process `rank`'s rows of a global `batch` split among `size` processes: contiguous
+    blocks (`numpy.array_split`, differing by at most one row). A process left without a row
+    gets a stand-in row whose targets are all ignored (marked `_no_tokens`), so it still takes
+    part in every collective step but adds nothing."""
+    if size == 1:
+        return batch
+    rows = np.array_split(np.arange(len(batch["input_ids"])), size)[rank]
+    if len(rows) == 0:
+        empty = {key: value[:1].copy() for key, value in batch.items()}
+        empty["labels"][:] = IGNORE_INDEX
+        empty["loss_mask"][:] = 0
+        empty["_no_tokens"] = np.ones(1, dtype=np.int64)
+        return empty
+    return {key: value[rows] for key, value in batch.items()}
+
+
 def pack_rows(
     indices: list[int], lengths: list[int], capacity: int, open_rows: int = OPEN_ROWS
 ) -> list[list[int]]:

@@ -26,12 +26,13 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
 
 from ft_config import TrainingConfig
-from ft_data.batches import Batches
+from ft_data.batches import Batches, real_tokens
+from ft_data.batches import target_count as trained_tokens
 from ft_models.checkpoint import prune_checkpoints, step_folder, write_checkpoint
 from ft_runs import trainkit
 from ft_train_mlx.distributed import World
 from ft_train_mlx.optim import learning_rate, set_learning_rate
-from ft_train_mlx.packing import model_inputs, real_tokens, summed_loss, trained_tokens
+from ft_train_mlx.packing import model_inputs, summed_loss
 from ft_train_mlx.state import LoopState, seed_micro_batch
 
 Event = dict[str, Any]

@@ -26,33 +26,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-IGNORE_INDEX = -100
-Batch = dict[str, np.ndarray]
+from ft_data.batches import IGNORE_INDEX, Batch, shifted_targets
+
 ABSOLUTE_POSITIONS = ("gpt2",)  # model types whose position embeddings packing would break
-
-
-def shifted_targets(batch: Batch) -> np.ndarray:
-    """The target of each position but the last: the next token's label, or -100 where that
-    token is not trained or belongs to another example."""
-    labels = batch["labels"][:, 1:]
-    segments = batch["segment_ids"]
-    same_example = segments[:, 1:] == segments[:, :-1]
-    return np.where(same_example & (segments[:, 1:] > 0), labels, IGNORE_INDEX)
-
-
-def trained_tokens(batch: Batch) -> int:
-    """How many targets `batch` trains: the loss of the batch is summed over these."""
-    return int((shifted_targets(batch) != IGNORE_INDEX).sum())
-
-
-def real_tokens(batch: Batch) -> int:
-    """Non-padding tokens of `batch` (0 for the stand-in row of an idle process)."""
-    return 0 if "_no_tokens" in batch else int(np.sum(batch["attention_mask"]))
-
-
-def is_packed(batch: Batch) -> bool:
-    """True when some row holds more than one example."""
-    return bool((batch["segment_ids"] > 1).any())
 
 
 def block_causal_mask(segment_ids: np.ndarray) -> np.ndarray:

@@ -27,11 +27,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from ft_train_torch.packing import IGNORE_INDEX, Batch
+from ft_data.batches import Batch, process_share
 
 
 @dataclass(frozen=True)
@@ -51,17 +50,8 @@ class World:
         return self.size > 1
 
     def shard(self, batch: Batch) -> Batch:
-        """This process' rows of the global `batch`."""
-        if self.size == 1:
-            return batch
-        rows = np.array_split(np.arange(len(batch["input_ids"])), self.size)[self.rank]
-        if len(rows) == 0:
-            empty = {key: value[:1].copy() for key, value in batch.items()}
-            empty["labels"][:] = IGNORE_INDEX
-            empty["loss_mask"][:] = 0
-            empty["_no_tokens"] = np.ones(1, dtype=np.int64)
-            return empty
-        return {key: value[rows] for key, value in batch.items()}
+        """This process' rows of the global `batch` (see `ft_data.batches.process_share`)."""
+        return process_share(batch, self.rank, self.size)
 
     def sum(self, value: float, device: torch.device) -> float:
         """`value` summed over all processes (itself when alone)."""

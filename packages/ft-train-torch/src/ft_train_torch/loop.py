@@ -21,16 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ft_config import TrainingConfig
-from ft_data.batches import Batches
+from ft_data.batches import Batch, Batches, real_tokens
 from ft_models.checkpoint import prune_checkpoints, step_folder, write_checkpoint
 from ft_runs import trainkit
 from ft_train_torch.device import peak_memory_bytes
 from ft_train_torch.distributed import World, barrier, gradient_sync
-from ft_train_torch.packing import Batch
 from ft_train_torch.state import LoopState
 
 Event = dict[str, Any]
@@ -138,7 +136,7 @@ def run(
         shards = [world.shard(next(micro_batches)) for _ in range(last - first)]
         # Normalise by the targets of the whole step, on every process, before any backward.
         targets = world.sum(sum(loop.count(b) for b in shards), device)
-        tokens = int(world.sum(sum(_real_tokens(b) for b in shards), device))
+        tokens = int(world.sum(sum(real_tokens(b) for b in shards), device))
         loop.model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for index, batch in enumerate(shards):
@@ -275,7 +273,3 @@ def evaluate_scores(loop: Loop) -> dict[str, float]:
         right = loop.world.sum(correct, loop.device)
         scores["accuracy"] = right / count if count else float("nan")
     return scores
-
-
-def _real_tokens(batch: Batch) -> int:
-    return 0 if "_no_tokens" in batch else int(np.sum(batch["attention_mask"]))

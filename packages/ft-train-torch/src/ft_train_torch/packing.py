@@ -25,17 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
-Batch = dict[str, np.ndarray]
-
-
-def shifted_targets(batch: Batch) -> np.ndarray:
-    """The target of each position but the last: the next token's label, or -100 where that
-    token is not trained or belongs to another example."""
-    labels = batch["labels"][:, 1:]
-    segments = batch["segment_ids"]
-    same_example = segments[:, 1:] == segments[:, :-1]
-    return np.where(same_example & (segments[:, 1:] > 0), labels, IGNORE_INDEX)
+from ft_data.batches import IGNORE_INDEX, Batch, is_packed, shifted_targets, target_count
 
 
 def trained_tokens(batch: Batch, task: str = "causal-lm") -> int:
@@ -43,12 +33,7 @@ def trained_tokens(batch: Batch, task: str = "causal-lm") -> int:
     if task == "sequence-classification":
         # One target a row; a process' empty share of a short batch is labelled IGNORE_INDEX.
         return int((np.asarray(batch["labels"]) != IGNORE_INDEX).sum())
-    return int((shifted_targets(batch) != IGNORE_INDEX).sum())
-
-
-def is_packed(batch: Batch) -> bool:
-    """True when some row holds more than one example."""
-    return bool((batch["segment_ids"] > 1).any())
+    return target_count(batch)
 
 
 def block_causal_mask(
