@@ -21,6 +21,7 @@ from ft_models.checkpoint import (
     list_checkpoints,
     prune_checkpoints,
     read_manifest,
+    staged_folder,
     step_folder,
     write_checkpoint,
 )
@@ -144,3 +145,19 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path):
         for _step, folder in list_checkpoints(tmp_path):
             read_manifest(folder)
         assert latest_valid_checkpoint(tmp_path) is not None, attempt
+
+
+def test_staged_folder_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    final = tmp_path / "runs" / "adapter"
+    with pytest.raises(RuntimeError, match="crash"), staged_folder(final) as build:
+        (build / "adapter_model.safetensors").write_bytes(b"half")
+        raise RuntimeError("crash while saving")
+    assert not final.exists() and list(final.parent.iterdir()) == []
+    with staged_folder(final) as build:
+        (build / "sub").mkdir()
+        (build / "sub" / "a.json").write_text("1")
+    assert (final / "sub" / "a.json").read_text() == "1"
+    with staged_folder(final) as build:  # a second save replaces the first
+        (build / "b.json").write_text("2")
+    assert sorted(p.name for p in final.iterdir()) == ["b.json"]
+    assert [p.name for p in final.parent.iterdir()] == ["adapter"]

@@ -100,20 +100,47 @@ def write_checkpoint(
         }
         # The manifest goes last: a folder without one was never finished.
         atomic_write_text(temp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        for sub in sorted({p.parent for p in temp.rglob("*")}, key=lambda p: -len(p.parts)):
-            fsync_dir(sub)
-        if final.exists():
-            # Keep the old one reachable until the new one is in place.
-            old = final.parent / f".tmp-old-{final.name}-{uuid.uuid4().hex[:8]}"
-            final.rename(old)
-            temp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            temp.rename(final)
-        fsync_dir(final.parent)
+        _put_in_place(temp, final)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """Build a folder that appears under `final` whole or not at all: yields a temporary folder
+    beside it; on a clean exit its files are fsynced and it takes `final`'s name in one rename
+    (an older `final` is replaced only once the new one is in place). On an error it is
+    removed and `final` is untouched. For results without a manifest (a run's final adapter);
+    checkpoints use `write_checkpoint`."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    temp.mkdir()
+    try:
+        yield temp
+        for path in temp.rglob("*"):
+            if path.is_file():
+                _fsync_file(path)
+        _put_in_place(temp, final)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+
+
+def _put_in_place(temp: Path, final: Path) -> None:
+    """fsync `temp`'s folders, then rename it to `final`, keeping an older `final` reachable
+    until the new one is in place."""
+    for sub in sorted({temp, *(p.parent for p in temp.rglob("*"))}, key=lambda p: -len(p.parts)):
+        fsync_dir(sub)
+    if final.exists():
+        old = final.parent / f".tmp-old-{final.name}-{uuid.uuid4().hex[:8]}"
+        final.rename(old)
+        temp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        temp.rename(final)
+    fsync_dir(final.parent)
 
 
 def clean_stale_temporaries(root: Path) -> None:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ft_config import MethodConfig
+from ft_models.checkpoint import staged_folder
 
 METHODS = ("lora", "dora", "qlora", "full")
 ADAPTER_METHODS = ("lora", "dora", "qlora")
@@ -39,16 +38,6 @@ FULL_WEIGHTS = "model.safetensors"
 PEFT_PREFIX = "base_model.model."
 # mlx-lm module paths that transformers names differently (first prefix -> second).
 HF_PREFIX = {"gpt2": ("model.", "transformer."), "gptj": ("model.", "transformer.")}
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "generation_config.json",
-)
 
 
 def check_method(name: str) -> None:
@@ -278,14 +267,12 @@ def save_weights(
     weights = dict(tree_flatten(model.parameters()))
     mx.eval(weights)
     mx.save_safetensors(str(folder / FULL_WEIGHTS), weights, metadata={"format": "mlx"})
-    from ft_models.load import mlx_config_overrides, read_config
+    from ft_models.load import copy_tokenizer_files, mlx_config_overrides, read_config
 
     base = read_config(model_path)
     config = {**base, **mlx_config_overrides(base)}
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    for name in _TOKENIZER_FILES:
-        if (Path(model_path) / name).is_file():
-            shutil.copy2(Path(model_path) / name, folder / name)
+    copy_tokenizer_files(Path(model_path), folder)
 
 
 def load_weights(model: nn.Module, folder: Path, method: MethodConfig, model_type: str) -> None:
@@ -304,21 +291,9 @@ def save_final(
     model_path: Path,
     model_type: str,
 ) -> Path:
-    """Save the result into `final` atomically (built beside it, then renamed into place)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    build = final.with_name(f".tmp-{final.name}-{uuid.uuid4().hex[:8]}")
-    try:
+    """Save the result into `final` whole or not at all (`ft_models.checkpoint.staged_folder`)."""
+    with staged_folder(final) as build:
         save_weights(model, build, method, paths, model_path, model_type)
-        if final.exists():
-            old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
-            final.rename(old)
-            build.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            build.rename(final)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
     return final
 
 

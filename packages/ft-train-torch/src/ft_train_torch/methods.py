@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ft_config import MethodConfig, ModelConfig
+from ft_models.checkpoint import staged_folder
 
 PEFT_METHODS = ("lora", "dora", "qlora", "prefix", "p-tuning")
 PROMPT_METHODS = ("prefix", "p-tuning")
@@ -273,18 +272,6 @@ def _copy_tokenizer(model_path: Path, folder: Path) -> None:
         pass  # a model without a tokenizer (rare): the weights are still complete
 
 
-def publish(build: Path, final: Path) -> None:
-    """Move the finished folder `build` to `final` in one rename; an older `final` is replaced
-    only once the new one is in place."""
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
-        final.rename(old)
-        build.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        build.rename(final)
-
-
 def save_final(
     model: torch.nn.Module,
     final: Path,
@@ -292,13 +279,7 @@ def save_final(
     model_path: Path,
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Save the result into `final` atomically (built in a temporary folder beside it, renamed)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    build = final.with_name(f".tmp-{final.name}-{uuid.uuid4().hex[:8]}")
-    try:
+    """Save the result into `final` whole or not at all (`ft_models.checkpoint.staged_folder`)."""
+    with staged_folder(final) as build:
         save_weights(model, build, method, model_path, state_dict)
-        publish(build, final)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
     return final
