@@ -25,26 +25,19 @@ from typing import Any
 import attrs
 
 from ft_models.device import MLX_MISSING
-from ft_models.load import load_mlx, load_torch, mlx_config_overrides, read_config
+from ft_models.load import (
+    copy_tokenizer_files,
+    load_mlx,
+    load_torch,
+    mlx_config_overrides,
+    read_config,
+)
 
 RELATIVE_TOLERANCE = 1e-4
 """The default tolerance, per unit of the largest torch logit (and at least this, absolute)."""
 
 CHECK_LENGTH = 32
 """Tokens in the default check input."""
-
-# Files an MLX folder needs besides the weights and config: the tokenizer and the chat template.
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-    "generation_config.json",
-)
 
 
 class ConversionError(RuntimeError):
@@ -178,9 +171,7 @@ def convert_to_mlx(
         save_model(staging, model)
         config = {**read_config(folder), **mlx_config_overrides(read_config(folder))}
         save_config(config, staging / "config.json")
-        for name in _TOKENIZER_FILES:
-            if (folder / name).is_file():
-                shutil.copy2(folder / name, staging / name)
+        copy_tokenizer_files(folder, staging)
         check = check_logits(folder, mlx_folder=staging, tolerance=tolerance)
         if dtype is not None:
             # Checked in float32 above; the cast is the only change from here on.

@@ -71,6 +71,30 @@ class ModelLoadError(ValueError):
     """A model folder ft cannot load: what is wrong, in which folder, and what to do."""
 
 
+# What a model folder holds besides the weights and config.json: the tokenizer, the chat
+# template and the generation defaults (files a model may or may not have).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
+
+
+def copy_tokenizer_files(source: Path, dest: Path) -> None:
+    """Copy the `TOKENIZER_FILES` that `source` has into `dest`."""
+    import shutil
+
+    for name in TOKENIZER_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copy2(Path(source) / name, Path(dest) / name)
+
+
 def read_config(folder: Path) -> dict[str, Any]:
     """The folder's `config.json` as a dict. Raises ModelLoadError when it is missing."""
     path = Path(folder) / "config.json"
