@@ -190,3 +190,18 @@ def test_run_job_file_writes_events_and_result(tmp_path: Path, capsys) -> None:
     trainkit.run_job_file([str(job_file)], is_main=lambda: False, **kwargs)
     assert not (tmp_path / "run" / "result.json").exists()
     assert len((tmp_path / "events.jsonl").read_text(encoding="utf-8").splitlines()) == 4
+
+
+def test_due_and_record_evaluation() -> None:
+    # every N steps, or at each epoch's end when unset
+    assert [trainkit.due(3, step, False) for step in (1, 2, 3, 6)] == [False, False, True, True]
+    assert (trainkit.due(None, 5, True), trainkit.due(None, 5, False)) == (True, False)
+    settings = config(early_stopping_patience=2, early_stopping_threshold=0.1).training
+    state = trainkit.LoopState(step=1)
+    results = []
+    for step, loss in ((1, 2.0), (2, 1.95), (3, 1.5), (4, 1.6), (5, 1.45)):
+        state.step = step
+        results.append(trainkit.record_evaluation(state, loss, settings))
+    # 1.95 is not 0.1 better than 2.0; 1.5 is; 1.6 and 1.45 are not: patience 2 runs out.
+    assert results == [(True, False), (False, False), (True, False), (False, False), (False, True)]
+    assert (state.best_metric, state.best_step, state.evals_without_improvement) == (1.5, 3, 2)

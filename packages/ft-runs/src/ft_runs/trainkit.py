@@ -208,6 +208,28 @@ def epoch_ended(batches: Batches, micro_done: int) -> bool:
     return index == batches.batches_in_epoch(epoch) - 1
 
 
+def due(every: int | None, step: int, epoch_ended: bool) -> bool:
+    """Whether an every-N-steps action (`eval_every`, `save_every`) is due after `step`: every
+    `every` steps, or at each epoch's end when `every` is unset."""
+    return step % every == 0 if every else epoch_ended
+
+
+def record_evaluation(state: LoopState, eval_loss: float, settings: Any) -> tuple[bool, bool]:
+    """Count an evaluation at `state.step` into `state` (best metric and step, patience), as
+    `training.early_stopping_threshold` and `_patience` say; `(is_best, stop_early)`."""
+    is_best = (
+        state.best_metric is None
+        or eval_loss < state.best_metric - settings.early_stopping_threshold
+    )
+    if is_best:
+        state.best_metric, state.best_step = eval_loss, state.step
+        state.evals_without_improvement = 0
+    else:
+        state.evals_without_improvement += 1
+    patience = settings.early_stopping_patience
+    return is_best, patience is not None and state.evals_without_improvement >= patience
+
+
 def perplexity(loss: float) -> float:
     """`exp(loss)`, or infinity where that overflows."""
     return math.exp(loss) if loss < 700 else math.inf

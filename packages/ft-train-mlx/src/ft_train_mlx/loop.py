@@ -217,20 +217,10 @@ def run(
         epoch_ended = trainkit.epoch_ended(loop.batches, last)
         final = state.step >= loop.total_steps
         is_best, stop_early = False, False
-        eval_due = (settings.eval_every and state.step % settings.eval_every == 0) or (
-            not settings.eval_every and epoch_ended
-        )
+        eval_due = trainkit.due(settings.eval_every, state.step, epoch_ended)
         if loop.eval_batches is not None and (eval_due or final):
             eval_loss = evaluate(loop)
-            threshold = settings.early_stopping_threshold
-            is_best = state.best_metric is None or eval_loss < state.best_metric - threshold
-            if is_best:
-                state.best_metric, state.best_step = eval_loss, state.step
-                state.evals_without_improvement = 0
-            else:
-                state.evals_without_improvement += 1
-            patience = settings.early_stopping_patience
-            stop_early = patience is not None and state.evals_without_improvement >= patience
+            is_best, stop_early = trainkit.record_evaluation(state, eval_loss, settings)
             metrics.update(eval_loss=eval_loss, perplexity=trainkit.perplexity(eval_loss))
             say(
                 {
@@ -241,9 +231,7 @@ def run(
                     "is_best": is_best,
                 }
             )
-        save_due = (settings.save_every and state.step % settings.save_every == 0) or (
-            not settings.save_every and epoch_ended
-        )
+        save_due = trainkit.due(settings.save_every, state.step, epoch_ended)
         if save_due or is_best or final or stop_early:
             checkpoint(is_best=is_best)
         if stop_early:
