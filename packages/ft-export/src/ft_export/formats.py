@@ -230,13 +230,9 @@ class GGUFExporter:
     def export(
         self, source: ExportSource, out: Path, options: ExportOptions, progress: Progress
     ) -> ExportResult:
-        from ft_export.gguf_convert import GGUF_TYPES
+        from ft_export.gguf_convert import chosen_gguf_type
 
-        gguf_type = (options.quant or "f16").lower()
-        if gguf_type not in GGUF_TYPES:
-            raise ExportError(
-                f"--quant {gguf_type} is not a GGUF type ft writes: {', '.join(GGUF_TYPES)}"
-            )
+        gguf_type = chosen_gguf_type(options.quant, "f16")
 
         def write(build: Path) -> tuple[Verification | None, list[str]]:
             path, merged, notes = write_merged_gguf(source, options, build, gguf_type, progress)

@@ -40,6 +40,19 @@ from gguf.quants import quant_shape_to_byte_shape, quantize
 from ft_export.gguf_vocab import read_vocab
 from ft_export.tensors import iter_file, iter_tensors, read_header, weight_files
 
+
+def chosen_gguf_type(quant: str | None, default: str) -> str:
+    """The GGUF type `--quant` asks for (`default` without one), checked before any work."""
+    from ft_export.types import ExportError
+
+    gguf_type = (quant or default).lower()
+    if gguf_type not in GGUF_TYPES:
+        raise ExportError(
+            f"--quant {gguf_type} is not a GGUF type ft writes: {', '.join(GGUF_TYPES)}"
+        )
+    return gguf_type
+
+
 GGUF_TYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
     "f32": (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
     "f16": (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from ft_export.formats import check_gguf, write_merged_gguf
 from ft_export.types import (
-    ExportError,
     ExportOptions,
     ExportResult,
     ExportSource,
@@ -90,11 +89,9 @@ class OllamaExporter:
         self, source: ExportSource, out: Path, options: ExportOptions, progress: Progress
     ) -> ExportResult:
         from ft_export.formats import _expected_template, _run
-        from ft_export.gguf_convert import GGUF_TYPES
+        from ft_export.gguf_convert import chosen_gguf_type
 
-        gguf_type = (options.quant or "q8_0").lower()
-        if gguf_type not in GGUF_TYPES:
-            raise ExportError(f"--quant {gguf_type} is not a GGUF type: {', '.join(GGUF_TYPES)}")
+        gguf_type = chosen_gguf_type(options.quant, "q8_0")
 
         def write(build: Path) -> tuple[Verification | None, list[str]]:
             forced = ExportOptions(**{**options.__dict__, "verify": True})
