@@ -272,6 +272,18 @@ def add_system_prompt(conversation: Conversation, prompt: str | None) -> Convers
     return dataclasses.replace(conversation, messages=[Message("system", prompt), *messages])
 
 
+def row_conversation(fmt: Format, row: Any, options: PrepareOptions) -> Conversation:
+    """A row as the conversation prepare trains on: through its format, checked (chat), with the
+    configured system prompt and label. Raises `RowProblem` for a row that cannot be used."""
+    conversation = fmt.to_conversation(row)
+    if fmt.kind == "chat":
+        check_conversation(conversation)
+        conversation = add_system_prompt(conversation, options.system_prompt)
+    if options.label_column is not None:
+        conversation = with_label(conversation, row, options.label_column)
+    return conversation
+
+
 def _conversations(
     files: list[Path], fmt: Format, options: PrepareOptions, report: PrepareReport
 ) -> Iterator[tuple[Located, Conversation]]:
@@ -284,12 +296,7 @@ def _conversations(
         for row_number, row in read_file(file, on_bad_utf8=options.on_bad_utf8, on_skip=skipped):
             report.rows_read += 1
             try:
-                conversation = fmt.to_conversation(row)
-                if fmt.kind == "chat":
-                    check_conversation(conversation)
-                    conversation = add_system_prompt(conversation, options.system_prompt)
-                if options.label_column is not None:
-                    conversation = with_label(conversation, row, options.label_column)
+                conversation = row_conversation(fmt, row, options)
             except RowProblem as problem:
                 if options.on_invalid == "error":
                     raise problem.at(

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ft_data.contamination import ContaminationReport, find_contamination
-from ft_data.conversation import Conversation, check_conversation
+from ft_data.conversation import Conversation
 from ft_data.errors import RowProblem
 from ft_data.formats import Format
-from ft_data.prepare import PrepareOptions, add_system_prompt, choose_format, with_label
+from ft_data.prepare import PrepareOptions, choose_format, row_conversation
 from ft_data.quality import DuplicateReport, conversation_text, find_duplicates
 from ft_data.readers import local_files, read_file
 from ft_data.stats import DatasetStats, dataset_stats
@@ -207,12 +207,7 @@ def _conversations(
     for file in files:
         for number, row in read_file(file, on_bad_utf8=options.on_bad_utf8, on_skip=_ignore):
             try:
-                conversation = fmt.to_conversation(row)
-                if fmt.kind == "chat":
-                    check_conversation(conversation)
-                    conversation = add_system_prompt(conversation, options.system_prompt)
-                if options.label_column is not None:
-                    conversation = with_label(conversation, row, options.label_column)
+                conversation = row_conversation(fmt, row, options)
             except RowProblem:
                 continue  # prepare's report names these rows
             yield str(file), number, conversation
