@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ft_models import device
+from ft_models import device, ram
 from ft_models.device import (
     MLX_MISSING,
     TORCH_MISSING,
@@ -218,23 +218,31 @@ def test_memory_info_of_this_machine() -> None:
     assert 0 < info.available_bytes <= info.total_bytes
     assert info.total_bytes > 2**30
     assert info.for_device("cpu") == info.available_bytes
+    assert info.ram_source
     if sys.platform.startswith("linux"):
         assert not info.unified
         assert info.metal_working_set_bytes is None
 
 
 def test_meminfo_and_cgroup_are_read(tmp_path: Path) -> None:
-    meminfo = tmp_path / "meminfo"
-    meminfo.write_text("MemTotal:       16384 kB\nMemFree:  1024 kB\nMemAvailable:    8192 kB\n")
-    cgroup = tmp_path / "cgroup"
+    # Moved with the readers to ft_models.ram (test_ram.py covers cgroup v1, nesting and page
+    # cache); the assertions stay: MemAvailable alone, then capped by a cgroup v2 limit.
+    proc, cgroup = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text(
+        "MemTotal:       16384 kB\nMemFree:  1024 kB\nMemAvailable:    8192 kB\n"
+    )
+    (proc / "self" / "cgroup").write_text("0::/\n")
     cgroup.mkdir()
     (cgroup / "memory.max").write_text("6291456\n")
     (cgroup / "memory.current").write_text("2097152\n")
 
-    assert device._meminfo(meminfo) == (16384 * 1024, 8192 * 1024)
-    assert device._cgroup_limit(cgroup) == (6291456, 4194304)
+    limited = ram.ram(proc=proc, cgroup_root=cgroup)
+    assert (limited.total_bytes, limited.available_bytes) == (6291456, 4194304)
     (cgroup / "memory.max").write_text("max\n")
-    assert device._cgroup_limit(cgroup) is None
+    unlimited = ram.ram(proc=proc, cgroup_root=cgroup)
+    assert (unlimited.total_bytes, unlimited.available_bytes) == (16384 * 1024, 8192 * 1024)
+    assert unlimited.cgroup_limit_bytes is None
 
 
 def test_memory_for_a_device() -> None:
@@ -282,8 +290,9 @@ def test_importable_without_torch_or_mlx() -> None:
 def test_importing_the_modules_imports_no_backend() -> None:
     code = (
         "import sys, ft_models.convert, ft_models.device, ft_models.load, ft_models.memory, "
-        "ft_models.peak_memory; "
-        "print(sorted(m for m in ('torch', 'transformers', 'mlx', 'mlx_lm', 'peft') if m in sys.modules))"
+        "ft_models.peak_memory, ft_models.ram, ft_models.memory_watchdog; "
+        "print(sorted(m for m in ('torch', 'transformers', 'mlx', 'mlx_lm', 'peft', 'psutil') "
+        "if m in sys.modules))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True

@@ -138,27 +138,13 @@ def _chip() -> str:
     return platform.processor() or platform.machine()
 
 
-def _memory_gb() -> tuple[float | None, float | None]:
-    """Total and available RAM in GiB."""
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            fields = {line.split(":")[0]: int(line.split()[1]) for line in f}
-        return fields["MemTotal"] / 2**20, fields.get("MemAvailable", 0) / 2**20
-    except (OSError, KeyError, ValueError):
-        pass
-    try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        return total / 2**30, None
-    except (ValueError, OSError, AttributeError):
-        return None, None
-
-
 def collect() -> dict[str, Any]:
     """Everything `ft doctor` reports, as plain data."""
     from ft_config import app_paths
+    from ft_models.ram import ram
 
     paths = app_paths()
-    total, available = _memory_gb()
+    memory = ram()
     disk_at = next((p for p in (paths.home, *paths.home.parents) if p.exists()), paths.home)
     report: dict[str, Any] = {
         "ft": {
@@ -172,8 +158,9 @@ def collect() -> dict[str, Any]:
             "machine": platform.machine(),
             "chip": _chip(),
             "cores": os.cpu_count(),
-            "ram_gb": round(total, 1) if total else None,
-            "ram_available_gb": round(available, 1) if available else None,
+            "ram_gb": round(memory.total_bytes / 2**30, 1),
+            "ram_available_gb": round(memory.available_bytes / 2**30, 1),
+            "ram_source": memory.source,
             "disk_free_gb": round(shutil.disk_usage(disk_at).free / 2**30, 1),
             "git": shutil.which("git") is not None,
         },
@@ -244,10 +231,11 @@ def _print(report: dict[str, Any]) -> None:
     _line(None, "python", system["python"])
     _line(None, "os", system["os"])
     _line(None, "chip", f"{system['chip']} ({system['cores']} cores)")
-    ram = f"{system['ram_gb']} GiB" + (
-        f", {system['ram_available_gb']} GiB available" if system["ram_available_gb"] else ""
+    memory = (
+        f"{system['ram_gb']} GiB, {system['ram_available_gb']} GiB available "
+        f"({system['ram_source']})"
     )
-    _line(None, "memory", ram)
+    _line(None, "memory", memory)
     _line(None, "disk free", f"{system['disk_free_gb']} GiB (at {report['paths']['home']})")
     _line(
         system["git"],

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import platform
-import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import attrs
+
+from ft_models.ram import ram as read_ram
 
 TORCH_MISSING = 'PyTorch is not installed: pip install "ft-models[torch]"'
 MLX_MISSING = 'MLX is not installed: pip install "ft-models[mlx]"'
@@ -85,6 +84,8 @@ class MemoryInfo:
     a container). On Apple Silicon the GPU shares that RAM: `unified` is True, and
     `metal_working_set_bytes` is the most Metal recommends one process keep wired (from MLX,
     when it is installed). `gpus` lists CUDA devices (empty without torch or a GPU).
+    `ram_source` says what set `available_bytes` ("MemAvailable", "cgroup v1 limit 8.0 GB"),
+    for messages: see `ft_models.ram`.
     """
 
     total_bytes: int
@@ -92,6 +93,7 @@ class MemoryInfo:
     unified: bool = False
     metal_working_set_bytes: int | None = None
     gpus: tuple[GpuMemory, ...] = ()
+    ram_source: str = ""
 
     def for_device(self, device: str) -> int:
         """The memory a training job on `device` (`cpu`, `mps`, `mlx`, `cuda`, `cuda:N`) can
@@ -316,90 +318,21 @@ def pick_dtype(device: str, requested: str = "auto") -> DtypeChoice:
 
 
 def memory_info(*, gpus: bool = True) -> MemoryInfo:
-    """RAM (total and available), unified memory on Apple Silicon, and each CUDA device's
-    memory when `gpus` and torch is installed (which imports torch: seconds, once)."""
-    total, available = _ram_bytes()
+    """RAM (total and available, from `ft_models.ram.ram()`: capped by a cgroup limit), unified
+    memory on Apple Silicon, and each CUDA device's memory when `gpus` and torch is installed
+    (which imports torch: seconds, once)."""
+    ram = read_ram()
     unified = is_apple_silicon()
     working_set = _metal_working_set() if unified else None
     cuda = tuple(_cuda_memory()) if gpus and not unified and _torch_installed() else ()
     return MemoryInfo(
-        total_bytes=total,
-        available_bytes=available,
+        total_bytes=ram.total_bytes,
+        available_bytes=ram.available_bytes,
         unified=unified,
         metal_working_set_bytes=working_set,
         gpus=cuda,
+        ram_source=ram.source,
     )
-
-
-def _ram_bytes() -> tuple[int, int]:
-    """Total and available RAM, from psutil when it is installed, else from the OS."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        vm = psutil.virtual_memory()
-        total, available = int(vm.total), int(vm.available)
-    elif sys.platform.startswith("linux"):
-        total, available = _meminfo()
-    else:
-        total, available = _sysctl_memory()
-    limit = _cgroup_limit()
-    if limit is not None:
-        # In a container the kernel kills the job at the cgroup's limit, whatever the host has.
-        limit_total, limit_free = limit
-        total, available = min(total, limit_total), min(available, limit_free)
-    return total, available
-
-
-def _meminfo(path: Path = Path("/proc/meminfo")) -> tuple[int, int]:
-    fields: dict[str, int] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        name, _, value = line.partition(":")
-        parts = value.split()
-        if parts and parts[0].isdigit():
-            fields[name] = int(parts[0]) * 1024  # the file says kB and means KiB
-    total = fields["MemTotal"]
-    available = fields.get("MemAvailable", fields.get("MemFree", 0) + fields.get("Cached", 0))
-    return total, available
-
-
-def _cgroup_limit(root: Path = Path("/sys/fs/cgroup")) -> tuple[int, int] | None:
-    """(limit, limit - usage) of this process' cgroup v2 memory, or None when unlimited."""
-    try:
-        raw = (root / "memory.max").read_text(encoding="utf-8").strip()
-        if raw == "max":
-            return None
-        limit = int(raw)
-        current = int((root / "memory.current").read_text(encoding="utf-8").strip())
-    except (OSError, ValueError):
-        return None
-    return limit, max(0, limit - current)
-
-
-def _sysctl_memory() -> tuple[int, int]:
-    """macOS: total from `hw.memsize`, available as free + inactive + purgeable pages."""
-    total = int(_run(["sysctl", "-n", "hw.memsize"]) or 0)
-    if not total:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    stats = _run(["vm_stat"]) or ""
-    page = 16384 if is_apple_silicon() else 4096
-    pages = 0
-    for line in stats.splitlines():
-        if "page size of" in line:
-            page = int(line.split("page size of")[1].split()[0])
-        name, _, value = line.partition(":")
-        if name.strip() in ("Pages free", "Pages inactive", "Pages purgeable", "Pages speculative"):
-            pages += int(value.strip().rstrip("."))
-    return total, (pages * page) or total
-
-
-def _run(command: list[str]) -> str | None:
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def _metal_working_set() -> int | None:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import attrs
 
+from ft_models.ram import peak_rss_bytes, rss_bytes
+
 
 @attrs.frozen
 class MeasuredPeak:
@@ -97,7 +99,7 @@ def _child(raw: str) -> None:
     if args["method"] in ("lora", "dora"):
         import peft
     torch.manual_seed(0)
-    baseline = _rss()
+    baseline = rss_bytes()
 
     path = Path(args["model"])
     bf16 = args["dtype"] == "bfloat16"
@@ -139,7 +141,7 @@ def _child(raw: str) -> None:
         optimizer.zero_grad(set_to_none=True)
 
     _trim()
-    loaded = _rss()
+    loaded = rss_bytes()
     peak.reset()
     seconds = 0.0
     for _ in range(args["steps"]):
@@ -155,25 +157,6 @@ def _child(raw: str) -> None:
         "trainable_parameters": sum(p.numel() for p in trainable),
     }
     print(json.dumps(result), flush=True)
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _rss() -> int:
-    kib = _status_kib("VmRSS")
-    if kib is not None:
-        return kib * 1024
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
 
 
 def _trim() -> None:
@@ -193,7 +176,7 @@ class _PeakRss:
     """The peak RSS since `reset()`: VmHWM on Linux, a sampling thread elsewhere."""
 
     def __init__(self) -> None:
-        self._linux = _status_kib("VmHWM") is not None
+        self._linux = Path("/proc/self/clear_refs").exists()
         self._max = 0
         self._thread: threading.Thread | None = None
 
@@ -204,18 +187,18 @@ class _PeakRss:
                 return
             except OSError:
                 self._linux = False
-        self._max = _rss()
+        self._max = rss_bytes()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
     def _sample(self) -> None:
         while True:
-            self._max = max(self._max, _rss())
+            self._max = max(self._max, rss_bytes())
             time.sleep(0.002)
 
     def read(self) -> int:
         if self._linux:
-            kib = _status_kib("VmHWM")
-            assert kib is not None
-            return kib * 1024
-        return max(self._max, _rss())
+            peak = peak_rss_bytes()
+            assert peak is not None
+            return peak
+        return max(self._max, rss_bytes())
