@@ -1,7 +1,10 @@
 """Packed rows keep attention inside each example: a packed batch has the loss of the same
-examples padded one per row (fp32, to 1e-5 relative)."""
+examples padded one per row (fp32, to 1e-5 relative), at a memory cost linear in the row's
+length."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -9,9 +12,9 @@ import torch
 
 from ft_data.batches import Batches
 from ft_data.hdf5 import PreparedDataset
+from ft_train_torch.attention import Segments, packed_attention, register
 from ft_train_torch.packing import (
     OutputAtTargets,
-    block_causal_mask,
     causal_lm_loss,
     model_inputs,
     selected_lm_loss,
@@ -21,8 +24,8 @@ from ft_train_torch.packing import (
 )
 
 
-def _forward(model, batch, attn: str) -> tuple[torch.Tensor, float, int]:
-    inputs = model_inputs(batch, torch.device("cpu"), attn_implementation=attn)
+def _forward(model, batch) -> tuple[torch.Tensor, float, int]:
+    inputs = model_inputs(batch, torch.device("cpu"))
     with torch.no_grad():
         logits = model(**inputs).logits
     return logits, float(causal_lm_loss(logits, batch)), trained_tokens(batch)
@@ -37,22 +40,12 @@ def _per_example(logits: torch.Tensor, segment_ids: np.ndarray) -> list[torch.Te
     return out
 
 
-@pytest.mark.parametrize(
-    ("arch", "attn"),
-    [
-        ("llama", "sdpa"),
-        ("llama", "eager"),
-        ("qwen2", "sdpa"),
-        ("mistral", "sdpa"),
-        ("gemma", "sdpa"),
-        ("phi3", "sdpa"),
-    ],
-)
-def test_packed_loss_equals_padded_loss(arch, attn, tiny_model_factory, prepared) -> None:
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma", "phi3"])
+def test_packed_loss_equals_padded_loss(arch, tiny_model_factory, prepared) -> None:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        tiny_model_factory(arch), dtype=torch.float32, attn_implementation=attn
+        tiny_model_factory(arch), dtype=torch.float32, attn_implementation=register()
     ).eval()
     with PreparedDataset(prepared(arch)[0]) as dataset:
         packing = Batches(dataset, batch_size=2, max_seq_length=384, mode="pack", shuffle=False)
@@ -67,8 +60,8 @@ def test_packed_loss_equals_padded_loss(arch, attn, tiny_model_factory, prepared
             dataset, batch_size=len(dataset), max_seq_length=384, mode="pad", shuffle=False
         ).batch(0)
         padded = {key: value[members] for key, value in everything.items()}
-    packed_logits, packed_sum, packed_count = _forward(model, packed, attn)
-    padded_logits, padded_sum, padded_count = _forward(model, padded, attn)
+    packed_logits, packed_sum, packed_count = _forward(model, packed)
+    padded_logits, padded_sum, padded_count = _forward(model, padded)
     assert packed_count == padded_count > 0
     assert packed_sum / packed_count == pytest.approx(padded_sum / padded_count, rel=1e-5)
     # Token by token too: every example's logits are those it gets alone.
@@ -90,30 +83,159 @@ def test_packed_loss_equals_padded_loss(arch, attn, tiny_model_factory, prepared
     assert max(float((a - b).abs().max()) for a, (_, b) in zip(leaked, pairs, strict=True)) > 1e-3
 
 
-def test_mask_and_targets() -> None:
-    segments = torch.tensor([[1, 1, 2, 2, 2, 0]])
-    mask = block_causal_mask(segments, boolean=True, dtype=torch.float32)[0, 0]
-    expected = torch.tensor(
-        [
-            [1, 0, 0, 0, 0, 0],
-            [1, 1, 0, 0, 0, 0],
-            [0, 0, 1, 0, 0, 0],
-            [0, 0, 1, 1, 0, 0],
-            [0, 0, 1, 1, 1, 0],
-            [0, 0, 0, 0, 0, 1],  # padding sees itself only: no empty softmax row
-        ],
-        dtype=torch.bool,
-    )
-    assert torch.equal(mask, expected)
-    additive = block_causal_mask(segments, boolean=False, dtype=torch.float32)[0, 0]
-    assert torch.equal(additive == 0, expected)
-    window = block_causal_mask(
-        torch.ones(1, 4, dtype=torch.long), boolean=True, dtype=torch.float32, sliding_window=2
-    )[0, 0]
-    assert window.sum(dim=1).tolist() == [1, 2, 2, 2]
-    batch = {"labels": np.array([[-100, 5, 6, 7, 8, -100]]), "segment_ids": segments.numpy()}
+def test_layout_and_targets() -> None:
+    segments = np.array([[1, 1, 2, 2, 2, 0], [1, 1, 1, 1, 1, 1]])
+    layout = Segments.of(segments)
+    # Examples by length: the 6-token row, then the 3 and 2 token ones (2 >= 0.8 * 3 is false).
+    assert [tuple(b.shape) for b in layout.buckets] == [(1, 6), (1, 3), (1, 2)]
+    assert layout.buckets[1].tolist() == [[2, 3, 4]]
+    assert layout.buckets[2].tolist() == [[0, 1]]
+    # Row-major flat positions -> their place in the bucket outputs; padding -> the zero row.
+    assert layout.order.tolist() == [9, 10, 6, 7, 8, 11, 0, 1, 2, 3, 4, 5]
+    # A short example in a longer bucket repeats its last position (never seen causally).
+    assert Segments.of(np.array([[1, 1, 1, 1, 1, 2, 2, 2, 2, 0]])).buckets[0].tolist() == [
+        [0, 1, 2, 3, 4],
+        [5, 6, 7, 8, 8],
+    ]
+    batch = {"labels": np.array([[-100, 5, 6, 7, 8, -100]]), "segment_ids": segments[:1]}
     # Position 1 -> 2 crosses into example 2: 6 is a trained label, but not a target there.
     assert shifted_targets(batch).tolist() == [[5, -100, 7, 8, -100]]
+
+
+def _reference(q, k, v, segments, *, window=None, softcap=None):
+    """Attention of each example alone, computed the long way (float64 scores)."""
+    out = torch.zeros(q.shape[0], q.shape[2], q.shape[1], v.shape[-1], dtype=q.dtype)
+    groups = q.shape[1] // k.shape[1]
+    for row in range(segments.shape[0]):
+        for segment in set(segments[row].tolist()) - {0}:
+            at = torch.as_tensor(np.flatnonzero(segments[row] == segment))
+            qs, ks, vs = q[row][:, at], k[row][:, at], v[row][:, at]
+            ks, vs = ks.repeat_interleave(groups, 0), vs.repeat_interleave(groups, 0)
+            scores = qs @ ks.transpose(-1, -2) / q.shape[-1] ** 0.5
+            if softcap is not None:
+                scores = torch.tanh(scores / softcap) * softcap
+            i = torch.arange(len(at))
+            allowed = i[None, :] <= i[:, None]
+            if window is not None:
+                allowed &= i[:, None] - i[None, :] < window
+            scores = scores.masked_fill(~allowed, float("-inf"))
+            out[row, at] = (scores.softmax(-1) @ vs).transpose(0, 1)
+    return out
+
+
+@pytest.mark.parametrize(("window", "softcap"), [(None, None), (3, None), (None, 30.0), (4, 50.0)])
+def test_packed_attention_is_each_example_alone(window, softcap) -> None:
+    """Grouped-query attention over examples of mixed lengths, sliding windows shorter than an
+    example, and Gemma 2's soft-capped scores: every real position gets what its example
+    alone gives, and padding gets zeros."""
+    torch.manual_seed(0)
+    segments = np.array([[1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 3, 0], [1] * 9 + [2, 2, 2]])
+    q = torch.randn(2, 4, 12, 8, dtype=torch.float64)
+    k, v = (
+        torch.randn(2, 2, 12, 8, dtype=torch.float64),
+        torch.randn(2, 2, 12, 8, dtype=torch.float64),
+    )
+    module = torch.nn.Module().eval()
+    out, _ = packed_attention(
+        module,
+        q,
+        k,
+        v,
+        None,
+        segments=Segments.of(segments),
+        sliding_window=window,
+        softcap=softcap,
+    )
+    expected = _reference(q, k, v, segments, window=window, softcap=softcap)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    assert float(out[0, 11].abs().max()) == 0.0
+
+
+def test_mixed_sliding_and_full_layers_pack(tiny_model_factory, prepared) -> None:
+    """A model whose layers mix sliding-window and full attention (Qwen2 with layer_types, as
+    Qwen2.5 and Gemma 2/3 have) packs: each layer applies its own window inside each example."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config.from_pretrained(tiny_model_factory("qwen2"))
+    config.use_sliding_window, config.sliding_window = True, 8
+    config.layer_types = ["sliding_attention", "full_attention"]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=register()).eval()
+    # A config of its own: from_config sets the attention implementation on the config.
+    reference = AutoModelForCausalLM.from_config(
+        copy.deepcopy(config), attn_implementation="eager"
+    ).eval()
+    reference.load_state_dict(model.state_dict())
+    with PreparedDataset(prepared("qwen2")[0]) as dataset:
+        packed = Batches(
+            dataset, batch_size=1, max_seq_length=256, mode="pack", shuffle=False
+        ).batch(0)
+    segments = packed["segment_ids"][0]
+    assert segments.max() >= 3 and np.bincount(segments)[1:].min() > 8  # longer than the window
+    with torch.no_grad():
+        logits = model(**model_inputs(packed, torch.device("cpu"))).logits[0]
+        for segment in range(1, int(segments.max()) + 1):
+            at = np.flatnonzero(segments == segment)
+            alone = reference(input_ids=torch.as_tensor(packed["input_ids"][:, at])).logits[0]
+            torch.testing.assert_close(logits[at], alone, rtol=1e-4, atol=1e-4)
+
+
+def _saved_bytes(model, batch) -> int:
+    """Bytes autograd keeps for the backward pass of `batch`'s forward (the activations)."""
+    sizes: list[int] = []
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        sizes.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        model(**model_inputs(batch, torch.device("cpu"))).logits.sum()
+    return sum(sizes)
+
+
+def test_memory_grows_linearly_with_the_row_length(tiny_model_factory) -> None:
+    """Rows of 64-token examples: doubling the row's length doubles what the forward pass keeps
+    (a row-sized mask would quadruple its share); the same rows with a dense block mask, the
+    way packing worked before, grow faster."""
+    from transformers import AutoModelForCausalLM
+
+    path = tiny_model_factory("llama")
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=register())
+    model.requires_grad_(True)
+
+    def batch(length: int) -> dict[str, np.ndarray]:
+        segments = (np.arange(length) // 64 + 1)[None]
+        ids = np.random.default_rng(0).integers(0, 500, (1, length))
+        return {
+            "input_ids": ids,
+            "labels": ids,
+            "segment_ids": segments,
+            "position_ids": (np.arange(length) % 64)[None],
+            "attention_mask": np.ones((1, length), dtype=np.int64),
+        }
+
+    short, long = _saved_bytes(model, batch(1024)), _saved_bytes(model, batch(4096))
+    assert 3.9 < long / short < 4.1  # 4x the tokens, 4x the memory
+    dense = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
+    dense.requires_grad_(True)
+
+    def dense_bytes(length: int) -> int:
+        b = batch(length)
+        segments = torch.as_tensor(b["segment_ids"])
+        i = torch.arange(length)
+        mask = (segments[:, :, None] == segments[:, None, :]) & (i[None, :] <= i[:, None])
+        sizes: list[int] = []
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: sizes.append(t.numel() * t.element_size()) or t, lambda t: t
+        ):
+            dense(
+                input_ids=torch.as_tensor(b["input_ids"]),
+                position_ids=torch.as_tensor(b["position_ids"]),
+                attention_mask=mask[:, None],
+            ).logits.sum()
+        return sum(sizes)
+
+    assert dense_bytes(4096) / dense_bytes(1024) > 6  # the L x L mask term takes over
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma"])
@@ -126,7 +248,9 @@ def test_logits_at_targets_only_give_the_same_loss_and_gradients(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_factory(arch), dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(
+        tiny_model_factory(arch), dtype=torch.float32, attn_implementation=register()
+    )
     model = get_peft_model(
         base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     )

@@ -18,6 +18,7 @@ import torch
 
 from ft_data.batches import Batches
 from ft_data.hdf5 import PreparedDataset
+from ft_train_torch.attention import register as register_attention
 from ft_train_torch.device import pick_device
 from ft_train_torch.methods import read_classes
 from ft_train_torch.packing import (
@@ -83,8 +84,11 @@ def load_for_eval(
                 model_path, dtype=dtype, attn_implementation="sdpa", **kwargs
             )
     else:
+        # ft's per-example attention (packed rows cost memory linear in their length), but
+        # for prompt-learning adapters, whose virtual tokens need SDPA's 2D padding mask.
+        attention = "sdpa" if _is_prompt_learning(adapter_path) else register_attention()
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=dtype, attn_implementation="sdpa"
+            model_path, dtype=dtype, attn_implementation=attention
         )
     if adapter_path is not None:
         from peft import PeftModel
@@ -94,6 +98,16 @@ def load_for_eval(
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
             model = PeftModel.from_pretrained(model, adapter_path)
     return model.to(pick_device(device)).eval()
+
+
+def _is_prompt_learning(adapter: Path | None) -> bool:
+    """Whether `adapter` is a peft prefix-tuning or P-tuning adapter (virtual tokens)."""
+    if adapter is None:
+        return False
+    import json
+
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    return config.get("peft_type") in ("PREFIX_TUNING", "P_TUNING", "PROMPT_TUNING")
 
 
 def evaluate_loss(
@@ -106,7 +120,6 @@ def evaluate_loss(
 ) -> LossResult:
     """Mean loss per trained token of `model` over every example of the prepared `dataset`."""
     device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
     with PreparedDataset(dataset) as data:
         if not len(data):
             raise ValueError(f"{dataset}: the dataset has no examples to evaluate on")
@@ -128,7 +141,7 @@ def evaluate_loss(
         try:
             with torch.no_grad():
                 for batch in batches.iter_from(0, epochs=1):
-                    inputs = model_inputs(batch, device, dtype=dtype)
+                    inputs = model_inputs(batch, device, prompt_learning=output is None)
                     if output is None:
                         total += float(causal_lm_loss(model(**inputs).logits, batch))
                     else:

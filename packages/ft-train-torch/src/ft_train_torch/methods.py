@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from ft_config import MethodConfig, ModelConfig
 from ft_models.checkpoint import staged_folder
+from ft_train_torch.attention import register as register_attention
 
 PEFT_METHODS = ("lora", "dora", "qlora", "prefix", "p-tuning")
 PROMPT_METHODS = ("prefix", "p-tuning")
@@ -68,8 +69,11 @@ def load_base_model(
     import transformers
 
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model.trust_remote_code}
-    # SDPA: transformers' default; packed batches hand it a boolean block-diagonal mask.
-    kwargs["attn_implementation"] = "sdpa"
+    # A causal LM attends per example (ft_train_torch.attention: packed rows at a cost linear
+    # in their length); classifiers and prompt-learning methods (whose virtual tokens need
+    # the 2D padding mask) keep SDPA, transformers' default.
+    per_example = model.task == "causal-lm" and method.name not in PROMPT_METHODS
+    kwargs["attn_implementation"] = register_attention() if per_example else "sdpa"
     if method.name == "qlora":
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=method.quant_bits == 4,

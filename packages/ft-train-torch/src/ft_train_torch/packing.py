@@ -1,12 +1,10 @@
 """From ft-data's numpy batches to model inputs, and the losses.
 
 A packed row holds several examples one after another (`segment_ids` 1..k, 0 on padding;
-`position_ids` restarting at 0 for each). Attention must stay inside each example, so a packed
-batch goes to the model as a 4D mask, `(batch, 1, length, length)`, block-diagonal and causal:
-query q sees key k when both are in the same example and k <= q. transformers (4.56 and 5.x)
-hands a 4D mask to the attention function as it is (`masking_utils._preprocess_mask_arguments`:
-"If the mask is already 4D, simply return as-is"). SDPA takes it as a boolean mask (True:
-attend); eager adds it to the scores, so there it is 0 / the dtype's minimum.
+`position_ids` restarting at 0 for each). Attention must stay inside each example: the model
+runs with ft's attention implementation (`ft_train_torch.attention`), which attends to each
+example on its own, given the batch's layout (`segments`) as a forward keyword argument. No
+`(length x length)` mask is ever built, so memory grows linearly with the row's length.
 
 The loss is a sum of token cross-entropies, never a mean: the loop divides by the number of
 trained tokens of the whole optimizer step (every micro-batch, every process), so accumulation
@@ -26,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ft_data.batches import IGNORE_INDEX, Batch, is_packed, shifted_targets, target_count
+from ft_train_torch.attention import Segments, register
 
 
 def trained_tokens(batch: Batch, task: str = "causal-lm") -> int:
@@ -36,50 +35,20 @@ def trained_tokens(batch: Batch, task: str = "causal-lm") -> int:
     return target_count(batch)
 
 
-def block_causal_mask(
-    segment_ids: torch.Tensor,
-    *,
-    boolean: bool,
-    dtype: torch.dtype,
-    sliding_window: int | None = None,
-) -> torch.Tensor:
-    """The `(batch, 1, length, length)` mask that keeps attention causal and inside each example.
-
-    Padding (segment 0) attends to itself only, so no row of the softmax is empty (an all-masked
-    row gives NaN in SDPA); its outputs are never trained.
-    """
-    length = segment_ids.shape[1]
-    index = torch.arange(length, device=segment_ids.device)
-    causal = index[None, :] <= index[:, None]  # (q, k)
-    if sliding_window is not None:
-        causal &= index[:, None] - index[None, :] < sliding_window
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (b, q, k)
-    allowed = (same & causal[None] & (segment_ids[:, None, :] > 0)) | torch.eye(
-        length, dtype=torch.bool, device=segment_ids.device
-    )[None]
-    allowed = allowed[:, None]
-    if boolean:
-        return allowed
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
-        ~allowed, torch.finfo(dtype).min
-    )
-
-
 def model_inputs(
     batch: Batch,
     device: torch.device,
     *,
-    attn_implementation: str = "sdpa",
-    dtype: torch.dtype = torch.float32,
-    sliding_window: int | None = None,
     prompt_learning: bool = False,
     task: str = "causal-lm",
-) -> dict[str, torch.Tensor]:
+) -> dict[str, torch.Tensor | Segments]:
     """The keyword arguments of the model's forward for `batch`.
 
-    Unpacked batches get the 2D padding mask and their position ids; packed ones the 4D
-    block-diagonal mask. Prefix tuning and P-tuning add virtual tokens that peft fits to a 2D
-    mask only, so they take neither position ids nor packed rows.
+    A causal LM gets the batch's position ids and its layout of examples (`segments`), which
+    ft's attention (`attention.ATTENTION`, see `use_packed_attention`) reads: packed or not,
+    attention stays inside each example, at a memory cost linear in the row's length. Prefix
+    tuning and P-tuning add virtual tokens that peft fits to a 2D mask only, so they take the
+    2D padding mask, no position ids and no packed rows.
     """
     input_ids = torch.as_tensor(batch["input_ids"], device=device)
     inputs = {"input_ids": input_ids}
@@ -96,17 +65,15 @@ def model_inputs(
         inputs["attention_mask"] = torch.as_tensor(batch["attention_mask"], device=device)
         return inputs
     inputs["position_ids"] = torch.as_tensor(batch["position_ids"], device=device)
-    if is_packed(batch):
-        segments = torch.as_tensor(batch["segment_ids"], device=device)
-        inputs["attention_mask"] = block_causal_mask(
-            segments,
-            boolean=attn_implementation != "eager",
-            dtype=dtype,
-            sliding_window=sliding_window,
-        )
-    else:
-        inputs["attention_mask"] = torch.as_tensor(batch["attention_mask"], device=device)
+    inputs["segments"] = Segments.of(batch["segment_ids"], device)
     return inputs
+
+
+def use_packed_attention(model: torch.nn.Module) -> None:
+    """Switch a transformers causal LM (or the peft model around one) to ft's per-example
+    attention (`ft_train_torch.attention`), which `model_inputs`' `segments` drive."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.set_attn_implementation(register())
 
 
 def causal_lm_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -247,19 +247,9 @@ class TorchTrainer:
                 )
 
             cast = autocast(precision, device)
-            attn = getattr(base.config, "_attn_implementation", "sdpa") or "sdpa"
-            window = _sliding_window(base.config, config.data.max_seq_length)
 
             def logits_of(module: torch.nn.Module, batch: dict[str, np.ndarray]) -> torch.Tensor:
-                inputs = model_inputs(
-                    batch,
-                    device,
-                    attn_implementation=attn,
-                    dtype=dtype,
-                    sliding_window=window,
-                    prompt_learning=prompt,
-                    task=task,
-                )
+                inputs = model_inputs(batch, device, prompt_learning=prompt, task=task)
                 with cast():
                     return (forward if module is wrapped else module)(**inputs).logits
 
@@ -460,25 +450,6 @@ def _batching_mode(dataset: PreparedDataset, *, packing: bool) -> str:
     if attrs.get("format") == "text" and not attrs.get("max_length"):
         return "chunk"
     return "pack" if packing else "pad"
-
-
-def _sliding_window(model_config: Any, max_seq_length: int) -> int | None:
-    """The attention window to build into packed masks, when every layer uses one shorter than
-    the rows (a 4D mask bypasses transformers' own sliding-window masks)."""
-    window = getattr(model_config, "sliding_window", None)
-    if (
-        not window
-        or window >= max_seq_length
-        or getattr(model_config, "use_sliding_window", True) is False
-    ):
-        return None
-    layer_types = getattr(model_config, "layer_types", None)
-    if layer_types and any(kind != "sliding_attention" for kind in layer_types):
-        raise ValueError(
-            "this model mixes sliding-window and full-attention layers, which one packed mask cannot express: "
-            f"set data.packing: false, or data.max_seq_length <= {window}"
-        )
-    return int(window)
 
 
 def choose_batch_size(
