@@ -69,27 +69,26 @@ class Outcome:
 
 
 def gradient_function(model: nn.Module, compiled: bool) -> Callable[..., Any]:
-    """`grads(*model_inputs(batch)) -> (summed loss, gradients)`; with `compiled`, an
-    `mx.compile`d function per mask kind. Its inputs and outputs are the model's state
-    (value_and_grad swaps the weights in and out) and MLX's random state, which dropout draws
-    from."""
+    """`grads(*model_inputs(batch)) -> (summed loss, gradients)`; with `compiled`, unpacked rows
+    run an `mx.compile`d function. Its inputs and outputs are the model's state (value_and_grad
+    swaps the weights in and out) and MLX's random state, which dropout draws from.
+
+    Packed rows are not compiled: their examples' layout (`PackedSegments`) has shapes of its
+    own in nearly every batch, so a compiled function would be traced again at almost every
+    step, and its cache would grow for the whole run."""
 
     def plain(*arrays: mx.array) -> mx.array:
         return summed_loss(model, *arrays, None)
 
-    def masked(*arrays: mx.array) -> mx.array:
-        return summed_loss(model, *arrays)
-
     plain_grad = nn.value_and_grad(model, plain)
-    masked_grad = nn.value_and_grad(model, masked)
+    packed_grad = nn.value_and_grad(model, lambda *inputs: summed_loss(model, *inputs))
     if compiled:
         state = [model.state, mx.random.state]
         plain_grad = mx.compile(plain_grad, inputs=state, outputs=state)
-        masked_grad = mx.compile(masked_grad, inputs=state, outputs=state)
 
     def grads(*inputs: Any) -> Any:
         *arrays, mask = inputs
-        return plain_grad(*arrays) if mask is None else masked_grad(*arrays, mask)
+        return plain_grad(*arrays) if mask is None else packed_grad(*arrays, mask)
 
     return grads
 

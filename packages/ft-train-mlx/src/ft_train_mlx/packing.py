@@ -1,11 +1,16 @@
-"""From ft-data's numpy batches to MLX inputs, the attention mask of packed rows, and the loss.
+"""From ft-data's numpy batches to MLX inputs, attention inside the examples of packed rows, and
+the loss.
 
 A packed row holds several examples (`segment_ids` 1..k, 0 on padding). Attention must stay
-inside each example: query q sees key k when both are in the same example and k <= q. mlx-lm's
-models build their mask with `create_attention_mask(h, cache)`, which asks the layer's cache
-for it (`cache.make_mask`). So a packed batch runs with one `BlockMask` per layer: a stand-in
-cache that keeps nothing and answers with the block-diagonal causal mask. Every mlx-lm model
-that takes a cache (all of them) gets the mask without a change to its code.
+inside each example: query q sees key k when both are in the same example and k <= q.
+`model_inputs` finds the examples of a packed batch once, in numpy (`segments.segment_layout`),
+and `summed_loss` runs the model with one `PackedCache` per layer: a stand-in for mlx-lm's KV
+cache that keeps nothing and, asked for the attention mask (`create_attention_mask(h, cache)`
+calls `cache.make_mask`), answers with the `PackedSegments`. The model's attention then runs
+per example (`segments.use_segmented_attention`), in memory linear in the row's length. A model
+that does not attend through mlx-lm's `scaled_dot_product_attention` (gemma2) runs one row at a
+time with the dense `(1, 1, width, width)` block-diagonal causal mask, and one that asks its cache
+for an array gets that mask for the batch: correct, but quadratic in the row's length.
 
 Positions: mlx-lm rotates queries and keys by their place in the row (RoPE), not by
 `position_ids`. RoPE scores depend only on the distance between query and key, and attention
@@ -20,6 +25,7 @@ starts another example (or is padding) is not a target.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import mlx.core as mx
@@ -27,39 +33,37 @@ import mlx.nn as nn
 import numpy as np
 
 from ft_data.batches import IGNORE_INDEX, Batch, shifted_targets
+from ft_train_mlx.segments import (
+    PackedSegments,
+    block_causal_mask,
+    segment_layout,
+    use_segmented_attention,
+)
 
 ABSOLUTE_POSITIONS = ("gpt2",)  # model types whose position embeddings packing would break
 
 
-def block_causal_mask(segment_ids: np.ndarray) -> np.ndarray:
-    """The `(batch, 1, length, length)` boolean mask (True: attend) that keeps attention causal
-    and inside each example. Padding attends to itself only, so no softmax row is empty."""
-    length = segment_ids.shape[1]
-    index = np.arange(length)
-    causal = index[None, :] <= index[:, None]
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    allowed = (same & causal[None] & (segment_ids[:, None, :] > 0)) | np.eye(length, dtype=bool)[
-        None
-    ]
-    return allowed[:, None]
-
-
-class BlockMask:
-    """A per-layer stand-in for mlx-lm's KV cache: stores nothing, hands out `mask`."""
+class PackedCache:
+    """A per-layer stand-in for mlx-lm's KV cache: stores nothing, and hands out the mask of a
+    packed batch: its `segments` (attention per example), or the dense block mask of
+    `segment_ids` where there are no segments or the model asks for an array."""
 
     offset = 0
 
-    def __init__(self, mask: mx.array) -> None:
-        self.mask = mask
+    def __init__(self, segment_ids: mx.array, segments: PackedSegments | None = None) -> None:
+        self.segment_ids = segment_ids
+        self.segments = segments
 
     def make_mask(self, n: int, return_array: bool = False, window_size: int | None = None) -> Any:
-        return self.mask
+        if return_array or self.segments is None:
+            return block_causal_mask(self.segment_ids, window_size)
+        return dataclasses.replace(self.segments, window=window_size)
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         return keys, values
 
 
-Inputs = tuple[mx.array, mx.array, mx.array, mx.array, "mx.array | None"]
+Inputs = tuple[mx.array, mx.array, mx.array, mx.array, "PackedSegments | None"]
 
 
 def model_inputs(batch: Batch, *, multiple: int = 16) -> Inputs:
@@ -68,8 +72,9 @@ def model_inputs(batch: Batch, *, multiple: int = 16) -> Inputs:
     `index` lists the flat positions (row * width + column) whose next token is a target, and
     `targets` those tokens: the loss needs the logits there only (see `summed_loss`). Columns
     after the last token of every row are cut (to a multiple of `multiple`, so compiled shapes
-    repeat): padding at the end of a row changes nothing before it. The mask is only built for
-    packed rows; other rows are plainly causal (right padding is never attended to).
+    repeat): padding at the end of a row changes nothing before it. `mask` (the examples' layout)
+    is only built for packed rows; for other rows it is None: plainly causal (right padding is
+    never attended to).
     """
     segments = batch["segment_ids"]
     used = np.flatnonzero(segments.any(axis=0))
@@ -94,7 +99,7 @@ def model_inputs(batch: Batch, *, multiple: int = 16) -> Inputs:
         mx.array(index.astype(np.int32)),
         mx.array(targets.astype(np.int32)),
         mx.array(weights),
-        mx.array(block_causal_mask(segments)) if packed else None,
+        segment_layout(segments) if packed else None,
     )
 
 
@@ -118,25 +123,45 @@ def _head(model: nn.Module) -> Any:
     return None
 
 
+def _outputs(model: nn.Module, ids: mx.array, mask: PackedSegments | None) -> tuple[mx.array, bool]:
+    """The model's last hidden states (True) or, without a separable head, its logits (False)."""
+
+    def run(ids: mx.array, cache: Any) -> tuple[mx.array, bool]:
+        hidden = hidden_states(model, ids, cache)
+        return (model(ids, cache=cache), False) if hidden is None else (hidden, True)
+
+    if mask is None:
+        return run(ids, None)
+    layers = len(model.layers)
+    if use_segmented_attention(model):
+        return run(ids, [PackedCache(mask.segment_ids, mask)] * layers)
+    # The dense fallback runs one row at a time: a model that builds its own attention may
+    # shape its scores so that a batched mask does not broadcast (gemma2 groups the query heads
+    # of each key/value head: (batch, kv_heads, repeats, q, k) scores), and a (1, 1, q, k) mask
+    # broadcasts against any of them.
+    rows = [
+        run(ids[r : r + 1], [PackedCache(mask.segment_ids[r : r + 1])] * layers)
+        for r in range(ids.shape[0])
+    ]
+    return mx.concatenate([out for out, _ in rows]), rows[0][1]
+
+
 def summed_loss(
     model: nn.Module,
     ids: mx.array,
     index: mx.array,
     targets: mx.array,
     weights: mx.array,
-    mask: mx.array | None,
+    mask: PackedSegments | None,
 ) -> mx.array:
     """The summed cross-entropy of the targets (fp32, whatever the logits' dtype).
 
     The output head runs on the target positions only: over a large vocabulary it is most of a
     small model's work, and prompts and padding (often half the tokens) need no logits.
     """
-    cache = [BlockMask(mask)] * len(model.layers) if mask is not None else None
-    hidden = hidden_states(model, ids, cache)
-    if hidden is None:
-        logits = model(ids, cache=cache)
-        picked = logits.reshape(-1, logits.shape[-1])[index]
-    else:
-        picked = _head(model)(hidden.reshape(-1, hidden.shape[-1])[index])
+    outputs, hidden = _outputs(model, ids, mask)
+    picked = outputs.reshape(-1, outputs.shape[-1])[index]
+    if hidden:
+        picked = _head(model)(picked)
     losses = nn.losses.cross_entropy(picked.astype(mx.float32), targets, reduction="none")
     return (losses * weights).sum()

@@ -132,6 +132,12 @@ class MLXTrainer:
                 checkpoint_layers(model)
                 if settings.compile:
                     note("warning", "training.compile is off with gradient_checkpointing on MLX")
+            elif settings.compile and config.data.packing:
+                note(
+                    "info",
+                    "training.compile applies to unpacked rows only on MLX: the examples of "
+                    "packed rows change shape at every batch (see ft_train_mlx.loop)",
+                )
             trainable, total = count_parameters(model)
             if self.initial_adapter is not None and job.resume_from is None:
                 if method.name == "full":
