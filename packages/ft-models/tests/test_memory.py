@@ -7,11 +7,8 @@ from ft_models.memory import (
     ALLOCATOR_FACTOR,
     FRAMEWORK_BYTES,
     NF4_BYTES_PER_PARAM,
-    InsufficientMemoryError,
     activation_bytes_per_token,
-    auto_batch_size,
     estimate_training_memory,
-    is_out_of_memory,
     resolve_lora_targets,
 )
 from ft_models.shape import ModelShape
@@ -262,103 +259,6 @@ def test_counted_activations_match_what_autograd_saves(tiny_llama: Path) -> None
 # -- auto batch size --------------------------------------------------------------------------
 
 
-def test_auto_batch_size_from_the_estimate_alone() -> None:
-    def total(batch: int) -> int:
-        return estimate_training_memory(SMOLLM2, batch_size=batch, seq_len=512).total_bytes
-
-    limit = int(total(8) / 0.9) + 1
-
-    assert auto_batch_size(SMOLLM2, memory_limit_bytes=limit, seq_len=512) == 8
-    assert auto_batch_size(SMOLLM2, memory_limit_bytes=limit - 2, seq_len=512) == 4
-    assert auto_batch_size(SMOLLM2, memory_limit_bytes=10**15, seq_len=512, max_batch_size=64) == 64
-
-
-def test_auto_batch_size_backs_off_when_the_trial_runs_out_of_memory() -> None:
-    import torch
-
-    tried: list[int] = []
-
-    def trial(batch: int) -> bool:
-        tried.append(batch)
-        if batch > 24:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return True
-
-    def refusing(batch: int) -> bool:
-        tried.append(batch)
-        if batch > 4:
-            raise MemoryError
-        return batch <= 2
-
-    huge = 10**15
-    assert auto_batch_size(SMOLLM2, memory_limit_bytes=huge, seq_len=128, trial=trial) == 16
-    assert tried == [256, 128, 64, 32, 16]
-    tried.clear()
-    assert (
-        auto_batch_size(
-            SMOLLM2, memory_limit_bytes=huge, seq_len=128, max_batch_size=8, trial=refusing
-        )
-        == 2
-    )
-    assert tried == [8, 4, 2]
-
-
-def test_auto_batch_size_lets_other_errors_through() -> None:
-    def broken(batch: int) -> bool:
-        raise ValueError("a bug in the training step")
-
-    with pytest.raises(ValueError, match="a bug in the training step"):
-        auto_batch_size(SMOLLM2, memory_limit_bytes=10**12, seq_len=128, trial=broken)
-
-
-def test_auto_batch_size_when_nothing_fits() -> None:
-    with pytest.raises(InsufficientMemoryError, match="a batch of 1 x 2048 tokens needs about"):
-        auto_batch_size(SMOLLM2, memory_limit_bytes=2 * 10**9, seq_len=2048, method="full")
-    with pytest.raises(InsufficientMemoryError, match="ran out of memory"):
-        auto_batch_size(SMOLLM2, memory_limit_bytes=10**12, seq_len=128, trial=lambda batch: False)
-
-
-def test_out_of_memory_errors_are_recognised() -> None:
-    import torch
-
-    assert is_out_of_memory(MemoryError())
-    assert is_out_of_memory(torch.OutOfMemoryError("out of memory"))
-    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
-    assert is_out_of_memory(
-        RuntimeError("[metal::malloc] Attempting to allocate 8 GB, out of memory")
-    )
-    assert not is_out_of_memory(RuntimeError("shape mismatch"))
-    assert not is_out_of_memory(ValueError("out of memory"))
-
-
-def test_auto_batch_size_with_a_real_training_step(tiny_llama: Path) -> None:
-    import torch
-
-    shape = ModelShape.from_hf_config(json.loads((tiny_llama / "config.json").read_text()))
-    model = _tiny_llama_lora(tiny_llama)
-    model.train()
-    seq = 32
-    stepped: list[int] = []
-
-    def trial(batch: int) -> bool:
-        # One real forward and backward; a batch above 4 stands for a machine that runs out.
-        ids = torch.randint(
-            0, shape.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(batch)
-        )
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        stepped.append(batch)
-        if batch > 4:
-            raise torch.OutOfMemoryError(f"pretend: batch {batch} does not fit")
-        return bool(torch.isfinite(loss))
-
-    limit = int(estimate_training_memory(shape, batch_size=16, seq_len=seq).total_bytes / 0.9) + 1
-
-    assert auto_batch_size(shape, memory_limit_bytes=limit, seq_len=seq, trial=trial) == 4
-    assert stepped == [16, 8, 4]
-
-
 # -- measured -----------------------------------------------------------------------------------
 
 
@@ -384,3 +284,20 @@ def test_measured_peak_of_a_real_step_is_near_the_estimate(tiny_llama: Path) -> 
     assert estimate.trainable_parameters == measured.parameters  # Llama has no biases
     assert 0 < measured.baseline_bytes < measured.loaded_bytes < measured.peak_bytes
     assert estimate.total_bytes == pytest.approx(measured.peak_bytes, rel=0.25)
+
+
+def test_what_ft_trains_with_changes_the_estimate() -> None:
+    """The terms ft's own training adds: LoRA without dropout keeps each adapted input once
+    (q, k and v share one), logits exist at the trained positions only, and a float32 base
+    under bfloat16 autocast keeps a bfloat16 copy of each block weight for the backward pass."""
+    base = {"batch_size": 2, "seq_len": 1024, "gradient_checkpointing": False}
+    dropout = estimate_training_memory(SMOLLM2, dtype="float32", **base)
+    plain = estimate_training_memory(SMOLLM2, dtype="float32", lora_dropout=0.0, **base)
+    assert plain.breakdown["activations"] < 0.7 * dropout.breakdown["activations"]
+    half = estimate_training_memory(SMOLLM2, dtype="float32", target_fraction=0.5, **base)
+    assert half.breakdown["logits"] == pytest.approx(dropout.breakdown["logits"] / 2, rel=1e-6)
+    mixed = estimate_training_memory(SMOLLM2, dtype="bfloat16", weights_dtype="float32", **base)
+    block = SMOLLM2.num_layers * sum(i * o for i, o in SMOLLM2.linear_layer_shapes().values())
+    assert mixed.breakdown["weights"] == SMOLLM2.parameter_count() * 4 + block * 2
+    with pytest.raises(ValueError, match="target_fraction"):
+        estimate_training_memory(SMOLLM2, target_fraction=1.5)

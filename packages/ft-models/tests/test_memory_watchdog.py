@@ -5,7 +5,12 @@ from collections.abc import Callable
 
 import pytest
 
-from ft_models.memory_watchdog import MemoryLimitReached, MemoryWatchdog, interrupt_main_thread
+from ft_models.memory_watchdog import (
+    InterruptGate,
+    MemoryLimitReached,
+    MemoryWatchdog,
+    interrupt_main_thread,
+)
 
 LIMIT = 1000
 
@@ -111,7 +116,8 @@ def test_limit_reached_says_what_happened() -> None:
 
     assert str(error).startswith(
         "training used 21.8 GB of the 22.0 GB this process may use (cgroup v1 limit): "
-        "stopped before the kernel's out-of-memory killer would; lower training.batch_size"
+        "stopped before the kernel's out-of-memory killer would. Resume with less memory per "
+        "step: `ft train --resume --set training.gradient_checkpointing=true`"
     )
     assert not isinstance(error, Exception)
     # Copies keep the numbers (the default would call the class with the message alone).
@@ -161,3 +167,29 @@ def test_hard_threshold_interrupts_the_training_loop() -> None:
     assert type(caught.value) is MemoryLimitReached
     assert (caught.value.used_bytes, caught.value.limit_bytes) == (990, LIMIT)
     assert "(MemAvailable)" in str(caught.value)
+
+
+def test_the_gate_interrupts_inside_marked_regions_only() -> None:
+    """`InterruptGate`: an interruption raised from another thread lands inside a marked
+    region (a training step), never between two: sent while the main thread is outside, it
+    waits for the next region's start."""
+    assert threading.current_thread() is threading.main_thread()
+    gate = InterruptGate()
+    stop = MemoryLimitReached(990, LIMIT, "test")
+    # Inside a region: raised there, within a second.
+    threading.Timer(0.05, gate.interrupt, args=(stop,)).start()
+    with pytest.raises(MemoryLimitReached) as caught, gate:
+        _loop_until_interrupted()
+    assert caught.value is stop
+    # Outside any region: nothing happens until the next region starts.
+    gate.interrupt(stop)
+    time.sleep(0.05)  # no exception here, between regions
+    with pytest.raises(MemoryLimitReached), gate:
+        raise AssertionError("the region's body must not run")
+    # Delivered once: the region after runs normally; reset forgets what was not delivered.
+    with gate:
+        pass
+    gate.interrupt(stop)
+    gate.reset()
+    with gate:
+        pass

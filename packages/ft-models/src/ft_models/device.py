@@ -277,6 +277,17 @@ def supports_dtype(device: str, dtype: str) -> bool:
     return False
 
 
+PRECISIONS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+"""`training.precision`'s names for the dtypes."""
+
+
+def pick_precision(device: str, requested: str = "auto") -> DtypeChoice:
+    """`training.precision` (`auto`, `fp32`, `bf16`, `fp16`) on `device` as `pick_dtype`
+    decides it, named as train.yml names it (`dtype` is `fp32`, `bf16` or `fp16`)."""
+    choice = pick_dtype(device, requested)
+    return DtypeChoice(PRECISIONS[choice.dtype], choice.reason)
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU has native bfloat16 matmul (AVX512-BF16 or AMX), where bf16 beats fp32."""
     torch = import_torch()
@@ -286,15 +297,19 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def pick_dtype(device: str, requested: str = "auto") -> DtypeChoice:
-    """The compute dtype for `device` (a torch device, or `mlx`).
+    """The compute dtype for `device`: a torch device (`cpu`, `cuda[:N]`, `mps`), `mlx` (MLX on
+    a GPU) or `mlx-cpu`. The one rule for `precision: auto` (training, both backends) and
+    `dtype: auto` (generation).
 
     `auto` is bfloat16 where the device computes it natively (CUDA with compute capability
-    8.0+, MPS on macOS 14+, MLX, a CPU with AVX512-BF16 or AMX), else float32. A requested
-    dtype the device cannot compute raises DeviceError.
+    8.0+, MPS on macOS 14+, MLX on a GPU, a CPU with AVX512-BF16 or AMX), else float32. On
+    such CPUs bf16 trains faster to the same validation loss (docs/training.md, 'Precision');
+    MLX's CPU backend computes bfloat16 no faster than float32. A requested dtype the device
+    cannot compute raises DeviceError.
     """
     if requested != "auto":
         dtype = normalize_dtype(requested)
-        if device != "mlx" and not supports_dtype(device, dtype):
+        if not device.startswith("mlx") and not supports_dtype(device, dtype):
             raise DeviceError(
                 f"dtype {dtype} is not supported on {device} here"
                 + (" (needs compute capability 8.0+)" if device.startswith("cuda") else "")
@@ -302,7 +317,9 @@ def pick_dtype(device: str, requested: str = "auto") -> DtypeChoice:
             )
         return DtypeChoice(dtype, f"{dtype} was asked for")
     if device == "mlx":
-        return DtypeChoice("bfloat16", "auto: MLX computes bfloat16 natively")
+        return DtypeChoice("bfloat16", "auto: MLX computes bfloat16 natively on the GPU")
+    if device == "mlx-cpu":
+        return DtypeChoice("float32", "auto: MLX's CPU backend computes bfloat16 no faster")
     if device == "cpu":
         if cpu_has_fast_bf16():
             return DtypeChoice("bfloat16", "auto: this CPU has native bfloat16 (AVX512-BF16/AMX)")

@@ -7,22 +7,18 @@ the framework itself holds. Each term is a formula over the model's shape; the a
 logit constants were calibrated by measuring peak RSS of real torch training steps on the CPU
 (see docs/memory.md for the measurements, the commands and the error).
 
-`auto_batch_size` turns the estimate into the largest batch that fits under a memory limit,
-then confirms it with a real training step and halves on out-of-memory.
+`ft_runs.plan` turns the estimate into a run's batches: the largest micro-batch that fits
+under the memory a process may use, checked before any weight is loaded.
 
-Assumptions the numbers rest on (ft's defaults): attention through SDPA/flash kernels (no
-seq x seq score matrix is kept), LoRA dropout > 0 (each adapted layer keeps its own copy of its
-input), adapters and optimizer state in float32, mixed precision with float32 master weights
-for a full fine-tune in bfloat16/float16, and a training loop that drops the logits after the
-forward pass.
+Assumptions the numbers rest on (ft's training): attention per example through SDPA's
+flash kernels (no seq x seq score matrix is kept), adapters and optimizer state in float32,
+mixed precision with float32 master weights for a full fine-tune in bfloat16/float16, logits
+at the trained positions only, and a training loop that drops them after the loss.
 """
 
 from __future__ import annotations
 
-import gc
-import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import attrs
 
@@ -33,10 +29,12 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
-# What the framework holds before the model: the interpreter, torch, transformers, peft, and
-# their libraries (measured: 0.77 GB RSS after importing torch 2.15 + transformers 5.24 + peft
-# 0.21 on Linux). On CUDA it stands for the CUDA context plus the caching allocator's slack.
-FRAMEWORK_BYTES = 800 * 2**20
+# What the framework holds before the model: the interpreter, torch, transformers, peft, ft's
+# own packages and the data pipeline (measured: 0.91 GB RSS after importing ft's CLI, torch
+# 2.15, transformers 5.24 and peft 0.21 on Linux, 0.97 GB once `ft train` has prepared its
+# data; 0.66 GB for mlx + mlx-lm). On CUDA it stands for the CUDA context plus the caching
+# allocator's slack.
+FRAMEWORK_BYTES = 900 * 2**20
 
 # Bytes per parameter of a quantized base (QLoRA). bitsandbytes nf4 packs two weights per byte
 # and keeps one absmax per block of 64; with double quantization (ft's default) that absmax is
@@ -118,15 +116,25 @@ def estimate_training_memory(
     quant_bits: int = 4,
     gradient_checkpointing: bool = True,
     optimizer: str = "adamw",
+    lora_dropout: float = 0.05,
+    target_fraction: float = 1.0,
+    weights_dtype: str | None = None,
+    attention: str = "sdpa",
+    attention_span: int | None = None,
 ) -> MemoryEstimate:
     """Estimate the peak memory of one training step of a model of `shape`.
 
     `method` is one of full, lora, dora, qlora, prefix, p-tuning; `dtype` the compute dtype
-    (float32, bfloat16, float16, or fp32/bf16/fp16); `lora_targets` "all-linear" or module
-    names from `shape.linear_layer_shapes()`; `quant_bits` 4 or 8 (qlora only). Measured on
-    the CPU with torch the estimate is within 25% of the peak RSS (docs/memory.md); MLX and
-    CUDA follow the same terms but were not measured. Raises ValueError for an unknown
-    method, dtype, optimizer or target, or a size below 1.
+    (float32, bfloat16, float16, or fp32/bf16/fp16); `weights_dtype` the dtype the frozen base
+    is loaded in when it differs (a float32 base under bfloat16 autocast keeps a bfloat16 copy
+    of each weight for the backward pass); `lora_targets` "all-linear" or module names from
+    `shape.linear_layer_shapes()`; `lora_dropout` 0 saves the dropout's copies; `quant_bits` 4
+    or 8 (qlora only). `target_fraction` is the share of the tokens that are trained: ft
+    computes logits there only. `attention` "sdpa" keeps no score matrix; "eager" keeps
+    heads x `attention_span` probabilities per token (the longest example, or `seq_len`).
+    Measured on the CPU with torch the estimate is within 25% of the peak RSS
+    (docs/memory.md); MLX and CUDA follow the same terms but were not measured. Raises
+    ValueError for an unknown method, dtype, optimizer or target, or a size below 1.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
@@ -138,6 +146,9 @@ def estimate_training_memory(
         raise ValueError(f"quant_bits is {quant_bits}: QLoRA quantizes the base to 4 or 8 bits")
     dtype = _dtype_name(dtype)
     compute = DTYPE_BYTES[dtype]
+    stored = DTYPE_BYTES[_dtype_name(weights_dtype)] if weights_dtype else compute
+    if not 0.0 <= target_fraction <= 1.0:
+        raise ValueError(f"target_fraction is {target_fraction}: a share between 0 and 1")
     targets = (
         resolve_lora_targets(shape, lora_targets) if method in ("lora", "dora", "qlora") else []
     )
@@ -166,7 +177,13 @@ def estimate_training_memory(
             notes.append("base linear layers in int8 with a float32 scale per row (bitsandbytes)")
         weights = int(quantized + (params - block_params) * compute)
     else:
-        weights = params * compute
+        weights = params * stored
+        if stored > compute:
+            # Autocast casts each frozen weight to the compute dtype; the cast is kept for the
+            # backward pass (the input's gradient needs it).
+            block = shape.num_layers * sum(i * o for i, o in shape.linear_layer_shapes().values())
+            weights += block * compute
+            notes.append(f"a {_dtype_name(weights_dtype or dtype)} base under {dtype} autocast")
 
     # Adapters are trained in float32 whatever the base's dtype (peft upcasts them).
     adapters = 0 if method == "full" else trainable * 4
@@ -184,10 +201,18 @@ def estimate_training_memory(
             lora_rank=lora_rank,
             lora_targets=targets,
             gradient_checkpointing=gradient_checkpointing,
-            seq_len=seq_len,
+            attention=attention,
+            seq_len=attention_span or seq_len,
+            lora_dropout=lora_dropout,
         )
     )
-    logits = int(ALLOCATOR_FACTOR * tokens * shape.vocab_size * logit_bytes_per_entry(dtype))
+    logits = int(
+        ALLOCATOR_FACTOR
+        * tokens
+        * target_fraction
+        * shape.vocab_size
+        * logit_bytes_per_entry(dtype)
+    )
     if gradient_checkpointing:
         notes.append("gradient checkpointing: one layer input kept per layer, one layer recomputed")
 
@@ -295,6 +320,7 @@ def activation_bytes_per_token(
     gradient_checkpointing: bool = True,
     attention: str = "sdpa",
     seq_len: int = 2048,
+    lora_dropout: float = 0.05,
 ) -> float:
     """Bytes the forward pass keeps for the backward pass, per token, over the whole model
     (logits excluded). `attention` is "sdpa" (flash/memory-efficient kernels: no score matrix
@@ -307,6 +333,7 @@ def activation_bytes_per_token(
         lora_targets=lora_targets,
         attention=attention,
         seq_len=seq_len,
+        lora_dropout=lora_dropout,
     )
     compute = DTYPE_BYTES[_dtype_name(dtype)]
     # The final norm keeps its float32 input; a trained lm_head keeps its input too.
@@ -327,6 +354,7 @@ def layer_activation_bytes_per_token(
     lora_targets: Sequence[str] = (),
     attention: str = "sdpa",
     seq_len: int = 2048,
+    lora_dropout: float = 0.05,
 ) -> float:
     """Bytes one transformer block keeps for the backward pass, per token.
 
@@ -340,7 +368,9 @@ def layer_activation_bytes_per_token(
     - a frozen linear layer keeps nothing (its weight is the only thing its input-gradient
       needs); a trained one keeps its input;
     - a LoRA layer with dropout keeps the float32 dropout output, its mask and the rank-r
-      projection; DoRA also keeps the base layer's output for its magnitude scaling.
+      projection; without dropout its input is kept once for every layer that reads it
+      (q, k and v share one, as do gate and up), and the rank-r projection; DoRA also keeps
+      the base layer's output for its magnitude scaling.
     """
     compute = DTYPE_BYTES[_dtype_name(dtype)]
     h, i = shape.hidden_size, shape.intermediate_size
@@ -364,12 +394,29 @@ def layer_activation_bytes_per_token(
         total += compute * (h + q + h + i) + compute * 2 * h
     elif method in ("lora", "dora", "qlora"):
         linear = shape.linear_layer_shapes()
+        inputs: set[str] = set()
         for name in lora_targets:
             fan_in, fan_out = linear[name]
-            total += (4 + DROPOUT_MASK_BYTES) * fan_in + 4 * lora_rank
+            total += 4 * lora_rank
+            if lora_dropout > 0:
+                total += (4 + DROPOUT_MASK_BYTES) * fan_in
+            else:
+                inputs.add(_INPUT_OF.get(name, name))
             if method == "dora":
                 total += 4 * fan_out
+        sizes = {"attention_input": h, "o_proj": q, "mlp_input": h, "down_proj": i}
+        total += compute * sum(sizes.get(name, h) for name in inputs)
     return total
+
+
+# Which input a LoRA layer reads: layers that share one keep it once (without dropout).
+_INPUT_OF = {
+    "q_proj": "attention_input",
+    "k_proj": "attention_input",
+    "v_proj": "attention_input",
+    "gate_proj": "mlp_input",
+    "up_proj": "mlp_input",
+}
 
 
 def logit_bytes_per_entry(dtype: str) -> float:
@@ -378,119 +425,3 @@ def logit_bytes_per_entry(dtype: str) -> float:
     compute = DTYPE_BYTES[_dtype_name(dtype)]
     upcast = 0 if compute == 4 else compute
     return upcast + 4 * LOGIT_FLOAT32_COPIES
-
-
-# -- the largest batch that fits --------------------------------------------------------------
-
-SAFETY_MARGIN = 0.9
-"""auto_batch_size keeps the estimate under this share of the limit."""
-
-
-class InsufficientMemoryError(MemoryError):
-    """Even a batch of one does not fit in the memory given."""
-
-
-def auto_batch_size(
-    shape: ModelShape,
-    *,
-    memory_limit_bytes: int,
-    seq_len: int,
-    method: str = "lora",
-    dtype: str = "bfloat16",
-    lora_rank: int = 16,
-    lora_targets: str | list[str] = "all-linear",
-    quant_bits: int = 4,
-    gradient_checkpointing: bool = True,
-    optimizer: str = "adamw",
-    max_batch_size: int = 256,
-    safety_margin: float = SAFETY_MARGIN,
-    trial: Callable[[int], bool] | None = None,
-) -> int:
-    """The largest power-of-two batch size (at most `max_batch_size`) whose estimated peak is
-    under `safety_margin` x `memory_limit_bytes`, confirmed by `trial` when given.
-
-    `trial(batch)` runs one real training step and returns True when it fits; returning False
-    or raising an out-of-memory error (torch.OutOfMemoryError, MemoryError, or a RuntimeError
-    whose message says the allocator ran out of memory) halves the batch and tries again. Any
-    other exception propagates. Raises InsufficientMemoryError, with the estimate for batch 1,
-    when even one sequence does not fit.
-    """
-    if memory_limit_bytes <= 0:
-        raise ValueError("memory_limit_bytes must be positive")
-
-    def estimate(batch: int) -> MemoryEstimate:
-        return estimate_training_memory(
-            shape,
-            method=method,
-            batch_size=batch,
-            seq_len=seq_len,
-            dtype=dtype,
-            lora_rank=lora_rank,
-            lora_targets=lora_targets,
-            quant_bits=quant_bits,
-            gradient_checkpointing=gradient_checkpointing,
-            optimizer=optimizer,
-        )
-
-    budget = safety_margin * memory_limit_bytes
-    smallest = estimate(1)
-    if smallest.total_bytes > budget:
-        raise InsufficientMemoryError(
-            f"a batch of 1 x {seq_len} tokens needs about {_gb(smallest.total_bytes)}, more than "
-            f"{safety_margin:.0%} of the {_gb(memory_limit_bytes)} limit. Shorten the sequences, "
-            f"turn on gradient checkpointing, or use LoRA/QLoRA.\n{smallest.describe()}"
-        )
-    batch = 1
-    while batch * 2 <= max_batch_size and estimate(batch * 2).total_bytes <= budget:
-        batch *= 2
-    if trial is None:
-        return batch
-    while True:
-        if _fits(trial, batch):
-            return batch
-        if batch == 1:
-            raise InsufficientMemoryError(
-                f"a training step of 1 x {seq_len} tokens ran out of memory although the "
-                f"estimate was {_gb(smallest.total_bytes)} under a limit of "
-                f"{_gb(memory_limit_bytes)}: other processes may hold memory"
-            )
-        batch //= 2
-
-
-def _fits(trial: Callable[[int], bool], batch: int) -> bool:
-    try:
-        ok = bool(trial(batch))
-    except Exception as error:
-        if not is_out_of_memory(error):
-            raise
-        ok = False
-    if not ok:
-        _release_memory()
-    return ok
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether `error` is an allocator running out of memory (torch CUDA/CPU/MPS, MLX Metal)."""
-    if isinstance(error, MemoryError):
-        return True
-    torch = sys.modules.get("torch")  # never import torch just to check an exception's type
-    oom_type: Any = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
-    if oom_type is not None and isinstance(error, oom_type):
-        return True
-    message = str(error).lower()
-    return isinstance(error, RuntimeError) and any(
-        marker in message
-        for marker in (
-            "out of memory",
-            "can't allocate memory",
-            "failed to allocate",
-            "insufficient memory",
-        )
-    )
-
-
-def _release_memory() -> None:
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()

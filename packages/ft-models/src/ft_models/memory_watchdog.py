@@ -35,8 +35,9 @@ class MemoryLimitReached(BaseException):
         super().__init__(
             f"training used {used_bytes / 1e9:.1f} GB of the {limit_bytes / 1e9:.1f} GB this "
             f"process may use{where}: stopped before the kernel's out-of-memory killer "
-            "would; lower training.batch_size or data.max_seq_length, or turn on "
-            "training.gradient_checkpointing, then resume from the last checkpoint"
+            "would. Resume with less memory per step: `ft train --resume --set "
+            "training.gradient_checkpointing=true`; or start again with a smaller "
+            "training.batch_size or data.max_seq_length"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -65,6 +66,66 @@ def interrupt_main_thread(exception: type[BaseException] | BaseException) -> Non
     if changed > 1:  # never expected: undo rather than interrupt threads we did not mean to
         set_async_exc(ctypes.c_ulong(main), None)
         raise SystemError("PyThreadState_SetAsyncExc changed more than one thread")
+
+
+class InterruptGate:
+    """Lets another thread interrupt the main thread only inside marked regions.
+
+    An asynchronous exception lands at whatever bytecode the main thread runs next: inside a
+    training step it is harmless (the weights are not touched until the optimizer steps), but
+    between `optimizer.step()` and the step counter, or halfway through a checkpoint, it
+    would leave state that cannot be saved. So the training loops mark the forward and
+    backward passes (`with gate:`), and `interrupt(exception)` raises there at once, or, when
+    the main thread is elsewhere, at its next entry into a marked region. An interruption sent
+    but not yet delivered when the region ends is taken back and kept for the next entry.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = False
+        self._sent: BaseException | None = None
+        self._pending: BaseException | None = None
+
+    def interrupt(self, exception: BaseException) -> None:
+        """From any thread: raise `exception` in the main thread inside a marked region."""
+        with self._lock:
+            if self._active:
+                self._sent = exception
+                interrupt_main_thread(exception)
+            else:
+                self._pending = exception
+
+    def reset(self) -> None:
+        """Forget an interruption not delivered (the run it was for has ended)."""
+        with self._lock:
+            self._pending = self._sent = None
+            self._active = False
+
+    def __enter__(self) -> InterruptGate:
+        with self._lock:
+            pending, self._pending = self._pending, None
+            self._sent = None
+            if pending is None:
+                self._active = True
+        if pending is not None:
+            raise pending
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        with self._lock:
+            self._active = False
+            sent, self._sent = self._sent, None
+            if sent is not None and exc is not sent:
+                # Sent but not delivered yet: take it back, raise it at the next entry.
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(threading.main_thread().ident or 0), None
+                )
+                self._pending = sent
+
+
+GATE = InterruptGate()
+"""The gate the training loops mark their steps with and `ft train`'s watchdog interrupts
+through."""
 
 
 class MemoryWatchdog:
