@@ -41,6 +41,7 @@ training:
   lr_scheduler: constant
   eval_every: 10
   seed: 0
+  precision: fp32
 resources:
   device: cpu
 """

@@ -175,7 +175,7 @@ def test_config_validate_ok_and_with_overrides(tmp_path):
     path.write_text("profile: chat\n")
     result = run("config", "validate", str(path), "--set", "training.epochs=1")
     assert result.exit_code == 0
-    assert result.output == f"{path} is valid (profile chat; 4 settings differ from the defaults)\n"
+    assert result.output == f"{path} is valid (profile chat; 7 settings differ from the defaults)\n"
     result = CliRunner().invoke(
         cli, ["config", "validate", str(path), "--set", "training.epochs=lots"]
     )

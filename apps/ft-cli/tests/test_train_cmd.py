@@ -101,7 +101,7 @@ def test_resume_continues_the_same_run_and_refuses_a_changed_config(project: Pat
         "--resume", cwd=project,
     )  # fmt: skip
     assert code == 1
-    assert "training.learning_rate was 0.0002, now 0.5" in out
+    assert "training.learning_rate was 0.0003, now 0.5" in out
     assert "--force" in out
 
     code, out = run(
@@ -122,7 +122,7 @@ def test_resume_continues_the_same_run_and_refuses_a_changed_config(project: Pat
 
 def test_a_bad_setting_names_the_file_line_and_key(project: Path) -> None:
     text = (
-        (project / "train.yml").read_text().replace("learning_rate: 2.0e-04", "learning_rate: fast")
+        (project / "train.yml").read_text().replace("learning_rate: 3.0e-04", "learning_rate: fast")
     )
     (project / "train.yml").write_text(text)
     line = text.splitlines().index("  learning_rate: fast") + 1

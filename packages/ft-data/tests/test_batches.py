@@ -196,3 +196,16 @@ def test_process_share_splits_rows_and_idles_a_process_without_any(alpaca: Prepa
     idle = process_share(lone, 1, 2)
     assert target_count(idle) == 0 and real_tokens(idle) == 0
     assert process_share(batch, 0, 1) is batch
+
+
+def test_padded_width_rounds_up_to_a_multiple(alpaca) -> None:
+    """`pad_multiple` rounds a padded batch's width up (never past max_seq_length): fewer
+    distinct shapes for the trainer's kernels; the rows and their tokens are unchanged."""
+    plain = Batches(alpaca, batch_size=4, max_seq_length=MAX, seed=1)
+    rounded = Batches(alpaca, batch_size=4, max_seq_length=MAX, seed=1, pad_multiple=64)
+    for step in range(3):
+        a, b = plain.batch(step), rounded.batch(step)
+        width = a["input_ids"].shape[1]
+        assert b["input_ids"].shape[1] == min(MAX, -(-width // 64) * 64)
+        assert (b["input_ids"][:, :width] == a["input_ids"]).all()
+        assert b["attention_mask"][:, width:].sum() == 0

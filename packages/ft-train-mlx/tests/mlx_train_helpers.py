@@ -70,6 +70,7 @@ def settings(**overrides: Any) -> dict[str, Any]:
             "seed": 0,
             "lr_scheduler": "constant",
             "keep_last": 2,
+            "precision": "fp32",  # float32 numbers, whatever `auto` picks on this machine
         },
         "resources": {"device": "cpu", "num_threads": 1},
     }

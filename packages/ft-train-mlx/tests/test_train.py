@@ -3,6 +3,7 @@ accumulation, packing, evaluation, early stopping, pruning, stop requests, NaN, 
 
 from __future__ import annotations
 
+import json
 import math
 
 import mlx.core as mx
@@ -308,30 +309,39 @@ def test_gradient_checkpointing_gives_the_same_update(make_job) -> None:
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
 
 
-def test_auto_batch_size_fits_the_limit_and_survives_resume(make_job) -> None:
+def test_auto_batch_size_plans_and_survives_resume(make_job) -> None:
+    """The MLX trainer makes the same plan as the torch trainer when called from Python (one
+    rule, ft_runs.plan), refuses a limit too small for one row, and a resumed run keeps the
+    batches it started with."""
+    from ft_runs.plan import PlanRefused
+
     common = {"validation": False, "training__batch_size": "auto", "training__save_every": 1}
-    events, _ = train(make_job(run="big", training__max_steps=1, **common))
-    messages = [e["text"] for e in events if e["type"] == "message"]
-    assert len(messages) == 1  # the cap: this tiny model fits 64 rows anywhere
-    assert messages[0].startswith("training.batch_size: auto picked 64 rows of 64 tokens under ")
-    # 40 MiB: the measured per-row memory brings it down
-    job = make_job(run="small", training__max_steps=2, resources__max_memory_gb=0.04, **common)
+    job = make_job(run="auto", training__max_steps=2, data__packing=True, **common)
     events, _ = train(job, stop_at=1)
-    picked = int(events[1]["text"].split("picked ")[1].split()[0])
-    assert 1 <= picked < 64 and picked & (picked - 1) == 0
-    assert max(e["memory_bytes"] for e in events if e["type"] == "step") <= 0.04 * (1 << 30)
+    notes = [e["text"] for e in events if e["type"] == "message"]
+    assert notes[0].startswith("tokens per step: 256 (auto: about 1/128 of the run's")
+    # Rows no longer than max_seq_length (64 here): 4 of them make the step's 256 tokens.
+    assert notes[1].startswith("micro-batch: 4 row(s) of 64 tokens x 1 accumulated")
     resumed, _ = train(
         make_job(
-            run="small",
+            run="auto",
             training__max_steps=2,
-            resources__max_memory_gb=0.04,
+            data__packing=True,
             resume_from=job.checkpoints_dir / "step-00000001",
             **common,
         )
     )
-    assert f"training.batch_size: auto, {picked} as in the checkpoint" in [
-        e["text"] for e in resumed if e["type"] == "message"
-    ]
+    # The batches the run started with (no new plan is made, so nothing to tell).
+    assert not [e for e in resumed if e["type"] == "message"]
+    saved = json.loads((job.checkpoints_dir / "step-00000002" / "trainer_state.json").read_text())
+    assert saved["fingerprint"]["batch_plan"] == {
+        "mode": "pack",
+        "row_length": 64,
+        "micro_batch": 4,
+        "accumulation": 1,
+    }
+    with pytest.raises(PlanRefused, match=r"one row of \d+ tokens needs about"):
+        train(make_job(run="small", resources__max_memory_gb=0.04, **common))
 
 
 def test_clear_errors(make_job) -> None:

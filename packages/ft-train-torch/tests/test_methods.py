@@ -250,6 +250,7 @@ def test_sequence_classification_with_lora(tiny_model_factory, tmp_path) -> None
             settings=settings,
             total_steps=30,
             total_micro_batches=None,
+            accumulation=1,
             loss=loss,
             count=lambda b: len(b["labels"]),
             save=lambda folder, state, position, gathered: None,

@@ -318,20 +318,21 @@ def test_full_finetune(make_job, tiny_llama) -> None:
     }
 
 
-def test_auto_batch_size_picks_from_the_memory_estimate(make_job) -> None:
-    # 32 training rows: the largest power of two that is not more than the rows is 32, and a
-    # tiny model fits that easily in any machine's memory; under 0.06 GB not even one row fits
-    # (the estimator counts the framework's own ~0.8 GB).
-    events, result = train(make_job(training__batch_size="auto", training__max_steps=1))
-    notes = [e["text"] for e in events if e["type"] == "message" and "batch_size auto" in e["text"]]
-    assert len(notes) == 1
-    assert notes[0].startswith("batch_size auto: 32 (estimated for sequences of ")
-    assert "available RAM" in notes[0]
+def test_auto_batch_size_plans_from_the_data_and_the_memory_estimate(make_job) -> None:
+    """Called from Python (no `ft train` plan), the trainer makes the plan itself: the tokens
+    of a step from the data's size, the micro-batch from the memory estimate; a limit under
+    which not even one row fits is refused before training, with the figures."""
+    from ft_runs.plan import PlanRefused
+
+    events, result = train(
+        make_job(training__batch_size="auto", training__max_steps=1, data__packing=True)
+    )
+    notes = [e["text"] for e in events if e["type"] == "message"]
+    assert notes[0].startswith("tokens per step: 256 (auto: about 1/128 of the run's")
+    # Rows no longer than max_seq_length (128 here): 2 of them make the step's 256 tokens.
+    assert notes[1].startswith("micro-batch: 2 row(s) of 128 tokens x 1 accumulated")
     assert result.step == 1
-
-    from ft_models.memory import InsufficientMemoryError
-
-    with pytest.raises(InsufficientMemoryError):
+    with pytest.raises(PlanRefused, match=r"one row of \d+ tokens needs about 0\.\d GB"):
         train(
             make_job(
                 run="none",

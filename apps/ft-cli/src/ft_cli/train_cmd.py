@@ -100,7 +100,7 @@ def train(
     from ft_cli.progress import PrepareProgress, TrainDisplay
     from ft_config import ConfigError
     from ft_data.errors import DataError
-    from ft_models.memory import InsufficientMemoryError
+    from ft_models.memory_watchdog import MemoryLimitReached
     from ft_runs.store import RunNotFound
     from ft_runs.trainers import TrainerNotAvailable
     from ft_runs.training import Launch, ResumeRefused
@@ -148,9 +148,12 @@ def train(
         )
     except (ConfigError, DataError, ResumeRefused, RunNotFound, TrainerNotAvailable) as exc:
         raise UserError(str(exc)) from None
-    except (ValueError, ImportError, InsufficientMemoryError) as exc:
+    except (ValueError, ImportError) as exc:
         # The trainers raise these for settings that cannot work here (a method this device
         # lacks, a missing backend): the message says what to change.
+        raise UserError(str(exc)) from None
+    except MemoryLimitReached as exc:
+        # The memory watchdog stopped a step before the kernel's out-of-memory killer would.
         raise UserError(str(exc)) from None
     except KeyboardInterrupt:
         raise UserError(

@@ -218,11 +218,25 @@ class TrainingConfig:
     )
     batch_size: int | Literal["auto"] = setting(
         4,
-        "Sequences per micro-batch, or `auto` to pick the largest that fits in memory.",
+        "Rows per micro-batch, or `auto`: ft sizes each optimizer step by `tokens_per_step` "
+        "and splits it into micro-batches that fit in memory (gradient accumulation makes up "
+        "the rest). A fixed size that cannot fit is refused before training, with the figures.",
         min=1,
         init=True,
     )
-    gradient_accumulation_steps: int = setting(1, "Micro-batches per optimizer step.", min=1)
+    tokens_per_step: int | Literal["auto"] = setting(
+        "auto",
+        "With `batch_size: auto`: the tokens each optimizer step learns from. `auto` picks it "
+        "from the dataset's size: the run's tokens / 128 as a power of two between 256 and "
+        "16,384, so a small dataset still gets enough steps to learn (docs/training.md, "
+        "'The plan').",
+        min=64,
+    )
+    gradient_accumulation_steps: int = setting(
+        1,
+        "Micro-batches per optimizer step (with a fixed `batch_size`; `auto` picks it).",
+        min=1,
+    )
     learning_rate: float = setting(
         2e-4, "Peak learning rate.", min=0.0, exclusive_min=True, init=True
     )

@@ -336,6 +336,23 @@ def check_bounds(config: TrainConfig) -> list[Problem]:
                 "`task: sequence-classification` needs the label column's name",
             )
         )
+    training = config.training
+    if training.batch_size != "auto" and training.tokens_per_step != "auto":
+        problems.append(
+            (
+                ("training", "tokens_per_step"),
+                "applies with `batch_size: auto` (ft then splits each step into micro-batches); "
+                "with a fixed batch_size a step is batch_size x gradient_accumulation_steps rows",
+            )
+        )
+    if training.batch_size == "auto" and training.gradient_accumulation_steps != 1:
+        problems.append(
+            (
+                ("training", "gradient_accumulation_steps"),
+                "`batch_size: auto` picks the accumulation itself: set `tokens_per_step` for "
+                "the size of a step, or a fixed batch_size",
+            )
+        )
     if config.method.name in ("prefix", "p-tuning") and config.model.task != "causal-lm":
         problems.append(
             (("method", "name"), f"{config.method.name!r} works with `task: causal-lm` only")

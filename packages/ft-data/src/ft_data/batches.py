@@ -14,8 +14,8 @@ For a classification dataset (prepared with a label column, see
 (int64, shape ``(rows,)``, an index into the dataset's ``label_names``), as sequence
 classification models expect; such datasets are batched one example per row (``pad``).
 
-Modes: ``pad`` (one example per row, padded to the longest in the batch or to
-``max_seq_length``), ``pack`` (whole examples packed into rows of ``max_seq_length``, best
+Modes: ``pad`` (one example per row, padded to the longest in the batch, rounded up to
+``pad_multiple``, or to ``max_seq_length``), ``pack`` (whole examples packed into rows of ``max_seq_length``, best
 fit over a window of open rows: see :func:`pack_rows`), and ``chunk`` (for continued pretraining: the token stream, in which
 each text already ends with eos, cut into blocks of ``max_seq_length``).
 
@@ -53,6 +53,7 @@ class Batches:
         drop_last: bool = False,
         pad_to: Literal["longest", "max"] = "longest",
         pad_id: int | None = None,
+        pad_multiple: int = 1,
     ) -> None:
         if batch_size < 1 or max_seq_length < 1:
             raise ValueError("batch_size and max_seq_length must be at least 1")
@@ -61,6 +62,9 @@ class Batches:
         self.dataset = dataset
         self.batch_size, self.max_seq_length, self.mode = batch_size, max_seq_length, mode
         self.seed, self.shuffle, self.drop_last, self.pad_to = seed, shuffle, drop_last, pad_to
+        # `pad` batches are as wide as their longest example, rounded up to this multiple: a
+        # trainer asks for it to meet fewer shapes (kernels cached per shape cost memory).
+        self.pad_multiple = max(1, pad_multiple)
         default_pad = int(dataset.attrs.get("pad_token_id", -1))
         self.pad_id = pad_id if pad_id is not None else max(default_pad, 0)
         if (
@@ -167,7 +171,10 @@ class Batches:
         width = (
             self.max_seq_length
             if self.mode != "pad" or self.pad_to == "max"
-            else max(len(p[0]) for p in pieces)
+            else min(
+                self.max_seq_length,
+                -(-max(len(p[0]) for p in pieces) // self.pad_multiple) * self.pad_multiple,
+            )
         )
         batch = _assemble(pieces, width, self.pad_id)
         if self.classes is not None:

@@ -29,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from ft_config import TrainConfig
+from ft_runs.batch_plan import BatchPlan
 
 Event = dict[str, Any]
 Emit = Callable[[Event], None]
@@ -49,6 +50,17 @@ class Capabilities:
 
 
 @attrs.frozen
+class Placement:
+    """Where and how a config would train on this machine: the device (`cpu`, `cuda:N`,
+    `mps`, `mlx` for MLX on a GPU, `mlx-cpu`), the compute precision (`fp32`, `bf16`,
+    `fp16`) and the dtype the base weights load in. What `ft train`'s plan estimates for."""
+
+    device: str
+    precision: str
+    weights_dtype: str
+
+
+@attrs.frozen
 class TrainJob:
     """Everything a trainer needs for one run; all paths are local and already exist."""
 
@@ -58,6 +70,9 @@ class TrainJob:
     validation_data: Path | None
     run_dir: Path
     resume_from: Path | None = None
+    plan: BatchPlan | None = None
+    """How to batch the data (ft_runs.plan): made and checked by `ft train` before training.
+    None: the trainer makes it itself (`ft_runs.plan.batch_plan_for`)."""
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -88,6 +103,11 @@ class Trainer(Protocol):
 
     def capabilities(self) -> Capabilities:
         """What this backend supports here (cheap: no model loading)."""
+        ...
+
+    def placement(self, config: TrainConfig) -> Placement:
+        """The device, precision and weights dtype `config` would train with here (no model
+        loading): the same choices `train` makes."""
         ...
 
     def train(self, job: TrainJob, emit: Emit, should_stop: Callable[[], bool]) -> TrainResult:

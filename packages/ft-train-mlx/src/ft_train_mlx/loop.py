@@ -1,6 +1,6 @@
 """The training loop: plain, top to bottom, the torch trainer's loop in MLX.
 
-One optimizer step is `gradient_accumulation_steps` micro-batches. Before any forward pass
+One optimizer step is `accumulation` micro-batches (the run's plan, `ft_runs.plan`). Before any forward pass
 the loop counts the trained tokens of the whole step (every micro-batch, every process); the
 gradients of each micro-batch's summed loss are added up, summed over processes, and divided
 by that count: accumulating 2 micro-batches of b rows is the same update as one batch of 2b.
@@ -8,7 +8,7 @@ Then: clip, check for NaN/inf, set the scheduled learning rate, step, and, betwe
 evaluate, checkpoint, and ask whether to stop.
 
 Checkpoints are taken between optimizer steps only, so the saved accumulation micro-step is
-always 0 and the data position is `step * gradient_accumulation_steps` micro-batches.
+always 0 and the data position is `step * accumulation` micro-batches.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ft_config import TrainingConfig
 from ft_data.batches import Batches, real_tokens
 from ft_data.batches import target_count as trained_tokens
 from ft_models.checkpoint import prune_checkpoints, step_folder, write_checkpoint
+from ft_models.memory_watchdog import GATE, MemoryLimitReached
 from ft_runs import trainkit
 from ft_train_mlx.distributed import World
 from ft_train_mlx.optim import learning_rate, set_learning_rate
@@ -49,15 +50,12 @@ class Loop:
     settings: TrainingConfig
     total_steps: int
     total_micro_batches: int | None  # None: `max_steps` decides, the data cycles
+    accumulation: int  # micro-batches per optimizer step (the run's BatchPlan)
     save: SaveFn
     checkpoints_dir: Path
     world: World = field(default_factory=World)
     eval_batches: Batches | None = None
     compile: bool = False
-
-    @property
-    def accumulation(self) -> int:
-        return self.settings.gradient_accumulation_steps
 
 
 @dataclass(frozen=True)
@@ -152,15 +150,17 @@ def run(
         # Normalise by the targets of the whole step, on every process, before any backward.
         targets = world.sum(float(sum(trained_tokens(b) for b in shards)))
         tokens = int(world.sum(float(sum(real_tokens(b) for b in shards))))
-        loss_sum = mx.array(0.0, dtype=mx.float32)
-        accumulated: Any = None
-        for index, batch in enumerate(shards):
-            seed_micro_batch(settings.seed + 1_000_003 * world.rank, first + index)
-            summed, grads = grads_of(*model_inputs(batch))
-            accumulated = grads if accumulated is None else tree_map(mx.add, accumulated, grads)
-            loss_sum = loss_sum + summed
-            # Evaluate now: one micro-batch's graph at a time, not the whole step's.
-            mx.eval(accumulated, loss_sum)
+        try:
+            with GATE:  # the memory watchdog may interrupt here, and only here
+                accumulated, loss_sum = _accumulate(grads_of, shards, settings.seed, world, first)
+        except MemoryLimitReached as stop:
+            # The memory watchdog interrupted this step: its arrays die with the traceback's
+            # frames, the weights are the last complete step's (micro-batches are seeded by
+            # their index, so no RNG to rewind), so that step is saved and the run ends.
+            stop.__traceback__ = None
+            if saved_at != state.step:
+                checkpoint()
+            raise stop from None
         accumulated = world.sum_tree(accumulated)
         scale = 1.0 / max(targets, 1.0)
         accumulated = tree_map(lambda g, s=scale: g * s, accumulated)
@@ -239,6 +239,23 @@ def run(
     if saved_at != state.step:
         checkpoint()
     return finish(reason)
+
+
+def _accumulate(
+    grads_of: Callable[..., Any], shards: list[Any], seed: int, world: World, first: int
+) -> tuple[Any, mx.array]:
+    """Gradients summed over a step's micro-batches, and their summed loss. Its own frame,
+    so an interrupted step's arrays go with it."""
+    loss_sum = mx.array(0.0, dtype=mx.float32)
+    accumulated: Any = None
+    for index, batch in enumerate(shards):
+        seed_micro_batch(seed + 1_000_003 * world.rank, first + index)
+        summed, grads = grads_of(*model_inputs(batch))
+        accumulated = grads if accumulated is None else tree_map(mx.add, accumulated, grads)
+        loss_sum = loss_sum + summed
+        # Evaluate now: one micro-batch's graph at a time, not the whole step's.
+        mx.eval(accumulated, loss_sum)
+    return accumulated, loss_sum
 
 
 def evaluate(loop: Loop) -> float:

@@ -79,17 +79,15 @@ def save_training_state(
     optimizer: optim.Optimizer,
     data_position: dict[str, int],
     fingerprint: dict[str, Any],
-    batch_size: int | None = None,
 ) -> None:
-    """Write optimizer and trainer state into the checkpoint folder being built
-    (`batch_size`: the rows per process, which `batch_size: auto` reuses on resume)."""
+    """Write optimizer and trainer state into the checkpoint folder being built (the run's
+    batches are in `fingerprint["batch_plan"]`, which a resumed run reuses)."""
     save_optimizer(optimizer, folder)
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
     doc = {
         "loop": attrs.asdict(loop),
         "data_position": data_position,
-        "batch_size": batch_size,
         "scheduler": {"last_epoch": loop.step},  # the schedule is a function of the step
         "rng": {
             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],

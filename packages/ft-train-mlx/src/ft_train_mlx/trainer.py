@@ -22,7 +22,12 @@ from ft_data.batches import Batches
 from ft_data.hdf5 import PreparedDataset
 from ft_models.checkpoint import read_manifest
 from ft_models.load import load_mlx, read_config
-from ft_runs.protocols import Capabilities, TrainResult  # declared by its consumer, ft-runs
+from ft_runs.plan import batch_plan_for
+from ft_runs.protocols import (  # declared by its consumer, ft-runs
+    Capabilities,
+    Placement,
+    TrainResult,
+)
 from ft_runs.trainkit import fingerprint, plan
 from ft_train_mlx import loop
 from ft_train_mlx.distributed import world_from_env
@@ -80,6 +85,16 @@ class MLXTrainer:
             notes=()
             if gpu
             else ("MLX runs on the CPU here (mlx[cpu]): correct but slow; see docs/mlx.md",),
+        )
+
+    def placement(self, config: Any) -> Placement:
+        """The device, precision and base dtype `train` would use for `config` here."""
+        device = _pick_device(config.resources.device)
+        precision = _precision(config.training.precision, device)
+        return Placement(
+            device="mlx" if device == "gpu" else "mlx-cpu",
+            precision=precision,
+            weights_dtype=_load_dtype(config.model.dtype, precision),
         )
 
     def train(
@@ -143,24 +158,35 @@ class MLXTrainer:
                 if method.name == "full":
                     raise ValueError("initial_adapter is for adapter methods, not method: full")
                 load_peft_tensors(model, self.initial_adapter, model_type)
-            batch_size = settings.batch_size
-            if batch_size == "auto":
-                batch_size = _auto_batch_size(job, model, precision, note)
-            mode = _batching_mode(train_set, packing=config.data.packing)
-            rows = world.size * int(batch_size)
+            # How the data is batched: planned (and checked against memory) by `ft train`,
+            # else made here the same way (ft_runs.plan); a resumed run keeps its own.
+            batch, decided = (
+                (job.plan, [])
+                if job.plan
+                else batch_plan_for(
+                    job,
+                    device="mlx" if device == "gpu" else "mlx-cpu",
+                    precision=precision,
+                    weights_dtype=dtype,
+                    processes=world.size,
+                )
+            )
+            for text in decided:
+                note("info", text)
+            rows = world.size * batch.micro_batch
             batches = Batches(
                 train_set,
                 batch_size=rows,
-                max_seq_length=config.data.max_seq_length,
-                mode=mode,
+                max_seq_length=batch.row_length,
+                mode=batch.mode,
                 seed=settings.seed,
             )
             eval_batches = (
                 Batches(
                     eval_set,
                     batch_size=rows,
-                    max_seq_length=config.data.max_seq_length,
-                    mode=mode,
+                    max_seq_length=max(batch.row_length, int(eval_set.lengths.max())),
+                    mode=batch.mode,
                     seed=settings.seed,
                     shuffle=False,
                 )
@@ -174,8 +200,9 @@ class MLXTrainer:
             mx.reset_peak_memory()  # the peak of training, not of loading or probing
 
             optimizer = build_optimizer(settings)
-            total_steps, total_micro = plan(batches, settings)
+            total_steps, total_micro = plan(batches, settings, batch.accumulation)
             prints = fingerprint(config, job.model_path, job.train_data, job.validation_data)
+            prints["batch_plan"] = batch.to_dict()
             state = LoopState()
             if job.resume_from is not None:
                 for difference in compare_fingerprints(
@@ -192,7 +219,6 @@ class MLXTrainer:
                     optimizer=optimizer,
                     data_position=position,
                     fingerprint=prints,
-                    batch_size=int(batch_size),
                 )
 
             say(
@@ -216,6 +242,7 @@ class MLXTrainer:
                     settings=settings,
                     total_steps=total_steps,
                     total_micro_batches=total_micro,
+                    accumulation=batch.accumulation,
                     save=save,
                     checkpoints_dir=job.checkpoints_dir,
                     world=world,
@@ -257,66 +284,6 @@ class MLXTrainer:
                 best_checkpoint=outcome.best_checkpoint,
                 metrics=metrics,
             )
-
-
-def _auto_batch_size(
-    job: Any, model: nn.Module, precision: str, note: Callable[[str, str], None]
-) -> int:
-    """`training.batch_size: auto`: the batch a resumed run used; else the largest power of two
-    (at most 64) whose training step keeps MLX's peak under 90% of the limit (`max_memory_gb`,
-    else Metal's working set, else the available RAM). MLX's allocator is measured, not
-    estimated: a step of 1 and of 2 rows of `max_seq_length` trained tokens give the fixed and
-    the per-row memory; the predicted batch is then run once and halved until it fits."""
-    from ft_models.device import memory_info
-
-    if job.resume_from is not None:
-        saved = read_trainer_state(job.resume_from).get("batch_size")
-        if saved:
-            note("info", f"training.batch_size: auto, {saved} as in the checkpoint")
-            return int(saved)
-    config = job.config
-    length = config.data.max_seq_length
-    if config.resources.max_memory_gb:
-        limit = int(config.resources.max_memory_gb * GIB)
-    else:
-        info = memory_info(gpus=False)
-        limit = int(info.metal_working_set_bytes or info.available_bytes)
-    budget = 0.9 * limit
-    vocab = int(read_config(job.model_path).get("vocab_size") or 2)
-    from ft_train_mlx.packing import model_inputs, summed_loss
-
-    def peak_of(batch: int) -> int:
-        ids = np.random.default_rng(0).integers(0, vocab, (batch, length))
-        rows = {"input_ids": ids, "labels": ids, "segment_ids": np.ones_like(ids)}
-        mx.clear_cache()
-        mx.reset_peak_memory()
-        loss, grads = nn.value_and_grad(model, lambda *a: summed_loss(model, *a))(
-            *model_inputs(rows)
-        )
-        mx.eval(loss, grads)
-        del loss, grads
-        return int(mx.get_peak_memory())
-
-    one, two = peak_of(1), peak_of(2)
-    per_row, fixed = max(two - one, 1), one - max(two - one, 1)
-    if one > budget:
-        raise MemoryError(
-            f"training.batch_size: auto: one row of {length} tokens needs {one / GIB:.2f} GiB, "
-            f"more than 90% of {limit / GIB:.2f} GiB: lower data.max_seq_length, turn on "
-            "training.gradient_checkpointing, or raise resources.max_memory_gb"
-        )
-    batch = 1
-    while batch * 2 <= 64 and fixed + per_row * batch * 2 <= budget:
-        batch *= 2
-    while batch > 1 and peak_of(batch) > budget:
-        batch //= 2
-    mx.clear_cache()
-    note(
-        "info",
-        f"training.batch_size: auto picked {batch} rows of {length} tokens under "
-        f"{limit / GIB:.2f} GiB ({per_row / 2**20:.1f} MiB per row measured)",
-    )
-    return batch
 
 
 def check_resume_compatible(checkpoint: Path, job: Any) -> list[str]:
@@ -376,9 +343,10 @@ def _pick_device(requested: str) -> str:
 
 
 def _precision(requested: str, device: str) -> str:
-    if requested == "auto":
-        return "bf16" if device == "gpu" else "fp32"
-    return requested
+    """`training.precision` on MLX's `device` (`gpu`/`cpu`), by ft-models' one rule."""
+    from ft_models.device import pick_precision
+
+    return pick_precision("mlx" if device == "gpu" else "mlx-cpu", requested).dtype
 
 
 def _load_dtype(model_dtype: str, precision: str) -> str:
@@ -411,12 +379,3 @@ def _memory_limit(max_memory_gb: float | None) -> Iterator[None]:
     finally:
         mx.set_memory_limit(old_limit)
         mx.set_cache_limit(old_cache)
-
-
-def _batching_mode(dataset: PreparedDataset, *, packing: bool) -> str:
-    """`chunk` for raw text prepared without a length limit (continued pretraining), else
-    `pack` or `pad` as `data.packing` says."""
-    attrs = dataset.attrs
-    if attrs.get("format") == "text" and not attrs.get("max_length"):
-        return "chunk"
-    return "pack" if packing else "pad"

@@ -1,11 +1,11 @@
 """Where the model runs and in which precision: the device, the dtype the base weights load in,
 the autocast context of the forward pass and the fp16 loss scaler.
 
-`precision: auto` is fp32 on the CPU and on MPS, bf16 on CUDA where the GPU computes it (Ampere
-and later), else fp32. On the CPU bf16 autocast is faster on machines with AMX (about 1.4x for
-LoRA on SmolLM2-135M here, see FIELD-NOTES.md), but it changes the numbers: losses differ from
-the fp32 ones in the third digit, and a CPU run is where ft promises bit-identical resume and
-tests numerics. So `auto` keeps fp32 on the CPU; ask for `precision: bf16` to get the speed.
+`precision: auto` follows ft-models' one rule (`ft_models.device.pick_precision`): bf16 where
+the device computes it natively (CUDA with compute capability 8.0+, MPS on macOS 14+, a CPU with
+AVX512-BF16 or AMX), else fp32. The MLX trainer asks the same function. A CPU run in bf16 is
+still deterministic (a resumed run ends bit-identical), but its losses differ from fp32's in
+the third digit: ask for `precision: fp32` where the numbers must be float32's.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ def pick_device(setting: str) -> torch.device:
 
 def resolve_precision(setting: str, device: torch.device) -> str:
     """`fp32`, `bf16` or `fp16` for `training.precision` on `device` (see the module docstring)."""
+    from ft_models.device import pick_precision
+
     if setting == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "fp32"
+        return pick_precision(str(device) if device.type == "cuda" else device.type).dtype
     if setting == "fp16" and device.type != "cuda":
         raise ValueError(
             f"precision: fp16 needs a CUDA GPU (it trains with a loss scaler), and this run is on {device.type}: "

@@ -29,6 +29,7 @@ from ft_train_torch.packing import (
     selected_lm_loss,
     trained_positions,
     trained_tokens,
+    use_packed_attention,
 )
 
 
@@ -132,12 +133,17 @@ def evaluate_loss(
             mode=mode,
             seed=0,
             shuffle=False,
+            pad_multiple=64,  # fewer shapes: see ft_train_torch.trainer.PAD_MULTIPLE
         )
         total, count = 0.0, 0
         # Logits at the answer tokens only, as in training (not with prompt-learning adapters,
         # whose virtual tokens shift the positions).
         config = getattr(model, "peft_config", {}).get("default")
         output = None if getattr(config, "is_prompt_learning", False) else OutputAtTargets(model)
+        if output is not None:
+            # Whatever attention the caller loaded the model with: packed rows need ft's
+            # per-example attention, or examples would see each other.
+            use_packed_attention(model)
         try:
             with torch.no_grad():
                 for batch in batches.iter_from(0, epochs=1):

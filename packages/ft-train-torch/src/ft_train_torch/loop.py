@@ -1,13 +1,13 @@
 """The training loop: plain, top to bottom.
 
-One optimizer step is `gradient_accumulation_steps` micro-batches. Before any forward pass the
+One optimizer step is `accumulation` micro-batches (the run's plan, `ft_runs.plan`). Before any forward pass the
 loop counts the trained tokens of the whole step (every micro-batch, every process), and each
 micro-batch's summed loss is divided by that count: accumulating 2 micro-batches of b rows is
 the same update as one batch of 2b. Then: clip, step, schedule, and, between steps, evaluate,
 checkpoint, and ask whether to stop.
 
 Checkpoints are taken between optimizer steps only, so the saved accumulation micro-step is
-always 0 and the data position is `step * gradient_accumulation_steps` micro-batches.
+always 0 and the data position is `step * accumulation` micro-batches.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ import torch
 from ft_config import TrainingConfig
 from ft_data.batches import Batch, Batches, real_tokens
 from ft_models.checkpoint import prune_checkpoints, step_folder, write_checkpoint
+from ft_models.memory_watchdog import GATE, MemoryLimitReached
 from ft_runs import trainkit
 from ft_train_torch.device import peak_memory_bytes
 from ft_train_torch.distributed import World, barrier, gradient_sync
-from ft_train_torch.state import LoopState
+from ft_train_torch.state import LoopState, rng_state, set_rng_state
 
 Event = dict[str, Any]
 LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]  # summed loss of a batch
@@ -51,6 +52,7 @@ class Loop:
     settings: TrainingConfig
     total_steps: int
     total_micro_batches: int | None  # None: `max_steps` decides, the data cycles
+    accumulation: int  # micro-batches per optimizer step (the run's BatchPlan)
     loss: LossFn
     count: CountFn
     save: SaveFn
@@ -64,10 +66,6 @@ class Loop:
     # Called on every process before a checkpoint; its result goes to `save` (FSDP gathers the
     # sharded weights and optimizer state here). None: nothing to gather.
     gather: Callable[[], Any] | None = None
-
-    @property
-    def accumulation(self) -> int:
-        return self.settings.gradient_accumulation_steps
 
 
 @dataclass(frozen=True)
@@ -138,17 +136,20 @@ def run(
         targets = world.sum(sum(loop.count(b) for b in shards), device)
         tokens = int(world.sum(sum(real_tokens(b) for b in shards), device))
         loop.model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for index, batch in enumerate(shards):
-            # DDP and FSDP reduce gradients on the last micro-batch only.
-            with gradient_sync(loop.model, index == len(shards) - 1):
-                with loop.offload():
-                    summed = loop.loss(loop.model, batch)
-                # DDP and FSDP average gradients over processes; the sum is wanted.
-                scaled = summed * (world.size / max(targets, 1.0))
-                (loop.scaler.scale(scaled) if loop.scaler else scaled).backward()
-            loss_sum += summed.detach().double()
-            del summed, scaled  # free the graph before the next micro-batch
+        rng = rng_state()
+        try:
+            with GATE:  # the memory watchdog may interrupt here, and only here
+                loss_sum = _accumulate(loop, shards, targets)
+        except MemoryLimitReached as stop:
+            # The memory watchdog interrupted this step. Its activations die with the
+            # traceback's frames; the weights are still those of the last complete step, so
+            # that step is saved (with the RNG as it was before this one) and the run ends.
+            stop.__traceback__ = None
+            loop.optimizer.zero_grad(set_to_none=True)
+            set_rng_state(*rng)
+            if saved_at != state.step:
+                checkpoint()
+            raise stop from None
         loss = world.sum(float(loss_sum), device) / max(targets, 1.0)
 
         if loop.scaler is not None:
@@ -227,6 +228,24 @@ def run(
     if saved_at != state.step:
         checkpoint()
     return finish(reason)
+
+
+def _accumulate(loop: Loop, shards: list[Batch], targets: float) -> torch.Tensor:
+    """Forward and backward every micro-batch of a step, gradients summed; the step's summed
+    loss. Its own frame, so an interrupted step's graph goes with it."""
+    world = loop.world
+    loss_sum = torch.zeros((), dtype=torch.float64, device=loop.device)
+    for index, batch in enumerate(shards):
+        # DDP and FSDP reduce gradients on the last micro-batch only.
+        with gradient_sync(loop.model, index == len(shards) - 1):
+            with loop.offload():
+                summed = loop.loss(loop.model, batch)
+            # DDP and FSDP average gradients over processes; the sum is wanted.
+            scaled = summed * (world.size / max(targets, 1.0))
+            (loop.scaler.scale(scaled) if loop.scaler else scaled).backward()
+        loss_sum += summed.detach().double()
+        del summed, scaled  # free the graph before the next micro-batch
+    return loss_sum
 
 
 def evaluate(loop: Loop) -> float:

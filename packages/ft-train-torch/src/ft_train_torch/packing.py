@@ -107,39 +107,60 @@ class OutputAtTargets:
     vocabulary-wide, the largest activation. Prompt tokens and padding have no target, so
     their logits are wasted work. While `at(positions)` is active, a forward pre-hook on the
     output layer keeps only the hidden states at `positions` (row-major), so the model returns
-    logits of shape `(targets, vocab)`, which `selected_lm_loss` scores. The forward still goes
-    through the model (and any DDP/FSDP wrapper) as usual.
+    logits of shape `(rows, vocab)` whose first rows are the targets', which
+    `selected_lm_loss` scores. The forward still goes through the model (and any DDP/FSDP
+    wrapper) as usual.
+
+    The number of rows is rounded up to one of four sizes per octave (`padded_count`), the
+    extra rows repeating the last position: the CPU's bfloat16 matrix library (oneDNN) keeps a
+    kernel, with its own copy of the weights, for every shape it meets, so a count that
+    changes at every step grew a run's memory by ~16 MB a step for SmolLM2's output layer.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
         head = model.get_output_embeddings()
         if head is None:
             raise ValueError("the model has no output layer to select positions for")
-        self.positions: torch.Tensor | None = None
+        self.index: torch.Tensor | None = None
         self.handle = head.register_forward_pre_hook(self._select)
 
     def _select(self, module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        if self.positions is None:
+        if self.index is None:
             return None
-        return (args[0][self.positions], *args[1:])
+        hidden = args[0]
+        return (hidden.reshape(-1, hidden.shape[-1])[self.index], *args[1:])
 
     @contextlib.contextmanager
     def at(self, positions: np.ndarray, device: torch.device) -> Iterator[None]:
-        self.positions = torch.as_tensor(positions, device=device)
+        index = np.flatnonzero(positions)
+        if len(index):
+            fill = np.full(padded_count(len(index)) - len(index), index[-1])
+            index = np.concatenate([index, fill])
+        self.index = torch.as_tensor(index, device=device)
         try:
             yield
         finally:
-            self.positions = None
+            self.index = None
 
     def remove(self) -> None:
         self.handle.remove()
 
 
+def padded_count(count: int) -> int:
+    """`count` rounded up to one of four sizes per octave (at most 25% more; 64 at least):
+    64, 80, 96, 112, 128, 160, 192, 224, 256, 320, ..."""
+    if count <= 64:
+        return 64
+    step = 1 << max(count.bit_length() - 3, 0)
+    return -(-count // step) * step
+
+
 def selected_lm_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """`causal_lm_loss` for logits computed at `trained_positions(batch)` only (row-major)."""
+    """`causal_lm_loss` for logits computed at `trained_positions(batch)` only (row-major; the
+    rows after the targets' are `OutputAtTargets`' padding)."""
     targets = shifted_targets(batch)
     wanted = torch.as_tensor(targets[targets != IGNORE_INDEX], device=logits.device)
-    return F.cross_entropy(logits.float(), wanted, reduction="sum")
+    return F.cross_entropy(logits[: len(wanted)].float(), wanted, reduction="sum")
 
 
 def classification_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -20,7 +20,12 @@ import torch
 from ft_data.batches import Batches
 from ft_data.hdf5 import PreparedDataset
 from ft_models.checkpoint import read_manifest
-from ft_runs.protocols import Capabilities, TrainResult  # declared by its consumer, ft-runs
+from ft_runs.plan import batch_plan_for
+from ft_runs.protocols import (  # declared by its consumer, ft-runs
+    Capabilities,
+    Placement,
+    TrainResult,
+)
 from ft_runs.trainkit import compare_fingerprints, fingerprint, plan, read_trainer_state
 from ft_train_torch import distributed, loop
 from ft_train_torch.device import autocast, grad_scaler, load_dtype, pick_device, resolve_precision
@@ -49,6 +54,10 @@ from ft_train_torch.packing import (
 from ft_train_torch.state import LoopState, load_training_state, save_training_state
 
 Event = dict[str, Any]
+
+# Padded rows are as wide as their batch's longest example rounded up to this: fewer distinct
+# shapes, fewer kernels (and their weight copies) that oneDNN caches per shape on the CPU.
+PAD_MULTIPLE = 64
 
 # What FSDP can shard and gather here: not QLoRA's 4-bit base, nor peft's prompt encoders.
 SHARDED_METHODS = ("lora", "dora", "full")
@@ -79,6 +88,16 @@ class TorchTrainer:
             distributed=True,
             notes=notes,
             sharded_methods=SHARDED_METHODS,
+        )
+
+    def placement(self, config: Any) -> Placement:
+        """The device, precision and base dtype `train` would use for `config` here."""
+        device = pick_device(config.resources.device)
+        dtype = load_dtype(config.model.dtype, device, full=config.method.name == "full")
+        return Placement(
+            device=_device_name(device),
+            precision=resolve_precision(config.training.precision, device),
+            weights_dtype=str(dtype).removeprefix("torch."),
         )
 
     def evaluate_loss(
@@ -152,12 +171,6 @@ class TorchTrainer:
             )
             prompt = method.name in PROMPT_METHODS
             label_names = _label_names(train_set, job.train_data) if classify else None
-            # Classification: one example a row, padded (a class belongs to a whole row).
-            mode = (
-                "pad"
-                if classify
-                else _batching_mode(train_set, packing=config.data.packing and not prompt)
-            )
             pad_id = _pad_token_id(job.model_path, train_set) if classify else None
             if config.data.packing and classify:
                 note("info", "sequence classification takes one example a row: packing is off")
@@ -182,35 +195,41 @@ class TorchTrainer:
                 )
             model = apply_method(base, method, task)
             trainable, total = count_parameters(model)
-            batch_size = settings.batch_size
-            if batch_size == "auto" and job.resume_from is not None:
-                saved = read_trainer_state(job.resume_from)["fingerprint"].get("batch_size")
-                if saved:
-                    batch_size = int(saved)
-                    note("info", f"batch_size auto: {batch_size}, as chosen when the run started")
-            if batch_size == "auto":
-                batch_size, why = choose_batch_size(
-                    config, job.model_path, train_set, model, device, dtype, prompt=prompt
+            # How the data is batched: planned (and checked against memory) by `ft train`,
+            # else made here the same way (ft_runs.plan); a resumed run keeps its own.
+            batch, decided = (
+                (job.plan, [])
+                if job.plan
+                else batch_plan_for(
+                    job,
+                    device=_device_name(device),
+                    precision=precision,
+                    weights_dtype=str(dtype).removeprefix("torch."),
+                    processes=world.size,
                 )
-                note("info", f"batch_size auto: {batch_size} ({why})")
-            rows = world.size * int(batch_size)
+            )
+            for text in decided:
+                note("info", text)
+            rows = world.size * batch.micro_batch
             batches = Batches(
                 train_set,
                 batch_size=rows,
-                max_seq_length=config.data.max_seq_length,
-                mode=mode,
+                max_seq_length=batch.row_length,
+                mode=batch.mode,
                 seed=settings.seed,
                 pad_id=pad_id,
+                pad_multiple=PAD_MULTIPLE,
             )
             eval_batches = (
                 Batches(
                     eval_set,
                     batch_size=rows,
-                    max_seq_length=config.data.max_seq_length,
-                    mode=mode,
+                    max_seq_length=max(batch.row_length, int(eval_set.lengths.max())),
+                    mode=batch.mode,
                     seed=settings.seed,
                     shuffle=False,
                     pad_id=pad_id,
+                    pad_multiple=PAD_MULTIPLE,
                 )
                 if eval_set is not None and len(eval_set)
                 else None
@@ -223,11 +242,11 @@ class TorchTrainer:
             forward = torch.compile(wrapped) if settings.compile else wrapped
 
             optimizer = build_optimizer(model.parameters(), settings)
-            total_steps, total_micro = plan(batches, settings)
+            total_steps, total_micro = plan(batches, settings, batch.accumulation)
             scheduler = build_scheduler(optimizer, settings, total_steps)
             scaler = grad_scaler(precision, device)
             prints = fingerprint(config, job.model_path, job.train_data, job.validation_data)
-            prints["batch_size"] = int(batch_size)
+            prints["batch_plan"] = batch.to_dict()
             state = LoopState()
             if job.resume_from is not None:
                 for difference in compare_fingerprints(
@@ -331,6 +350,7 @@ class TorchTrainer:
                     settings=settings,
                     total_steps=total_steps,
                     total_micro_batches=total_micro,
+                    accumulation=batch.accumulation,
                     loss=loss,
                     count=lambda batch: trained_tokens(batch, task),
                     save=save,
@@ -403,6 +423,11 @@ def _use_fsdp(strategy: str, method: str, world: distributed.World, note: Any) -
     return True
 
 
+def _device_name(device: torch.device) -> str:
+    """`cuda:N` for a CUDA device, else the device type (`cpu`, `mps`)."""
+    return str(device) if device.type == "cuda" else device.type
+
+
 def _label_names(dataset: PreparedDataset, path: Path) -> list[str]:
     """The classes of a classification dataset; a clear error when it has none."""
     names = dataset.label_names
@@ -441,86 +466,3 @@ def _pad_token_id(model_path: Path, dataset: PreparedDataset) -> int:
         if isinstance(candidate, int) and candidate >= 0:
             return candidate
     return 0
-
-
-def _batching_mode(dataset: PreparedDataset, *, packing: bool) -> str:
-    """`chunk` for raw text prepared without a length limit (continued pretraining), else
-    `pack` or `pad` as `data.packing` says."""
-    attrs = dataset.attrs
-    if attrs.get("format") == "text" and not attrs.get("max_length"):
-        return "chunk"
-    return "pack" if packing else "pad"
-
-
-def choose_batch_size(
-    config: Any,
-    model_path: Path,
-    dataset: PreparedDataset,
-    model: torch.nn.Module,
-    device: torch.device,
-    dtype: torch.dtype,
-    *,
-    prompt: bool,
-) -> tuple[int, str]:
-    """`training.batch_size: auto`: the largest power of two whose estimated peak (ft-models'
-    estimator) fits the memory limit, confirmed on a GPU by a real forward and backward pass
-    that halves the batch on out-of-memory. On the CPU an out-of-memory kills the process
-    instead of raising, so the estimate alone decides, with the safety margin it keeps."""
-    import json
-
-    from ft_models.device import memory_info
-    from ft_models.memory import auto_batch_size
-    from ft_models.shape import ModelShape
-
-    shape = ModelShape.from_hf_config(json.loads((model_path / "config.json").read_text()))
-    resources, method, data = config.resources, config.method, config.data
-    if resources.max_memory_gb:
-        limit, where = int(resources.max_memory_gb * 1e9), "resources.max_memory_gb"
-    elif device.type == "cuda":
-        limit, where = torch.cuda.mem_get_info(device)[0], f"free memory on {device}"
-    else:
-        limit, where = memory_info(gpus=False).available_bytes, "available RAM"
-    seq_len = int(data.max_seq_length)
-    if not data.packing and len(dataset):
-        seq_len = min(seq_len, int(dataset.lengths.max()))
-    most = 1
-    while most * 2 <= min(256, max(len(dataset), 1)):
-        most *= 2
-    trial = None
-    if device.type in ("cuda", "mps"):
-
-        def trial(batch: int) -> bool:
-            ids = torch.randint(0, shape.vocab_size, (batch, seq_len), device=device)
-            labels = (
-                torch.zeros(batch, dtype=torch.long, device=device)
-                if config.model.task == "sequence-classification"
-                else ids
-            )
-            try:
-                out = model(input_ids=ids, labels=labels)
-                out.loss.backward()
-                return True
-            finally:
-                model.zero_grad(set_to_none=True)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-
-    dtype_name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[
-        dtype
-    ]
-    targets = method.target_modules
-    chosen = auto_batch_size(
-        shape,
-        memory_limit_bytes=limit,
-        seq_len=seq_len,
-        method=method.name if method.name in ("full", "lora", "dora", "qlora") else "lora",
-        dtype=dtype_name,
-        lora_rank=method.rank,
-        lora_targets=targets if isinstance(targets, str) else list(targets),
-        gradient_checkpointing=bool(config.training.gradient_checkpointing),
-        optimizer=config.training.optimizer,
-        max_batch_size=most,
-        trial=trial,
-    )
-    how = "confirmed by a trial step" if trial else "estimated"
-    return chosen, f"{how} for sequences of {seq_len} tokens within {limit / 1e9:.1f} GB ({where})"
