@@ -12,6 +12,7 @@ from ft_data.config import DataSettings, options_from_config
 from ft_data.contamination import ContaminationReport, find_contamination
 from ft_data.conversation import Conversation, Message, check_conversation
 from ft_data.errors import DataError, RowProblem
+from ft_data.explain import ExplainedRow, Explanation, explain_rows
 from ft_data.formats import Detection, Format, available_formats, detect_format, get_format
 from ft_data.hdf5 import PreparedDataset, PreparedWriter
 from ft_data.prepare import PrepareOptions, PrepareReport, PrepareResult, prepare_dataset
@@ -20,6 +21,7 @@ from ft_data.readers import find_files, local_files, read_file, read_rows
 from ft_data.report import QualityReport, quality_report
 from ft_data.split import ValidationPlan, plan_validation, split_rows
 from ft_data.stats import DatasetStats, dataset_stats, render_stats
+from ft_data.summary import prepare_summary, stats_summary
 from ft_data.templates import ChatTemplate, available_templates, get_template
 from ft_data.tokenize import TokenizedExample, tokenize_conversations, tokenize_texts
 from ft_data.tokenizer import ModelTokenizer, load_tokenizer
@@ -37,6 +39,8 @@ __all__ = [
     "DatasetStats",
     "Detection",
     "DuplicateReport",
+    "ExplainedRow",
+    "Explanation",
     "Format",
     "Message",
     "ModelTokenizer",
@@ -55,6 +59,7 @@ __all__ = [
     "conversation_text",
     "dataset_stats",
     "detect_format",
+    "explain_rows",
     "find_contamination",
     "find_duplicates",
     "find_files",
@@ -67,11 +72,13 @@ __all__ = [
     "plan_validation",
     "prepare_cached",
     "prepare_dataset",
+    "prepare_summary",
     "quality_report",
     "read_file",
     "read_rows",
     "render_stats",
     "split_rows",
+    "stats_summary",
     "tokenize_conversations",
     "tokenize_texts",
 ]

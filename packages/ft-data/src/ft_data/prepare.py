@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from ft_data.conversation import Conversation, Message, check_conversation
 from ft_data.errors import DataError, RowProblem
 from ft_data.formats import Format, detect_format, get_format
@@ -156,11 +158,7 @@ def prepare_dataset(
     tok = tokenizer if isinstance(tokenizer, ModelTokenizer) else load_tokenizer(tokenizer)
     with local_files(source) as files:
         fmt, reason = choose_format(source, files, options)
-        template = (
-            None
-            if fmt.kind == "text"
-            else get_template(options.template, tokenizer_template=tok.chat_template)
-        )
+        template = choose_template(fmt, tok, options)
         source_hash = hash_source(source, files, fmt.name, options)
         key = _cache_key(source_hash, tok, template, options)
         output = Path(output(key) if callable(output) else output)
@@ -259,6 +257,16 @@ def choose_format(
         itertools.islice(rows, options.detect_rows), sample=options.detect_rows, where=str(source)
     )
     return detection.format, detection.reason
+
+
+def choose_template(
+    fmt: Format, tok: ModelTokenizer, options: PrepareOptions
+) -> ChatTemplate | None:
+    """The chat template rows of ``fmt`` are rendered with (the configured one, else the
+    tokenizer's); None for raw text, which is tokenized as it is."""
+    if fmt.kind == "text":
+        return None
+    return get_template(options.template, tokenizer_template=tok.chat_template)
 
 
 Located = tuple[str, int]  # (file, row)
@@ -371,7 +379,7 @@ def _encode_chunk(
     tok: ModelTokenizer,
     options: PrepareOptions,
 ) -> list[TokenizedExample]:
-    return _encode([conversation for _, conversation in chunk], template, tok, options)
+    return encode_conversations([c for _, c in chunk], template, tok, options)
 
 
 def _write_chunk(
@@ -390,7 +398,7 @@ def _write_chunk(
         examples = []
         for (file, row), conversation in chunk:
             try:
-                examples.append(_encode([conversation], template, tok, options)[0])
+                examples.append(encode_conversations([conversation], template, tok, options)[0])
             except RowProblem as problem:
                 if options.on_invalid == "error":
                     raise problem.at(file=file, row=row) from None
@@ -401,7 +409,7 @@ def _write_chunk(
             _write(writer, file, row, example, options, report, conversation.label)
 
 
-def _encode(
+def encode_conversations(
     conversations: list[Conversation],
     template: ChatTemplate | None,
     tok: ModelTokenizer,
@@ -409,6 +417,11 @@ def _encode(
     *,
     cut: bool = True,
 ) -> list[TokenizedExample]:
+    """Conversations as prepare tokenizes them: rendered with ``template`` (None: raw text),
+    tokenized with their loss masks, each cut to ``options.max_length`` tokens' worth of
+    characters first (see :func:`~ft_data.tokenize.char_limit`) unless not ``cut``. The
+    examples are not yet fitted to ``max_length``: see :func:`fit_to_length`. Raises
+    :class:`RowProblem` for a conversation the template cannot render."""
     # Texts far longer than max_length are cut before tokenizing: tokenizing a 100 MB row
     # whole takes gigabytes, and all but its first max_length tokens are left out anyway.
     max_chars = char_limit(tok, options.max_length) if cut and options.max_length else None
@@ -421,8 +434,32 @@ def _encode(
     for index, example in enumerate(examples):
         if example.uncut_chars and len(example) <= (options.max_length or 0):
             # The bound did not hold (a normalizer shortened the text): tokenize it whole.
-            examples[index] = _encode([conversations[index]], template, tok, options, cut=False)[0]
+            examples[index] = encode_conversations(
+                [conversations[index]], template, tok, options, cut=False
+            )[0]
     return examples
+
+
+Fate = Literal["kept", "truncated", "too_long", "no_trained_tokens"]
+
+
+def fit_to_length(
+    example: TokenizedExample, options: PrepareOptions
+) -> tuple[Fate, np.ndarray, np.ndarray]:
+    """What prepare does with ``example`` under ``options.max_length`` and ``on_too_long``, and
+    the tokens and loss mask it keeps: ``kept`` whole; ``truncated`` (cut to max_length);
+    ``too_long`` (left out, or an error with ``on_too_long: error``); ``no_trained_tokens``
+    (left out: no token of it, after a cut, is trained)."""
+    tokens, mask = example.tokens, example.loss_mask
+    limit = options.max_length
+    fate: Fate = "kept"
+    if limit and len(tokens) > limit:
+        if options.on_too_long != "truncate":
+            return "too_long", tokens, mask
+        fate, tokens, mask = "truncated", tokens[:limit], mask[:limit]
+    if not mask.any():
+        return "no_trained_tokens", tokens, mask
+    return fate, tokens, mask
 
 
 def _write(
@@ -434,33 +471,31 @@ def _write(
     report: PrepareReport,
     label: str | None = None,
 ) -> None:
-    tokens, mask = example.tokens, example.loss_mask
+    fate, tokens, mask = fit_to_length(example, options)
     limit = options.max_length
-    if limit and len(tokens) > limit:
+    if limit and len(example) > limit:
         # A text cut before tokenizing was not counted whole: give its length in characters.
         chars = f"{example.uncut_chars:,} characters" if example.uncut_chars else None
         if options.on_too_long == "error":
             raise DataError(
                 f"the example has {chars}, far more than max_length {limit} tokens"
                 if chars
-                else f"the example has {len(tokens)} tokens, more than max_length {limit}",
+                else f"the example has {len(example)} tokens, more than max_length {limit}",
                 file=file,
                 row=row,
                 hint="raise max_length, or set on_too_long to 'truncate' or 'drop'",
             )
-        if options.on_too_long == "drop":
+        if fate == "too_long":
             reason = (
                 f"{chars}, far more than max_length {limit} tokens"
                 if chars
-                else f"{len(tokens)} tokens > max_length {limit}"
+                else f"{len(example)} tokens > max_length {limit}"
             )
             report.add_issue("too_long", file, row, reason)
             return
-        reason = f"{chars or f'{len(tokens)} tokens'} cut to max_length {limit}"
+        reason = f"{chars or f'{len(example)} tokens'} cut to max_length {limit}"
         report.add_issue("truncated", file, row, reason)
-        tokens, mask = tokens[:limit], mask[:limit]
-    trained = int(mask.sum())
-    if trained == 0:
+    if fate == "no_trained_tokens":
         report.add_issue(
             "no_trained_tokens",
             file,
@@ -469,6 +504,7 @@ def _write(
             + (" after truncation" if limit and len(example) > limit else ""),
         )
         return
+    trained = int(mask.sum())
     writer.add(tokens, mask, label=label if options.label_column is not None else None)
     report.examples += 1
     report.tokens += len(tokens)
