@@ -514,10 +514,13 @@ def test_invalid_utf8(datasets: Path, model_dir: Path, tmp_path: Path) -> None:
     assert message.startswith(f"error: {source}:4: the text is not valid UTF-8\n")
 
 
-def test_model_names_wait_for_ft_models(datasets: Path) -> None:
-    message = _error(run("prepare", datasets / "alpaca_en_demo.json", "--model", "smollm2-135m"))
-    assert message.startswith("error: model 'smollm2-135m' is not a model folder here.")
-    assert "comes with ft-models" in message
+def test_unknown_model_and_no_data(
+    datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no train.yml here
+    message = _error(run("prepare", datasets / "alpaca_en_demo.json", "--model", "smollm-135"))
+    assert message.startswith("error: unknown model 'smollm-135': it is not a local folder")
+    assert "Similar catalog aliases: smollm2-135m" in message
     usage = run("prepare")
     assert usage.exit_code == 2 and "give the data (SRC), or -c train.yml" in usage.output
 
