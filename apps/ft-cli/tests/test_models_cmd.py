@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from ft_cli.models_cmd import format_bytes, models, parse_nvidia_smi, parse_size
+from ft_cli.models_cmd import format_bytes, models, parse_size
 from ft_models.catalog import CATALOG, training_memory
 from ft_testing.hub_server import LocalHub
 from ft_testing.plugin import PICKLE_ONLY_REPO, PRIVATE_LLAMA_REPO, TINY_BERT_REPO, TINY_LLAMA_REPO
@@ -229,12 +229,4 @@ def test_sizes() -> None:
         "1.2 MB",
         "269 MB",
         "4.8 GB",
-    ]
-
-
-def test_gpu_memory_from_nvidia_smi() -> None:
-    text = "NVIDIA H100 80GB HBM3, 81559\nNVIDIA GeForce RTX 4090, 24564\n[N/A], x\n"
-    assert parse_nvidia_smi(text) == [
-        ("NVIDIA H100 80GB HBM3", 81559 * 2**20),
-        ("NVIDIA GeForce RTX 4090", 24564 * 2**20),
     ]
