@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from ft_cli import main as ft_main
 from ft_cli.main import cli
-from ft_config import load_config
+from ft_config import load_config, plugins
 
 
 def run(*args: str, input: str | None = None, env: dict | None = None):
@@ -270,6 +270,54 @@ def test_a_broken_plugin_warns_instead_of_crashing(monkeypatch):
     assert result.exit_code == 0
     assert "warning: command 'broken' (no_such_module_xyz:cmd) failed to load" in result.output
     assert "\n  init " in result.output
+
+
+PLUGIN_COMMAND = '''
+import click
+
+@click.command()
+def hello():
+    """Say hello from a plugin."""
+    click.echo("hello from acme")
+'''
+
+
+def test_a_plugin_command_comes_through_entry_points(monkeypatch, tmp_path):
+    (tmp_path / "acme_ft_commands.py").write_text(PLUGIN_COMMAND, encoding="utf-8")
+    dist_info = tmp_path / "acme_ft_commands-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: acme-ft-commands\nVersion: 1.0\n", encoding="utf-8"
+    )
+    (dist_info / "entry_points.txt").write_text(
+        "[ft.commands]\nhello = acme_ft_commands:hello\ninit = acme_ft_commands:hello\n",
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("FT_NO_PLUGINS", raising=False)
+
+    def fresh_discovery():
+        plugins.cache_clear()
+        ft_main.command_entry_points.cache_clear()
+
+    fresh_discovery()
+    try:
+        result = CliRunner().invoke(cli, ["--help"])
+        assert result.exit_code == 0
+        assert "Say hello from a plugin." in result.output
+        assert (
+            "warning: ft.commands plugin 'init' (acme_ft_commands:hello, from distribution "
+            "acme-ft-commands) ignored: the name is taken by ft_cli.init:init" in result.output
+        )
+        assert run("hello").output == "hello from acme\n"
+        monkeypatch.setenv("FT_NO_PLUGINS", "1")
+        fresh_discovery()
+        result = CliRunner().invoke(cli, ["--help"])
+        assert "hello" not in result.output
+        assert "warning" not in result.output
+    finally:
+        monkeypatch.undo()
+        fresh_discovery()
 
 
 # --- ft doctor --------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
@@ -258,19 +257,31 @@ class ReverseFormat:
 """
 
 
-def test_plugins_through_entry_points(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    (tmp_path / "ft_reverse_plugin.py").write_text(PLUGIN, encoding="utf-8")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    points = [
-        EntryPoint("reverse", "ft_reverse_plugin:ReverseFormat", "ft.formats"),
-        EntryPoint("broken", "ft_data_no_such_module:Format", "ft.formats"),
-        EntryPoint("alpaca", "ft_data.formats:AlpacaFormat", "ft.formats"),
-    ]
-    monkeypatch.setattr(
-        registry, "entry_points", lambda group: [p for p in points if p.group == group]
+def install_plugin(folder: Path, entry_points: str) -> None:
+    """A distribution `reverse-format` on sys.path (a .dist-info folder) with `entry_points`."""
+    (folder / "ft_reverse_plugin.py").write_text(PLUGIN, encoding="utf-8")
+    dist_info = folder / "reverse_format-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: reverse-format\nVersion: 1.0\n", encoding="utf-8"
     )
+    (dist_info / "entry_points.txt").write_text(entry_points, encoding="utf-8")
+
+
+def test_plugins_through_entry_points(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    install_plugin(
+        tmp_path,
+        "[ft.formats]\n"
+        "reverse = ft_reverse_plugin:ReverseFormat\n"
+        "broken = ft_data_no_such_module:Format\n"
+        "alpaca = ft_reverse_plugin:ReverseFormat\n",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
     registry.use_plugins(True)
-    with pytest.warns(UserWarning, match="ft.formats plugin 'broken' .* failed to load"):
+    with (
+        pytest.warns(UserWarning, match="ft.formats plugin 'broken' .* failed to load"),
+        pytest.warns(UserWarning, match="plugin 'alpaca' .*reverse-format.* ignored"),
+    ):
         names = available_formats()
     assert names == [
         "alpaca",
@@ -281,10 +292,11 @@ def test_plugins_through_entry_points(monkeypatch: pytest.MonkeyPatch, tmp_path:
         "sharegpt",
         "text",
     ]
+    assert get_format("alpaca").name == "alpaca"  # ft's own keeps its name
     detection = detect_format([{"question": "q", "answer": "a"}])
     assert detection.reason == "detected: reverse (keys 'answer'/'question' in 1/1 rows)"
     registry.use_plugins(False)
     assert "reverse" not in available_formats()
-    monkeypatch.setenv("FT_DATA_NO_PLUGINS", "1")
+    monkeypatch.setenv("FT_NO_PLUGINS", "1")
     registry.use_plugins(None)
     assert "reverse" not in available_formats()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
+from ft_config import PluginWarning, plugins
 from ft_export import (
     ExportError,
     ExportOptions,
@@ -69,6 +70,44 @@ def test_every_format_is_registered_as_an_entry_point() -> None:
     assert all(e.name == name and e.description for name, e in found.items())
     with pytest.raises(ExportError, match="unknown export format 'onnx': choose one of gguf, "):
         get_exporter("onnx")
+
+
+def test_a_broken_exporter_plugin_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dist_info = tmp_path / "acme_export-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: acme-export\nVersion: 1.0\n", encoding="utf-8"
+    )
+    (dist_info / "entry_points.txt").write_text(
+        "[ft.exporters]\nonnx = acme_no_such_module:OnnxExporter\nodd = json:dumps\n",
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("FT_NO_PLUGINS", raising=False)
+    plugins.cache_clear()
+    try:
+        with (
+            pytest.warns(PluginWarning, match="'onnx' .*acme-export.* failed to load"),
+            pytest.raises(ExportError, match="No module named 'acme_no_such_module'"),
+        ):
+            get_exporter("onnx")
+        with pytest.raises(ExportError, match="exporter plugin 'odd' is not an Exporter"):
+            get_exporter("odd")
+        with (
+            pytest.warns(PluginWarning, match="'odd' is not an Exporter"),
+            pytest.warns(PluginWarning, match="'onnx' .* failed to load"),
+        ):
+            found = exporters()
+        assert "onnx" not in found and "odd" not in found and "gguf" in found
+        assert get_exporter("hf").name == "hf"
+        monkeypatch.setenv("FT_NO_PLUGINS", "1")
+        with pytest.raises(ExportError, match="unknown export format 'onnx'"):
+            get_exporter("onnx")
+    finally:
+        monkeypatch.undo()
+        plugins.cache_clear()
 
 
 @pytest.mark.parametrize("arch", ARCHS)

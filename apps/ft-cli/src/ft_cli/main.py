@@ -1,53 +1,52 @@
 """The `ft` meta-CLI: assembles the commands that packages contribute, lazily.
 
 Each command is an entry point in the group `ft.commands` (ft's own included, so a third-party
-package adds a command the same way). Nothing is imported until a command runs or its help is
-shown, and command modules import their heavy libraries (torch, mlx, transformers) inside the
-function bodies, so `ft --help` stays fast.
+package adds a command the same way), found through `ft_config.plugins`. Nothing is imported
+until a command runs or its help is shown, and command modules import their heavy libraries
+(torch, mlx, transformers) inside the function bodies, so `ft --help` stays fast.
+`FT_NO_PLUGINS=1` loads only the commands ft itself ships.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import sys
+import warnings
 from importlib import metadata
 from typing import Any
 
 import click
 
 from ft_cli import __version__
+from ft_config import plugins
 
 COMMANDS_GROUP = "ft.commands"
-NO_PLUGINS_ENV = "FT_NO_PLUGINS"  # "1": load only the commands ft itself ships
 
 
 @functools.lru_cache(maxsize=1)
 def command_entry_points() -> dict[str, metadata.EntryPoint]:
     """The `ft.commands` entry points by command name (discovered once per process).
 
-    ft's own commands (modules named `ft_*`) win over a plugin's command of the same name.
+    ft's own commands (distributions named `ft-*`) win over a plugin's command of the same
+    name; the plugin's is ignored with a warning.
     """
-    builtin: dict[str, metadata.EntryPoint] = {}
-    plugins: dict[str, metadata.EntryPoint] = {}
-    for ep in metadata.entry_points(group=COMMANDS_GROUP):
-        (builtin if ep.value.startswith("ft_") else plugins)[ep.name] = ep
-    if os.environ.get(NO_PLUGINS_ENV) == "1":
-        return builtin
-    for name, ep in plugins.items():
-        if name in builtin:
-            click.echo(
-                f"warning: ignoring plugin command {name!r} ({ep.value}): ft has its own", err=True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", plugins.PluginWarning)
+        found = plugins.discover(COMMANDS_GROUP)
+    for warning in caught:
+        if issubclass(warning.category, plugins.PluginWarning):
+            click.echo(f"warning: {warning.message}", err=True)
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
             )
-    return plugins | builtin
+    return found
 
 
 def quiet_libraries() -> None:
     """Hide what the model libraries print that tells a user nothing: transformers' "Loading
     weights" bars and a deprecation warning peft triggers. Downloads keep their progress bars
     (huggingface_hub's own). Call it in commands that load models, before loading."""
-    import warnings
-
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     try:
         from transformers.utils import logging as hf_logging
@@ -82,9 +81,15 @@ class LazyGroup(click.Group):
         if ep is None:
             return None
         try:
-            loaded = ep.load()
-        except Exception as exc:  # a broken plugin must not take the whole CLI down
-            click.echo(f"warning: command {name!r} ({ep.value}) failed to load: {exc}", err=True)
+            with warnings.catch_warnings():
+                # Said below, in the CLI's words, instead of as a Python warning.
+                warnings.simplefilter("ignore", plugins.PluginWarning)
+                loaded = plugins.load_entry_point(ep)
+        except plugins.PluginError as exc:  # a broken plugin must not take the whole CLI down
+            click.echo(
+                f"warning: command {name!r} ({ep.value}) failed to load: {exc.__cause__}",
+                err=True,
+            )
             return None
         if not isinstance(loaded, click.Command):
             click.echo(f"warning: entry point {ep.value} is not a click command", err=True)

@@ -7,8 +7,13 @@
 
 Errors name the file, the line and the key: `train.yml:14: training.learning_rate: expected a
 number, got 'fast'`.
+
+Plugins of every entry point group (formats, templates, exporters, trainers, commands) are found
+through `ft_config.plugins` (`plugins.discover(group)`, `plugins.load(group, name)`);
+`FT_NO_PLUGINS=1` keeps to ft's own.
 """
 
+from ft_config import plugins
 from ft_config.files import atomic_write_bytes, atomic_write_text
 from ft_config.loader import (
     ConfigError,
@@ -19,6 +24,7 @@ from ft_config.loader import (
     resolve_path,
 )
 from ft_config.paths import AppPaths, app_paths
+from ft_config.plugins import PluginError, PluginWarning
 from ft_config.reference import json_schema, markdown_reference, render_train_yml
 from ft_config.schema import (
     DataConfig,
@@ -62,6 +68,8 @@ __all__ = [
     "ModelConfig",
     "OutputConfig",
     "Override",
+    "PluginError",
+    "PluginWarning",
     "ResourcesConfig",
     "Secret",
     "Secrets",
@@ -79,6 +87,7 @@ __all__ = [
     "load_secrets",
     "markdown_reference",
     "parse_override",
+    "plugins",
     "render_train_yml",
     "resolve_path",
     "unstructure_config",

@@ -24,7 +24,9 @@ class TrainerNotAvailable(LookupError):
 @functools.lru_cache(maxsize=1)
 def trainer_entry_points() -> dict[str, metadata.EntryPoint]:
     """Installed trainers by backend name (discovered once per process)."""
-    return {ep.name: ep for ep in metadata.entry_points(group=GROUP)}
+    from ft_config import plugins
+
+    return plugins.discover(GROUP)
 
 
 def get_trainer(backend: str) -> Trainer:
@@ -38,8 +40,14 @@ def get_trainer(backend: str) -> Trainer:
         raise TrainerNotAvailable(
             f"no {backend!r} trainer is installed (installed: {installed}); {hint}"
         )
+    from ft_config import plugins
+
     try:
-        trainer = ep.load()()
+        trainer = plugins.load_entry_point(ep)()
+    except plugins.PluginError as exc:
+        raise TrainerNotAvailable(
+            f"the {backend!r} trainer failed to load: {exc.__cause__}"
+        ) from exc.__cause__
     except ImportError as exc:
         raise TrainerNotAvailable(f"the {backend!r} trainer failed to load: {exc}") from exc
     if not isinstance(trainer, Trainer):
