@@ -38,7 +38,8 @@ from gguf import (
 from gguf.quants import quant_shape_to_byte_shape, quantize
 
 from ft_export.gguf_vocab import read_vocab
-from ft_export.tensors import iter_file, iter_tensors, read_header, weight_files
+from ft_models.load import weight_files
+from ft_models.safetensors_io import iter_tensors, read_header, read_tensors
 
 
 def chosen_gguf_type(quant: str | None, default: str) -> str:
@@ -306,12 +307,13 @@ def convert_to_gguf(
     vocab = read_vocab(model_dir, config["vocab_size"], chat_template)
 
     plan: list[_Planned] = []
-    for path in weight_files(model_dir):
-        for hf_name, info in read_header(path)[0].items():
+    files = weight_files(model_dir)
+    for path in files:
+        for hf_name, info in read_header(path).tensors.items():
             gguf_name = rules.gguf_name(hf_name)
             if gguf_name is None:
                 continue
-            shape = rules.shape(hf_name, tuple(info["shape"]))
+            shape = rules.shape(hf_name, info.shape)
             plan.append(_Planned(hf_name, gguf_name, shape, rules.qtype(gguf_name, shape)))
 
     out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -332,7 +334,7 @@ def convert_to_gguf(
         writer.write_ti_data_to_file()
         wanted = {item.hf_name: item for item in plan}
         done = 0
-        for hf_name, values in iter_tensors(model_dir):
+        for hf_name, values in (pair for path in files for pair in iter_tensors(path)):
             item = wanted.get(hf_name)
             if item is None:
                 continue
@@ -390,7 +392,7 @@ def convert_lora_to_gguf(
     ggml_type, file_type = GGUF_TYPES[gguf_type]
     rules = _TensorRules(base_config, ggml_type)
     weights = adapter_dir / "adapter_model.safetensors"
-    tensors = dict(iter_file(weights))
+    tensors = read_tensors(weights)
 
     entries: list[tuple[str, np.ndarray]] = []
     for key in sorted(tensors):

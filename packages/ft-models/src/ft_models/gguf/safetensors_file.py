@@ -1,25 +1,24 @@
-"""Write safetensors files one tensor at a time, in float32, float16 or bfloat16, from numpy.
+"""Write an imported model's safetensors shards one tensor at a time, in float32, float16 or
+bfloat16, from float32 numpy values.
 
-`safetensors.numpy.save_file` wants every tensor in memory at once and has no bfloat16. The
-format is simple enough to stream: an 8-byte little-endian header length, a JSON header giving
-each tensor's dtype, shape and byte range, then the bytes in that order. So the header is
-written from the shapes known up front, and each tensor is written as soon as it is converted,
-keeping memory at one tensor. bfloat16 is written as its raw 16 bits.
+`safetensors.numpy.save_file` wants every tensor in memory at once and has no bfloat16, so the
+shards are streamed with `ft_models.safetensors_io.SafetensorsWriter`: the header from the
+shapes known up front, then each tensor as soon as it is converted, keeping memory at one
+tensor. bfloat16 is written as its raw 16 bits. This module adds the conversion and the
+sharding as `save_pretrained` does it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from types import TracebackType
-from typing import BinaryIO
 
 import numpy as np
+
+from ft_models import safetensors_io
 
 DTYPES = {"float32": ("F32", 4), "float16": ("F16", 2), "bfloat16": ("BF16", 2)}
 """Output dtype -> (safetensors dtype name, bytes per element)."""
@@ -57,69 +56,21 @@ class TensorEntry:
         return prod(self.shape) * DTYPES[dtype][1]
 
 
-class SafetensorsWriter:
-    """Writes `entries` to `path` in order; call `write` once per entry, then `close`.
-
-    The file is fsynced on close; a missing or misshapen tensor is an error, never a short file.
-    """
+class SafetensorsWriter(safetensors_io.SafetensorsWriter):
+    """Writes `entries` to `path` in order, all in `dtype`; call `write` once per entry with
+    float32 values, then `close` (`ft_models.safetensors_io.SafetensorsWriter`, which writes
+    the header and checks every tensor)."""
 
     def __init__(self, path: Path, entries: Sequence[TensorEntry], dtype: str) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-        self.path = path
+        layout = [(entry.name, DTYPES[dtype][0], entry.shape) for entry in entries]
+        super().__init__(path, layout, metadata={"format": "pt"})
         self.dtype = dtype
-        self.entries = list(entries)
-        self._next = 0
-        header: dict[str, object] = {"__metadata__": {"format": "pt"}}
-        start = 0
-        for entry in self.entries:
-            end = start + entry.nbytes(dtype)
-            header[entry.name] = {
-                "dtype": DTYPES[dtype][0],
-                "shape": list(entry.shape),
-                "data_offsets": [start, end],
-            }
-            start = end
-        encoded = json.dumps(header, separators=(",", ":")).encode()
-        # pad with spaces so the data starts 8-byte aligned, as safetensors itself does
-        encoded += b" " * (-len(encoded) % 8)
-        self._file: BinaryIO = path.open("wb")
-        self._file.write(struct.pack("<Q", len(encoded)))
-        self._file.write(encoded)
 
     def write(self, name: str, values: np.ndarray) -> None:
         """Append the next tensor (float32 values; converted to the file's dtype here)."""
-        entry = self.entries[self._next] if self._next < len(self.entries) else None
-        if entry is None or entry.name != name or tuple(values.shape) != entry.shape:
-            expected = f"{entry.name} {entry.shape}" if entry else "nothing"
-            raise ValueError(f"{self.path}: got {name} {tuple(values.shape)}, expected {expected}")
-        self._file.write(memoryview(convert(values, self.dtype)).cast("B"))
-        self._next += 1
-
-    def close(self) -> None:
-        if self._next != len(self.entries):
-            self._file.close()
-            raise ValueError(f"{self.path}: {len(self.entries) - self._next} tensors never written")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-
-    def abort(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> SafetensorsWriter:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if kind is None:
-            self.close()
-        else:
-            self.abort()
+        super().write(name, convert(values, self.dtype))
 
 
 def plan_shards(
