@@ -386,10 +386,10 @@ def test_an_adapter_for_another_model_is_refused_on_both_backends(
 
 
 def test_mlx_reads_a_long_prompt_in_chunks(generators, monkeypatch) -> None:
-    from ft_models import generate
+    from ft_models.generation import mlx_backend
 
     whole = generators["mlx"].generate(CHAT, GenerationOptions(max_tokens=12)).tokens
-    monkeypatch.setattr(generate, "_MLX_PREFILL_CHUNK", 5)
+    monkeypatch.setattr(mlx_backend, "PREFILL_CHUNK", 5)
     assert generators["mlx"].generate(CHAT, GenerationOptions(max_tokens=12)).tokens == whole
 
 
