@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ft_export.types import (
     ExportError,
@@ -26,6 +26,9 @@ from ft_export.types import (
     Verification,
     VerificationError,
 )
+
+if TYPE_CHECKING:
+    from ft_models.adapters import AdapterConfig
 
 # -- shared steps -----------------------------------------------------------------------------
 
@@ -400,6 +403,7 @@ class GGUFLoraExporter:
         self, source: ExportSource, out: Path, options: ExportOptions, progress: Progress
     ) -> ExportResult:
         from ft_export.gguf_convert import convert_lora_to_gguf
+        from ft_models.adapters import read_adapter_config
 
         _single_adapter(source, self.name)
         gguf_type = (options.quant or "f16").lower()
@@ -410,12 +414,12 @@ class GGUFLoraExporter:
                 notes = _save_adapter(source, Path(tmp))
                 path = build / f"{_slug(source.display_name)}-lora-{gguf_type}.gguf"
                 convert_lora_to_gguf(Path(tmp), config, path, gguf_type, name=source.display_name)
-                adapter_config = json.loads((Path(tmp) / "adapter_config.json").read_text())
+                adapter = read_adapter_config(Path(tmp))
             progress("adapter written", 1, 1)
             if not options.verify:
                 return None, notes
             merged = _merged(source, options, progress)
-            return _check_gguf_lora(source, path, adapter_config, merged, gguf_type), notes
+            return _check_gguf_lora(source, path, adapter, merged, gguf_type), notes
 
         return _run(out, self.name, write)
 
@@ -423,7 +427,7 @@ class GGUFLoraExporter:
 def _check_gguf_lora(
     source: ExportSource,
     path: Path,
-    adapter_config: dict[str, Any],
+    adapter: AdapterConfig,
     merged: _Merged,
     gguf_type: str,
 ) -> Verification:
@@ -475,7 +479,7 @@ def _check_gguf_lora(
         r=rank,
         lora_alpha=alpha,
         target_modules=modules,
-        fan_in_fan_out=bool(adapter_config.get("fan_in_fan_out")),
+        fan_in_fan_out=adapter.fan_in_fan_out,
         lora_dropout=0.0,
     )
     model = get_peft_model(base, config)

@@ -38,8 +38,14 @@ from gguf import (
 from gguf.quants import quant_shape_to_byte_shape, quantize
 
 from ft_export.gguf_vocab import read_vocab
+from ft_models.adapters import (
+    AdapterError,
+    adapted_modules,
+    read_adapter_config,
+    read_adapter_tensors,
+)
 from ft_models.load import weight_files
-from ft_models.safetensors_io import iter_tensors, read_header, read_tensors
+from ft_models.safetensors_io import iter_tensors, read_header
 
 
 def chosen_gguf_type(quant: str | None, default: str) -> str:
@@ -373,39 +379,38 @@ def convert_lora_to_gguf(
         raise GGUFExportError(
             f"a GGUF LoRA adapter is written as f32, f16 or bf16, not {gguf_type}"
         )
-    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    if adapter_config.get("peft_type") != "LORA":
+    try:
+        adapter = read_adapter_config(adapter_dir)
+    except AdapterError as error:
+        raise GGUFExportError(str(error)) from None
+    if not adapter.is_lora:
         raise GGUFExportError(
-            f"{adapter_dir}: a {adapter_config.get('peft_type')} adapter cannot be a GGUF LoRA; "
+            f"{adapter_dir}: a {adapter.peft_type} adapter cannot be a GGUF LoRA; "
             "export the merged model instead (--format gguf)"
         )
-    if adapter_config.get("use_dora"):
+    if adapter.dora:
         raise GGUFExportError(
             f"{adapter_dir}: llama.cpp has no DoRA; export the merged model (--format gguf)"
         )
-    rank = int(adapter_config["r"])
-    alpha = float(adapter_config["lora_alpha"])
-    if adapter_config.get("use_rslora"):
-        alpha = alpha * math.sqrt(rank)  # llama.cpp scales by alpha / r; rsLoRA by alpha / sqrt(r)
-    if adapter_config.get("rank_pattern") or adapter_config.get("alpha_pattern"):
+    if not adapter.uniform:
         raise GGUFExportError(f"{adapter_dir}: per-module ranks/alphas cannot be written to GGUF")
+    try:
+        tensors = read_adapter_tensors(adapter_dir)
+        modules = adapted_modules(tensors, adapter_dir, strict=True)
+    except AdapterError as error:
+        raise GGUFExportError(
+            f"{error}; a GGUF LoRA holds LoRA matrices only: export the merged model instead "
+            "(--format gguf)"
+        ) from None
+    # llama.cpp scales by alpha / r: the alpha that gives peft's scale (rsLoRA's too)
+    alpha = adapter.scale * adapter.rank
     ggml_type, file_type = GGUF_TYPES[gguf_type]
     rules = _TensorRules(base_config, ggml_type)
     weights = adapter_dir / "adapter_model.safetensors"
-    tensors = read_tensors(weights)
 
     entries: list[tuple[str, np.ndarray]] = []
-    for key in sorted(tensors):
-        if ".lora_A." not in key:
-            if ".lora_B." not in key:
-                raise GGUFExportError(
-                    f"{weights}: tensor {key!r} is not a LoRA A/B matrix (modules_to_save and "
-                    "trained embeddings cannot go into a GGUF LoRA); export the merged model"
-                )
-            continue
-        module = key.split(".lora_A.")[0].removeprefix("base_model.model.")
-        lora_a = tensors[key]
-        lora_b = tensors[key.replace(".lora_A.", ".lora_B.")]
+    for module, roles in sorted(modules.items()):
+        lora_a, lora_b = tensors[roles["A"]], tensors[roles["B"]]
         hf_name = module + ".weight"
         gguf_name = rules.gguf_name(hf_name)
         if gguf_name is None:

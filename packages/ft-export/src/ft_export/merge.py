@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ft_export.types import ExportError, ExportSource
+from ft_models.adapters import AdapterConfig, AdapterError, read_adapter_config
 
 COMBINATIONS = ("linear", "ties", "dare_ties", "dare_linear", "cat", "svd", "magnitude_prune")
 """peft's `add_weighted_adapter` combination types."""
@@ -32,14 +33,15 @@ def import_torch() -> tuple[Any, Any, Any]:
     return torch, transformers, peft
 
 
-def adapter_config(folder: Path) -> dict[str, Any]:
-    path = folder / "adapter_config.json"
-    if not path.is_file():
+def adapter_config(folder: Path) -> AdapterConfig:
+    """The config of the PEFT adapter in `folder` (`ft_models.adapters`), as an ExportError
+    that says which folder to pass when it is not one."""
+    try:
+        return read_adapter_config(folder)
+    except AdapterError as error:
         raise ExportError(
-            f"{folder} is not a PEFT adapter (no adapter_config.json); pass the folder the "
-            "trainer wrote (a run's adapter/ or a checkpoint)"
-        )
-    return json.loads(path.read_text(encoding="utf-8"))
+            f"{error}; pass the folder the trainer wrote (a run's adapter/ or a checkpoint)"
+        ) from None
 
 
 def load_base(path: Path) -> Any:
@@ -68,9 +70,9 @@ def with_adapters(base: Any, source: ExportSource) -> tuple[Any, list[str]]:
         return base, notes
     for folder in source.adapters:
         config = adapter_config(folder)
-        if config.get("peft_type") in _PROMPT_TYPES:
+        if config.peft_type in _PROMPT_TYPES:
             raise ExportError(
-                f"{folder} is a {config['peft_type']} adapter: it adds virtual tokens instead of "
+                f"{folder} is a {config.peft_type} adapter: it adds virtual tokens instead of "
                 "changing weights, so it cannot be merged; export it with --format peft"
             )
     names = [f"adapter{i}" for i in range(len(source.adapters))]

@@ -3,7 +3,9 @@
 The model is built with mlx-lm's own definitions through `ft_models.load.load_mlx` (which
 fixes the few config fields transformers 5 writes differently), quantized with mlx-lm's
 `quantize_model` and written with mlx-lm's `save`, so the folder loads with plain
-`mlx_lm.load(folder)`. mlx and mlx-lm are imported inside the functions (the `mlx` extra).
+`mlx_lm.load(folder)`. The adapter layout is `ft_models.adapters.save_mlx_lm_adapter`, the one
+conversion the MLX trainer uses too. mlx and mlx-lm are imported inside the functions (the `mlx`
+extra).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,6 @@ from ft_export.types import (
 )
 
 MLX_MISSING = 'the mlx formats need mlx and mlx-lm: pip install "ft-export[mlx]"'
-_MLX_PREFIX = {"gpt2": ("transformer.", "model.")}
-"""HF module prefixes that mlx-lm's model definitions name differently."""
 
 
 def _import_mlx() -> tuple[Any, Any]:
@@ -151,22 +150,33 @@ def _check_mlx(
 
 class MLXAdapterExporter:
     name = "mlx-adapter"
-    description = "the LoRA adapter in mlx-lm's layout (adapters.safetensors + adapter_config.json)"
+    description = (
+        "the LoRA/DoRA adapter in mlx-lm's layout (adapters.safetensors + adapter_config.json)"
+    )
 
     def export(
         self, source: ExportSource, out: Path, options: ExportOptions, progress: Progress
     ) -> ExportResult:
+        from ft_models.adapters import AdapterError, save_mlx_lm_adapter
+
         _single_adapter(source, self.name)
         _import_mlx()
+        base_config = json.loads((source.base / "config.json").read_text(encoding="utf-8"))
+        if base_config.get("model_type") in ("gpt2", "gptj"):
+            width, inner = base_config.get("n_embd"), base_config.get("n_inner")
+            if inner is not None and inner != 4 * width:
+                raise ExportError(
+                    f"mlx-lm's {base_config['model_type']} only builds an MLP of 4 x n_embd, "
+                    f"and this model has n_inner={inner}"
+                )
 
         def write(build: Path) -> tuple[Verification | None, list[str]]:
-            from safetensors.numpy import save_file
-
             with tempfile.TemporaryDirectory(dir=build.parent) as tmp:
                 notes = _save_adapter(source, Path(tmp))
-                tensors, config = mlx_adapter(Path(tmp), source.base)
-            save_file(tensors, str(build / "adapters.safetensors"))
-            (build / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+                try:
+                    save_mlx_lm_adapter(Path(tmp), build, base_config=base_config)
+                except AdapterError as error:
+                    raise ExportError(f"{error}: export --format mlx (the merged model)") from None
             progress("adapter written", 1, 1)
             if not options.verify:
                 return None, notes
@@ -174,52 +184,6 @@ class MLXAdapterExporter:
             return _check_mlx_adapter(source, build, merged), notes + merged.notes
 
         return _run(out, self.name, write)
-
-
-def mlx_adapter(peft_dir: Path, base: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """A PEFT LoRA adapter as mlx-lm's (tensors, adapter_config): `lora_a` is A transposed
-    (in x r), `lora_b` B transposed (r x out), and `scale` is alpha / r."""
-    from ft_export.tensors import iter_file
-
-    config = json.loads((peft_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    if config.get("peft_type") != "LORA" or config.get("use_dora"):
-        raise ExportError(
-            f"mlx-lm's adapter layout holds LoRA adapters; this one is "
-            f"{'DoRA' if config.get('use_dora') else config.get('peft_type')}: export --format mlx"
-        )
-    if config.get("rank_pattern") or config.get("alpha_pattern"):
-        raise ExportError("mlx-lm's adapter layout has one rank and scale for every layer")
-    base_config = json.loads((base / "config.json").read_text(encoding="utf-8"))
-    model_type = base_config.get("model_type")
-    if model_type == "gpt2":
-        width, inner = base_config.get("n_embd"), base_config.get("n_inner")
-        if inner is not None and inner != 4 * width:
-            raise ExportError(
-                f"mlx-lm's gpt2 only builds an MLP of 4 x n_embd, and this model has n_inner={inner}"
-            )
-    old, new = _MLX_PREFIX.get(model_type, ("", ""))
-    rank, alpha = int(config["r"]), float(config["lora_alpha"])
-    scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
-    tensors: dict[str, np.ndarray] = {}
-    keys: set[str] = set()
-    for name, values in iter_file(peft_dir / "adapter_model.safetensors"):
-        if ".lora_A." not in name and ".lora_B." not in name:
-            raise ExportError(f"adapter tensor {name!r} is not a LoRA matrix")
-        module, kind = name.removeprefix("base_model.model.").split(".lora_")
-        if old and module.startswith(old):
-            module = new + module.removeprefix(old)
-        letter = "a" if kind.startswith("A") else "b"
-        tensors[f"{module}.lora_{letter}"] = np.ascontiguousarray(values.T, dtype=np.float32)
-        # the module's path inside its transformer block: `self_attn.q_proj`
-        parts = module.split(".")
-        at = next(i for i, p in enumerate(parts) if p.isdigit())
-        keys.add(".".join(parts[at + 1 :]))
-    layers = base_config.get("num_hidden_layers") or base_config.get("n_layer")
-    return tensors, {
-        "fine_tune_type": "lora",
-        "num_layers": layers,
-        "lora_parameters": {"rank": rank, "scale": scale, "dropout": 0.0, "keys": sorted(keys)},
-    }
 
 
 def _check_mlx_adapter(source: ExportSource, folder: Path, merged: Any) -> Verification:
