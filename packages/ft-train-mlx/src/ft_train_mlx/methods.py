@@ -7,17 +7,16 @@
 | `qlora` | LoRA over a base quantized by `mlx.nn.quantize` (4 or 8 bits) | PEFT layout |
 | `full` | every weight | safetensors + config + tokenizer (the base folder's layout) |
 
-PEFT's names and shapes: mlx-lm keeps `lora_a` as (in, r) and `lora_b` as (r, out), for `x @ a @ b`;
-peft's `lora_A.weight` is (r, in) and `lora_B.weight` (out, r), nn.Linear's (out, in). So each is
-transposed, under `base_model.model.<module path>.lora_A.weight`. DoRA's magnitude `m` is peft's
-`lora_magnitude_vector`. The scale: mlx-lm multiplies by `scale`; peft by `lora_alpha / r`
-(`/ sqrt(r)` with rsLoRA), so ft sets `scale` to that.
+PEFT's names and shapes, and the scale, are `ft_models.adapters`' (`to_peft`, `to_mlx_lm`,
+`lora_scale`): mlx-lm's `lora_a`/`lora_b` are peft's `lora_A.weight`/`lora_B.weight` transposed,
+DoRA's `m` is peft's `lora_magnitude_vector` as it is, and mlx-lm's `scale` is peft's
+`lora_alpha / r` (`/ sqrt(r)` with rsLoRA). The same module converts adapters for export and
+generation, and its tests check the result against peft's own logits.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +25,23 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ft_config import MethodConfig
+from ft_models.adapters import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    lora_scale,
+    read_adapter_tensors,
+    save_mlx_lm_adapter,
+    to_mlx_lm,
+    to_peft,
+)
 from ft_models.checkpoint import staged_folder
 
 METHODS = ("lora", "dora", "qlora", "full")
 ADAPTER_METHODS = ("lora", "dora", "qlora")
-PEFT_WEIGHTS = "adapter_model.safetensors"
-PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = ADAPTER_WEIGHTS
+PEFT_CONFIG = ADAPTER_CONFIG
 FT_ADAPTER = "ft_adapter.json"  # what peft's config has no key for (peft warns on unknown keys)
-MLX_LM_WEIGHTS = "adapters.safetensors"
 FULL_WEIGHTS = "model.safetensors"
-PEFT_PREFIX = "base_model.model."
-# mlx-lm module paths that transformers names differently (first prefix -> second).
-HF_PREFIX = {"gpt2": ("model.", "transformer."), "gptj": ("model.", "transformer.")}
 
 
 def check_method(name: str) -> None:
@@ -50,11 +54,6 @@ def check_method(name: str) -> None:
         raise ValueError(
             f"method {name!r} is not available on MLX{hint}: choose one of {', '.join(METHODS)}"
         )
-
-
-def lora_scale(method: MethodConfig) -> float:
-    """peft's scaling: alpha / r, or alpha / sqrt(r) with rsLoRA."""
-    return method.alpha / (math.sqrt(method.rank) if method.rslora else method.rank)
 
 
 def _linear_paths(model: nn.Module) -> dict[str, nn.Module]:
@@ -121,13 +120,9 @@ def apply_method(model: nn.Module, method: MethodConfig) -> list[str]:
     paths = target_paths(model, method.target_modules)
     modules = dict(model.named_modules())
     layer = DoRALinear if method.name == "dora" else LoRALinear
+    scale = lora_scale(method.rank, method.alpha, rslora=method.rslora)
     replaced = [
-        (
-            path,
-            layer.from_base(
-                modules[path], r=method.rank, dropout=method.dropout, scale=lora_scale(method)
-            ),
-        )
+        (path, layer.from_base(modules[path], r=method.rank, dropout=method.dropout, scale=scale))
         for path in paths
     ]
     model.update_modules(tree_unflatten(replaced))
@@ -165,31 +160,10 @@ def _is_quantized_parent(model: nn.Module, name: str) -> bool:
 # -- PEFT layout -----------------------------------------------------------------------------
 
 
-def _hf_path(path: str, model_type: str) -> str:
-    old, new = HF_PREFIX.get(model_type, ("", ""))
-    return new + path.removeprefix(old) if old and path.startswith(old) else path
-
-
-def _mlx_path(path: str, model_type: str) -> str:
-    old, new = HF_PREFIX.get(model_type, ("", ""))
-    return old + path.removeprefix(new) if new and path.startswith(new) else path
-
-
 def peft_tensors(model: nn.Module, model_type: str) -> dict[str, mx.array]:
     """The adapter's tensors under PEFT's names and in its shapes."""
-    out: dict[str, mx.array] = {}
-    for name, value in tree_flatten(model.trainable_parameters()):
-        path, leaf = name.rsplit(".", 1)
-        key = PEFT_PREFIX + _hf_path(path, model_type)
-        if leaf == "lora_a":
-            out[f"{key}.lora_A.weight"] = value.T
-        elif leaf == "lora_b":
-            out[f"{key}.lora_B.weight"] = value.T
-        elif leaf == "m":
-            out[f"{key}.lora_magnitude_vector"] = value
-        else:
-            raise ValueError(f"{name}: a trainable tensor PEFT's layout has no place for")
-    return {k: mx.contiguous(v) for k, v in out.items()}
+    tensors = to_peft(dict(tree_flatten(model.trainable_parameters())), model_type)
+    return {k: mx.contiguous(v) for k, v in tensors.items()}
 
 
 def peft_config(
@@ -218,26 +192,19 @@ def peft_config(
 
 
 def load_peft_tensors(model: nn.Module, folder: Path, model_type: str) -> None:
-    """Put an adapter saved in PEFT's layout back into `model` (adapted the same way), exactly."""
-    tensors = mx.load(str(Path(folder) / PEFT_WEIGHTS))
+    """Put an adapter saved in PEFT's layout back into `model` (adapted the same way), exactly:
+    each tensor in the dtype of the parameter it replaces (read as float32, which holds
+    bfloat16 and float16 values exactly)."""
+    tensors = to_mlx_lm(read_adapter_tensors(folder), model_type, folder)
     trainable = dict(tree_flatten(model.trainable_parameters()))
     weights = []
-    for key, value in tensors.items():
-        body = _mlx_path(key.removeprefix(PEFT_PREFIX), model_type)
-        if body.endswith(".lora_A.weight"):
-            name, value = body.removesuffix(".lora_A.weight") + ".lora_a", value.T
-        elif body.endswith(".lora_B.weight"):
-            name, value = body.removesuffix(".lora_B.weight") + ".lora_b", value.T
-        elif body.endswith(".lora_magnitude_vector"):
-            name = body.removesuffix(".lora_magnitude_vector") + ".m"
-        else:
-            name = body
+    for name, value in tensors.items():
         if name not in trainable:
             raise ValueError(
-                f"{folder}: adapter tensor {key} has no place in this model: was it trained "
+                f"{folder}: adapter tensor {name} has no place in this model: was it trained "
                 "with other method.target_modules or another base model?"
             )
-        weights.append((name, mx.contiguous(value)))
+        weights.append((name, mx.array(value).astype(trainable[name].dtype)))
     model.update(tree_unflatten(weights))
 
 
@@ -303,54 +270,10 @@ def save_final(
 def peft_to_mlx_lm(peft_dir: Path, output: Path, *, num_layers: int | None = None) -> Path:
     """Write the PEFT adapter in `peft_dir` (LoRA or DoRA, saved by either ft backend) in
     mlx-lm's layout: `adapters.safetensors` + `adapter_config.json`, which
-    `mlx_lm.load(model, adapter_path=output)` and `mlx_lm.fuse` read.
+    `mlx_lm.load(model, adapter_path=output)` and `mlx_lm.fuse` read
+    (`ft_models.adapters.save_mlx_lm_adapter`).
 
-    `num_layers` is mlx-lm's count of adapted blocks (from the last); default: counted from the
-    tensor names. Only llama-style module names (`model.layers.N...`) map one to one.
+    `num_layers` is mlx-lm's count of adapted blocks (from the last); default: from the first
+    adapted block on, counted in the config of the base model the adapter names.
     """
-    peft_dir, output = Path(peft_dir), Path(output)
-    config = json.loads((peft_dir / PEFT_CONFIG).read_text(encoding="utf-8"))
-    if config.get("peft_type") != "LORA":
-        raise ValueError(
-            f"{peft_dir}: a {config.get('peft_type')} adapter; mlx-lm reads LoRA/DoRA only"
-        )
-    tensors = mx.load(str(peft_dir / PEFT_WEIGHTS))
-    out: dict[str, mx.array] = {}
-    layers: set[int] = set()
-    for key, value in tensors.items():
-        body = key.removeprefix(PEFT_PREFIX)
-        for suffix, leaf, transpose in (
-            (".lora_A.weight", ".lora_a", True),
-            (".lora_B.weight", ".lora_b", True),
-            (".lora_magnitude_vector", ".m", False),
-        ):
-            if body.endswith(suffix):
-                path = body.removesuffix(suffix)
-                out[path + leaf] = mx.contiguous(value.T if transpose else value)
-                parts = path.split(".")
-                if "layers" in parts and parts[parts.index("layers") + 1].isdigit():
-                    layers.add(int(parts[parts.index("layers") + 1]))
-                break
-        else:
-            raise ValueError(f"{peft_dir}: tensor {key} is not a LoRA tensor mlx-lm knows")
-    rank = int(config["r"])
-    scale = float(config["lora_alpha"]) / (math.sqrt(rank) if config.get("use_rslora") else rank)
-    keys = sorted(
-        {name.rsplit(".", 1)[0].split(".layers.", 1)[-1].split(".", 1)[-1] for name in out}
-    )
-    mlx_config = {
-        "fine_tune_type": "dora" if config.get("use_dora") else "lora",
-        "num_layers": num_layers if num_layers is not None else (max(layers) + 1 if layers else -1),
-        "lora_parameters": {
-            "rank": rank,
-            "scale": scale,
-            "dropout": float(config.get("lora_dropout", 0.0)),
-            "keys": keys,
-        },
-    }
-    output.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(output / MLX_LM_WEIGHTS), out, metadata={"format": "mlx"})
-    (output / "adapter_config.json").write_text(
-        json.dumps(mlx_config, indent=2) + "\n", encoding="utf-8"
-    )
-    return output
+    return save_mlx_lm_adapter(peft_dir, output, num_layers=num_layers)
