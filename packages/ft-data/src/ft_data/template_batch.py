@@ -30,7 +30,7 @@ import jinja2.nodes
 
 from ft_data.conversation import Conversation
 from ft_data.errors import RowProblem
-from ft_data.templates import _GENERATION_TAG, ChatTemplate, Span, _compile
+from ft_data.templates import GENERATION_TAG, ChatTemplate, Span, compile_template
 
 _PLACEHOLDER = "\x00ft{}\x00"
 _PLACEHOLDERS = re.compile("\x00ft([0-9]+)\x00")
@@ -80,7 +80,7 @@ class _Skeleton:
 def content_is_opaque(source: str) -> bool:
     """Whether the template only ever writes message contents into its output, unchanged
     (see the module's docstring)."""
-    tree = _compile(source).environment.parse(source)
+    tree = compile_template(source).environment.parse(source)
     return all(_passes_through(path) for path in _content_reads(tree, []))
 
 
@@ -172,7 +172,7 @@ class BatchRenderer:
         ]
         skeleton = Conversation(messages, label=conversation.label)
         try:
-            if _GENERATION_TAG.search(self.template.source):
+            if GENERATION_TAG.search(self.template.source):
                 text, spans = self.template.render_with_spans(skeleton, self.special_tokens)
             else:
                 text, spans = self._prefix_spans(skeleton)

@@ -38,7 +38,7 @@ from ft_data.errors import DataError, RowProblem
 from ft_data.registry import TEMPLATES_GROUP, discover
 
 Span = tuple[int, int]
-_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 # End-of-turn tokens of common templates, tried after the eos token when searching for a turn.
 _END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<end_of_turn>")
 
@@ -76,7 +76,7 @@ class ChatTemplate:
         """
         special = special_tokens or {}
         messages, tools = _messages(conversation), conversation.tools
-        if _GENERATION_TAG.search(self.source):
+        if GENERATION_TAG.search(self.source):
             return self._render_tracked(messages, tools, special)
         text = self._render(messages, tools, special, False)
         spans: list[Span] = []
@@ -126,7 +126,7 @@ class ChatTemplate:
         add_generation_prompt: bool,
     ) -> str:
         try:
-            return _compile(self.source).render(
+            return compile_template(self.source).render(
                 messages=messages,
                 tools=tools,
                 add_generation_prompt=add_generation_prompt,
@@ -138,7 +138,7 @@ class ChatTemplate:
     def _render_tracked(
         self, messages: list[dict[str, Any]], tools: Any, special: Mapping[str, str]
     ) -> tuple[str, list[Span]]:
-        compiled = _compile(self.source)
+        compiled = compile_template(self.source)
         blocks: list[str] = []
         spans: list[Span] = []
         try:
@@ -242,7 +242,7 @@ def _strftime_now(format: str) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _compile(source: str) -> jinja2.Template:
+def compile_template(source: str) -> jinja2.Template:
     environment = ImmutableSandboxedEnvironment(
         trim_blocks=True,
         lstrip_blocks=True,
@@ -283,18 +283,18 @@ def get_template(
                 key="template",
                 hint=f"choose a template: {', '.join(names)}, or a .jinja file",
             )
-        _compile(tokenizer_template)
+        compile_template(tokenizer_template)
         return ChatTemplate("tokenizer", tokenizer_template)
     factories = discover(TEMPLATES_GROUP)
     if str(name) in factories:
         template = factories[str(name)]()
-        _compile(template.source)
+        compile_template(template.source)
         return template  # type: ignore[no-any-return]
     path = Path(name)
     if path.is_file():
         source = path.read_text(encoding="utf-8")
         try:
-            _compile(source)
+            compile_template(source)
         except DataError as error:
             raise DataError(error.what, file=path, line=error.line) from None
         return ChatTemplate(path.name, source)

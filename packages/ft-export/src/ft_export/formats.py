@@ -8,126 +8,30 @@ publishes the export (so it can be inspected) and raises `VerificationError`.
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import tempfile
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ft_export.building import (
+    Merged,
+    build_export,
+    expected_template,
+    merge_for_check,
+    require_adapter,
+    save_adapter,
+    slug,
+)
 from ft_export.types import (
-    ExportError,
     ExportOptions,
     ExportResult,
     ExportSource,
     Progress,
     Verification,
-    VerificationError,
 )
 
 if TYPE_CHECKING:
     from ft_models.adapters import AdapterConfig
-
-# -- shared steps -----------------------------------------------------------------------------
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
-
-
-def _build_folder(out: Path) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"{out} already exists and is not empty: choose another -o/--output")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    build = out.with_name(f".tmp-{out.name}-{uuid.uuid4().hex[:8]}")
-    build.mkdir()
-    return build
-
-
-def _publish(build: Path, out: Path) -> None:
-    if out.exists():
-        out.rmdir()  # empty, checked by _build_folder
-    build.rename(out)
-
-
-def _finish(
-    build: Path, out: Path, fmt: str, verification: Verification | None, notes: list[str]
-) -> ExportResult:
-    _publish(build, out)
-    files = sorted(p for p in out.rglob("*") if p.is_file())
-    # writing and checking may both combine adapters: say each thing once
-    result = ExportResult(fmt, out, files, verification, list(dict.fromkeys(notes)))
-    if verification is not None and not verification.passed:
-        raise VerificationError(
-            f"the {fmt} export in {out} failed its check: {verification.summary()}", result
-        )
-    return result
-
-
-def _run(
-    out: Path, fmt: str, write: Callable[[Path], tuple[Verification | None, list[str]]]
-) -> ExportResult:
-    build = _build_folder(out)
-    try:
-        verification, notes = write(build)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
-    return _finish(build, out, fmt, verification, notes)
-
-
-@dataclass
-class _Merged:
-    model: Any
-    tokenizer: Any
-    reference: Any
-    notes: list[str]
-
-
-def _merged(source: ExportSource, options: ExportOptions, progress: Progress) -> _Merged:
-    from ft_export.merge import load_tokenizer, merged_model
-    from ft_export.verify import reference_of
-
-    progress("loading and merging", 0, 0)
-    model, notes = merged_model(source)
-    tokenizer = load_tokenizer(source)
-    reference = reference_of(model, tokenizer, options.prompt, options.greedy_tokens)
-    progress("loading and merging", 1, 1)
-    return _Merged(model, tokenizer, reference, notes)
-
-
-def _expected_template(source: ExportSource, tokenizer: Any) -> str | None:
-    return source.chat_template if source.chat_template is not None else tokenizer.chat_template
-
-
-def _single_adapter(source: ExportSource, fmt: str) -> None:
-    if not source.adapters:
-        raise ExportError(
-            f"--format {fmt} exports an adapter, and {source.base} is a plain model; "
-            "name a run of a LoRA method, or pass --adapter PATH"
-        )
-
-
-def _save_adapter(source: ExportSource, build: Path) -> list[str]:
-    """The source's adapter in PEFT's layout in `build` (the combination when several)."""
-    from ft_export.merge import load_base, with_adapters
-
-    if len(source.adapters) == 1:
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
-            if not (source.adapters[0] / name).is_file():
-                raise ExportError(f"{source.adapters[0]} has no {name}: not a PEFT adapter")
-            shutil.copy2(source.adapters[0] / name, build / name)
-        return []
-    model, notes = with_adapters(load_base(source.base), source)
-    with tempfile.TemporaryDirectory(dir=build.parent) as tmp:
-        model.save_pretrained(tmp, selected_adapters=["combined"], safe_serialization=True)
-        saved = Path(tmp) / "combined"
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
-            shutil.move(saved / name, build / name)
-    return notes
-
 
 # -- peft -------------------------------------------------------------------------------------
 
@@ -139,10 +43,10 @@ class PeftExporter:
     def export(
         self, source: ExportSource, out: Path, options: ExportOptions, progress: Progress
     ) -> ExportResult:
-        _single_adapter(source, self.name)
+        require_adapter(source, self.name)
 
         def write(build: Path) -> tuple[Verification | None, list[str]]:
-            notes = _save_adapter(source, build)
+            notes = save_adapter(source, build)
             from ft_export.merge import load_tokenizer
 
             tokenizer = load_tokenizer(source)
@@ -150,13 +54,13 @@ class PeftExporter:
             progress("adapter written", 1, 1)
             if not options.verify:
                 return None, notes
-            merged = _merged(source, options, progress)
+            merged = merge_for_check(source, options, progress)
             return _check_peft(source, build, merged), notes + merged.notes
 
-        return _run(out, self.name, write)
+        return build_export(out, self.name, write)
 
 
-def _check_peft(source: ExportSource, folder: Path, merged: _Merged) -> Verification:
+def _check_peft(source: ExportSource, folder: Path, merged: Merged) -> Verification:
     from ft_export.merge import import_torch, load_base
     from ft_export.verify import TOLERANCES, compare, torch_logits
 
@@ -164,8 +68,7 @@ def _check_peft(source: ExportSource, folder: Path, merged: _Merged) -> Verifica
     model = peft.PeftModel.from_pretrained(load_base(source.base), folder).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     checks = {
-        "chat template kept": tokenizer.chat_template
-        == _expected_template(source, merged.tokenizer)
+        "chat template kept": tokenizer.chat_template == expected_template(source, merged.tokenizer)
     }
     return compare(
         merged.reference,
@@ -192,7 +95,7 @@ class HFExporter:
         torch_dtype_of(dtype)  # a bad dtype fails before any work
 
         def write(build: Path) -> tuple[Verification | None, list[str]]:
-            merged = _merged(source, options, progress)
+            merged = merge_for_check(source, options, progress)
             progress("saving safetensors", 0, 1)
             save_hf(merged.model, merged.tokenizer, build, dtype, options.max_shard_size)
             progress("saving safetensors", 1, 1)
@@ -200,10 +103,10 @@ class HFExporter:
                 return None, merged.notes
             return _check_hf(source, build, merged, dtype), merged.notes
 
-        return _run(out, self.name, write)
+        return build_export(out, self.name, write)
 
 
-def _check_hf(source: ExportSource, folder: Path, merged: _Merged, dtype: str) -> Verification:
+def _check_hf(source: ExportSource, folder: Path, merged: Merged, dtype: str) -> Verification:
     from ft_export.merge import import_torch
     from ft_export.verify import TOLERANCES, compare, torch_logits
 
@@ -211,8 +114,7 @@ def _check_hf(source: ExportSource, folder: Path, merged: _Merged, dtype: str) -
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     checks = {
-        "chat template kept": tokenizer.chat_template
-        == _expected_template(source, merged.tokenizer)
+        "chat template kept": tokenizer.chat_template == expected_template(source, merged.tokenizer)
     }
     return compare(
         merged.reference,
@@ -243,7 +145,7 @@ class GGUFExporter:
                 return None, notes
             return check_gguf(source, path, merged, gguf_type, options), notes
 
-        return _run(out, self.name, write)
+        return build_export(out, self.name, write)
 
 
 def write_merged_gguf(
@@ -252,13 +154,15 @@ def write_merged_gguf(
     build: Path,
     gguf_type: str,
     progress: Progress,
-) -> tuple[Path, _Merged | None, list[str]]:
+) -> tuple[Path, Merged | None, list[str]]:
     """Merge (when there are adapters) and convert into `build/<name>-<type>.gguf`."""
     from ft_export.gguf_convert import convert_to_gguf
     from ft_export.merge import save_hf
 
-    path = build / f"{_slug(source.display_name)}-{gguf_type}.gguf"
-    merged = _merged(source, options, progress) if (options.verify or source.adapters) else None
+    path = build / f"{slug(source.display_name)}-{gguf_type}.gguf"
+    merged = (
+        merge_for_check(source, options, progress) if (options.verify or source.adapters) else None
+    )
     notes = list(merged.notes) if merged else []
     template = source.chat_template
     if not source.adapters:
@@ -290,7 +194,7 @@ def write_merged_gguf(
 def check_gguf(
     source: ExportSource,
     path: Path,
-    merged: _Merged | None,
+    merged: Merged | None,
     gguf_type: str,
     options: ExportOptions,
 ) -> Verification:
@@ -323,7 +227,7 @@ def check_gguf(
     file = GGUFReader(path)
     field = file.fields.get("tokenizer.chat_template")
     kept = bytes(field.parts[field.data[0]]).decode("utf-8") if field else None
-    checks = {"chat template kept": kept == _expected_template(source, merged.tokenizer)}
+    checks = {"chat template kept": kept == expected_template(source, merged.tokenizer)}
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         checks["tokenizer ids identical"] = (
@@ -405,30 +309,30 @@ class GGUFLoraExporter:
         from ft_export.gguf_convert import convert_lora_to_gguf
         from ft_models.adapters import read_adapter_config
 
-        _single_adapter(source, self.name)
+        require_adapter(source, self.name)
         gguf_type = (options.quant or "f16").lower()
         config = json.loads((source.base / "config.json").read_text(encoding="utf-8"))
 
         def write(build: Path) -> tuple[Verification | None, list[str]]:
             with tempfile.TemporaryDirectory(dir=build.parent) as tmp:
-                notes = _save_adapter(source, Path(tmp))
-                path = build / f"{_slug(source.display_name)}-lora-{gguf_type}.gguf"
+                notes = save_adapter(source, Path(tmp))
+                path = build / f"{slug(source.display_name)}-lora-{gguf_type}.gguf"
                 convert_lora_to_gguf(Path(tmp), config, path, gguf_type, name=source.display_name)
                 adapter = read_adapter_config(Path(tmp))
             progress("adapter written", 1, 1)
             if not options.verify:
                 return None, notes
-            merged = _merged(source, options, progress)
+            merged = merge_for_check(source, options, progress)
             return _check_gguf_lora(source, path, adapter, merged, gguf_type), notes
 
-        return _run(out, self.name, write)
+        return build_export(out, self.name, write)
 
 
 def _check_gguf_lora(
     source: ExportSource,
     path: Path,
     adapter: AdapterConfig,
-    merged: _Merged,
+    merged: Merged,
     gguf_type: str,
 ) -> Verification:
     """Read the adapter back with gguf-py, turn it into a PEFT adapter again (undoing the q/k

@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from ft_export.formats import _expected_template, _merged, _run, _save_adapter, _single_adapter
+from ft_export.building import (
+    build_export,
+    expected_template,
+    merge_for_check,
+    require_adapter,
+    save_adapter,
+)
 from ft_export.types import (
     ExportError,
     ExportOptions,
@@ -101,7 +107,7 @@ class MLXExporter:
             from ft_export.merge import save_hf
             from ft_models.load import ModelLoadError, mlx_config_overrides
 
-            merged = _merged(source, options, progress)
+            merged = merge_for_check(source, options, progress)
             with tempfile.TemporaryDirectory(dir=build.parent) as tmp:
                 save_hf(merged.model, merged.tokenizer, Path(tmp), dtype, "50GB")
                 config = json.loads((Path(tmp) / "config.json").read_text(encoding="utf-8"))
@@ -122,7 +128,7 @@ class MLXExporter:
                 return None, merged.notes
             return _check_mlx(source, build, merged, dtype, bits), merged.notes
 
-        return _run(out, self.name, write)
+        return build_export(out, self.name, write)
 
 
 def _check_mlx(
@@ -136,8 +142,7 @@ def _check_mlx(
     key = f"mlx-{bits}" if bits else ("mlx-float32" if dtype == "float32" else dtype)
     tolerance = TOLERANCES.get(key, 1e-4)
     checks = {
-        "chat template kept": tokenizer.chat_template
-        == _expected_template(source, merged.tokenizer)
+        "chat template kept": tokenizer.chat_template == expected_template(source, merged.tokenizer)
     }
     return compare(
         merged.reference,
@@ -159,7 +164,7 @@ class MLXAdapterExporter:
     ) -> ExportResult:
         from ft_models.adapters import AdapterError, save_mlx_lm_adapter
 
-        _single_adapter(source, self.name)
+        require_adapter(source, self.name)
         _import_mlx()
         base_config = json.loads((source.base / "config.json").read_text(encoding="utf-8"))
         if base_config.get("model_type") in ("gpt2", "gptj"):
@@ -172,7 +177,7 @@ class MLXAdapterExporter:
 
         def write(build: Path) -> tuple[Verification | None, list[str]]:
             with tempfile.TemporaryDirectory(dir=build.parent) as tmp:
-                notes = _save_adapter(source, Path(tmp))
+                notes = save_adapter(source, Path(tmp))
                 try:
                     save_mlx_lm_adapter(Path(tmp), build, base_config=base_config)
                 except AdapterError as error:
@@ -180,10 +185,10 @@ class MLXAdapterExporter:
             progress("adapter written", 1, 1)
             if not options.verify:
                 return None, notes
-            merged = _merged(source, options, progress)
+            merged = merge_for_check(source, options, progress)
             return _check_mlx_adapter(source, build, merged), notes + merged.notes
 
-        return _run(out, self.name, write)
+        return build_export(out, self.name, write)
 
 
 def _check_mlx_adapter(source: ExportSource, folder: Path, merged: Any) -> Verification:

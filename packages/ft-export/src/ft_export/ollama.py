@@ -88,7 +88,7 @@ class OllamaExporter:
     def export(
         self, source: ExportSource, out: Path, options: ExportOptions, progress: Progress
     ) -> ExportResult:
-        from ft_export.formats import _expected_template, _run
+        from ft_export.building import build_export, expected_template
         from ft_export.gguf_convert import chosen_gguf_type
 
         gguf_type = chosen_gguf_type(options.quant, "q8_0")
@@ -97,7 +97,7 @@ class OllamaExporter:
             forced = ExportOptions(**{**options.__dict__, "verify": True})
             path, merged, notes = write_merged_gguf(source, forced, build, gguf_type, progress)
             assert merged is not None
-            template = _expected_template(source, merged.tokenizer)
+            template = expected_template(source, merged.tokenizer)
             text, more = modelfile(path.name, template)
             (build / "Modelfile").write_text(text, encoding="utf-8")
             notes.extend(more)
@@ -112,4 +112,4 @@ class OllamaExporter:
                 )
             return verification, notes
 
-        return _run(out, self.name, write)
+        return build_export(out, self.name, write)
