@@ -47,6 +47,12 @@ def resolve_precision(setting: str, device: torch.device) -> str:
     return setting
 
 
+def device_name(device: torch.device) -> str:
+    """`cuda:N` for a CUDA device, else the device type (`cpu`, `mps`): the name a `Placement`
+    and the run's plan (`ft_train_core.plan`) give it."""
+    return str(device) if device.type == "cuda" else device.type
+
+
 def load_dtype(setting: str, device: torch.device, *, full: bool) -> torch.dtype:
     """The dtype the base weights load in (`model.dtype`).
 

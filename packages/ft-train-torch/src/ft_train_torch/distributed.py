@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,9 @@ import torch
 import torch.distributed as dist
 
 from ft_data.batches import Batch, process_share
+
+# What FSDP can shard and gather here: not QLoRA's 4-bit base, nor peft's prompt encoders.
+SHARDED_METHODS = ("lora", "dora", "full")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,27 @@ class World:
         tensor = torch.tensor([1 if flag else 0], device=device)
         dist.broadcast(tensor, src=0)
         return bool(tensor.item())
+
+
+def use_fsdp(strategy: str, method: str, world: World, note: Callable[[str, str], None]) -> bool:
+    """Whether to shard with FSDP: `resources.strategy: fsdp` with several processes, for the
+    methods whose weights FSDP can gather (`SHARDED_METHODS`); `note(level, text)` tells why
+    not with one process. ft-runs checks the same through the trainer's `capabilities()`
+    before launching; this guards direct callers."""
+    if strategy != "fsdp":
+        return False
+    if not world.distributed:
+        note(
+            "info", "resources.strategy: fsdp with one process: nothing to shard, training as usual"
+        )
+        return False
+    if method not in SHARDED_METHODS:
+        raise ValueError(
+            f"resources.strategy: fsdp does not support method {method} (its weights cannot be "
+            f"sharded and gathered by FSDP here): use resources.strategy: ddp, or method "
+            f"{' / '.join(SHARDED_METHODS)}"
+        )
+    return True
 
 
 def world_from_env() -> World:

@@ -20,15 +20,28 @@ import torch
 from ft_data.batches import Batches
 from ft_data.hdf5 import PreparedDataset
 from ft_models.checkpoint import read_manifest
-from ft_runs.plan import batch_plan_for
-from ft_runs.protocols import (  # declared by its consumer, ft-runs
+from ft_train_core.plan import batch_plan_for
+from ft_train_core.protocol import (
     Capabilities,
+    ClassificationResult,
+    Launch,
+    LossResult,
     Placement,
     TrainResult,
 )
-from ft_runs.trainkit import compare_fingerprints, fingerprint, plan, read_trainer_state
+from ft_train_core.schedule import run_length
+from ft_train_core.state import compare_fingerprints, fingerprint, read_trainer_state
 from ft_train_torch import distributed, loop
-from ft_train_torch.device import autocast, grad_scaler, load_dtype, pick_device, resolve_precision
+from ft_train_torch.classification import label_names, pad_token_id
+from ft_train_torch.device import (
+    autocast,
+    device_name,
+    grad_scaler,
+    load_dtype,
+    pick_device,
+    resolve_precision,
+)
+from ft_train_torch.distributed import SHARDED_METHODS
 from ft_train_torch.methods import (
     METHODS,
     PROMPT_METHODS,
@@ -59,9 +72,6 @@ Event = dict[str, Any]
 # shapes, fewer kernels (and their weight copies) that oneDNN caches per shape on the CPU.
 PAD_MULTIPLE = 64
 
-# What FSDP can shard and gather here: not QLoRA's 4-bit base, nor peft's prompt encoders.
-SHARDED_METHODS = ("lora", "dora", "full")
-
 
 class TorchTrainer:
     """The PyTorch trainer: LoRA, DoRA, QLoRA (CUDA), full, prefix tuning and P-tuning on
@@ -88,14 +98,34 @@ class TorchTrainer:
             distributed=True,
             notes=notes,
             sharded_methods=SHARDED_METHODS,
+            tasks=("causal-lm", "sequence-classification"),
         )
+
+    def launch_command(self, job_file: Path, launch: Launch) -> list[str]:
+        """torchrun (`torch.distributed.run`) starting `launch.nproc` processes on this node,
+        each running the job file (`ft_train_torch.launch`)."""
+        import sys
+
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={launch.nproc}",
+            f"--nnodes={launch.nnodes}",
+            f"--node-rank={launch.node_rank}",
+            f"--master-addr={launch.master_addr}",
+            f"--master-port={launch.master_port}",
+            "-m",
+            "ft_train_torch.launch",
+            str(job_file),
+        ]
 
     def placement(self, config: Any) -> Placement:
         """The device, precision and base dtype `train` would use for `config` here."""
         device = pick_device(config.resources.device)
         dtype = load_dtype(config.model.dtype, device, full=config.method.name == "full")
         return Placement(
-            device=_device_name(device),
+            device=device_name(device),
             precision=resolve_precision(config.training.precision, device),
             weights_dtype=str(dtype).removeprefix("torch."),
         )
@@ -109,7 +139,7 @@ class TorchTrainer:
         max_seq_length: int = 2048,
         batch_size: int = 4,
         device: str = "auto",
-    ) -> Any:
+    ) -> LossResult:
         """Validation loss and perplexity of the model (with the adapter, or a full fine-tune's
         folder) on a prepared dataset, as the trainer's `eval` events compute them."""
         from ft_train_torch.evaluation import evaluate_loss, load_for_eval
@@ -125,7 +155,7 @@ class TorchTrainer:
         *,
         batch_size: int = 8,
         device: str = "auto",
-    ) -> Any:
+    ) -> ClassificationResult:
         """A sequence classifier's mean loss per example, and each example's predicted and
         true class by name (`ClassificationResult`), on a prepared dataset with labels."""
         from ft_train_torch.evaluation import evaluate_classification, load_for_eval
@@ -150,7 +180,7 @@ class TorchTrainer:
         def note(level: str, text: str) -> None:
             notes.append({"type": "message", "level": level, "text": text})
 
-        fsdp = _use_fsdp(resources.strategy, method.name, world, note)
+        fsdp = distributed.use_fsdp(resources.strategy, method.name, world, note)
         distributed.init_process_group(world, device)
         if resources.num_threads:
             torch.set_num_threads(resources.num_threads)
@@ -170,8 +200,8 @@ class TorchTrainer:
                 else None
             )
             prompt = method.name in PROMPT_METHODS
-            label_names = _label_names(train_set, job.train_data) if classify else None
-            pad_id = _pad_token_id(job.model_path, train_set) if classify else None
+            names = label_names(train_set, job.train_data) if classify else None
+            pad_id = pad_token_id(job.model_path, train_set) if classify else None
             if config.data.packing and classify:
                 note("info", "sequence classification takes one example a row: packing is off")
             elif config.data.packing and prompt:
@@ -186,7 +216,7 @@ class TorchTrainer:
                 method,
                 device,
                 dtype,
-                label_names=label_names,
+                label_names=names,
                 pad_token_id=pad_id,
             )
             if settings.gradient_checkpointing:
@@ -196,13 +226,13 @@ class TorchTrainer:
             model = apply_method(base, method, task)
             trainable, total = count_parameters(model)
             # How the data is batched: planned (and checked against memory) by `ft train`,
-            # else made here the same way (ft_runs.plan); a resumed run keeps its own.
+            # else made here the same way (ft_train_core.plan); a resumed run keeps its own.
             batch, decided = (
                 (job.plan, [])
                 if job.plan
                 else batch_plan_for(
                     job,
-                    device=_device_name(device),
+                    device=device_name(device),
                     precision=precision,
                     weights_dtype=str(dtype).removeprefix("torch."),
                     processes=world.size,
@@ -242,7 +272,7 @@ class TorchTrainer:
             forward = torch.compile(wrapped) if settings.compile else wrapped
 
             optimizer = build_optimizer(model.parameters(), settings)
-            total_steps, total_micro = plan(batches, settings, batch.accumulation)
+            total_steps, total_micro = run_length(batches, settings, batch.accumulation)
             scheduler = build_scheduler(optimizer, settings, total_steps)
             scaler = grad_scaler(precision, device)
             prints = fingerprint(config, job.model_path, job.train_data, job.validation_data)
@@ -401,68 +431,3 @@ def check_resume_compatible(checkpoint: Path, job: Any) -> list[str]:
     saved = read_trainer_state(checkpoint)["fingerprint"]
     current = fingerprint(job.config, job.model_path, job.train_data, job.validation_data)
     return compare_fingerprints(saved, current)
-
-
-def _use_fsdp(strategy: str, method: str, world: distributed.World, note: Any) -> bool:
-    """Whether to shard with FSDP: `resources.strategy: fsdp` with several processes, for the
-    methods whose weights FSDP can gather (`SHARDED_METHODS`). ft-runs checks the same through
-    `capabilities()` before launching; this guards direct callers."""
-    if strategy != "fsdp":
-        return False
-    if not world.distributed:
-        note(
-            "info", "resources.strategy: fsdp with one process: nothing to shard, training as usual"
-        )
-        return False
-    if method not in SHARDED_METHODS:
-        raise ValueError(
-            f"resources.strategy: fsdp does not support method {method} (its weights cannot be "
-            f"sharded and gathered by FSDP here): use resources.strategy: ddp, or method "
-            f"{' / '.join(SHARDED_METHODS)}"
-        )
-    return True
-
-
-def _device_name(device: torch.device) -> str:
-    """`cuda:N` for a CUDA device, else the device type (`cpu`, `mps`)."""
-    return str(device) if device.type == "cuda" else device.type
-
-
-def _label_names(dataset: PreparedDataset, path: Path) -> list[str]:
-    """The classes of a classification dataset; a clear error when it has none."""
-    names = dataset.label_names
-    if dataset.labels() is None or not names:
-        raise ValueError(
-            f"{path}: model.task: sequence-classification needs a class per example, and this "
-            "prepared dataset has no labels: set data.label_column to the column that holds "
-            "each row's class (the data is then prepared again)"
-        )
-    if len(names) < 2:
-        raise ValueError(
-            f"{path}: sequence classification needs at least two classes; the label column "
-            f"holds only {names!r}"
-        )
-    return list(names)
-
-
-def _pad_token_id(model_path: Path, dataset: PreparedDataset) -> int:
-    """The token that pads classification rows, which the model must know too: a causal LM's
-    classifier reads the last token that is not padding. The model's own pad token, else the
-    tokenizer's (as prepared), else eos, else 0."""
-    import json
-
-    config = json.loads((Path(model_path) / "config.json").read_text())
-    text = config.get("text_config") or {}
-    attrs = dataset.attrs
-    for candidate in (
-        config.get("pad_token_id"),
-        text.get("pad_token_id"),
-        attrs.get("pad_token_id"),
-        config.get("eos_token_id"),
-        attrs.get("eos_token_id"),
-    ):
-        if isinstance(candidate, list):
-            candidate = candidate[0] if candidate else None
-        if isinstance(candidate, int) and candidate >= 0:
-            return candidate
-    return 0
