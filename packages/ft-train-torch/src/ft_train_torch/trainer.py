@@ -1,15 +1,16 @@
 """TorchTrainer: ft's PyTorch backend, found by ft-runs through the `ft.trainers` entry point.
 
-`train(job, emit, should_stop)` wires the pieces: device and precision (`device.py`), the model
-of the method (`methods.py`), batches from ft-data, optimizer and schedule (`optim.py`), the
-saved state (`state.py`), the process group (`distributed.py`), then runs `loop.run`.
+`train(job, emit, should_stop)` reads as a list of named steps, each a method of `TorchRun`
+(`run.py`) that sets up one thing: device and precision (`device.py`), the process group
+(`distributed.py`), the data, the model of the method (`methods.py`), the batches, the saved
+weights, optimizer and schedule (`optim.py`), the saved state (`state.py`), and the loss
+(`_Objective`, below); then `loop.run`, then the final adapter.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,43 +18,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from ft_data.batches import Batches
-from ft_data.hdf5 import PreparedDataset
-from ft_models.checkpoint import read_manifest
-from ft_train_core.plan import batch_plan_for
 from ft_train_core.protocol import (
     Capabilities,
     ClassificationResult,
+    EndEvent,
     Launch,
     LossResult,
     Placement,
     TrainResult,
 )
-from ft_train_core.schedule import run_length
 from ft_train_core.state import compare_fingerprints, fingerprint, read_trainer_state
-from ft_train_torch import distributed, loop
-from ft_train_torch.classification import label_names, pad_token_id
-from ft_train_torch.device import (
-    autocast,
-    device_name,
-    grad_scaler,
-    load_dtype,
-    pick_device,
-    resolve_precision,
-)
+from ft_train_torch import loop
+from ft_train_torch.device import autocast, device_name, load_dtype, pick_device, resolve_precision
 from ft_train_torch.distributed import SHARDED_METHODS
-from ft_train_torch.methods import (
-    METHODS,
-    PROMPT_METHODS,
-    apply_method,
-    check_method,
-    count_parameters,
-    load_base_model,
-    load_weights,
-    save_final,
-    save_weights,
-)
-from ft_train_torch.optim import build_optimizer, build_scheduler
+from ft_train_torch.methods import METHODS
 from ft_train_torch.packing import (
     OutputAtTargets,
     causal_lm_loss,
@@ -64,13 +42,10 @@ from ft_train_torch.packing import (
     trained_positions,
     trained_tokens,
 )
-from ft_train_torch.state import LoopState, load_training_state, save_training_state
+from ft_train_torch.run import PAD_MULTIPLE as PAD_MULTIPLE  # where callers find it
+from ft_train_torch.run import TorchRun
 
 Event = dict[str, Any]
-
-# Padded rows are as wide as their batch's longest example rounded up to this: fewer distinct
-# shapes, fewer kernels (and their weight copies) that oneDNN caches per shape on the CPU.
-PAD_MULTIPLE = 64
 
 
 class TorchTrainer:
@@ -166,255 +141,36 @@ class TorchTrainer:
     def train(
         self, job: Any, emit: Callable[[Event], None], should_stop: Callable[[], bool]
     ) -> TrainResult:
-        config = job.config
-        settings, method, resources = config.training, config.method, config.resources
-        world = distributed.world_from_env()
-        device = distributed.device_for(world, pick_device(resources.device))
-        check_method(method.name, device)
-        precision = resolve_precision(settings.precision, device)
-        task = config.model.task
-        classify = task == "sequence-classification"
-        say = emit if world.is_main else (lambda event: None)
-        notes: list[Event] = []  # messages found while setting up, told right after `start`
+        # First the device, the precision and the method's fit to them: a config this machine
+        # cannot run fails before a process group starts or a file opens.
+        run = TorchRun(job)
+        with contextlib.ExitStack() as stack:  # undoes the steps' setup however the run ends
+            # Seeds and the process group before anything is loaded: every process starts alike.
+            run.setup_process_group(stack)
+            # The data before the model: a classifier is built with the data's classes.
+            run.setup_data(stack)
+            run.setup_model()
+            # The batches after the model: a plan made here reads the memory left (and held)
+            # once the weights are loaded (ft_train_core.plan.memory_budget).
+            run.setup_batches()
+            # Saved weights before DDP/FSDP wrap the model: FSDP shards what it is given.
+            run.restore_weights()
+            run.setup_parallel()
+            run.setup_optimizer()
+            # After the optimizer and scheduler exist: a checkpoint's state is loaded into them.
+            run.setup_state()
+            # The loss runs the forward pass through the wrapped (or compiled) model.
+            objective = _Objective(run, stack)
+            run.setup_offload()
 
-        def note(level: str, text: str) -> None:
-            notes.append({"type": "message", "level": level, "text": text})
-
-        fsdp = distributed.use_fsdp(resources.strategy, method.name, world, note)
-        distributed.init_process_group(world, device)
-        if resources.num_threads:
-            torch.set_num_threads(resources.num_threads)
-        deterministic = torch.are_deterministic_algorithms_enabled()
-        # Deterministic kernels where torch has a choice: a resumed CPU run must end bit-identical.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.manual_seed(settings.seed)
-        np.random.seed(settings.seed % 2**32)
-        random.seed(settings.seed)
-        with contextlib.ExitStack() as stack:
-            stack.callback(torch.use_deterministic_algorithms, deterministic)
-            stack.callback(distributed.shutdown, world)
-            train_set = stack.enter_context(PreparedDataset(job.train_data))
-            eval_set = (
-                stack.enter_context(PreparedDataset(job.validation_data))
-                if job.validation_data
-                else None
-            )
-            prompt = method.name in PROMPT_METHODS
-            names = label_names(train_set, job.train_data) if classify else None
-            pad_id = pad_token_id(job.model_path, train_set) if classify else None
-            if config.data.packing and classify:
-                note("info", "sequence classification takes one example a row: packing is off")
-            elif config.data.packing and prompt:
-                note(
-                    "info",
-                    f"method {method.name} adds virtual tokens to each row: packing is off, rows are padded",
-                )
-            dtype = load_dtype(config.model.dtype, device, full=method.name == "full")
-            base = load_base_model(
-                job.model_path,
-                config.model,
-                method,
-                device,
-                dtype,
-                label_names=names,
-                pad_token_id=pad_id,
-            )
-            if settings.gradient_checkpointing:
-                base.gradient_checkpointing_enable(
-                    gradient_checkpointing_kwargs={"use_reentrant": False}
-                )
-            model = apply_method(base, method, task)
-            trainable, total = count_parameters(model)
-            # How the data is batched: planned (and checked against memory) by `ft train`,
-            # else made here the same way (ft_train_core.plan); a resumed run keeps its own.
-            batch, decided = (
-                (job.plan, [])
-                if job.plan
-                else batch_plan_for(
-                    job,
-                    device=device_name(device),
-                    precision=precision,
-                    weights_dtype=str(dtype).removeprefix("torch."),
-                    processes=world.size,
-                )
-            )
-            for text in decided:
-                note("info", text)
-            rows = world.size * batch.micro_batch
-            batches = Batches(
-                train_set,
-                batch_size=rows,
-                max_seq_length=batch.row_length,
-                mode=batch.mode,
-                seed=settings.seed,
-                pad_id=pad_id,
-                pad_multiple=PAD_MULTIPLE,
-            )
-            eval_batches = (
-                Batches(
-                    eval_set,
-                    batch_size=rows,
-                    max_seq_length=max(batch.row_length, int(eval_set.lengths.max())),
-                    mode=batch.mode,
-                    seed=settings.seed,
-                    shuffle=False,
-                    pad_id=pad_id,
-                    pad_multiple=PAD_MULTIPLE,
-                )
-                if eval_set is not None and len(eval_set)
-                else None
-            )
-
-            if job.resume_from is not None:
-                read_manifest(job.resume_from)  # refuses a broken checkpoint, saying what is wrong
-                load_weights(model, Path(job.resume_from), method.name)
-            wrapped = distributed.wrap(model, world, device, fsdp=fsdp)
-            forward = torch.compile(wrapped) if settings.compile else wrapped
-
-            optimizer = build_optimizer(model.parameters(), settings)
-            total_steps, total_micro = run_length(batches, settings, batch.accumulation)
-            scheduler = build_scheduler(optimizer, settings, total_steps)
-            scaler = grad_scaler(precision, device)
-            prints = fingerprint(config, job.model_path, job.train_data, job.validation_data)
-            prints["batch_plan"] = batch.to_dict()
-            state = LoopState()
-            if job.resume_from is not None:
-                for difference in compare_fingerprints(
-                    read_trainer_state(job.resume_from)["fingerprint"], prints
-                ):
-                    note("warning", f"resuming with a change: {difference}")
-                state = load_training_state(
-                    Path(job.resume_from),
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    scaler=scaler,
-                    load_optimizer_state=(
-                        (lambda saved: distributed.load_optimizer_state(model, optimizer, saved))
-                        if fsdp
-                        else None
-                    ),
-                )
-
-            cast = autocast(precision, device)
-
-            def logits_of(module: torch.nn.Module, batch: dict[str, np.ndarray]) -> torch.Tensor:
-                inputs = model_inputs(batch, device, prompt_learning=prompt, task=task)
-                with cast():
-                    return (forward if module is wrapped else module)(**inputs).logits
-
-            # Logits only where there are targets (not for prompt-learning methods, whose
-            # virtual tokens shift the positions).
-            output = None if classify or prompt else OutputAtTargets(base)
-            if output is not None:
-                stack.callback(output.remove)
-
-            def loss(module: torch.nn.Module, batch: dict[str, np.ndarray]) -> torch.Tensor:
-                if classify:
-                    return classification_loss(logits_of(module, batch), batch)
-                if output is None:
-                    return causal_lm_loss(logits_of(module, batch), batch)
-                with output.at(trained_positions(batch), device):
-                    return selected_lm_loss(logits_of(module, batch), batch)
-
-            def score(
-                module: torch.nn.Module, batch: dict[str, np.ndarray]
-            ) -> tuple[torch.Tensor, int]:
-                logits = logits_of(module, batch)
-                return classification_loss(logits, batch), classification_correct(logits, batch)
-
-            def weights_of_shards() -> dict[str, torch.Tensor]:
-                # FSDP: every process sends its shards; rank 0 gets the whole (on the CPU).
-                return distributed.full_weights(model, trainable_only=method.name != "full")
-
-            def gather() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-                return weights_of_shards(), distributed.full_optimizer_state(model, optimizer)
-
-            def save(
-                folder: Path,
-                loop_state: LoopState,
-                position: dict[str, int],
-                gathered: tuple[dict[str, torch.Tensor], dict[str, Any]] | None,
-            ) -> None:
-                weights, optimizer_state = gathered if gathered is not None else (None, None)
-                save_weights(model, folder, method.name, job.model_path, weights)
-                save_training_state(
-                    folder,
-                    loop=loop_state,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    scaler=scaler,
-                    data_position=position,
-                    fingerprint=prints,
-                    optimizer_state=optimizer_state,
-                )
-
-            offload: Callable[[], Any] = contextlib.nullcontext
-            if resources.activation_offloading:
-                if device.type == "cuda":
-                    offload = lambda: torch.autograd.graph.save_on_cpu(pin_memory=True)  # noqa: E731
-                else:
-                    note(
-                        "warning",
-                        f"resources.activation_offloading is for CUDA; ignored on {device.type}",
-                    )
-
-            say(
-                {
-                    "type": "start",
-                    "total_steps": total_steps,
-                    "trainable_params": int(trainable),
-                    "total_params": int(total),
-                    "device": str(device),
-                    "dtype": precision,
-                    "resumed_from_step": state.step if job.resume_from is not None else None,
-                }
-            )
-            for event in notes:
+            say = emit if run.world.is_main else (lambda event: None)
+            say(run.start_event())
+            for event in run.notes:  # what the steps found, told once `start` opened the run
                 say(event)
-            outcome = loop.run(
-                loop.Loop(
-                    model=wrapped,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    batches=batches,
-                    settings=settings,
-                    total_steps=total_steps,
-                    total_micro_batches=total_micro,
-                    accumulation=batch.accumulation,
-                    loss=loss,
-                    count=lambda batch: trained_tokens(batch, task),
-                    save=save,
-                    checkpoints_dir=job.checkpoints_dir,
-                    device=device,
-                    world=world,
-                    eval_batches=eval_batches,
-                    scaler=scaler,
-                    offload=offload,
-                    score=score if classify else None,
-                    gather=gather if fsdp else None,
-                ),
-                state,
-                emit=say,
-                should_stop=should_stop,
-            )
-            adapter: Path | None = None
-            if outcome.reason in ("completed", "max_steps", "early_stopping"):
-                adapter = Path(job.adapter_dir)
-                weights = weights_of_shards() if fsdp else None
-                if world.is_main:
-                    save_final(model, adapter, method.name, job.model_path, weights)
-                distributed.barrier(world)
-            say(
-                {
-                    "type": "end",
-                    "step": outcome.step,
-                    "reason": outcome.reason,
-                    "adapter_path": str(adapter) if adapter else None,
-                    "best_checkpoint": str(outcome.best_checkpoint)
-                    if outcome.best_checkpoint
-                    else None,
-                }
-            )
+            inputs = run.loop_inputs(objective.loss, objective.count, objective.score)
+            outcome = loop.run(inputs, run.state, emit=say, should_stop=should_stop)
+            adapter = run.save_final(outcome)
+            say(_end_event(outcome, adapter))
             return TrainResult(
                 reason=outcome.reason,
                 step=outcome.step,
@@ -424,6 +180,49 @@ class TorchTrainer:
             )
 
 
+class _Objective:
+    """What the loop scores batches with, over the run's model: `loss` (summed over a batch's
+    targets), `count` (the targets) and, for a classifier's evaluation, `score`.
+
+    Made once the model is wrapped: the forward pass goes through `run.forward`. For a causal
+    LM trained on its own tokens it hooks the output layer to compute logits only where there
+    are targets (not for prompt-learning methods, whose virtual tokens shift the positions);
+    `stack` removes the hook. It sits beside `train`, not in `TorchRun`, as mlx-lm's trainer
+    takes its loss as a parameter: a new objective is a change here, not to the setup or the
+    loop (and tests patch the loss functions here, `ft_train_torch.trainer.selected_lm_loss`).
+    """
+
+    def __init__(self, run: TorchRun, stack: contextlib.ExitStack) -> None:
+        self.run = run
+        self.cast = autocast(run.precision, run.device)
+        self.output = None if run.classify or run.prompt else OutputAtTargets(run.base)
+        if self.output is not None:
+            stack.callback(self.output.remove)
+
+    def logits(self, module: torch.nn.Module, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        run = self.run
+        inputs = model_inputs(batch, run.device, prompt_learning=run.prompt, task=run.task)
+        with self.cast():
+            return (run.forward if module is run.wrapped else module)(**inputs).logits
+
+    def loss(self, module: torch.nn.Module, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        if self.run.classify:
+            return classification_loss(self.logits(module, batch), batch)
+        if self.output is None:
+            return causal_lm_loss(self.logits(module, batch), batch)
+        with self.output.at(trained_positions(batch), self.run.device):
+            return selected_lm_loss(self.logits(module, batch), batch)
+
+    def count(self, batch: dict[str, np.ndarray]) -> int:
+        return trained_tokens(batch, self.run.task)
+
+    def score(
+        self, module: torch.nn.Module, batch: dict[str, np.ndarray]
+    ) -> tuple[torch.Tensor, int]:
+        logits = self.logits(module, batch)
+        return classification_loss(logits, batch), classification_correct(logits, batch)
+
+
 def check_resume_compatible(checkpoint: Path, job: Any) -> list[str]:
     """How resuming `job` from `checkpoint` would differ from the run that wrote it: changed
     settings (besides logging, output, checkpointing and stopping ones), another base model,
@@ -431,3 +230,13 @@ def check_resume_compatible(checkpoint: Path, job: Any) -> list[str]:
     saved = read_trainer_state(checkpoint)["fingerprint"]
     current = fingerprint(job.config, job.model_path, job.train_data, job.validation_data)
     return compare_fingerprints(saved, current)
+
+
+def _end_event(outcome: loop.Outcome, adapter: Path | None) -> EndEvent:
+    return {
+        "type": "end",
+        "step": outcome.step,
+        "reason": outcome.reason,
+        "adapter_path": str(adapter) if adapter else None,
+        "best_checkpoint": str(outcome.best_checkpoint) if outcome.best_checkpoint else None,
+    }
