@@ -10,27 +10,40 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 
 from ft_data.batches import Batches
 from ft_data.hdf5 import PreparedDataset
 from ft_models.checkpoint import read_manifest
 from ft_models.load import load_mlx, read_config
-from ft_runs.plan import batch_plan_for
-from ft_runs.protocols import (  # declared by its consumer, ft-runs
+from ft_train_core.plan import batch_plan_for
+from ft_train_core.protocol import (
     Capabilities,
+    ClassificationResult,
+    Launch,
+    LossResult,
     Placement,
     TrainResult,
 )
-from ft_runs.trainkit import fingerprint, plan
+from ft_train_core.schedule import run_length
+from ft_train_core.state import compare_fingerprints, fingerprint, read_trainer_state
 from ft_train_mlx import loop
+from ft_train_mlx.device import (
+    device_name,
+    gpu_available,
+    load_dtype,
+    memory_limit,
+    on_device,
+    pick_device,
+    resolve_precision,
+)
 from ft_train_mlx.distributed import world_from_env
+from ft_train_mlx.gradient_checkpointing import checkpoint_layers
 from ft_train_mlx.methods import (
     METHODS,
     apply_method,
@@ -43,23 +56,9 @@ from ft_train_mlx.methods import (
 )
 from ft_train_mlx.optim import build_optimizer
 from ft_train_mlx.packing import ABSOLUTE_POSITIONS
-from ft_train_mlx.state import (
-    LoopState,
-    compare_fingerprints,
-    load_training_state,
-    read_trainer_state,
-    save_training_state,
-)
+from ft_train_mlx.state import LoopState, load_training_state, save_training_state
 
 Event = dict[str, Any]
-GIB = 1 << 30
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-def gpu_available() -> bool:
-    return bool(mx.metal.is_available()) or bool(
-        getattr(mx, "cuda", None) and mx.cuda.is_available()
-    )
 
 
 class MLXTrainer:
@@ -87,14 +86,52 @@ class MLXTrainer:
             else ("MLX runs on the CPU here (mlx[cpu]): correct but slow; see docs/mlx.md",),
         )
 
+    def launch_command(self, job_file: Path, launch: Launch) -> list[str]:
+        """`mlx.launch` over `launch.nproc` local processes (ring backend), or the hosts of
+        `launch.hostfile` (several Macs)."""
+        from ft_train_mlx.launch import launch_argv
+
+        return launch_argv(job_file, launch.nproc, launch.hostfile)
+
+    def evaluate_loss(
+        self,
+        model_path: Path,
+        adapter: Path | None,
+        dataset: Path,
+        *,
+        max_seq_length: int = 2048,
+        batch_size: int = 4,
+        device: str = "auto",
+    ) -> LossResult:
+        """Validation loss and perplexity of the model (with the adapter, or a full
+        fine-tune's folder) on a prepared dataset, as the trainer's `eval` events compute them."""
+        from ft_train_mlx.evaluation import evaluate_loss
+
+        return evaluate_loss(
+            model_path,
+            adapter,
+            dataset,
+            max_seq_length=max_seq_length,
+            batch_size=batch_size,
+            device=device,
+        )
+
+    def evaluate_classification(
+        self, model_path: Path, adapter: Path | None, dataset: Path, **options: Any
+    ) -> ClassificationResult:
+        raise ValueError(
+            "sequence classification is torch only (mlx-lm has causal LMs): install "
+            "ft-train-torch to evaluate a classifier"
+        )
+
     def placement(self, config: Any) -> Placement:
         """The device, precision and base dtype `train` would use for `config` here."""
-        device = _pick_device(config.resources.device)
-        precision = _precision(config.training.precision, device)
+        device = pick_device(config.resources.device)
+        precision = resolve_precision(config.training.precision, device)
         return Placement(
-            device="mlx" if device == "gpu" else "mlx-cpu",
+            device=device_name(device),
             precision=precision,
-            weights_dtype=_load_dtype(config.model.dtype, precision),
+            weights_dtype=load_dtype(config.model.dtype, precision),
         )
 
     def train(
@@ -115,8 +152,8 @@ class MLXTrainer:
         def note(level: str, text: str) -> None:
             notes.append({"type": "message", "level": level, "text": text})
 
-        device = _pick_device(resources.device)
-        precision = _precision(settings.precision, device)
+        device = pick_device(resources.device)
+        precision = resolve_precision(settings.precision, device)
         model_type = str(read_config(job.model_path).get("model_type", ""))
         if config.data.packing and model_type in ABSOLUTE_POSITIONS:
             raise ValueError(
@@ -128,8 +165,8 @@ class MLXTrainer:
         np.random.seed(settings.seed % 2**32)
         random.seed(settings.seed)
         with contextlib.ExitStack() as stack:
-            stack.enter_context(_on_device(device))
-            stack.enter_context(_memory_limit(resources.max_memory_gb))
+            stack.enter_context(on_device(device))
+            stack.enter_context(memory_limit(resources.max_memory_gb))
             if job.resume_from is not None:
                 read_manifest(job.resume_from)  # refuses a broken checkpoint, saying what is wrong
             train_set = stack.enter_context(PreparedDataset(job.train_data))
@@ -138,7 +175,7 @@ class MLXTrainer:
                 if job.validation_data
                 else None
             )
-            dtype = _load_dtype(config.model.dtype, precision)
+            dtype = load_dtype(config.model.dtype, precision)
             model, _tokenizer = load_mlx(
                 job.model_path, dtype=dtype, trust_remote_code=config.model.trust_remote_code
             )
@@ -159,13 +196,13 @@ class MLXTrainer:
                     raise ValueError("initial_adapter is for adapter methods, not method: full")
                 load_peft_tensors(model, self.initial_adapter, model_type)
             # How the data is batched: planned (and checked against memory) by `ft train`,
-            # else made here the same way (ft_runs.plan); a resumed run keeps its own.
+            # else made here the same way (ft_train_core.plan); a resumed run keeps its own.
             batch, decided = (
                 (job.plan, [])
                 if job.plan
                 else batch_plan_for(
                     job,
-                    device="mlx" if device == "gpu" else "mlx-cpu",
+                    device=device_name(device),
                     precision=precision,
                     weights_dtype=dtype,
                     processes=world.size,
@@ -200,7 +237,7 @@ class MLXTrainer:
             mx.reset_peak_memory()  # the peak of training, not of loading or probing
 
             optimizer = build_optimizer(settings)
-            total_steps, total_micro = plan(batches, settings, batch.accumulation)
+            total_steps, total_micro = run_length(batches, settings, batch.accumulation)
             prints = fingerprint(config, job.model_path, job.train_data, job.validation_data)
             prints["batch_plan"] = batch.to_dict()
             state = LoopState()
@@ -292,90 +329,3 @@ def check_resume_compatible(checkpoint: Path, job: Any) -> list[str]:
     saved = read_trainer_state(checkpoint)["fingerprint"]
     current = fingerprint(job.config, job.model_path, job.train_data, job.validation_data)
     return compare_fingerprints(saved, current)
-
-
-def checkpoint_layers(model: nn.Module) -> None:
-    """Gradient checkpointing: each transformer block recomputes its activations in the
-    backward pass (`mx.checkpoint`). Only these instances change (their class is swapped for a
-    subclass), not every block of that type in the process.
-
-    The recomputation runs the block's Python again, so dropout would draw new masks there and
-    the gradient would not match the forward pass: each block seeds MLX's random state from a
-    number drawn before it (itself seeded per micro-batch), and draws the same masks twice.
-    """
-    for layer in model.layers:
-        base = type(layer)
-        if getattr(base, "_ft_checkpointed", False):
-            continue
-
-        def call(
-            self: nn.Module, x: mx.array, *args: Any, _base: type = base, **kwargs: Any
-        ) -> Any:
-            seed = int(mx.random.randint(0, 2**31 - 1, ()).item())
-
-            def inner(params: Any, x: mx.array) -> mx.array:
-                mx.random.seed(seed)
-                self.update(params)
-                return _base.__call__(self, x, *args, **kwargs)
-
-            return mx.checkpoint(inner)(self.trainable_parameters(), x)
-
-        layer.__class__ = type(
-            f"Checkpointed{base.__name__}", (base,), {"__call__": call, "_ft_checkpointed": True}
-        )
-
-
-def _pick_device(requested: str) -> str:
-    """`gpu` (Metal, or CUDA) or `cpu` for `resources.device`."""
-    wanted = (requested or "auto").lower()
-    if wanted in ("auto",):
-        return "gpu" if gpu_available() else "cpu"
-    if wanted == "cpu":
-        return "cpu"
-    if wanted in ("gpu", "mps", "metal", "cuda"):
-        if not gpu_available():
-            raise RuntimeError(
-                f"resources.device: {requested}, but MLX sees no GPU on this machine: set "
-                "resources.device: cpu (or auto)"
-            )
-        return "gpu"
-    raise ValueError(f"resources.device: {requested!r} is not an MLX device: auto, gpu or cpu")
-
-
-def _precision(requested: str, device: str) -> str:
-    """`training.precision` on MLX's `device` (`gpu`/`cpu`), by ft-models' one rule."""
-    from ft_models.device import pick_precision
-
-    return pick_precision("mlx" if device == "gpu" else "mlx-cpu", requested).dtype
-
-
-def _load_dtype(model_dtype: str, precision: str) -> str:
-    """The dtype of the base weights: `model.dtype` when set, else the compute precision's."""
-    return model_dtype if model_dtype != "auto" else DTYPES[precision]
-
-
-@contextlib.contextmanager
-def _on_device(device: str) -> Iterator[None]:
-    before = mx.default_device()
-    mx.set_default_device(mx.gpu if device == "gpu" else mx.cpu)
-    try:
-        yield
-    finally:
-        mx.set_default_device(before)
-
-
-@contextlib.contextmanager
-def _memory_limit(max_memory_gb: float | None) -> Iterator[None]:
-    """`resources.max_memory_gb` as MLX's memory limit (allocations above it wait for memory to
-    be freed, or fail) and its cache limit (a quarter of it: freed buffers kept for reuse)."""
-    if not max_memory_gb:
-        yield
-        return
-    limit = int(max_memory_gb * GIB)
-    old_limit = mx.set_memory_limit(limit)
-    old_cache = mx.set_cache_limit(limit // 4)
-    try:
-        yield
-    finally:
-        mx.set_memory_limit(old_limit)
-        mx.set_cache_limit(old_cache)
