@@ -1,9 +1,9 @@
 """MLXTrainer: ft's MLX backend, found by ft-runs through the `ft.trainers` entry point.
 
-`train(job, emit, should_stop)` wires the pieces: device, precision and memory limits, the
-model (mlx-lm's definition through `ft_models.load.load_mlx`) adapted for the method
-(`methods.py`), batches from ft-data, the optimizer (`optim.py`), the saved state
-(`state.py`), the process group (`distributed.py`), then runs `loop.run`.
+`train(job, emit, should_stop)` reads as a list of named steps, each a method of `_MLXRun`
+that sets up one thing: device, precision and memory limits (`device.py`), the data, mlx-lm's
+model adapted for the method (`methods.py`), the batches, the saved weights, the optimizer
+(`optim.py`) and the saved state (`state.py`); then `loop.run`, then the final adapter.
 """
 
 from __future__ import annotations
@@ -15,19 +15,24 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
 import numpy as np
 
 from ft_data.batches import Batches
 from ft_data.hdf5 import PreparedDataset
 from ft_models.checkpoint import read_manifest
 from ft_models.load import load_mlx, read_config
+from ft_train_core.batch_plan import BatchPlan
 from ft_train_core.plan import batch_plan_for
 from ft_train_core.protocol import (
     Capabilities,
     ClassificationResult,
+    EndEvent,
     Launch,
     LossResult,
     Placement,
+    StartEvent,
     TrainResult,
 )
 from ft_train_core.schedule import run_length
@@ -137,190 +142,275 @@ class MLXTrainer:
     def train(
         self, job: Any, emit: Callable[[Event], None], should_stop: Callable[[], bool]
     ) -> TrainResult:
-        config = job.config
-        settings, method, resources = config.training, config.method, config.resources
-        check_method(method.name)
-        if config.model.task != "causal-lm":
-            raise ValueError(
-                "model.task: sequence-classification is torch only (mlx-lm has causal LMs): "
-                "set training.backend: torch"
-            )
-        world = world_from_env()
-        say = emit if world.is_main else (lambda event: None)
-        notes: list[Event] = []
+        # First what MLX cannot train (a method, a task, packing with learned positions), the
+        # device and the precision: a config this machine cannot run fails before any work.
+        run = _MLXRun(job, self.initial_adapter)
+        with contextlib.ExitStack() as stack:  # undoes the steps' setup however the run ends
+            # Seeds, the default device and memory limits before anything is allocated.
+            run.setup_device(stack)
+            # A broken checkpoint is refused before anything is loaded.
+            run.check_checkpoint()
+            run.setup_data(stack)
+            run.setup_model()
+            # The batches after the model: a plan made here reads the memory left (and held)
+            # once the weights are loaded (ft_train_core.plan.memory_budget).
+            run.setup_batches()
+            run.restore_weights()
+            # The peak memory of training, not of loading or probing: counted from here.
+            run.reset_peak_memory()
+            run.setup_optimizer()
+            # After the optimizer exists: a checkpoint's state is loaded into it.
+            run.setup_state()
 
-        def note(level: str, text: str) -> None:
-            notes.append({"type": "message", "level": level, "text": text})
-
-        device = pick_device(resources.device)
-        precision = resolve_precision(settings.precision, device)
-        model_type = str(read_config(job.model_path).get("model_type", ""))
-        if config.data.packing and model_type in ABSOLUTE_POSITIONS:
-            raise ValueError(
-                f"data.packing with a {model_type} model: its learned position embeddings "
-                "would see packed examples at the wrong positions on MLX. Set "
-                "data.packing: false, or training.backend: torch"
-            )
-        mx.random.seed(settings.seed)
-        np.random.seed(settings.seed % 2**32)
-        random.seed(settings.seed)
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(on_device(device))
-            stack.enter_context(memory_limit(resources.max_memory_gb))
-            if job.resume_from is not None:
-                read_manifest(job.resume_from)  # refuses a broken checkpoint, saying what is wrong
-            train_set = stack.enter_context(PreparedDataset(job.train_data))
-            eval_set = (
-                stack.enter_context(PreparedDataset(job.validation_data))
-                if job.validation_data
-                else None
-            )
-            dtype = load_dtype(config.model.dtype, precision)
-            model, _tokenizer = load_mlx(
-                job.model_path, dtype=dtype, trust_remote_code=config.model.trust_remote_code
-            )
-            paths = apply_method(model, method)
-            if settings.gradient_checkpointing:
-                checkpoint_layers(model)
-                if settings.compile:
-                    note("warning", "training.compile is off with gradient_checkpointing on MLX")
-            elif settings.compile and config.data.packing:
-                note(
-                    "info",
-                    "training.compile applies to unpacked rows only on MLX: the examples of "
-                    "packed rows change shape at every batch (see ft_train_mlx.loop)",
-                )
-            trainable, total = count_parameters(model)
-            if self.initial_adapter is not None and job.resume_from is None:
-                if method.name == "full":
-                    raise ValueError("initial_adapter is for adapter methods, not method: full")
-                load_peft_tensors(model, self.initial_adapter, model_type)
-            # How the data is batched: planned (and checked against memory) by `ft train`,
-            # else made here the same way (ft_train_core.plan); a resumed run keeps its own.
-            batch, decided = (
-                (job.plan, [])
-                if job.plan
-                else batch_plan_for(
-                    job,
-                    device=device_name(device),
-                    precision=precision,
-                    weights_dtype=dtype,
-                    processes=world.size,
-                )
-            )
-            for text in decided:
-                note("info", text)
-            rows = world.size * batch.micro_batch
-            batches = Batches(
-                train_set,
-                batch_size=rows,
-                max_seq_length=batch.row_length,
-                mode=batch.mode,
-                seed=settings.seed,
-            )
-            eval_batches = (
-                Batches(
-                    eval_set,
-                    batch_size=rows,
-                    max_seq_length=max(batch.row_length, int(eval_set.lengths.max())),
-                    mode=batch.mode,
-                    seed=settings.seed,
-                    shuffle=False,
-                )
-                if eval_set is not None and len(eval_set)
-                else None
-            )
-
-            if job.resume_from is not None:
-                load_weights(model, Path(job.resume_from), method, model_type)
-            mx.eval(model.parameters())
-            mx.reset_peak_memory()  # the peak of training, not of loading or probing
-
-            optimizer = build_optimizer(settings)
-            total_steps, total_micro = run_length(batches, settings, batch.accumulation)
-            prints = fingerprint(config, job.model_path, job.train_data, job.validation_data)
-            prints["batch_plan"] = batch.to_dict()
-            state = LoopState()
-            if job.resume_from is not None:
-                for difference in compare_fingerprints(
-                    read_trainer_state(job.resume_from)["fingerprint"], prints
-                ):
-                    note("warning", f"resuming with a change: {difference}")
-                state = load_training_state(Path(job.resume_from), optimizer=optimizer, model=model)
-
-            def save(folder: Path, loop_state: LoopState, position: dict[str, int]) -> None:
-                save_weights(model, folder, method, paths, job.model_path, model_type)
-                save_training_state(
-                    folder,
-                    loop=loop_state,
-                    optimizer=optimizer,
-                    data_position=position,
-                    fingerprint=prints,
-                )
-
-            say(
-                {
-                    "type": "start",
-                    "total_steps": total_steps,
-                    "trainable_params": int(trainable),
-                    "total_params": int(total),
-                    "device": f"mlx:{device}",
-                    "dtype": precision,
-                    "resumed_from_step": state.step if job.resume_from is not None else None,
-                }
-            )
-            for event in notes:
+            say = emit if run.world.is_main else (lambda event: None)
+            say(run.start_event())
+            for event in run.notes:  # what the steps found, told once `start` opened the run
                 say(event)
-            outcome = loop.run(
-                loop.Loop(
-                    model=model,
-                    optimizer=optimizer,
-                    batches=batches,
-                    settings=settings,
-                    total_steps=total_steps,
-                    total_micro_batches=total_micro,
-                    accumulation=batch.accumulation,
-                    save=save,
-                    checkpoints_dir=job.checkpoints_dir,
-                    world=world,
-                    eval_batches=eval_batches,
-                    # gradient checkpointing reads a seed in Python at every block (see
-                    # checkpoint_layers), which a compiled function cannot
-                    compile=settings.compile and not settings.gradient_checkpointing,
-                ),
-                state,
-                emit=say,
-                should_stop=should_stop,
-            )
-            adapter: Path | None = None
-            if outcome.reason in ("completed", "max_steps", "early_stopping"):
-                adapter = Path(job.adapter_dir)
-                if world.is_main:
-                    save_final(model, adapter, method, paths, job.model_path, model_type)
-                world.barrier()
-            say(
-                {
-                    "type": "end",
-                    "step": outcome.step,
-                    "reason": outcome.reason,
-                    "adapter_path": str(adapter) if adapter else None,
-                    "best_checkpoint": str(outcome.best_checkpoint)
-                    if outcome.best_checkpoint
-                    else None,
-                }
-            )
-            metrics = {
-                **outcome.metrics,
-                "peak_memory_bytes": float(mx.get_peak_memory()),
-                "active_memory_bytes": float(mx.get_active_memory()),
-            }
+            outcome = loop.run(run.loop_inputs(), run.state, emit=say, should_stop=should_stop)
+            adapter = run.save_final(outcome)
+            say(_end_event(outcome, adapter))
             return TrainResult(
                 reason=outcome.reason,
                 step=outcome.step,
                 adapter_path=adapter,
                 best_checkpoint=outcome.best_checkpoint,
-                metrics=metrics,
+                metrics={
+                    **outcome.metrics,
+                    "peak_memory_bytes": float(mx.get_peak_memory()),
+                    "active_memory_bytes": float(mx.get_active_memory()),
+                },
             )
+
+
+class _MLXRun:
+    """What `MLXTrainer.train`'s steps build for one job, in the order they build it, and
+    `save`, the checkpoints' contents, which the loop calls."""
+
+    # Set by the steps, in this order.
+    train_set: PreparedDataset
+    eval_set: PreparedDataset | None
+    dtype: str
+    model: nn.Module  # mlx-lm's model, adapted for the method in place
+    paths: list[str]  # the adapted modules (none for full fine-tuning)
+    trainable: int
+    total: int
+    batch: BatchPlan
+    batches: Batches
+    eval_batches: Batches | None
+    optimizer: optim.Optimizer
+    total_steps: int
+    total_micro: int | None  # None: `max_steps` decides, the data cycles
+    prints: dict[str, Any]
+    state: LoopState
+
+    def __init__(self, job: Any, initial_adapter: Path | None) -> None:
+        """The method and task checked for MLX, this process' place among the processes, the
+        device and precision, and the model's type checked against packing."""
+        self.job, self.config, self.initial_adapter = job, job.config, initial_adapter
+        self.settings, self.method = job.config.training, job.config.method
+        self.resources = job.config.resources
+        check_method(self.method.name)
+        if self.config.model.task != "causal-lm":
+            raise ValueError(
+                "model.task: sequence-classification is torch only (mlx-lm has causal LMs): "
+                "set training.backend: torch"
+            )
+        self.world = world_from_env()
+        self.notes: list[Event] = []  # messages found while setting up, told right after `start`
+        self.device = pick_device(self.resources.device)
+        self.precision = resolve_precision(self.settings.precision, self.device)
+        self.model_type = str(read_config(job.model_path).get("model_type", ""))
+        if self.config.data.packing and self.model_type in ABSOLUTE_POSITIONS:
+            raise ValueError(
+                f"data.packing with a {self.model_type} model: its learned position embeddings "
+                "would see packed examples at the wrong positions on MLX. Set "
+                "data.packing: false, or training.backend: torch"
+            )
+
+    def note(self, level: str, text: str) -> None:
+        self.notes.append({"type": "message", "level": level, "text": text})
+
+    def setup_device(self, stack: contextlib.ExitStack) -> None:
+        """Every seed, then the device as MLX's default and `resources.max_memory_gb` as its
+        memory limits, until `stack` closes."""
+        mx.random.seed(self.settings.seed)
+        np.random.seed(self.settings.seed % 2**32)
+        random.seed(self.settings.seed)
+        stack.enter_context(on_device(self.device))
+        stack.enter_context(memory_limit(self.resources.max_memory_gb))
+
+    def check_checkpoint(self) -> None:
+        """A resumed run's checkpoint checked whole (its manifest's hashes)."""
+        if self.job.resume_from is not None:
+            read_manifest(self.job.resume_from)  # refuses a broken checkpoint, saying what is wrong
+
+    def setup_data(self, stack: contextlib.ExitStack) -> None:
+        """The prepared datasets, open until `stack` closes."""
+        job = self.job
+        self.train_set = stack.enter_context(PreparedDataset(job.train_data))
+        self.eval_set = (
+            stack.enter_context(PreparedDataset(job.validation_data))
+            if job.validation_data
+            else None
+        )
+
+    def setup_model(self) -> None:
+        """mlx-lm's model in its load dtype, adapted for the method, with gradient checkpointing
+        if asked; its trainable and total parameter counts; the initial adapter's weights in
+        place of the random ones (a fresh run only)."""
+        settings = self.settings
+        self.dtype = load_dtype(self.config.model.dtype, self.precision)
+        self.model, _tokenizer = load_mlx(
+            self.job.model_path,
+            dtype=self.dtype,
+            trust_remote_code=self.config.model.trust_remote_code,
+        )
+        self.paths = apply_method(self.model, self.method)
+        if settings.gradient_checkpointing:
+            checkpoint_layers(self.model)
+            if settings.compile:
+                self.note("warning", "training.compile is off with gradient_checkpointing on MLX")
+        elif settings.compile and self.config.data.packing:
+            self.note(
+                "info",
+                "training.compile applies to unpacked rows only on MLX: the examples of "
+                "packed rows change shape at every batch (see ft_train_mlx.loop)",
+            )
+        self.trainable, self.total = count_parameters(self.model)
+        if self.initial_adapter is not None and self.job.resume_from is None:
+            if self.method.name == "full":
+                raise ValueError("initial_adapter is for adapter methods, not method: full")
+            load_peft_tensors(self.model, self.initial_adapter, self.model_type)
+
+    def setup_batches(self) -> None:
+        """The batch plan, and the training and validation batches it makes: each global
+        batch holds a micro-batch for every process."""
+        job = self.job
+        # Planned (and checked against memory) by `ft train`, else made here the same way
+        # (ft_train_core.plan); a resumed run keeps its own.
+        self.batch, decided = (
+            (job.plan, [])
+            if job.plan
+            else batch_plan_for(
+                job,
+                device=device_name(self.device),
+                precision=self.precision,
+                weights_dtype=self.dtype,
+                processes=self.world.size,
+            )
+        )
+        for text in decided:
+            self.note("info", text)
+        self.batches = self._batches(self.train_set, self.batch.row_length, shuffle=True)
+        eval_set = self.eval_set
+        self.eval_batches = (
+            self._batches(
+                eval_set, max(self.batch.row_length, int(eval_set.lengths.max())), shuffle=False
+            )
+            if eval_set is not None and len(eval_set)
+            else None
+        )
+
+    def _batches(self, dataset: PreparedDataset, row_length: int, *, shuffle: bool) -> Batches:
+        return Batches(
+            dataset,
+            batch_size=self.world.size * self.batch.micro_batch,
+            max_seq_length=row_length,
+            mode=self.batch.mode,
+            seed=self.settings.seed,
+            shuffle=shuffle,
+        )
+
+    def restore_weights(self) -> None:
+        """A resumed run's trained weights, from its checkpoint."""
+        if self.job.resume_from is not None:
+            load_weights(self.model, Path(self.job.resume_from), self.method, self.model_type)
+
+    def reset_peak_memory(self) -> None:
+        """Every weight computed (MLX is lazy), then MLX's peak memory counter reset."""
+        mx.eval(self.model.parameters())
+        mx.reset_peak_memory()
+
+    def setup_optimizer(self) -> None:
+        """The optimizer (its learning rate is set by the loop at every step) and the run's
+        length in steps."""
+        self.optimizer = build_optimizer(self.settings)
+        self.total_steps, self.total_micro = run_length(
+            self.batches, self.settings, self.batch.accumulation
+        )
+
+    def setup_state(self) -> None:
+        """The run's fingerprint, saved with every checkpoint, and the loop's state: fresh, or
+        a resumed checkpoint's (step, best, patience, host RNGs) with the optimizer's state
+        put back; a note for each setting that changed since."""
+        job = self.job
+        self.prints = fingerprint(self.config, job.model_path, job.train_data, job.validation_data)
+        self.prints["batch_plan"] = self.batch.to_dict()
+        self.state = LoopState()
+        if job.resume_from is None:
+            return
+        saved_prints = read_trainer_state(job.resume_from)["fingerprint"]
+        for difference in compare_fingerprints(saved_prints, self.prints):
+            self.note("warning", f"resuming with a change: {difference}")
+        self.state = load_training_state(
+            Path(job.resume_from), optimizer=self.optimizer, model=self.model
+        )
+
+    def save(self, folder: Path, loop_state: LoopState, position: dict[str, int]) -> None:
+        """A checkpoint's contents: the weights, and everything `setup_state` restores."""
+        job = self.job
+        save_weights(self.model, folder, self.method, self.paths, job.model_path, self.model_type)
+        save_training_state(
+            folder,
+            loop=loop_state,
+            optimizer=self.optimizer,
+            data_position=position,
+            fingerprint=self.prints,
+        )
+
+    def start_event(self) -> StartEvent:
+        return {
+            "type": "start",
+            "total_steps": self.total_steps,
+            "trainable_params": int(self.trainable),
+            "total_params": int(self.total),
+            "device": f"mlx:{self.device}",
+            "dtype": self.precision,
+            "resumed_from_step": self.state.step if self.job.resume_from is not None else None,
+        }
+
+    def loop_inputs(self) -> loop.Loop:
+        """What `loop.run` works with: what the steps built, and `save`."""
+        settings = self.settings
+        return loop.Loop(
+            model=self.model,
+            optimizer=self.optimizer,
+            batches=self.batches,
+            settings=settings,
+            total_steps=self.total_steps,
+            total_micro_batches=self.total_micro,
+            accumulation=self.batch.accumulation,
+            save=self.save,
+            checkpoints_dir=self.job.checkpoints_dir,
+            world=self.world,
+            eval_batches=self.eval_batches,
+            # gradient checkpointing reads a seed in Python at every block (see
+            # checkpoint_layers), which a compiled function cannot
+            compile=settings.compile and not settings.gradient_checkpointing,
+        )
+
+    def save_final(self, outcome: loop.Outcome) -> Path | None:
+        """The final adapter (or model) of a run that ended as planned, where the job says;
+        None after an interruption or a NaN loss."""
+        if outcome.reason not in ("completed", "max_steps", "early_stopping"):
+            return None
+        job, adapter = self.job, Path(self.job.adapter_dir)
+        if self.world.is_main:
+            save_final(
+                self.model, adapter, self.method, self.paths, job.model_path, self.model_type
+            )
+        self.world.barrier()
+        return adapter
 
 
 def check_resume_compatible(checkpoint: Path, job: Any) -> list[str]:
@@ -329,3 +419,13 @@ def check_resume_compatible(checkpoint: Path, job: Any) -> list[str]:
     saved = read_trainer_state(checkpoint)["fingerprint"]
     current = fingerprint(job.config, job.model_path, job.train_data, job.validation_data)
     return compare_fingerprints(saved, current)
+
+
+def _end_event(outcome: loop.Outcome, adapter: Path | None) -> EndEvent:
+    return {
+        "type": "end",
+        "step": outcome.step,
+        "reason": outcome.reason,
+        "adapter_path": str(adapter) if adapter else None,
+        "best_checkpoint": str(outcome.best_checkpoint) if outcome.best_checkpoint else None,
+    }
