@@ -235,7 +235,7 @@ def run_ft(args: argparse.Namespace) -> dict[str, Any]:
 
     from ft_config.structure import structure_config
     from ft_data.prepare import PrepareOptions, prepare_dataset
-    from ft_runs.protocols import TrainJob
+    from ft_train_core.protocol import TrainJob
     from ft_train_torch import TorchTrainer
 
     torch.set_num_threads(args.threads)

@@ -7,6 +7,7 @@ transformers, which only their extras (or the trainers) may pull in.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -137,3 +138,33 @@ def test_cli_runs_from_its_wheel(wheels: Path, tmp_path: Path):
     )
     assert valid.returncode == 0, valid.stderr
     assert "is valid (profile domain;" in valid.stdout
+
+
+def test_evaluate_without_the_torch_trainer(wheels: Path, tmp_path: Path, tiny_llama: Path):
+    """`pip install "ft-cli[mlx]"`: no torch, no ft-train-torch. `ft train --backend mlx`, then
+    `ft evaluate` scores the run through the MLX trainer's evaluator (the Trainer protocol),
+    where it used to ask for the torch trainer by name."""
+    python = _fresh_venv(tmp_path / "venv", wheels, "ft-cli[mlx]")
+    ft = str(python.parent / "ft")
+    env = _clean_env() | {"FT_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    found = subprocess.run(
+        [str(python), "-c", "import importlib.util as u; print([m for m in ('torch', 'ft_train_torch') if u.find_spec(m)])"],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    assert found.stdout.strip() == "[]"
+    project = tmp_path / "proj"
+    subprocess.run([ft, "init", str(project)], check=True, env=env, capture_output=True)
+    text = (project / "train.yml").read_text().replace("name: smollm2-135m", f"name: {tiny_llama}")
+    (project / "train.yml").write_text(text)
+
+    def run(*args: str) -> str:
+        done = subprocess.run([ft, *args], capture_output=True, text=True, env=env, cwd=project)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        return done.stdout
+
+    run("train", "--backend", "mlx", "--set", "training.max_steps=2",
+        "--set", "data.validation_split=0.25")  # fmt: skip
+    result = json.loads(
+        run("evaluate", "--no-base", "--max-examples", "2", "--max-tokens", "4", "--json")
+    )
+    assert result["metrics"]["eval_loss"] > 0 and "exact_match" in result["metrics"]

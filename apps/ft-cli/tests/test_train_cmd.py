@@ -182,7 +182,8 @@ def test_stopping_two_processes_saves_a_checkpoint_and_resumes(project: Path) ->
     """Ctrl-C during a torchrun launch: both processes stop at the same step, save a checkpoint
     together and exit; `ft train --resume` continues from it, with the settings the run was
     started with (`settings` is not repeated) plus a longer `max_steps`."""
-    from ft_runs.training import Launch, train
+    from ft_runs.training import train
+    from ft_train_core.protocol import Launch
 
     def stepped() -> bool:  # the stop request, once the processes have taken a step
         events = list((project / "runs").glob("*/launch-events.jsonl"))

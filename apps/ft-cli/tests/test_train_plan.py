@@ -49,8 +49,8 @@ def test_the_plan_is_printed_before_training(project: Path, run) -> None:
 def _limit_between(project: Path, rows: int, length: int) -> float:
     """A memory limit (GB) under which `rows` rows of `length` do not fit but one row does."""
     from ft_config import load_config
-    from ft_runs.batch_plan import BatchPlan, DatasetSize
-    from ft_runs.plan import MemoryBudget, make_plan, model_shape
+    from ft_train_core.batch_plan import BatchPlan, DatasetSize
+    from ft_train_core.plan import MemoryBudget, make_plan, model_shape
 
     config = load_config(project / "train.yml", overrides=[f"data.max_seq_length={length}"])
     model = Path(config.model.name)

@@ -7,14 +7,18 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 
 import numpy as np
 import pytest
-from mlx_train_helpers import train
 from safetensors.numpy import load_file
 
-from ft_runs.training import job_spec
+from ft_testing import training
+from ft_train_core.jobs import job_spec
+from ft_train_mlx import MLXTrainer
 from ft_train_mlx.launch import launch_argv
+
+train = partial(training.train, MLXTrainer)
 
 # Measured here: losses differ by at most 7.4e-7 and the adapters by 1.2e-6 (the same sums
 # in another order: per-process partial sums, then all_sum, in float32).

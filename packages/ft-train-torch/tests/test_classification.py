@@ -4,16 +4,20 @@ classification head) on a separable toy set prepared by ft-data with a label col
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
-from train_helpers import settings, tensors_sha256, train
 
 from ft_config.structure import structure_config
 from ft_data.hdf5 import PreparedDataset
 from ft_data.prepare import PrepareOptions, prepare_dataset
-from ft_runs.protocols import TrainJob
+from ft_testing import training
+from ft_testing.training import job_settings, tensors_sha256
+from ft_train_core.protocol import TrainJob
 from ft_train_torch import TorchTrainer
+
+train = partial(training.train, TorchTrainer)
 
 GOOD = ["great", "lovely", "happy", "wonderful", "excellent"]
 BAD = ["awful", "terrible", "sad", "horrible", "dreadful"]
@@ -75,7 +79,7 @@ def classification_job(
         "training__batch_size": 8,
         "training__learning_rate": 1e-2,
     }
-    values = settings(**{**defaults, **overrides})
+    values = job_settings(**{**defaults, **overrides})
     config, problems = structure_config(values)
     assert not problems, problems
     folder = tmp_path / run

@@ -11,16 +11,20 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import train
 
 from ft_models.checkpoint import latest_valid_checkpoint
-from ft_runs.training import job_spec
+from ft_testing import training
+from ft_train_core.jobs import job_spec
+from ft_train_torch import TorchTrainer
+
+train = partial(training.train, TorchTrainer)
 
 COMMON = {
     "training__max_steps": 4,

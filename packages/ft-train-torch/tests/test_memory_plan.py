@@ -14,8 +14,8 @@ import pytest
 
 from ft_config.structure import structure_config, unstructure_config
 from ft_data.prepare import PrepareOptions, prepare_dataset
-from ft_runs.batch_plan import DatasetSize
-from ft_runs.plan import MemoryBudget, make_plan, model_shape
+from ft_train_core.batch_plan import DatasetSize
+from ft_train_core.plan import MemoryBudget, make_plan, model_shape
 
 pytestmark = pytest.mark.slow
 

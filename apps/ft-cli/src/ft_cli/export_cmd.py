@@ -213,65 +213,20 @@ def _find_source(ref: str, checkpoint: str | None, base: str | None) -> _Found:
 
 
 def _from_run(run: Any, checkpoint: str | None, base: str | None) -> _Found:
-    from ft_runs.run_folder import RunNotFoundError
+    from ft_runs.exports import RunExportError, run_source
 
-    info, settings = run.info(), run.settings()
-    if run.task_of(settings) == "sequence-classification":
-        raise UserError(
-            f"run {run.id} trained a sequence classifier (model.task: sequence-classification); "
-            "ft export writes language models (PEFT, merged safetensors, MLX, GGUF). Its adapter "
-            f"{run.adapter} is already in PEFT's layout: load it with transformers' "
-            "AutoModelForSequenceClassification and peft's PeftModel.from_pretrained"
-        )
     try:
-        folder = run.checkpoint(checkpoint) if checkpoint else run.adapter
-    except RunNotFoundError as error:
+        found = run_source(run, checkpoint, base, warn=lambda text: click.echo(text, err=True))
+    except RunExportError as error:
         raise UserError(str(error)) from None
-    if not folder.is_dir():
-        raise UserError(
-            f"run {run.id} has no final adapter yet ({folder}); pass --checkpoint last or best"
-        )
-    method = _method_of(settings)
-    chat_template = _training_template(info)
-    name = f"{run.id}" + (f"-{folder.name}" if checkpoint else "")
-    if not (folder / "adapter_config.json").is_file():
-        # a full fine-tune: the folder is the whole model
-        return _Found(folder, (), run.exports, name, chat_template)
-    model = info.get("model") or {}
-    base_path = Path(base) if base else Path(model.get("path") or "")
-    if not (base_path / "config.json").is_file():
-        if not model.get("name"):
-            raise UserError(f"run {run.id} does not record its base model; pass --base MODEL")
-        base_path = _resolve(model["name"])
     return _Found(
-        base_path, (folder,), run.exports, name, chat_template, quantized_base=method == "qlora"
+        found.base,
+        found.adapters,
+        found.exports,
+        found.name,
+        found.chat_template,
+        quantized_base=found.quantized_base,
     )
-
-
-def _method_of(settings: dict[str, Any]) -> str | None:
-    method = settings.get("method")
-    return method.get("name") if isinstance(method, dict) else method
-
-
-def _training_template(info: dict[str, Any]) -> str | None:
-    """The chat template the run's data was prepared with (None: the tokenizer's own)."""
-    name = (info.get("data") or {}).get("template")
-    if not name or name == "tokenizer":
-        return None
-    config_path = info.get("config_path")
-    if name.endswith(".jinja") and config_path and not Path(name).is_absolute():
-        name = str(Path(config_path).parent / name)  # relative to the project, as in training
-    try:
-        from ft_data.templates import get_template
-
-        return get_template(name).source
-    except Exception as error:
-        click.echo(
-            f"warning: the run's chat template {name!r} is not available ({error}); "
-            "the tokenizer's own is exported",
-            err=True,
-        )
-        return None
 
 
 def _template_source(template: str) -> str:
@@ -285,11 +240,11 @@ def _template_source(template: str) -> str:
 
 
 def _resolve(name: str) -> Path:
-    from ft_models.resolve import ModelError, resolve_model
+    from ft_runs.exports import RunExportError, resolve_model_path
 
     try:
-        return resolve_model(name).path
-    except ModelError as error:
+        return resolve_model_path(name)
+    except RunExportError as error:
         raise UserError(str(error)) from None
 
 

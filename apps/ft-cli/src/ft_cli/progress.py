@@ -1,6 +1,6 @@
 """What `ft train` shows while it works: a progress bar with loss, its trend, tokens/s and ETA.
 
-The display is just another event sink (see ft_runs.protocols): it reads the same events the
+The display is just another event sink (see ft_train_core.protocol): it reads the same events the
 run folder records, so what a user sees is what is stored.
 """
 

@@ -217,7 +217,7 @@ def compare(run_ids: tuple[str, ...], as_json: bool) -> None:
     from ft_config import load_config, unstructure_config
     from ft_runs import RunNotFoundError, find_run
     from ft_runs.report import latest_evaluation, run_summary
-    from ft_runs.trainkit import flatten_settings
+    from ft_train_core.state import flatten_settings
 
     if len(run_ids) < 2:
         raise UserError("give at least two runs to compare, e.g. `ft runs compare A B`")

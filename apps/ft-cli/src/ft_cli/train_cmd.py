@@ -103,8 +103,9 @@ def train(
     from ft_models.memory_watchdog import MemoryLimitReached
     from ft_runs.store import RunNotFound
     from ft_runs.trainers import TrainerNotAvailable
-    from ft_runs.training import Launch, ResumeRefused
+    from ft_runs.training import ResumeRefused
     from ft_runs.training import train as run_training
+    from ft_train_core.protocol import Launch
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     quiet_libraries()

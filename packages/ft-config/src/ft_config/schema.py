@@ -99,7 +99,10 @@ class DataConfig:
         init=True,
     )
     test: str | None = setting(
-        None, "Held-out test data for `ft evaluate`, read like `train`. Never trained on."
+        None,
+        "Held-out test data, read like `train`: what `ft evaluate` scores by default, so the "
+        "reported scores are not on the validation rows that picked the best checkpoint. "
+        "Never trained on.",
     )
     validation_split: float = setting(
         0.05,
@@ -354,11 +357,14 @@ class OutputConfig:
     )
     export: list[str] = setting(
         [],
-        "Formats to export automatically when training ends: `peft`, `hf`, `mlx`, "
-        "`mlx-adapter`, `gguf`, `ollama`.",
+        "Formats to export, each checked, when a run completes (as `ft export RUN --format "
+        "...` writes them into the run's exports/): `peft`, `hf`, `mlx`, `mlx-adapter`, "
+        "`gguf`, `gguf-lora`, `ollama`. A failed export is reported; the run stays completed.",
     )
     push_to_hub: str | None = setting(
-        None, "A Hub repo id to upload the adapter to when training ends."
+        None,
+        "A Hub repo id (`user/name`) to upload the final adapter to when a run completes "
+        "(needs `hf_token` in passwords.yml or HF_TOKEN).",
     )
 
 
@@ -366,7 +372,12 @@ class OutputConfig:
 class LoggingConfig:
     """Where metrics go. They always go to the run's metrics.jsonl and the job store."""
 
-    every: int = setting(10, "Log training metrics every N optimizer steps.", min=1)
+    every: int = setting(
+        10,
+        "Send training metrics to TensorBoard and W&B every N optimizer steps (the loss averaged "
+        "over them); metrics.jsonl and the job store keep every step.",
+        min=1,
+    )
     tensorboard: bool = setting(True, "Write TensorBoard event files into the run folder.")
     wandb: bool = setting(
         False, "Send metrics to Weights & Biases (needs `wandb_api_key` in passwords.yml)."
@@ -376,13 +387,17 @@ class LoggingConfig:
         "online", "`offline` writes W&B runs locally to sync later."
     )
     level: Literal["debug", "info", "warning", "error"] = setting(
-        "info", "How much ft tells you while it works."
+        "info",
+        "How much `ft train` tells you while it works: `info`, what it decided and why; "
+        "`warning`, warnings and errors only; `error`, errors only; `debug`, also every event "
+        "as it is recorded.",
     )
 
 
 @attrs.define(kw_only=True)
 class TuneConfig:
-    """Hyper-parameter search with `ft tune`."""
+    """Hyper-parameter search (read by `ft tune`, which is not built yet: nothing uses this
+    section today)."""
 
     trials: int = setting(10, "Training runs to try.", min=1)
     metric: str = setting("eval_loss", "The metric to optimise.")

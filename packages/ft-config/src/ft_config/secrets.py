@@ -46,7 +46,7 @@ SECRET_SPECS: tuple[SecretSpec, ...] = (
     SecretSpec(
         "wandb_api_key", "WANDB_API_KEY", "Weights & Biases API key, for `logging.wandb: true`"
     ),
-    SecretSpec("api_key", "FT_API_KEY", "the key clients must send to `ft serve` and ft-server"),
+    SecretSpec("api_key", "FT_API_KEY", "the key clients will send to ft-server (not built yet)"),
 )
 SECRET_NAMES = tuple(spec.name for spec in SECRET_SPECS)
 

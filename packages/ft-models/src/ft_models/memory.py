@@ -7,7 +7,7 @@ the framework itself holds. Each term is a formula over the model's shape; the a
 logit constants were calibrated by measuring peak RSS of real torch training steps on the CPU
 (see docs/memory.md for the measurements, the commands and the error).
 
-`ft_runs.plan` turns the estimate into a run's batches: the largest micro-batch that fits
+`ft_train_core.plan` turns the estimate into a run's batches: the largest micro-batch that fits
 under the memory a process may use, checked before any weight is loaded.
 
 Assumptions the numbers rest on (ft's training): attention per example through SDPA's

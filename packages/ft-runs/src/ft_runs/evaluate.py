@@ -2,10 +2,13 @@
 
 For a run and one of its checkpoints (best, last, a step, or the final adapter):
 
-1. the data: the run's own validation set (the held-out split or validation file it trained
-   with), or `--data PATH` prepared with the run's tokenizer, template and options;
-2. validation loss and perplexity, by the trainer backend's `evaluate_loss` (the same
-   definition as the trainer's `eval` events), for the fine-tuned and the base model;
+1. the data: `--data PATH`, else the run's `data.test` (rows that neither trained the model nor
+   picked its best checkpoint), else the run's own validation set (the held-out split or
+   validation file it trained with); files are prepared with the run's tokenizer, template
+   and options;
+2. loss and perplexity, by the evaluator of an installed trainer (the run's backend when it is
+   installed, else any: `ft_runs.trainers.evaluator_for`), the same definition as the
+   trainer's `eval` events, for the fine-tuned and the base model;
 3. answers: for each example, the prompt is every token before its first trained token (the
    conversation so far, through the run's own chat template, up to the opened assistant
    turn) and the reference is the first trained span (that assistant answer). Both models
@@ -171,21 +174,29 @@ def evaluate_run(
     max_examples: int = 50,
     max_tokens: int = 128,
     compare_base: bool = True,
-    backend: str = "torch",
+    backend: str = "auto",
     store: Any = None,
     say: Say = print,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Evaluation:
     """Evaluate `folder`'s checkpoint (see the module docstring)."""
     from ft_models.generate import Generator
-    from ft_runs.trainers import get_trainer
+    from ft_runs.trainers import evaluator_for
 
     info = folder.info()
     model_path = Path(info["model"]["path"])
     label, adapter = checkpoint_of(folder, checkpoint)
+    test = load_config(folder.config_file).data.test
+    if data is None and test:
+        # data.test: scores on rows that neither trained the model nor picked its best
+        # checkpoint (the validation set did that).
+        started_from = folder.info().get("config_path")
+        project = Path(started_from).parent if started_from else folder.path
+        data = test if Path(test).is_absolute() or "://" in test else project / test
+        say(f"data.test: {data}")
     if data is not None:
         dataset = prepare_for_run(folder, data, model_path, say)
-        data_label = str(data)
+        data_label = "the test set (data.test)" if test and str(data).endswith(test) else str(data)
     else:
         found = run_data(folder)
         if found is None:
@@ -195,7 +206,10 @@ def evaluate_run(
         dataset, data_label = found, "the run's validation set"
     say(f"evaluating {folder.id} at {label} on {data_label}")
     config = load_config(folder.config_file)
-    trainer = get_trainer("torch")
+    # The run's own backend when it is installed, else any that evaluates this task.
+    trainer = evaluator_for(config.model.task, info.get("backend"))
+    if backend == "auto":
+        backend = trainer.name
     if config.model.task == "sequence-classification":
         if compare_base:
             say("base model skipped: its classification head is untrained")

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ft_config import TrainConfig
-from ft_runs.batch_plan import DatasetSize, packs, saved_batch_plan
-from ft_runs.plan import Plan, make_plan, memory_budget, model_shape
-from ft_runs.protocols import Placement
 from ft_runs.trainers import get_trainer
+from ft_train_core.batch_plan import DatasetSize, packs, saved_batch_plan
+from ft_train_core.plan import Plan, make_plan, memory_budget, model_shape
+from ft_train_core.protocol import Placement
 
 Say = Callable[[str], None]
 
@@ -31,7 +31,7 @@ def plan_run(
     resume_from: Path | None = None,
     say: Say = print,
 ) -> Plan:
-    """The plan of this run, printed through `say`; raises `ft_runs.plan.PlanRefused` when
+    """The plan of this run, printed through `say`; raises `ft_train_core.plan.PlanRefused` when
     it cannot fit. `held_out`: the (validation_split, seed) still to hold out of
     `train_data`, so the plan counts the rows the trainer will get."""
     placement = _placement(config, backend)
@@ -127,7 +127,7 @@ def memory_guard(
 
     def soft(used: int) -> None:
         say(
-            f"memory: training uses {used / 1e9:.1f} GB of the {limit / 1e9:.1f} GB this "
+            f"warning: memory: training uses {used / 1e9:.1f} GB of the {limit / 1e9:.1f} GB this "
             f"process may use ({source}; the plan estimated "
             f"{_estimated(plan)}): saving a checkpoint and stopping after this step"
         )

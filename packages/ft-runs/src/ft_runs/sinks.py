@@ -1,6 +1,6 @@
 """Where a trainer's events go: the run's metrics.jsonl, the job store, TensorBoard, W&B.
 
-A trainer emits plain dicts (see `ft_runs.protocols`); `EventSinks` is the `emit` callable that
+A trainer emits plain dicts (see `ft_train_core.protocol`); `EventSinks` is the `emit` callable that
 fans each one out. A sink that fails (W&B unreachable, say) is reported once and turned off; it
 never stops the training.
 """
@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ft_config import Secret
-from ft_runs.protocols import Event
 from ft_runs.run_folder import RunFolder
 from ft_runs.store import Heartbeat, JobStore
+from ft_train_core.protocol import Event
 
 log = logging.getLogger(__name__)
 
@@ -198,3 +198,64 @@ class EventSinks:
                     exc,
                 )
                 self.sinks.remove(sink)
+
+
+# -- logging.every and logging.level ---------------------------------------------------------------
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+def level_of(text: str) -> str:
+    """The level of a line `ft train` says: `error:`/`warning:` lines by their prefix, the rest
+    info."""
+    head = text.lstrip().lower()
+    if head.startswith("error"):
+        return "error"
+    if head.startswith("warning"):
+        return "warning"
+    return "info"
+
+
+def at_level(say: Callable[[str], None], level: str) -> Callable[[str], None]:
+    """`say`, keeping the lines at `logging.level` or above (`warning`: warnings and errors
+    only; `debug` and `info`: everything)."""
+    least = LEVELS[level]
+    return lambda text: say(text) if LEVELS[level_of(text)] >= least else None
+
+
+class MessagesAtLevel:
+    """A sink that passes on a trainer's `message` events at `logging.level` or above, and
+    every other event."""
+
+    def __init__(self, sink: Sink, level: str) -> None:
+        self.sink, self.least = sink, LEVELS[level]
+
+    def __call__(self, event: Event) -> None:
+        if (
+            event.get("type") == "message"
+            and LEVELS.get(event.get("level", "info"), 20) < self.least
+        ):
+            return
+        self.sink(event)
+
+
+class EveryNSteps:
+    """A sink that gets `step` events every `every` optimizer steps (`logging.every`, as
+    transformers' `logging_steps`), their loss the mean over the steps since the last one it
+    got; the first step and every other event pass at once. metrics.jsonl and the job store
+    keep every step."""
+
+    def __init__(self, sink: Sink, every: int) -> None:
+        self.sink, self.every = sink, max(1, every)
+        self.losses: list[float] = []
+
+    def __call__(self, event: Event) -> None:
+        if event.get("type") != "step" or self.every == 1:
+            self.sink(event)
+            return
+        self.losses.append(float(event.get("loss", math.nan)))
+        step = int(event.get("step", 0))
+        if step == 1 or step % self.every == 0:
+            mean = sum(self.losses) / len(self.losses)
+            self.losses.clear()
+            self.sink({**event, "loss": mean})

@@ -7,7 +7,7 @@ import functools
 import logging
 from importlib import metadata
 
-from ft_runs.protocols import Trainer
+from ft_train_core.protocol import Trainer
 
 GROUP = "ft.trainers"
 INSTALL_HINT = {
@@ -51,5 +51,25 @@ def get_trainer(backend: str) -> Trainer:
     except ImportError as exc:
         raise TrainerNotAvailable(f"the {backend!r} trainer failed to load: {exc}") from exc
     if not isinstance(trainer, Trainer):
-        raise TrainerNotAvailable(f"{ep.value} does not implement ft_runs.protocols.Trainer")
+        raise TrainerNotAvailable(f"{ep.value} does not implement ft_train_core.protocol.Trainer")
     return trainer
+
+
+def evaluator_for(task: str, preferred: str | None = None) -> Trainer:
+    """The installed trainer that evaluates `task` (`model.task`): `preferred` (the run's
+    backend) when it is installed and evaluates that task, else the first installed one that
+    does (a run trained with torch is evaluated with MLX where only MLX is installed: the
+    adapters are in PEFT's layout either way). Raises TrainerNotAvailable naming what to
+    install."""
+    names = sorted(trainer_entry_points(), key=lambda name: name != preferred)
+    for name in names:
+        try:
+            trainer = get_trainer(name)
+        except TrainerNotAvailable:
+            continue
+        if task in getattr(trainer.capabilities(), "tasks", ("causal-lm",)):
+            return trainer
+    raise TrainerNotAvailable(
+        f"no installed trainer evaluates {task} models (installed: "
+        f"{', '.join(names) or 'none'}); {INSTALL_HINT['torch']}"
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import threading
@@ -28,12 +29,21 @@ from ft_config import (
     unstructure_config,
 )
 from ft_runs.preflight import memory_guard, plan_run
-from ft_runs.protocols import Event, TrainJob, TrainResult
 from ft_runs.run_folder import RunFolder, git_commit_of, new_run_id
-from ft_runs.sinks import EventSinks, StoreSink, TensorBoardSink, WandbSink
+from ft_runs.sinks import (
+    EventSinks,
+    EveryNSteps,
+    MessagesAtLevel,
+    StoreSink,
+    TensorBoardSink,
+    WandbSink,
+    at_level,
+)
 from ft_runs.store import Heartbeat, JobStore
 from ft_runs.trainers import get_trainer
-from ft_runs.trainkit import flatten_settings
+from ft_train_core.jobs import STOP_FILE, job_spec
+from ft_train_core.protocol import Event, Launch, TrainJob, TrainResult
+from ft_train_core.state import config_differences
 
 Say = Callable[[str], None]
 STATUS_BY_REASON = {
@@ -106,24 +116,6 @@ def project_dir_of(config_path: Path | None) -> Path:
     return Path(config_path).resolve().parent if config_path else Path.cwd()
 
 
-@attrs.frozen
-class Launch:
-    """Run the trainer in `nproc` local processes (torchrun for torch, mlx.launch for MLX),
-    optionally as one node of several (`nnodes`, `node_rank`, `master_addr`, `master_port`;
-    MLX reads the hosts from `hostfile`)."""
-
-    nproc: int = 1
-    nnodes: int = 1
-    node_rank: int = 0
-    master_addr: str = "127.0.0.1"
-    master_port: int = 29500
-    hostfile: Path | None = None
-
-    @property
-    def distributed(self) -> bool:
-        return self.nproc > 1 or self.nnodes > 1 or self.hostfile is not None
-
-
 def train(
     config_path: Path | None,
     *,
@@ -173,6 +165,7 @@ def train(
             config_path = RunFolder(Path(record.run_dir)).config_file
             say(f"config: {config_path} (the run's snapshot)")
     config = load_config(config_path, overrides=overrides, profile=profile)
+    say = at_level(say, config.logging.level)  # logging.level: what ft tells while it works
     project = project_dir_of(config_path) if record is None else Path(record.project_dir or ".")
     secrets = load_secrets(project_dir_of(config_path) / PASSWORDS_FILE)
 
@@ -281,7 +274,9 @@ def train(
     emit = EventSinks(folder, [StoreSink(store, run_id)])
     _add_optional_sinks(emit, config, folder, secrets, say)
     if display is not None:
-        emit.add(display)
+        emit.add(MessagesAtLevel(display, config.logging.level))
+    if config.logging.level == "debug":
+        emit.add(lambda event: say(f"event: {json.dumps(event, default=str)}"))
     distributed = launch is not None and launch.distributed
     try:
         with (
@@ -312,6 +307,10 @@ def train(
         result = attrs.evolve(result, reason="memory")
     status = STATUS_BY_REASON.get(result.reason, "completed")
     store.finish_run(run_id, status, reason=result.reason)
+    if status == "completed" and (config.output.export or config.output.push_to_hub):
+        from ft_runs.exports import after_training
+
+        folder.update_info(outputs=after_training(folder, config, secrets, say))
     return RunOutcome(run_id, folder, result, status)
 
 
@@ -341,50 +340,6 @@ def _record_datasets(store: JobStore, data: PreparedData) -> None:
             )
 
 
-# Created by `ft train` on Ctrl-C while trainer processes run; rank 0 checks for it each step.
-STOP_FILE = "stop-request"
-
-
-def job_spec(job: TrainJob, *, events: Path) -> dict[str, Any]:
-    """The JSON a launched process reads (see ft_train_torch.launch / ft_train_mlx.launch)."""
-    return {
-        "config": unstructure_config(job.config),
-        "model_path": str(job.model_path),
-        "train_data": str(job.train_data),
-        "validation_data": str(job.validation_data) if job.validation_data else None,
-        "run_dir": str(job.run_dir),
-        "resume_from": str(job.resume_from) if job.resume_from else None,
-        "plan": job.plan.to_dict() if job.plan else None,
-        "events": str(events),
-        "stop_file": str(job.run_dir / STOP_FILE),
-    }
-
-
-def launch_argv(backend: str, job_file: Path, launch: Launch) -> list[str]:
-    """The command that starts `launch.nproc` trainer processes on this node."""
-    import sys
-
-    if backend == "torch":
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc-per-node={launch.nproc}",
-            f"--nnodes={launch.nnodes}",
-            f"--node-rank={launch.node_rank}",
-            f"--master-addr={launch.master_addr}",
-            f"--master-port={launch.master_port}",
-            "-m",
-            "ft_train_torch.launch",
-            str(job_file),
-        ]
-    if backend == "mlx":
-        from ft_train_mlx.launch import launch_argv as mlx_argv  # type: ignore[import-not-found]
-
-        return list(mlx_argv(job_file, launch.nproc, launch.hostfile))
-    raise ValueError(f"backend {backend!r} has no multi-process launcher")
-
-
 def run_distributed(
     backend: str,
     job: TrainJob,
@@ -400,7 +355,6 @@ def run_distributed(
     step, save a checkpoint together and exit: the run resumes from it with `ft train
     --resume`. A second Ctrl-C kills the processes at once.
     """
-    import json
     import subprocess
     import time
 
@@ -413,7 +367,7 @@ def run_distributed(
     from ft_config import atomic_write_text
 
     atomic_write_text(job_file, json.dumps(job_spec(job, events=events), indent=2) + "\n")
-    argv = launch_argv(backend, job_file, launch)
+    argv = list(get_trainer(backend).launch_command(job_file, launch))
     say(f"launching {launch.nproc} process(es): {' '.join(argv[1:6])} ...")
     process = subprocess.Popen(argv, cwd=job.run_dir, start_new_session=True)
     offset = 0
@@ -639,7 +593,7 @@ def _resume_point(
 ) -> Path | None:
     from ft_models.checkpoint import latest_valid_checkpoint
 
-    differences = _config_differences(folder, config)
+    differences = config_differences(load_config(folder.config_file), config)
     started = folder.info().get("data", {})
     if started.get("train_cache_key") and started.get("train_cache_key") != data.summary.get(
         "train_cache_key"
@@ -660,41 +614,24 @@ def _resume_point(
     return path
 
 
-def _config_differences(folder: RunFolder, config: TrainConfig) -> list[str]:
-    old = load_config(folder.config_file)
-    before = flatten_settings(unstructure_config(old))
-    after = flatten_settings(unstructure_config(config))
-    # Settings that may change on resume without changing what is learned.
-    harmless = (
-        "logging.",
-        "output.",
-        "resources.",
-        "training.max_steps",
-        "training.epochs",
-        "training.gradient_checkpointing",
-        "training.compile",
-    )
-    return [
-        f"{key} was {before.get(key)!r}, now {after.get(key)!r}"
-        for key in sorted(set(before) | set(after))
-        if before.get(key) != after.get(key) and not key.startswith(harmless)
-    ]
-
-
 def _add_optional_sinks(
     emit: EventSinks, config: TrainConfig, folder: RunFolder, secrets: Any, say: Say
 ) -> None:
+    every = config.logging.every
     if config.logging.tensorboard:
-        emit.add(TensorBoardSink(folder))
+        emit.add(EveryNSteps(TensorBoardSink(folder), every))
     if config.logging.wandb:
         try:
             emit.add(
-                WandbSink(
-                    folder,
-                    project=config.logging.wandb_project,
-                    mode=config.logging.wandb_mode,
-                    api_key=secrets.get("wandb_api_key"),
-                    config=unstructure_config(config),
+                EveryNSteps(
+                    WandbSink(
+                        folder,
+                        project=config.logging.wandb_project,
+                        mode=config.logging.wandb_mode,
+                        api_key=secrets.get("wandb_api_key"),
+                        config=unstructure_config(config),
+                    ),
+                    every,
                 )
             )
         except (ImportError, RuntimeError) as exc:

@@ -10,6 +10,7 @@ Served, for model and dataset repos:
     HEAD/GET /{repo_id}/resolve/{revision}/{filename}                 hf_hub_download (Range too)
     GET  /api/whoami-v2                                               whoami
     POST /api/repos/create                                            create_repo
+    POST /api/validate-yaml                                           (a README's metadata, on upload)
     POST /api/models/{repo_id}/preupload/{revision}                   (upload_file, upload_folder)
     POST /api/models/{repo_id}/commit/{revision}                      create_commit
 
@@ -243,6 +244,11 @@ class LocalHub:
         token = _bearer(headers)
         if token is None or token not in self._known_tokens():
             return _error(401, None, "Invalid credentials in Authorization header")
+        if parts == ["api", "validate-yaml"]:
+            # huggingface_hub checks a README's YAML front matter before it uploads one (model
+            # cards: peft writes one beside every adapter). The Hub answers with what is wrong;
+            # here nothing is.
+            return _json({"errors": [], "warnings": []})
         if parts == ["api", "repos", "create"]:
             request = json.loads(body or b"{}")
             repo_type = request.get("type") or "model"

@@ -22,7 +22,7 @@ import mlx.nn as nn
 from ft_config import MethodConfig, TrainConfig
 from ft_config.structure import structure_config
 from ft_models.checkpoint import latest_valid_checkpoint
-from ft_runs.protocols import TrainJob, TrainResult
+from ft_train_core.protocol import TrainJob, TrainResult
 from ft_train_mlx.methods import FT_ADAPTER, PEFT_CONFIG, apply_method, load_peft_tensors
 from ft_train_mlx.trainer import MLXTrainer
 
@@ -59,7 +59,7 @@ def train(
     dataset `dataset` (an HDF5 file from `ft dataset prepare` / `ft_data.prepare.prepare_dataset`).
 
     `config` is a TrainConfig or a mapping of train.yml sections. Every event (see
-    `ft_runs.protocols`) goes to each callback. The run folder `output_dir` gets `checkpoints/`
+    `ft_train_core.protocol`) goes to each callback. The run folder `output_dir` gets `checkpoints/`
     and, at the end, `adapter/` (PEFT layout; the whole model for `method: full`).
     `resume=True` continues from the newest valid checkpoint there (if any), or give a
     checkpoint folder. Ctrl-C stops after the current step with a checkpoint (reason

@@ -15,8 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from ft_runs.trainkit import load_job as load_job  # where callers of this module find it
-from ft_runs.trainkit import run_job_file
+from ft_train_core.jobs import load_job as load_job  # where callers of this module find it
+from ft_train_core.jobs import run_job_file
 
 
 def launch_argv(

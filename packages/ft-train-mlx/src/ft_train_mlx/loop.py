@@ -1,6 +1,6 @@
 """The training loop: plain, top to bottom, the torch trainer's loop in MLX.
 
-One optimizer step is `accumulation` micro-batches (the run's plan, `ft_runs.plan`). Before any forward pass
+One optimizer step is `accumulation` micro-batches (the run's plan, `ft_train_core.plan`). Before any forward pass
 the loop counts the trained tokens of the whole step (every micro-batch, every process); the
 gradients of each micro-batch's summed loss are added up, summed over processes, and divided
 by that count: accumulating 2 micro-batches of b rows is the same update as one batch of 2b.
@@ -30,7 +30,7 @@ from ft_data.batches import Batches, real_tokens
 from ft_data.batches import target_count as trained_tokens
 from ft_models.checkpoint import prune_checkpoints, step_folder, write_checkpoint
 from ft_models.memory_watchdog import GATE, MemoryLimitReached
-from ft_runs import trainkit
+from ft_train_core import schedule
 from ft_train_mlx.distributed import World
 from ft_train_mlx.optim import learning_rate, set_learning_rate
 from ft_train_mlx.packing import model_inputs, summed_loss
@@ -201,7 +201,7 @@ def run(
             {
                 "type": "step",
                 "step": state.step,
-                "epoch": trainkit.epoch_progress(loop.batches, last),
+                "epoch": schedule.epoch_progress(loop.batches, last),
                 "loss": loss,
                 "learning_rate": rate,
                 "grad_norm": grad_norm,
@@ -213,24 +213,24 @@ def run(
         )
 
         # -- between steps: evaluate, checkpoint, early stopping ---------------------------
-        epoch_ended = trainkit.epoch_ended(loop.batches, last)
+        epoch_ended = schedule.epoch_ended(loop.batches, last)
         final = state.step >= loop.total_steps
         is_best, stop_early = False, False
-        eval_due = trainkit.due(settings.eval_every, state.step, epoch_ended)
+        eval_due = schedule.due(settings.eval_every, state.step, epoch_ended)
         if loop.eval_batches is not None and (eval_due or final):
             eval_loss = evaluate(loop)
-            is_best, stop_early = trainkit.record_evaluation(state, eval_loss, settings)
-            metrics.update(eval_loss=eval_loss, perplexity=trainkit.perplexity(eval_loss))
+            is_best, stop_early = schedule.record_evaluation(state, eval_loss, settings)
+            metrics.update(eval_loss=eval_loss, perplexity=schedule.perplexity(eval_loss))
             say(
                 {
                     "type": "eval",
                     "step": state.step,
                     "eval_loss": eval_loss,
-                    "perplexity": trainkit.perplexity(eval_loss),
+                    "perplexity": schedule.perplexity(eval_loss),
                     "is_best": is_best,
                 }
             )
-        save_due = trainkit.due(settings.save_every, state.step, epoch_ended)
+        save_due = schedule.due(settings.save_every, state.step, epoch_ended)
         if save_due or is_best or final or stop_early:
             checkpoint(is_best=is_best)
         if stop_early:

@@ -18,7 +18,7 @@ import mlx.core as mx
 import mlx.optimizers as optim
 
 from ft_config import TrainingConfig
-from ft_runs.trainkit import lr_factor, warmup_steps
+from ft_train_core.schedule import lr_factor, warmup_steps
 
 
 class AdamL2(optim.Adam):

@@ -16,25 +16,24 @@ uninterrupted run drew, with nothing to restore.
 
 from __future__ import annotations
 
-import json
-import random
 from pathlib import Path
 from typing import Any
 
-import attrs
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ft_runs import trainkit
-from ft_runs.trainkit import TRAINER_STATE, LoopState, read_trainer_state
+from ft_train_core.state import (
+    LoopState,
+    host_rng_state,
+    read_trainer_state,
+    set_host_rng_state,
+    write_trainer_state,
+)
 
 OPTIMIZER_TENSORS = "optimizer.safetensors"
-
-# The same settings as the torch trainer (ft_runs.trainkit.RESUME_NEUTRAL).
-RESUME_NEUTRAL = trainkit.RESUME_NEUTRAL
 
 
 def seed_micro_batch(seed: int, micro_batch: int) -> None:
@@ -83,33 +82,22 @@ def save_training_state(
     """Write optimizer and trainer state into the checkpoint folder being built (the run's
     batches are in `fingerprint["batch_plan"]`, which a resumed run reuses)."""
     save_optimizer(optimizer, folder)
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    doc = {
-        "loop": attrs.asdict(loop),
-        "data_position": data_position,
-        "scheduler": {"last_epoch": loop.step},  # the schedule is a function of the step
-        "rng": {
-            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-            "python": [version, list(internal), gauss_next],
+    write_trainer_state(
+        folder,
+        loop=loop,
+        data_position=data_position,
+        fingerprint=fingerprint,
+        scheduler={"last_epoch": loop.step},  # the schedule is a function of the step
+        rng={
+            **host_rng_state(),
             "mlx": "seeded per micro-batch from (training.seed, micro-batch index)",
         },
-        "fingerprint": fingerprint,
-    }
-    (folder / TRAINER_STATE).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    )
 
 
 def load_training_state(folder: Path, *, optimizer: optim.Optimizer, model: nn.Module) -> LoopState:
     """Restore optimizer and host RNGs from `folder`; return the loop state."""
     doc = read_trainer_state(folder)
     load_optimizer(optimizer, model, folder)
-    kind, keys, pos, has_gauss, gauss = doc["rng"]["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = doc["rng"]["python"]
-    random.setstate((version, tuple(internal), gauss_next))
+    set_host_rng_state(doc["rng"])
     return LoopState(**doc["loop"])
-
-
-def compare_fingerprints(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The differences that make resuming unsafe, one sentence each (empty: compatible)."""
-    return trainkit.compare_fingerprints(saved, current, neutral=RESUME_NEUTRAL)

@@ -12,12 +12,12 @@ import math
 import warnings
 from pathlib import Path
 
-import attrs
 import numpy as np
 import torch
 
 from ft_data.batches import Batches
 from ft_data.hdf5 import PreparedDataset
+from ft_train_core.protocol import ClassificationResult, LossResult
 from ft_train_torch.attention import register as register_attention
 from ft_train_torch.device import pick_device
 from ft_train_torch.methods import read_classes
@@ -31,27 +31,6 @@ from ft_train_torch.packing import (
     trained_tokens,
     use_packed_attention,
 )
-
-
-@attrs.frozen
-class LossResult:
-    loss: float
-    perplexity: float
-    tokens: int
-    examples: int
-
-
-@attrs.frozen
-class ClassificationResult:
-    loss: float  # mean cross-entropy per example
-    predictions: list[str]  # each example's predicted class, by name
-    labels: list[str]  # each example's class, by name
-    label_names: list[str]  # the model's classes, in output order
-
-    @property
-    def accuracy(self) -> float:
-        right = sum(p == y for p, y in zip(self.predictions, self.labels, strict=True))
-        return right / len(self.labels) if self.labels else math.nan
 
 
 def load_for_eval(

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import sys
 
-from ft_runs.trainkit import load_job as load_job  # where callers of this module find it
-from ft_runs.trainkit import run_job_file
+from ft_train_core.jobs import load_job as load_job  # where callers of this module find it
+from ft_train_core.jobs import run_job_file
 
 
 def main(argv: list[str] | None = None) -> int:

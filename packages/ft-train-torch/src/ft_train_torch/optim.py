@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 
 from ft_config import TrainingConfig
-from ft_runs.trainkit import lr_factor, warmup_steps
+from ft_train_core.schedule import lr_factor, warmup_steps
 
 
 def build_optimizer(

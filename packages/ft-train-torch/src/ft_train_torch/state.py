@@ -13,17 +13,20 @@ Files in a checkpoint folder, next to the weights:
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import attrs
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ft_runs.trainkit import TRAINER_STATE, LoopState, read_trainer_state
+from ft_train_core.state import (
+    LoopState,
+    host_rng_state,
+    read_trainer_state,
+    set_host_rng_state,
+    write_trainer_state,
+)
 
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 OPTIMIZER_INDEX = "optimizer.json"
@@ -91,13 +94,7 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for device, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"torch_cuda_{device}"] = state
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    plain = {
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-        "python": [version, list(internal), gauss_next],
-    }
-    return tensors, plain
+    return tensors, host_rng_state()
 
 
 def set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
@@ -105,10 +102,7 @@ def set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> No
     cuda = sorted(k for k in tensors if k.startswith("torch_cuda_"))
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([tensors[k] for k in cuda][: torch.cuda.device_count()])
-    kind, keys, pos, has_gauss, gauss = plain["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = plain["python"]
-    random.setstate((version, tuple(internal), gauss_next))
+    set_host_rng_state(plain)
 
 
 # -- the whole training state ---------------------------------------------------------------------
@@ -130,15 +124,15 @@ def save_training_state(
     save_optimizer(optimizer, folder, optimizer_state)
     rng_tensors, rng_plain = rng_state()
     save_file(rng_tensors, str(folder / RNG_TENSORS))
-    doc = {
-        "loop": attrs.asdict(loop),
-        "data_position": data_position,
-        "scheduler": _jsonable(scheduler.state_dict()),
-        "scaler": _jsonable(scaler.state_dict()) if scaler is not None else None,
-        "rng": rng_plain,
-        "fingerprint": fingerprint,
-    }
-    (folder / TRAINER_STATE).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    write_trainer_state(
+        folder,
+        loop=loop,
+        data_position=data_position,
+        fingerprint=fingerprint,
+        scheduler=_jsonable(scheduler.state_dict()),
+        scaler=_jsonable(scaler.state_dict()) if scaler is not None else None,
+        rng=rng_plain,
+    )
 
 
 def load_training_state(

@@ -1,6 +1,6 @@
 """How a run's data becomes batches: the numbers a trainer batches by (`BatchPlan`), the size
 of a prepared dataset (`DatasetSize`), and the count of a run's optimizer steps, exactly as the
-trainers' loops make it (`count_steps`). `ft_runs.plan` decides the numbers.
+trainers' loops make it (`count_steps`). `ft_train_core.plan` decides the numbers.
 """
 
 from __future__ import annotations
@@ -105,9 +105,9 @@ def count_steps(
     lengths: np.ndarray, batch: BatchPlan, settings: Any, *, processes: int = 1
 ) -> tuple[int, int | None]:
     """(optimizer steps, micro-batches) of a run over examples of `lengths` batched as
-    `batch`: the count the trainers' loops make (`trainkit.plan` over ft-data's `Batches`)."""
+    `batch`: the count the trainers' loops make (`schedule.run_length` over ft-data's `Batches`)."""
     from ft_data.batches import Batches
-    from ft_runs.trainkit import plan as loop_plan
+    from ft_train_core.schedule import run_length
 
     batches = Batches(
         _LengthsOnly(lengths),  # type: ignore[arg-type]
@@ -116,7 +116,7 @@ def count_steps(
         mode=batch.mode,  # type: ignore[arg-type]
         seed=settings.seed,
     )
-    return loop_plan(batches, settings, batch.accumulation)
+    return run_length(batches, settings, batch.accumulation)
 
 
 def packs(config: TrainConfig) -> bool:
@@ -135,7 +135,7 @@ def saved_batch_plan(checkpoint: Path, config: TrainConfig) -> BatchPlan | None:
     `batch_plan`, or, for checkpoints from before plans, its `batch_size` with the config's
     row length and accumulation. None otherwise: a fixed batch size is the config's, which
     the resume check compares."""
-    from ft_runs.trainkit import read_trainer_state
+    from ft_train_core.state import read_trainer_state
 
     if config.training.batch_size != "auto":
         return None

@@ -33,7 +33,7 @@ import numpy as np
 from ft_config import TrainConfig
 from ft_models.memory import MemoryEstimate, estimate_training_memory
 from ft_models.shape import ModelShape
-from ft_runs.batch_plan import (
+from ft_train_core.batch_plan import (
     BatchPlan,
     DatasetSize,
     count_steps,

@@ -1,4 +1,4 @@
-"""A run's plan (ft_runs.plan): the batches `batch_size: auto` picks, the memory check that
+"""A run's plan (ft_train_core.plan): the batches `batch_size: auto` picks, the memory check that
 refuses a fixed batch that cannot fit, the steps it counts, and its advice."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 
 from ft_config import load_config
 from ft_models.catalog import find_entry
-from ft_runs.batch_plan import BatchPlan, DatasetSize, count_steps
-from ft_runs.plan import MemoryBudget, PlanRefused, auto_tokens_per_step, make_plan
+from ft_train_core.batch_plan import BatchPlan, DatasetSize, count_steps
+from ft_train_core.plan import MemoryBudget, PlanRefused, auto_tokens_per_step, make_plan
 
 SMOLLM2 = find_entry("smollm2-135m").shape
 GB = 10**9
@@ -119,7 +119,7 @@ def test_steps_are_counted_as_the_trainers_count_them(tmp_path) -> None:
     """`count_steps` over lengths alone gives what the loop gets from the prepared file."""
     from ft_data.batches import Batches
     from ft_data.hdf5 import PreparedDataset, PreparedWriter
-    from ft_runs.trainkit import plan as loop_plan
+    from ft_train_core.schedule import run_length
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(20, 300, 500)
@@ -136,7 +136,7 @@ def test_steps_are_counted_as_the_trainers_count_them(tmp_path) -> None:
                 mode=batch.mode,
                 seed=3,
             )
-            expected = loop_plan(real, cfg.training, batch.accumulation)
+            expected = run_length(real, cfg.training, batch.accumulation)
         assert count_steps(lengths, batch, cfg.training, processes=2) == expected
 
 
