@@ -7,6 +7,7 @@ import json
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ft_config.structure import structure_config
@@ -194,3 +195,31 @@ def test_a_dataset_without_labels_is_refused(tmp_path, tiny_model_factory, toy_d
         train(job)
     with PreparedDataset(train_data) as dataset:
         assert dataset.labels() is None
+
+
+def test_num_labels_adds_outputs_and_refuses_too_few(
+    tmp_path, tiny_model_factory, toy_data
+) -> None:
+    """`model.num_labels` above the data's classes gives the head that many outputs (a class
+    the training rows lack is named LABEL_<n>); below them, a clear error before training."""
+    model, data = tiny_model_factory("bert"), toy_data("bert")
+    job = classification_job(
+        tmp_path, model, data, model__num_labels=3, training__max_steps=1, method__name="full"
+    )
+    _, result = train(job)
+    config = json.loads((result.adapter_path / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive", "2": "LABEL_2"}
+    # Fewer outputs than the data's classes: refused, naming them.
+    from ft_data.hdf5 import PreparedWriter
+    from ft_train_torch.classification import label_names
+
+    with PreparedWriter(tmp_path / "three.h5", {"cache_key": "k"}) as writer:
+        for i, name in enumerate(["a", "b", "c"]):
+            writer.add(np.array([1, 2, 3 + i]), np.array([0, 1, 1]), label=name)
+        writer.finish_labels()
+    with PreparedDataset(tmp_path / "three.h5") as three:
+        assert label_names(three, tmp_path / "three.h5") == ["a", "b", "c"]
+        with pytest.raises(
+            ValueError, match=r"model.num_labels is 2, but .* has 3 classes \(a, b, c\)"
+        ):
+            label_names(three, tmp_path / "three.h5", num_labels=2)

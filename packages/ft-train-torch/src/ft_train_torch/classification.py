@@ -9,8 +9,12 @@ from pathlib import Path
 from ft_data.hdf5 import PreparedDataset
 
 
-def label_names(dataset: PreparedDataset, path: Path) -> list[str]:
-    """The classes of a classification dataset; a clear error when it has none."""
+def label_names(dataset: PreparedDataset, path: Path, num_labels: int | None = None) -> list[str]:
+    """The classes of a classification dataset; a clear error when it has none.
+
+    `num_labels` (`model.num_labels`) asks for that many outputs: more than the data has adds
+    classes named `LABEL_<n>` (classes the training rows lack but the model must be able to
+    give); fewer is an error naming the classes found."""
     names = dataset.label_names
     if dataset.labels() is None or not names:
         raise ValueError(
@@ -23,7 +27,16 @@ def label_names(dataset: PreparedDataset, path: Path) -> list[str]:
             f"{path}: sequence classification needs at least two classes; the label column "
             f"holds only {names!r}"
         )
-    return list(names)
+    names = list(names)
+    if num_labels is not None:
+        if num_labels < len(names):
+            raise ValueError(
+                f"model.num_labels is {num_labels}, but {path} has {len(names)} classes "
+                f"({', '.join(names)}): raise model.num_labels or leave it unset (counted from "
+                "the data)"
+            )
+        names += [f"LABEL_{i}" for i in range(len(names), num_labels)]
+    return names
 
 
 def pad_token_id(model_path: Path, dataset: PreparedDataset) -> int:

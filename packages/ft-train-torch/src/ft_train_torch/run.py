@@ -129,7 +129,11 @@ class TorchRun:
             if job.validation_data
             else None
         )
-        self.label_names = label_names(self.train_set, job.train_data) if self.classify else None
+        self.label_names = (
+            label_names(self.train_set, job.train_data, self.config.model.num_labels)
+            if self.classify
+            else None
+        )
         self.pad_id = pad_token_id(job.model_path, self.train_set) if self.classify else None
         if packing and self.classify:
             self.note("info", "sequence classification takes one example a row: packing is off")
