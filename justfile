@@ -17,6 +17,7 @@ test *ARGS:
 lint:
     uv run --locked ruff check .
     uv run --locked ruff format --check .
+    uv run --locked lint-imports
 
 # Format the code and apply safe lint fixes.
 fmt:
