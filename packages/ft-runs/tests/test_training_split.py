@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ft_data.hdf5 import PreparedDataset, PreparedWriter
-from ft_runs.training import PreparedData, materialize_split
+from ft_runs.run_data import PreparedData, materialize_split
 
 
 def labelled(path: Path) -> Path:

@@ -7,15 +7,9 @@ which model file, which data format and which backend were used without reading 
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
-import signal
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import attrs
@@ -28,7 +22,9 @@ from ft_config import (
     resolve_path,
     unstructure_config,
 )
+from ft_runs.launching import StopFlag, run_distributed
 from ft_runs.preflight import memory_guard, plan_run
+from ft_runs.run_data import PreparedData, materialize_split, prepare, record_datasets
 from ft_runs.run_folder import RunFolder, git_commit_of, new_run_id
 from ft_runs.sinks import (
     EventSinks,
@@ -41,7 +37,6 @@ from ft_runs.sinks import (
 )
 from ft_runs.store import Heartbeat, JobStore
 from ft_runs.trainers import get_trainer
-from ft_train_core.jobs import STOP_FILE, job_spec
 from ft_train_core.protocol import Event, Launch, TrainJob, TrainResult
 from ft_train_core.state import config_differences
 
@@ -61,55 +56,11 @@ class ResumeRefused(Exception):
 
 
 @attrs.frozen
-class PreparedData:
-    train: Path
-    validation: Path | None
-    summary: dict[str, Any]
-    split: tuple[float, int] | None = None
-    """(validation_split, seed) still to hold out of `train`, or None."""
-
-
-@attrs.frozen
 class RunOutcome:
     run_id: str
     folder: RunFolder
     result: TrainResult
     status: str
-
-
-class StopFlag:
-    """Set by the first Ctrl-C (the trainer saves a checkpoint and stops); a second Ctrl-C
-    interrupts at once."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def __call__(self) -> bool:
-        return self._event.is_set()
-
-    def set(self) -> None:
-        self._event.set()
-
-    def install(self, say: Say) -> Callable[[], None]:
-        """Handle SIGINT/SIGTERM until the returned function is called (main thread only)."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def handle(signum: int, frame: FrameType | None) -> None:
-            if self._event.is_set():
-                raise KeyboardInterrupt
-            self._event.set()
-            say("stopping: saving a checkpoint first (press Ctrl-C again to stop at once)")
-
-        for sig in previous:
-            signal.signal(sig, handle)
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore
 
 
 def project_dir_of(config_path: Path | None) -> Path:
@@ -181,7 +132,7 @@ def train(
         revision=model.commit or model.revision,
     )
     data = prepare(config, config_path, model.path, say, progress=progress)
-    _record_datasets(store, data)
+    record_datasets(store, data)
 
     if launch is None or not launch.distributed:
         # train.yml can ask for processes too (resources.nproc_per_node, nnodes, hostfile).
@@ -325,106 +276,6 @@ def _run_to_resume(store: JobStore, resume: str) -> Any:
     return store.get_run(resume)
 
 
-def _record_datasets(store: JobStore, data: PreparedData) -> None:
-    for role in ("train", "validation"):
-        key = data.summary.get(f"{role}_cache_key")
-        path = data.train if role == "train" else data.validation
-        if key and path:
-            store.record_dataset(
-                key,
-                path=path,
-                source=data.summary.get(f"{role}_source", ""),
-                format=data.summary.get("format"),
-                rows=data.summary.get("examples" if role == "train" else "validation_examples"),
-                tokens=data.summary.get("tokens") if role == "train" else None,
-            )
-
-
-def run_distributed(
-    backend: str,
-    job: TrainJob,
-    launch: Launch,
-    emit: Callable[[Event], None],
-    should_stop: Callable[[], bool],
-    say: Say,
-) -> TrainResult:
-    """Start the trainer processes and relay rank 0's events until they exit.
-
-    A stop request (Ctrl-C) creates the job's stop file. Rank 0 sees it between two steps and
-    every process learns rank 0's answer (the loops broadcast it), so they all stop at the same
-    step, save a checkpoint together and exit: the run resumes from it with `ft train
-    --resume`. A second Ctrl-C kills the processes at once.
-    """
-    import subprocess
-    import time
-
-    events = job.run_dir / "launch-events.jsonl"
-    events.unlink(missing_ok=True)
-    (job.run_dir / "result.json").unlink(missing_ok=True)
-    stop_file = job.run_dir / STOP_FILE
-    stop_file.unlink(missing_ok=True)
-    job_file = job.run_dir / "job.json"
-    from ft_config import atomic_write_text
-
-    atomic_write_text(job_file, json.dumps(job_spec(job, events=events), indent=2) + "\n")
-    argv = list(get_trainer(backend).launch_command(job_file, launch))
-    say(f"launching {launch.nproc} process(es): {' '.join(argv[1:6])} ...")
-    process = subprocess.Popen(argv, cwd=job.run_dir, start_new_session=True)
-    offset = 0
-    last: dict[str, Any] = {}
-
-    def relay() -> None:
-        nonlocal offset
-        if not events.exists():
-            return
-        with events.open("r", encoding="utf-8") as f:
-            f.seek(offset)
-            while True:
-                line = f.readline()
-                if not line.endswith("\n"):
-                    break  # a line still being written: read it next time
-                offset += len(line.encode("utf-8"))
-                event = json.loads(line)
-                last[event.get("type", "")] = event
-                emit(event)
-
-    stopped = False
-    try:
-        while process.poll() is None:
-            relay()
-            if should_stop() and not stopped:
-                stopped = True
-                say(
-                    "stopping after this step: the trainer processes save a checkpoint and exit "
-                    "(Ctrl-C again kills them; `ft train --resume` continues from the last checkpoint)"
-                )
-                stop_file.touch()
-            time.sleep(0.5)
-    except BaseException:
-        # A second Ctrl-C, or any failure here: the processes must not outlive `ft train`.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait()
-        raise
-    finally:
-        stop_file.unlink(missing_ok=True)
-    relay()
-    result_file = job.run_dir / "result.json"
-    if process.returncode != 0 or not result_file.exists():
-        raise RuntimeError(
-            f"the {backend} trainer processes failed (exit {process.returncode}); "
-            f"their output is above, the job is {job_file}"
-        )
-    done = json.loads(result_file.read_text(encoding="utf-8"))
-    best = last.get("end", {}).get("best_checkpoint")
-    return TrainResult(
-        done["reason"],
-        int(done["step"]),
-        Path(done["adapter_path"]) if done.get("adapter_path") else None,
-        Path(best) if best else None,
-    )
-
-
 def _started_with(run_dir: Path) -> dict[str, Any]:
     """The `overrides` and `profile` a run was started with (run.json; none for older runs)."""
     try:
@@ -473,119 +324,6 @@ def resolve(config: TrainConfig, secrets: Any, say: Say) -> Any:
     )
     say(f"model: {resolved.path} ({resolved.reason})")
     return resolved
-
-
-def prepare(
-    config: TrainConfig,
-    config_path: Path | None,
-    model_path: Path,
-    say: Say,
-    *,
-    progress: Callable[[str, int], None] | None = None,
-) -> PreparedData:
-    """Prepare (or reuse from the cache) the training and validation data for this model.
-
-    The validation set is the `data.validation` file when set; otherwise `validation_split`
-    of the prepared training examples, held out with a seeded split (stratified by label when
-    the dataset has labels). Held-out splits are written by :func:`materialize_split` into the
-    run folder, so a run keeps exactly the data it trained on.
-    """
-    from ft_data.cache import prepare_cached
-    from ft_data.config import options_from_config
-
-    settings = options_from_config(config.data, config_dir=project_dir_of(config_path))
-
-    def one(source: str, role: str) -> Any:
-        tick = (lambda rows: progress(role, rows)) if progress else None
-        result = prepare_cached(source, model_path, settings.prepare, progress=tick)
-        state = "reused" if result.reused else "prepared"
-        say(f"{role} data: {state} {result.path.name}: {result.report.summary()}")
-        return result
-
-    train = one(settings.train, "training")
-    summary: dict[str, Any] = {
-        "train_source": settings.train,
-        "train_cache_key": result_key(train.path),
-        "format": train.report.format,
-        "format_reason": train.report.format_reason,
-        "template": train.report.template,
-        "examples": train.report.examples,
-        "tokens": train.report.tokens,
-        "trained_tokens": train.report.trained_tokens,
-        "left_out": dict(train.report.counts),
-        "seed": config.training.seed,
-    }
-    if settings.validation:
-        validation = one(settings.validation, "validation")
-        summary.update(
-            validation_source=settings.validation,
-            validation_cache_key=result_key(validation.path),
-            validation_examples=validation.report.examples,
-        )
-        return PreparedData(train.path, validation.path, summary, split=None)
-    fraction = settings.validation_split
-    summary["validation_split"] = fraction
-    if fraction <= 0:
-        say("validation: off (validation_split is 0 and no validation file)")
-        return PreparedData(train.path, None, summary, split=None)
-    return PreparedData(train.path, None, summary, split=(fraction, config.training.seed))
-
-
-def result_key(path: Path) -> str | None:
-    from ft_data.hdf5 import read_attrs
-
-    attrs = read_attrs(path) or {}
-    return attrs.get("cache_key")
-
-
-def materialize_split(data: PreparedData, folder: Path, say: Say) -> PreparedData:
-    """Write the held-out split of `data` as `folder/train.h5` and `folder/validation.h5`
-    (reused when both exist: a resumed run keeps its split)."""
-    if data.split is None:
-        return data
-    from ft_data.hdf5 import PreparedDataset, PreparedWriter
-    from ft_data.split import split_rows
-
-    train_file, validation_file = folder / "train.h5", folder / "validation.h5"
-    fraction, seed = data.split
-    if not (train_file.exists() and validation_file.exists()):
-        with PreparedDataset(data.train) as source:
-            labels = source.labels()
-            train_rows, held_out = split_rows(
-                len(source),
-                fraction=fraction,
-                seed=seed,
-                labels=None if labels is None else list(labels),
-            )
-            if len(held_out) == 0:
-                say(f"validation: off ({len(source)} example(s) are too few to hold any out)")
-                return PreparedData(data.train, None, data.summary, split=None)
-            attrs = source.attrs
-            parent = str(attrs.get("cache_key", ""))
-            for role, path, rows in (
-                ("train", train_file, train_rows),
-                ("validation", validation_file, held_out),
-            ):
-                key = hashlib.sha256(f"{parent}:{role}:{fraction}:{seed}".encode()).hexdigest()
-                subset = {**attrs, "cache_key": key, "subset_of": parent, "subset": role}
-                names = source.label_names
-                with PreparedWriter(path, subset, label_names=names) as w:
-                    for row in rows:
-                        tokens, mask = source[int(row)]
-                        label = None if labels is None else names[int(labels[int(row)])]
-                        w.add(tokens, mask, label=label)
-                    if labels is not None:
-                        w.finish_labels()
-        say(
-            f"validation: {len(held_out)} of {len(held_out) + len(train_rows)} examples held out "
-            f"(validation_split {fraction}, seed {seed})"
-        )
-    summary = {
-        **data.summary,
-        "train_file": str(train_file),
-        "validation_file": str(validation_file),
-    }
-    return PreparedData(train_file, validation_file, summary, split=None)
 
 
 def _resume_point(
