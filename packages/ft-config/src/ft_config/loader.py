@@ -79,13 +79,15 @@ class _Sources:
     """Where each value of the merged config came from, by key path."""
 
     def __init__(self) -> None:
-        self._where: dict[KeyPath, str] = {}
+        # path -> (order of recording, location). A later source replacing a value also replaces
+        # what was recorded beneath it: `locate` takes the most recent record among a path's
+        # prefixes, so nothing has to be searched and deleted (linear in the number of keys).
+        self._where: dict[KeyPath, tuple[int, str]] = {}
+        self._count = 0
 
     def record(self, path: KeyPath, location: str) -> None:
-        # A later source replacing a value also replaces what was recorded beneath it.
-        for known in [k for k in self._where if k[: len(path)] == path]:
-            del self._where[known]
-        self._where[path] = location
+        self._count += 1
+        self._where[path] = (self._count, location)
 
     def record_file(
         self, data: Any, lines: dict[KeyPath, int], source: str, prefix: KeyPath = ()
@@ -94,10 +96,10 @@ class _Sources:
             self.record((*prefix, *path), f"{source}:{line}")
 
     def locate(self, path: KeyPath) -> str:
-        for end in range(len(path), -1, -1):
-            if path[:end] in self._where:
-                return self._where[path[:end]]
-        return ""
+        found = [
+            self._where[path[:end]] for end in range(len(path) + 1) if path[:end] in self._where
+        ]
+        return max(found)[1] if found else ""
 
 
 def _normalise(data: Any, source: str, lines: dict[KeyPath, int]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ can point at the file and line each one came from.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
 import types
@@ -30,6 +31,9 @@ from ft_config.schema import TrainConfig
 
 KeyPath = tuple[str | int, ...]
 Problem = tuple[KeyPath, str]
+
+# Unknown keys named one by one (with a suggestion each) per mapping; the rest are counted.
+MAX_UNKNOWN_KEYS = 20
 
 
 class NestedProblems(ValueError):
@@ -257,10 +261,20 @@ def collect_problems(exc: BaseException, path: KeyPath = ()) -> list[Problem]:
             problems.extend(collect_problems(sub, sub_path))
         return problems
     if isinstance(exc, ForbiddenExtraKeysError):
-        return [
+        extra = sorted(exc.extra_fields)
+        problems = [
             ((*path, key), unknown_key_message(exc.cl, path, key))
-            for key in sorted(exc.extra_fields)
+            for key in extra[:MAX_UNKNOWN_KEYS]
         ]
+        if len(extra) > MAX_UNKNOWN_KEYS:  # thousands of them: this is not a config file
+            where = ".".join(str(p) for p in path) or "the top level"
+            problems.append(
+                (
+                    (*path, extra[MAX_UNKNOWN_KEYS]),
+                    f"and {len(extra) - MAX_UNKNOWN_KEYS:,} more unknown keys in {where}",
+                )
+            )
+        return problems
     if isinstance(exc, NestedProblems):
         return [((*path, *p), m) for p, m in exc.problems]
     return [(path, str(exc) or type(exc).__name__)]
@@ -276,7 +290,7 @@ def unknown_key_message(cl: type, path: KeyPath, key: str) -> str:
     if close:
         return f"unknown key (did you mean {close[0]!r}?)"
     # Right name, wrong section: `method.learning_rate` -> `training.learning_rate`.
-    for dotted in all_setting_paths():
+    for dotted in _setting_paths():
         if dotted.rsplit(".", 1)[-1] == key:
             return f"unknown key in {where} (did you mean {dotted!r}?)"
     return f"unknown key; {where} has: {', '.join(names)}"
@@ -284,11 +298,17 @@ def unknown_key_message(cl: type, path: KeyPath, key: str) -> str:
 
 def all_setting_paths() -> list[str]:
     """Every setting as a dotted path, `model.name` to `tune.pruning`."""
+    return list(_setting_paths())
+
+
+@functools.cache
+def _setting_paths() -> tuple[str, ...]:
+    # Computed once: a file with thousands of unknown keys asks for it once per key.
     paths = [f.name for f in attrs.fields(TrainConfig) if not attrs.has(f.type)]
     for section in attrs.fields(TrainConfig):
         if attrs.has(section.type):
             paths += [f"{section.name}.{f.name}" for f in attrs.fields(section.type)]
-    return paths
+    return tuple(paths)
 
 
 def iter_settings(obj: Any, path: KeyPath = ()) -> Iterator[tuple[KeyPath, attrs.Attribute, Any]]:

@@ -4,6 +4,11 @@ PyYAML's safe loader alone loses line numbers and silently keeps the last of two
 ft needs both (errors name the line; a duplicated key is a mistake the user must see). So the
 document is composed into nodes first, walked for lines and duplicates, then constructed with the
 safe constructor, which refuses `!!python/...` tags.
+
+Aliases (`*name`) have a budget: a few hundred bytes of nested aliases can stand for billions of
+values (the "billion laughs" document), and every step after parsing walks the expanded tree. A
+document whose aliases add more than ALIAS_BUDGET values is refused at the alias that crosses it,
+before anything is composed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
     _SafeLoader = yaml.SafeLoader
 
 KeyPath = tuple[str | int, ...]
+
+# Values that aliases may add to a document, all aliases together. A config that repeats a
+# section or two through anchors stays far below it; an alias bomb crosses it within a few lines.
+ALIAS_BUDGET = 10_000
 
 
 class YamlError(Exception):
@@ -37,6 +46,8 @@ def read_yaml(text: str, source: str) -> tuple[Any, dict[KeyPath, int]]:
     """
     loader = _SafeLoader(text)
     try:
+        if "*" in text:  # only a document that has aliases can expand through them
+            _check_alias_budget(text, source)
         node = loader.get_single_node()
         if node is None:
             return None, {}
@@ -86,6 +97,47 @@ def read_yaml_file(path: Path, source: str | None = None) -> tuple[Any, dict[Key
             name, line, "this line is not valid UTF-8; save the file as UTF-8"
         ) from None
     return read_yaml(text, name)
+
+
+def _check_alias_budget(text: str, source: str) -> None:
+    """Refuse a document whose aliases would expand into more than ALIAS_BUDGET values.
+
+    One pass over the parser's events, linear in the text: the size of every anchored value is
+    counted once when it ends, and each alias adds that size to the running total.
+    """
+    loader = _SafeLoader(text)
+    try:
+        sizes: dict[str, int] = {}
+        stack: list[list[Any]] = []  # [anchor, values inside so far] per open collection
+        added = 0
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, yaml.CollectionStartEvent):
+                stack.append([event.anchor, 1])
+                continue
+            if isinstance(event, yaml.CollectionEndEvent):
+                anchor, size = stack.pop()
+            elif isinstance(event, yaml.ScalarEvent):
+                anchor, size = event.anchor, 1
+            elif isinstance(event, yaml.AliasEvent):
+                anchor, size = None, sizes.get(event.anchor, 1)
+                added += size
+                if added > ALIAS_BUDGET:
+                    raise YamlError(
+                        source,
+                        event.start_mark.line + 1,
+                        f"the alias *{event.anchor} here takes the document past {ALIAS_BUDGET:,} "
+                        "values repeated through aliases; ft refuses documents that expand this "
+                        "much (an alias bomb). Write the values out, or use fewer nested aliases.",
+                    )
+            else:
+                continue
+            if anchor is not None:
+                sizes[anchor] = size
+            if stack:
+                stack[-1][1] += size
+    finally:
+        loader.dispose()
 
 
 def _tag_of(exc: yaml.constructor.ConstructorError) -> str:
