@@ -6,10 +6,13 @@ import io
 import logging
 import os
 import pickle
+import re
 import stat
 import traceback
+from pathlib import Path
 
 import pytest
+import yaml
 
 from ft_config import (
     Secret,
@@ -18,6 +21,7 @@ from ft_config import (
     load_secrets,
     write_passwords_file,
 )
+from ft_config import secrets as secrets_module
 from ft_config.secrets import is_encrypted, read_passwords_file
 
 TOKEN = "hf_SeCrEtVaLuE123"
@@ -182,3 +186,49 @@ def test_write_never_exposes_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr("pathlib.Path.replace", lambda self, target: spy(self, target))
     write_passwords_file(tmp_path / "p.yml", {"hf_token": TOKEN})
     assert seen == [0o600]
+
+
+def _hostile_encrypted(tmp_path, **changes) -> Path:
+    """An encrypted passwords.yml whose header asks for `changes` (never derived: refused first)."""
+    document = {
+        "ft_encrypted": 1,
+        "cipher": "aes-256-gcm",
+        "kdf": "scrypt",
+        "n": 2**17,
+        "r": 8,
+        "p": 1,
+        "salt": "AAAAAAAAAAAAAAAAAAAAAA==",
+        "nonce": "AAAAAAAAAAAAAAAA",
+        "ciphertext": "AAAA",
+        **changes,
+    }
+    path = tmp_path / "passwords.yml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"n": 2**40}, r"n=1099511627776, r=8, p=1 would need 1,073,741,824 MiB"),
+        ({"r": 4096}, r"n=131072, r=4096, p=1 would need 65,536 MiB"),
+        ({"p": 2**20}, r"p=1048576 would need 128 MiB and 1,048,576x the usual work"),
+        ({"n": 1000}, r"invalid scrypt parameters n=1000, r=8, p=1"),
+        ({"n": "131072"}, r"scrypt n must be a whole number, not '131072'"),
+        ({"cipher": "rot13"}, r"cipher 'rot13': ft encrypts with aes-256-gcm only"),
+        ({"cipher": None}, r"cipher None: ft encrypts with aes-256-gcm only"),
+        ({"nonce": "AAAA"}, r"salt or nonce of the wrong length"),
+    ],
+)
+def test_encrypted_file_header_is_checked_before_any_key_is_derived(
+    tmp_path, monkeypatch, changes, reason
+):
+    monkeypatch.setattr(secrets_module, "_derive", lambda *a: pytest.fail("derived a key"))
+    path = _hostile_encrypted(tmp_path, **changes)
+    with pytest.raises(SecretsError) as info:
+        load_secrets(path, passphrase="pw", environ={})
+    message = str(info.value)
+    assert message.startswith(f"{path}: damaged encrypted file (")
+    assert re.search(reason, message), message
+    assert message.endswith("); restore it from a backup")

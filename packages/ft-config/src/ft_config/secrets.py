@@ -264,6 +264,13 @@ def write_passwords_file(
 _AAD = b"ft passwords.yml v1"
 # scrypt at N=2^17, r=8: about 128 MiB and a fraction of a second, the cost OWASP recommends.
 _SCRYPT = {"n": 2**17, "r": 8, "p": 1}
+_CIPHER = "aes-256-gcm"
+# What an encrypted file may ask of scrypt. The parameters come from the file, so a hostile file
+# could otherwise ask for terabytes (memory is 128 * n * r bytes) or hours (work grows with
+# n * r * p). These bounds allow 8x today's cost in memory and 8x in time.
+_SCRYPT_MAX_N = 2**20
+_SCRYPT_MAX_MEMORY = 1 << 30  # bytes: 128 * n * r
+_SCRYPT_MAX_WORK = 2**20 * 8 * 8  # n * r * p
 
 
 def _derive(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
@@ -280,7 +287,7 @@ def _encrypt(plain: str, passphrase: str) -> str:
     sealed = AESGCM(key).encrypt(nonce, plain.encode("utf-8"), _AAD)
     document = {
         "ft_encrypted": 1,
-        "cipher": "aes-256-gcm",
+        "cipher": _CIPHER,
         "kdf": "scrypt",
         **_SCRYPT,
         "salt": base64.b64encode(salt).decode(),
@@ -300,18 +307,43 @@ def _decrypt(document: Mapping[str, Any], passphrase: str, path: Path) -> str:
     try:
         if document.get("ft_encrypted") != 1 or document.get("kdf") != "scrypt":
             raise ValueError("unknown encryption format")
+        if document.get("cipher") != _CIPHER:
+            raise ValueError(f"cipher {document.get('cipher')!r}: ft encrypts with {_CIPHER} only")
+        n, r, p = (_whole_number(document, name) for name in ("n", "r", "p"))
+        _check_scrypt(n, r, p)
         salt = base64.b64decode(document["salt"], validate=True)
         nonce = base64.b64decode(document["nonce"], validate=True)
         sealed = base64.b64decode(document["ciphertext"], validate=True)
-        key = _derive(passphrase, salt, int(document["n"]), int(document["r"]), int(document["p"]))
+        if len(salt) < 16 or len(nonce) != 12:
+            raise ValueError("salt or nonce of the wrong length")
     except (KeyError, ValueError, TypeError) as exc:
         raise SecretsError(
             f"{path}: damaged encrypted file ({exc}); restore it from a backup"
         ) from None
+    key = _derive(passphrase, salt, n, r, p)
     try:
         return AESGCM(key).decrypt(nonce, sealed, _AAD).decode("utf-8")
     except InvalidTag:
         raise SecretsError(f"{path}: wrong passphrase (or the file was altered)") from None
+
+
+def _whole_number(document: Mapping[str, Any], name: str) -> int:
+    value = document[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"scrypt {name} must be a whole number, not {value!r}")
+    return value
+
+
+def _check_scrypt(n: int, r: int, p: int) -> None:
+    """Refuse scrypt parameters that are invalid or would cost more than ft ever asks for."""
+    if n < 2 or n & (n - 1) or r < 1 or p < 1:
+        raise ValueError(f"invalid scrypt parameters n={n}, r={r}, p={p}")
+    if n > _SCRYPT_MAX_N or 128 * n * r > _SCRYPT_MAX_MEMORY or n * r * p > _SCRYPT_MAX_WORK:
+        raise ValueError(
+            f"scrypt parameters n={n}, r={r}, p={p} would need "
+            f"{128 * n * r / 2**20:,.0f} MiB and {n * r * p / (2**17 * 8):,.0f}x the usual work; "
+            f"ft allows n up to 2^20, {_SCRYPT_MAX_MEMORY >> 20} MiB and 8x"
+        )
 
 
 def is_encrypted(path: str | os.PathLike[str]) -> bool:
