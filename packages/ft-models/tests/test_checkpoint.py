@@ -115,6 +115,35 @@ def test_prune_keeps_the_last_k_and_the_best(tmp_path):
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 4, 5]
 
 
+READER = """
+import sys, time
+from pathlib import Path
+from ft_models.checkpoint import reading_checkpoints
+with reading_checkpoints(Path(sys.argv[1])):
+    print("reading", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_pruning_waits_for_a_reader_and_a_killed_reader_blocks_nothing(tmp_path):
+    for step in (1, 2, 3):
+        write(tmp_path, step)
+    # A real second process reads (as `ft export` does) while the trainer prunes.
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert reader.stdout is not None and reader.stdout.readline() == "reading\n"
+        assert prune_checkpoints(tmp_path, keep_last=1) == []
+        assert [s for s, _ in list_checkpoints(tmp_path)] == [1, 2, 3]
+    finally:
+        reader.send_signal(signal.SIGKILL)  # no cleanup code runs: the kernel drops the lock
+        reader.wait()
+    deleted = prune_checkpoints(tmp_path, keep_last=1)
+    assert sorted(p.name for p in deleted) == ["step-00000001", "step-00000002"]
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [3]
+
+
 WRITER = """
 import sys, numpy as np
 from pathlib import Path

@@ -211,9 +211,53 @@ def latest_valid_checkpoint(root: Path) -> tuple[Path, CheckpointManifest] | Non
     return None
 
 
+@contextlib.contextmanager
+def _folder_lock(root: Path, *, shared: bool) -> Iterator[bool]:
+    """An advisory flock on the folder `root` itself: shared for readers, exclusive (and not
+    waited for) for the pruner. Yields whether it is held. The kernel drops it when the
+    process ends, so a killed reader never blocks pruning for good."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; pruning is not put off
+        yield True
+        return
+    try:
+        fd = os.open(root, os.O_RDONLY)
+    except OSError:  # no folder yet: nothing to guard
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
+@contextlib.contextmanager
+def reading_checkpoints(root: Path) -> Iterator[None]:
+    """Hold while choosing and reading checkpoints under `root` (`ft export`, `ft evaluate`):
+    `prune_checkpoints` puts off deleting any of them until every reader is done. Pick the
+    checkpoint (`latest_valid_checkpoint`, a step) inside the block, not before it."""
+    with _folder_lock(Path(root), shared=True):
+        yield
+
+
 def prune_checkpoints(root: Path, *, keep_last: int, keep: tuple[Path, ...] = ()) -> list[Path]:
     """Delete all but the newest `keep_last` checkpoints, never those in `keep` (the best one).
-    Returns the deleted folders."""
+    Returns the deleted folders. While a reader holds `reading_checkpoints(root)` nothing is
+    deleted (the next call catches up): a checkpoint being exported never vanishes under it."""
+    with _folder_lock(Path(root), shared=False) as alone:
+        if not alone:
+            log.info("not pruning %s yet: a checkpoint there is being read", root)
+            return []
+        return _prune(root, keep_last=keep_last, keep=keep)
+
+
+def _prune(root: Path, *, keep_last: int, keep: tuple[Path, ...]) -> list[Path]:
     checkpoints = list_checkpoints(root)
     protected = {Path(p).resolve() for p in keep}
     recent = {path.resolve() for _, path in checkpoints[-keep_last:]} if keep_last > 0 else set()
