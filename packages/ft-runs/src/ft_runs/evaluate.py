@@ -181,90 +181,95 @@ def evaluate_run(
 ) -> Evaluation:
     """Evaluate `folder`'s checkpoint (see the module docstring)."""
     from ft_models.generate import Generator
+    from ft_runs.run_lock import reading
     from ft_runs.trainers import evaluator_for
 
-    info = folder.info()
-    model_path = Path(info["model"]["path"])
-    label, adapter = checkpoint_of(folder, checkpoint)
-    test = load_config(folder.config_file).data.test
-    if data is None and test:
-        # data.test: scores on rows that neither trained the model nor picked its best
-        # checkpoint (the validation set did that).
-        started_from = folder.info().get("config_path")
-        project = Path(started_from).parent if started_from else folder.path
-        data = test if Path(test).is_absolute() or "://" in test else project / test
-        say(f"data.test: {data}")
-    if data is not None:
-        dataset = prepare_for_run(folder, data, model_path, say)
-        data_label = "the test set (data.test)" if test and str(data).endswith(test) else str(data)
-    else:
-        found = run_data(folder)
-        if found is None:
-            raise ValueError(
-                f"run {folder.id} trained without validation data: give some with --data PATH"
+    # A trainer still running on this run does not prune the checkpoint while it is read.
+    with reading(folder.path):
+        info = folder.info()
+        model_path = Path(info["model"]["path"])
+        label, adapter = checkpoint_of(folder, checkpoint)
+        test = load_config(folder.config_file).data.test
+        if data is None and test:
+            # data.test: scores on rows that neither trained the model nor picked its best
+            # checkpoint (the validation set did that).
+            started_from = folder.info().get("config_path")
+            project = Path(started_from).parent if started_from else folder.path
+            data = test if Path(test).is_absolute() or "://" in test else project / test
+            say(f"data.test: {data}")
+        if data is not None:
+            dataset = prepare_for_run(folder, data, model_path, say)
+            data_label = (
+                "the test set (data.test)" if test and str(data).endswith(test) else str(data)
             )
-        dataset, data_label = found, "the run's validation set"
-    say(f"evaluating {folder.id} at {label} on {data_label}")
-    config = load_config(folder.config_file)
-    # The run's own backend when it is installed, else any that evaluates this task.
-    trainer = evaluator_for(config.model.task, info.get("backend"))
-    if backend == "auto":
-        backend = trainer.name
-    if config.model.task == "sequence-classification":
+        else:
+            found = run_data(folder)
+            if found is None:
+                raise ValueError(
+                    f"run {folder.id} trained without validation data: give some with --data PATH"
+                )
+            dataset, data_label = found, "the run's validation set"
+        say(f"evaluating {folder.id} at {label} on {data_label}")
+        config = load_config(folder.config_file)
+        # The run's own backend when it is installed, else any that evaluates this task.
+        trainer = evaluator_for(config.model.task, info.get("backend"))
+        if backend == "auto":
+            backend = trainer.name
+        if config.model.task == "sequence-classification":
+            if compare_base:
+                say("base model skipped: its classification head is untrained")
+            metrics, shown = _classify(trainer, model_path, adapter, dataset, samples, say)
+            return _save(
+                folder, Evaluation(folder.id, label, adapter, data_label, metrics, {}, shown), store
+            )
+        loss = trainer.evaluate_loss(
+            model_path, adapter, dataset, max_seq_length=config.data.max_seq_length
+        )
+        metrics: dict[str, float] = {"eval_loss": loss.loss, "perplexity": loss.perplexity}
+        base_metrics: dict[str, float] = {}
         if compare_base:
-            say("base model skipped: its classification head is untrained")
-        metrics, shown = _classify(trainer, model_path, adapter, dataset, samples, say)
-        return _save(
-            folder, Evaluation(folder.id, label, adapter, data_label, metrics, {}, shown), store
+            base = trainer.evaluate_loss(
+                model_path, None, dataset, max_seq_length=config.data.max_seq_length
+            )
+            base_metrics = {"eval_loss": base.loss, "perplexity": base.perplexity}
+        say(
+            f"validation loss {loss.loss:.4f} (perplexity {loss.perplexity:.2f}) on {loss.tokens} tokens"
+            + (f"; base model {base_metrics['eval_loss']:.4f}" if base_metrics else "")
         )
-    loss = trainer.evaluate_loss(
-        model_path, adapter, dataset, max_seq_length=config.data.max_seq_length
-    )
-    metrics: dict[str, float] = {"eval_loss": loss.loss, "perplexity": loss.perplexity}
-    base_metrics: dict[str, float] = {}
-    if compare_base:
-        base = trainer.evaluate_loss(
-            model_path, None, dataset, max_seq_length=config.data.max_seq_length
-        )
-        base_metrics = {"eval_loss": base.loss, "perplexity": base.perplexity}
-    say(
-        f"validation loss {loss.loss:.4f} (perplexity {loss.perplexity:.2f}) on {loss.tokens} tokens"
-        + (f"; base model {base_metrics['eval_loss']:.4f}" if base_metrics else "")
-    )
 
-    template = info.get("data", {}).get("template")
-    tuned = Generator.load(model_path, backend=backend, adapter=adapter, template=template)
-    examples = examples_from(dataset, tuned.tokenizer, max_examples)
-    answers: list[str] = []
-    started = time.perf_counter()
-    for i, example in enumerate(examples):
-        answers.append(_answer(tuned, example.prompt_ids, max_tokens))
-        if progress:
-            progress("fine-tuned", i + 1, len(examples))
-    del tuned
-    references = [e.reference for e in examples]
-    if examples:
-        metrics.update(generation_metrics(answers, references))
-    base_answers: list[str] = []
-    if compare_base and examples:
-        base_gen = Generator.load(model_path, backend=backend, template=template)
+        template = info.get("data", {}).get("template")
+        tuned = Generator.load(model_path, backend=backend, adapter=adapter, template=template)
+        examples = examples_from(dataset, tuned.tokenizer, max_examples)
+        answers: list[str] = []
+        started = time.perf_counter()
         for i, example in enumerate(examples):
-            base_answers.append(_answer(base_gen, example.prompt_ids, max_tokens))
+            answers.append(_answer(tuned, example.prompt_ids, max_tokens))
             if progress:
-                progress("base", i + 1, len(examples))
-        base_metrics.update(generation_metrics(base_answers, references))
-    say(f"answered {len(examples)} prompts in {time.perf_counter() - started:.0f} s")
-    shown = [
-        {
-            "prompt": _last_user_text(e.prompt),
-            "base": base_answers[i] if base_answers else None,
-            "tuned": answers[i],
-            "reference": e.reference,
-        }
-        for i, e in enumerate(examples[:samples])
-    ]
-    result = Evaluation(folder.id, label, adapter, data_label, metrics, base_metrics, shown)
-    return _save(folder, result, store)
+                progress("fine-tuned", i + 1, len(examples))
+        del tuned
+        references = [e.reference for e in examples]
+        if examples:
+            metrics.update(generation_metrics(answers, references))
+        base_answers: list[str] = []
+        if compare_base and examples:
+            base_gen = Generator.load(model_path, backend=backend, template=template)
+            for i, example in enumerate(examples):
+                base_answers.append(_answer(base_gen, example.prompt_ids, max_tokens))
+                if progress:
+                    progress("base", i + 1, len(examples))
+            base_metrics.update(generation_metrics(base_answers, references))
+        say(f"answered {len(examples)} prompts in {time.perf_counter() - started:.0f} s")
+        shown = [
+            {
+                "prompt": _last_user_text(e.prompt),
+                "base": base_answers[i] if base_answers else None,
+                "tuned": answers[i],
+                "reference": e.reference,
+            }
+            for i, e in enumerate(examples[:samples])
+        ]
+        result = Evaluation(folder.id, label, adapter, data_label, metrics, base_metrics, shown)
+        return _save(folder, result, store)
 
 
 def _save(folder: RunFolder, result: Evaluation, store: Any) -> Evaluation:

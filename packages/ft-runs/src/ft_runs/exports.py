@@ -142,20 +142,26 @@ def export_run(
         raise RunExportError(
             f"exporting needs ft-export: pip install ft-export ({error})"
         ) from None
+    from ft_runs.run_lock import reading
+
     exporter = get_exporter(fmt)
-    found = run_source(run, checkpoint, warn=say)
-    source = ExportSource(
-        base=found.base,
-        adapters=found.adapters,
-        chat_template=found.chat_template,
-        name=found.name,
-        quantized_base=found.quantized_base,
-    )
-    label = quant or ("f16" if fmt in ("gguf", "gguf-lora") else dtype or saved_dtype(source.base))
-    label = "q8_0" if fmt == "ollama" and not quant else label
-    out = output or (found.exports / f"{fmt}-{label}")
-    options = ExportOptions(dtype=dtype, quant=quant, verify=verify)
-    return exporter.export(source, out, options, progress or no_progress)
+    # A trainer still running on this run does not prune the checkpoint while it is read.
+    with reading(run.path):
+        found = run_source(run, checkpoint, warn=say)
+        source = ExportSource(
+            base=found.base,
+            adapters=found.adapters,
+            chat_template=found.chat_template,
+            name=found.name,
+            quantized_base=found.quantized_base,
+        )
+        label = quant or (
+            "f16" if fmt in ("gguf", "gguf-lora") else dtype or saved_dtype(source.base)
+        )
+        label = "q8_0" if fmt == "ollama" and not quant else label
+        out = output or (found.exports / f"{fmt}-{label}")
+        options = ExportOptions(dtype=dtype, quant=quant, verify=verify)
+        return exporter.export(source, out, options, progress or no_progress)
 
 
 def push_adapter(run: RunFolder, repo_id: str, token: Any, *, private: bool = False) -> str:

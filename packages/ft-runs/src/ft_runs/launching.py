@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from ft_runs.run_lock import RunLock
 from ft_runs.trainers import get_trainer
 from ft_train_core.jobs import STOP_FILE, job_spec
 from ft_train_core.protocol import Event, Launch, TrainJob, TrainResult
@@ -62,8 +63,13 @@ def run_distributed(
     emit: Callable[[Event], None],
     should_stop: Callable[[], bool],
     say: Say,
+    *,
+    lock: RunLock | None = None,
 ) -> TrainResult:
     """Start the trainer processes and relay rank 0's events until they exit.
+
+    The processes inherit `lock` (the run folder's lock): the run stays locked while they
+    live, even if this process is killed.
 
     A stop request (Ctrl-C) creates the job's stop file. Rank 0 sees it between two steps and
     every process learns rank 0's answer (the loops broadcast it), so they all stop at the same
@@ -84,7 +90,14 @@ def run_distributed(
     atomic_write_text(job_file, json.dumps(job_spec(job, events=events), indent=2) + "\n")
     argv = list(get_trainer(backend).launch_command(job_file, launch))
     say(f"launching {launch.nproc} process(es): {' '.join(argv[1:6])} ...")
-    process = subprocess.Popen(argv, cwd=job.run_dir, start_new_session=True)
+    process = subprocess.Popen(
+        argv,
+        cwd=job.run_dir,
+        start_new_session=True,
+        pass_fds=(lock.fileno(),) if lock is not None else (),
+    )
+    if lock is not None:
+        lock.launched([process.pid])
     offset = 0
     last: dict[str, Any] = {}
 

@@ -19,6 +19,7 @@ import json
 import platform
 import re
 import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -29,8 +30,16 @@ import attrs
 from ft_config import TrainConfig, atomic_write_text, dump_config
 
 
-def new_run_id(config: TrainConfig, runs_dir: Path, *, now: datetime | None = None) -> str:
-    """`20261125-203015-smollm2-135m-lora`, or `output.run_name`; a suffix keeps it unique."""
+def new_run_id(
+    config: TrainConfig,
+    runs_dir: Path,
+    *,
+    now: datetime | None = None,
+    taken: Callable[[str], bool] = lambda _: False,
+) -> str:
+    """`20261125-203015-smollm2-135m-lora`, or `output.run_name`; a suffix keeps it unique
+    among the folders in `runs_dir` and the ids `taken` says are in use (the job store's runs
+    whose folders still exist)."""
     if config.output.run_name:
         base = config.output.run_name
     else:
@@ -42,7 +51,7 @@ def new_run_id(config: TrainConfig, runs_dir: Path, *, now: datetime | None = No
         )
         base = f"{stamp}-{model}-{config.method.name}"
     candidate, n = base, 2
-    while (runs_dir / candidate).exists():
+    while (runs_dir / candidate).exists() or taken(candidate):
         candidate, n = f"{base}-{n}", n + 1
     return candidate
 
@@ -189,6 +198,44 @@ class RunFolder:
             if type is None or event.get("type") == type:
                 found.append(event)
         return found
+
+    def forget_after(self, step: int) -> dict[str, Any] | None:
+        """Drop the events after `step` from metrics.jsonl (and a torn last line), and point
+        best.json at the best checkpoint as of `step`: what a run resumed from `step` records
+        before it trains the later steps again, so they are replaced, not repeated. Returns
+        best.json as it is then (None when there is no best checkpoint yet)."""
+        kept: list[dict[str, Any]] = []
+        if self.metrics_file.exists():
+            for line in self.metrics_file.read_text(encoding="utf-8").splitlines():
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # torn by a kill: appending after it would tear the next line too
+                if not isinstance(event, dict):
+                    continue
+                at = event.get("step")
+                if isinstance(at, int | float) and at > step:
+                    continue
+                kept.append(event)
+            atomic_write_text(
+                self.metrics_file, "".join(json.dumps(e, default=str) + "\n" for e in kept)
+            )
+        best = self.best()
+        if best is None or int(best.get("step", 0)) <= step:
+            return best
+        # best.json named a checkpoint after `step`: the best as of `step` is the last one
+        # the events marked best by then.
+        marked = [e for e in kept if e.get("type") == "checkpoint" and e.get("is_best")]
+        if not marked:
+            self.best_file.unlink(missing_ok=True)
+            return None
+        last = marked[-1]
+        losses = [e.get("eval_loss") for e in kept if e.get("type") == "eval"]
+        evals = {e.get("step"): e.get("eval_loss") for e in kept if e.get("type") == "eval"}
+        loss = evals.get(last["step"], losses[-1] if losses else None)
+        # By name: the events hold absolute paths, and the folder may have moved since.
+        self.set_best(int(last["step"]), self.checkpoints / Path(last["path"]).name, loss)
+        return self.best()
 
     def set_best(self, step: int, checkpoint: Path, eval_loss: float | None) -> None:
         atomic_write_text(

@@ -43,6 +43,18 @@ def _finite(values: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def metric_values(event: Event) -> tuple[str, dict[str, float]] | None:
+    """The job store's metrics row of an event: `("train", values)` for a step,
+    `("eval", values)` for an evaluation, else None (live, and when `ft runs rebuild` reads
+    metrics.jsonl back)."""
+    kind = event.get("type")
+    if kind == "step":
+        return "train", _finite({k: event.get(k) for k in _NUMERIC_TRAIN})
+    if kind == "eval":
+        return "eval", _finite({k: event.get(k) for k in _NUMERIC_EVAL})
+    return None
+
+
 class StoreSink:
     """Events into the SQLite job store (metrics, checkpoints, run progress)."""
 
@@ -51,21 +63,16 @@ class StoreSink:
 
     def __call__(self, event: Event) -> None:
         kind = event.get("type")
+        row = metric_values(event)
+        if row is not None:
+            self.store.add_metrics(self.run_id, row[0], event["step"], row[1])
         if kind == "start":
             self.store.update_run(self.run_id, total_steps=event.get("total_steps"))
         elif kind == "step":
-            self.store.add_metrics(
-                self.run_id,
-                "train",
-                event["step"],
-                _finite({k: event.get(k) for k in _NUMERIC_TRAIN}),
-            )
             if self.heartbeat is not None:
                 self.heartbeat.step = event["step"]
             self.store.update_run(self.run_id, step=event["step"])
         elif kind == "eval":
-            values = _finite({k: event.get(k) for k in _NUMERIC_EVAL})
-            self.store.add_metrics(self.run_id, "eval", event["step"], values)
             if event.get("is_best"):
                 self.store.update_run(self.run_id, best_eval_loss=event.get("eval_loss"))
         elif kind == "checkpoint":

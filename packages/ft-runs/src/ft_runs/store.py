@@ -6,17 +6,23 @@ failing. The schema is versioned with `PRAGMA user_version` and migrated forward
 whose process died is noticed by its stale heartbeat and marked `interrupted`, never left
 `running` forever. Secrets are never stored here (configs are stored as train.yml holds them,
 and train.yml cannot hold secrets).
+
+The run folders hold the truth; this database is an index of them. Every SQLite error that
+leaves this module is a `StoreError` that names the database file and says what to do; a
+damaged database is moved aside and rebuilt from the run folders by `ft runs rebuild`
+(`ft_runs.rebuild`), which finds them through `run-folders.txt` beside the database.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,12 +30,26 @@ from typing import Any
 import attrs
 
 from ft_config import app_paths
+from ft_runs import run_lock
 
+log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 10_000
 HEARTBEAT_S = 10.0
 STALE_AFTER_S = 60.0
 ACTIVE = ("queued", "running")
 FINISHED = ("completed", "failed", "interrupted", "stopped")
+STATUS_BY_REASON = {
+    "completed": "completed",
+    "max_steps": "completed",
+    "early_stopping": "completed",
+    "interrupted": "interrupted",
+    "memory": "interrupted",  # stopped by the memory watchdog, with a checkpoint
+    "nan": "failed",
+}
+"""A run's status from the reason its trainer ended with (the `end` event's `reason`)."""
+RUN_FOLDERS_FILE = "run-folders.txt"
+"""Beside the database: every run folder ever recorded, one path a line, appended. Plain text,
+so `ft runs rebuild` finds the run folders when the database itself is damaged."""
 
 # Each entry migrates the schema from version i to i + 1. Append only; never edit a shipped one.
 MIGRATIONS: tuple[str, ...] = (
@@ -148,15 +168,74 @@ class RunNotFound(LookupError):
     """No run with that id (or prefix)."""
 
 
+class RunExists(ValueError):
+    """A run with that id is recorded with another folder that still exists."""
+
+
+class StoreError(RuntimeError):
+    """The database could not be read or written; the message names the file and what to do."""
+
+
+def explain(path: Path, exc: sqlite3.Error) -> StoreError:
+    """`exc` (from SQLite, on the database `path`) as a StoreError for a person."""
+    text = str(exc)
+    rebuild = (
+        "`ft runs rebuild` moves it aside and rebuilds the job store from the run folders "
+        "(they hold the truth)"
+    )
+    if path.is_dir():
+        message = f"{path} is a folder, not ft's job store database: {rebuild}"
+    elif "malformed" in text or "not a database" in text or "corrupt" in text:
+        message = f"{path} is damaged ({text}): {rebuild}"
+    elif "locked" in text or "busy" in text:
+        message = (
+            f"{path} is locked by another process ({text}; waited {BUSY_TIMEOUT_MS // 1000} s): "
+            "try again when it is done"
+        )
+    elif "readonly" in text or "read-only" in text:
+        message = (
+            f"{path} cannot be written ({text}): check the permissions of it and {path.parent}"
+        )
+    elif "unable to open" in text:
+        message = (
+            f"{path} cannot be opened ({text}): check that {path.parent} is a folder you can "
+            "write, or set FT_HOME to one"
+        )
+    elif "disk" in text or "full" in text:
+        message = f"{path}: {text}: check the free space and the disk; then {rebuild} if needed"
+    else:
+        message = f"{path}: {text} (SQLite); if it happens again, {rebuild}"
+    return StoreError(message)
+
+
+def _names_the_file(method: Any) -> Any:
+    """Turn SQLite's errors in `method` into a StoreError naming the database file."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self: JobStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise explain(self.path, exc) from exc
+
+    return wrapper
+
+
 class JobStore:
     """The SQLite job store. Safe to use from several threads and processes."""
 
+    @_names_the_file
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else app_paths().database
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         with self._connect() as db:
             self._migrate(db)
+
+    @property
+    def run_folders_file(self) -> Path:
+        return self.path.parent / RUN_FOLDERS_FILE
 
     # --- connections ----------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
@@ -192,7 +271,7 @@ class JobStore:
     def _migrate(self, db: sqlite3.Connection) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise RuntimeError(
+            raise StoreError(
                 f"{self.path} was written by a newer ft (schema {version}, this ft knows {SCHEMA_VERSION}): "
                 "upgrade ft"
             )
@@ -202,10 +281,12 @@ class JobStore:
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {index + 1}")
 
+    @_names_the_file
     def schema_version(self) -> int:
         return int(self._connection().execute("PRAGMA user_version").fetchone()[0])
 
     # --- runs -----------------------------------------------------------------------------
+    @_names_the_file
     def create_run(
         self,
         run_id: str,
@@ -219,8 +300,18 @@ class JobStore:
         config_commit: str | None = None,
         backend: str | None = None,
     ) -> RunRecord:
-        """Record a new run as `queued`."""
+        """Record a new run as `queued`. A record of the same id whose folder no longer exists
+        is replaced (its folder was deleted: the name is free again); one whose folder exists
+        elsewhere raises RunExists."""
         with self._connect() as db:
+            old = db.execute("SELECT run_dir FROM runs WHERE id=?", (run_id,)).fetchone()
+            if old is not None:
+                if Path(old["run_dir"]) != Path(run_dir) and Path(old["run_dir"]).exists():
+                    raise RunExists(
+                        f"a run named {run_id} already exists in {old['run_dir']}: "
+                        "set output.run_name to another name"
+                    )
+                db.execute("DELETE FROM runs WHERE id=?", (run_id,))  # cascades to its rows
             db.execute(
                 "INSERT INTO runs (id, run_dir, project_dir, config_path, config_commit, config_json, model,"
                 " method, backend, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
@@ -237,8 +328,25 @@ class JobStore:
                     time.time(),
                 ),
             )
+        self._note_folder(Path(run_dir))
         return self.get_run(run_id)
 
+    def _note_folder(self, run_dir: Path) -> None:
+        try:
+            with self.run_folders_file.open("a", encoding="utf-8") as f:
+                f.write(f"{Path(run_dir).resolve()}\n")
+        except OSError:
+            pass  # only `ft runs rebuild` reads it, and it also takes folders on its command line
+
+    @_names_the_file
+    def id_in_use(self, run_id: str) -> bool:
+        """Whether a recorded run has this id and its folder still exists."""
+        row = (
+            self._connection().execute("SELECT run_dir FROM runs WHERE id=?", (run_id,)).fetchone()
+        )
+        return row is not None and Path(row["run_dir"]).exists()
+
+    @_names_the_file
     def start_run(
         self, run_id: str, *, total_steps: int | None = None, backend: str | None = None
     ) -> None:
@@ -252,6 +360,7 @@ class JobStore:
                 (now, now, os.getpid(), socket.gethostname(), total_steps, backend, run_id),
             )
 
+    @_names_the_file
     def heartbeat(self, run_id: str, *, step: int | None = None) -> None:
         with self._connect() as db:
             db.execute(
@@ -259,6 +368,7 @@ class JobStore:
                 (time.time(), step, run_id),
             )
 
+    @_names_the_file
     def update_run(self, run_id: str, **fields: Any) -> None:
         """Set columns of a run (names checked against the schema)."""
         allowed = {f.name for f in attrs.fields(RunRecord)} - {"id", "created_at"}
@@ -278,6 +388,7 @@ class JobStore:
             raise ValueError(f"status must be one of {', '.join(FINISHED)}")
         self.update_run(run_id, status=status, reason=reason, error=error, ended_at=time.time())
 
+    @_names_the_file
     def get_run(self, run_id: str) -> RunRecord:
         """A run by id, or by a unique prefix of its id."""
         db = self._connection()
@@ -295,6 +406,7 @@ class JobStore:
             raise RunNotFound(f"no run {run_id!r}; `ft runs list` shows the runs")
         return RunRecord(**dict(row))
 
+    @_names_the_file
     def list_runs(self, *, status: str | None = None, limit: int | None = None) -> list[RunRecord]:
         """Runs, newest first (after marking dead ones interrupted)."""
         self.mark_stale_runs()
@@ -309,32 +421,113 @@ class JobStore:
             params.append(limit)
         return [RunRecord(**dict(r)) for r in self._connection().execute(query, params).fetchall()]
 
+    @_names_the_file
     def mark_stale_runs(self, *, stale_after_s: float = STALE_AFTER_S) -> list[str]:
         """Mark `running` runs whose process is gone as `interrupted`. A run is gone when its
         heartbeat is older than `stale_after_s`, or when it ran on this host and its pid no longer
         exists. Returns the ids marked."""
         now = time.time()
         host = socket.gethostname()
-        marked = []
-        for row in self._connection().execute(
-            "SELECT id, heartbeat_at, pid, host FROM runs WHERE status='running'"
-        ):
+        gone = []
+        rows = (
+            self._connection()
+            .execute("SELECT id, run_dir, heartbeat_at, pid, host FROM runs WHERE status='running'")
+            .fetchall()
+        )
+        for row in rows:
             dead_pid = row["host"] == host and row["pid"] is not None and not _pid_alive(row["pid"])
             stale = row["heartbeat_at"] is None or now - row["heartbeat_at"] > stale_after_s
-            if dead_pid or stale:
+            # A run folder still locked has a live trainer (launched processes can outlive
+            # the `ft train` whose pid the row holds).
+            if (dead_pid or stale) and run_lock.holder(row["run_dir"]) is None:
+                gone.append(row)
+        marked = []
+        why = "the training process stopped without reporting (killed or crashed)"
+        for row in gone:
+            # Compare-and-set: only the row as it was read. A run that finished (or was
+            # restarted by another process) since then is left as it is.
+            with self._connect() as db:
+                changed = db.execute(
+                    "UPDATE runs SET status='interrupted', reason='process died', error=?,"
+                    " ended_at=? WHERE id=? AND status='running' AND pid IS ? AND host IS ?"
+                    " AND heartbeat_at IS ?",
+                    (why, now, row["id"], row["pid"], row["host"], row["heartbeat_at"]),
+                ).rowcount
+            if changed:
                 marked.append(row["id"])
-        for run_id in marked:
-            why = "the training process stopped without reporting (killed or crashed)"
-            self.update_run(
-                run_id, status="interrupted", reason="process died", error=why, ended_at=now
-            )
         return marked
 
+    @_names_the_file
     def delete_run(self, run_id: str) -> None:
         with self._connect() as db:
             db.execute("DELETE FROM runs WHERE id=?", (run_id,))
 
+    @_names_the_file
+    def forget_after(
+        self, run_id: str, step: int, *, best_step: int | None, best_eval_loss: float | None
+    ) -> None:
+        """Drop a run's metrics and checkpoints after `step` and make `best_step` its best
+        checkpoint: before a run resumed from `step` trains the later steps again."""
+        with self._connect() as db:
+            db.execute("DELETE FROM metrics WHERE run_id=? AND step>?", (run_id, step))
+            db.execute("DELETE FROM checkpoints WHERE run_id=? AND step>?", (run_id, step))
+            db.execute(
+                "UPDATE checkpoints SET is_best=(step IS ?) WHERE run_id=?", (best_step, run_id)
+            )
+            db.execute(
+                "UPDATE runs SET step=MIN(step, ?), best_eval_loss=?, best_checkpoint=(SELECT"
+                " path FROM checkpoints WHERE run_id=? AND step IS ?) WHERE id=?",
+                (step, best_eval_loss, run_id, best_step, run_id),
+            )
+
+    @_names_the_file
+    def import_run(
+        self,
+        record: Mapping[str, Any],
+        *,
+        metrics: Iterable[tuple[int, str, float, Mapping[str, Any]]],
+        checkpoints: Iterable[tuple[int, str, bool, float]],
+        evaluations: Iterable[Mapping[str, Any]],
+    ) -> None:
+        """Record a run read back from its folder (`ft runs rebuild`), in one transaction:
+        `record` holds every column of the runs table; `metrics` rows are (step, kind, time,
+        values), `checkpoints` (step, path, is_best, created_at), `evaluations` dicts with
+        `checkpoint`, `data`, `created_at`, `metrics`, `file`."""
+        columns = [f.name for f in attrs.fields(RunRecord)]
+        with self._connect() as db:
+            db.execute("DELETE FROM runs WHERE id=?", (record["id"],))
+            db.execute(
+                f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                [record.get(c) for c in columns],
+            )
+            db.executemany(
+                "INSERT INTO metrics (run_id, step, kind, time, values_json) VALUES (?, ?, ?, ?, ?)",
+                [(record["id"], s, k, t, json.dumps(dict(v))) for s, k, t, v in metrics],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO checkpoints (run_id, step, path, is_best, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(record["id"], s, p, int(b), t) for s, p, b, t in checkpoints],
+            )
+            db.executemany(
+                "INSERT INTO evaluations (run_id, checkpoint, data, created_at, metrics_json, file)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        record["id"],
+                        e["checkpoint"],
+                        e.get("data"),
+                        e["created_at"],
+                        json.dumps(_finite_json(e["metrics"])),
+                        e.get("file"),
+                    )
+                    for e in evaluations
+                ],
+            )
+        self._note_folder(Path(record["run_dir"]))
+
     # --- metrics and checkpoints ----------------------------------------------------------
+    @_names_the_file
     def add_metrics(self, run_id: str, kind: str, step: int, values: Mapping[str, Any]) -> None:
         with self._connect() as db:
             db.execute(
@@ -342,6 +535,7 @@ class JobStore:
                 (run_id, step, kind, time.time(), json.dumps(dict(values))),
             )
 
+    @_names_the_file
     def metrics(self, run_id: str, kind: str | None = None) -> list[dict[str, Any]]:
         """Metric rows of a run, in step order: dicts with `step`, `kind`, `time` and the values."""
         query = "SELECT step, kind, time, values_json FROM metrics WHERE run_id=?"
@@ -360,6 +554,7 @@ class JobStore:
             for r in rows
         ]
 
+    @_names_the_file
     def add_checkpoint(self, run_id: str, step: int, path: Path, *, is_best: bool = False) -> None:
         with self._connect() as db:
             if is_best:
@@ -369,6 +564,7 @@ class JobStore:
                 (run_id, step, str(path), int(is_best), time.time()),
             )
 
+    @_names_the_file
     def checkpoints(self, run_id: str) -> list[dict[str, Any]]:
         rows = self._connection().execute(
             "SELECT step, path, is_best, created_at FROM checkpoints WHERE run_id=? ORDER BY step",
@@ -377,6 +573,7 @@ class JobStore:
         return [dict(r) for r in rows]
 
     # --- datasets and models --------------------------------------------------------------
+    @_names_the_file
     def record_dataset(
         self,
         key: str,
@@ -396,6 +593,7 @@ class JobStore:
                 (key, str(path), source, format, rows, tokens, now, now),
             )
 
+    @_names_the_file
     def record_model(
         self, name: str, *, path: Path, kind: str, repo_id: str | None, revision: str | None
     ) -> None:
@@ -405,6 +603,7 @@ class JobStore:
                 (name, str(path), kind, repo_id, revision, time.time()),
             )
 
+    @_names_the_file
     def add_evaluation(
         self,
         run_id: str,
@@ -428,6 +627,7 @@ class JobStore:
                 ),
             )
 
+    @_names_the_file
     def evaluations(self, run_id: str) -> list[dict[str, Any]]:
         """The run's evaluations, oldest first, with `metrics` decoded."""
         rows = self._connection().execute(
@@ -435,12 +635,14 @@ class JobStore:
         )
         return [{**dict(r), "metrics": json.loads(r["metrics_json"])} for r in rows.fetchall()]
 
+    @_names_the_file
     def datasets(self) -> list[dict[str, Any]]:
         return [
             dict(r)
             for r in self._connection().execute("SELECT * FROM datasets ORDER BY last_used_at DESC")
         ]
 
+    @_names_the_file
     def models(self) -> list[dict[str, Any]]:
         return [
             dict(r)
@@ -466,12 +668,17 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
     def _beat(self) -> None:
-        store = JobStore(
-            self._store_path
-        )  # its own connection: sqlite3 objects stay in their thread
+        try:  # its own connection: sqlite3 objects stay in their thread
+            store = JobStore(self._store_path)
+        except StoreError as exc:
+            log.warning("heartbeat off: %s", exc)
+            return
         try:
             while not self._stop.wait(self._interval):
-                store.heartbeat(self._run_id, step=self.step)
+                try:
+                    store.heartbeat(self._run_id, step=self.step)
+                except StoreError as exc:  # the training goes on; the run lock says it lives
+                    log.warning("heartbeat not recorded: %s", exc)
         finally:
             store.close()
 

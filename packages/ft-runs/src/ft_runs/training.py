@@ -7,6 +7,7 @@ which model file, which data format and which backend were used without reading 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -26,6 +27,7 @@ from ft_runs.launching import StopFlag, run_distributed
 from ft_runs.preflight import memory_guard, plan_run
 from ft_runs.run_data import PreparedData, materialize_split, prepare, record_datasets
 from ft_runs.run_folder import RunFolder, git_commit_of, new_run_id
+from ft_runs.run_lock import RunLock
 from ft_runs.sinks import (
     EventSinks,
     EveryNSteps,
@@ -35,20 +37,12 @@ from ft_runs.sinks import (
     WandbSink,
     at_level,
 )
-from ft_runs.store import Heartbeat, JobStore
+from ft_runs.store import STATUS_BY_REASON, Heartbeat, JobStore
 from ft_runs.trainers import get_trainer
 from ft_train_core.protocol import Event, Launch, TrainJob, TrainResult
 from ft_train_core.state import config_differences
 
 Say = Callable[[str], None]
-STATUS_BY_REASON = {
-    "completed": "completed",
-    "max_steps": "completed",
-    "early_stopping": "completed",
-    "interrupted": "interrupted",
-    "memory": "interrupted",  # stopped by the memory watchdog, with a checkpoint
-    "nan": "failed",
-}
 
 
 class ResumeRefused(Exception):
@@ -86,14 +80,54 @@ def train(
     `resume` is a run id, id prefix or `"latest"`: the run continues in its own folder from its
     newest valid checkpoint. Without `config_path` it uses the train.yml the run started from.
     A changed config or dataset is refused unless `force`. Returns how the run ended; raises
-    the libraries' own errors (ConfigError, DataError, ...) for problems the user must fix.
+    the libraries' own errors (ConfigError, DataError, ...) for problems the user must fix,
+    and `RunLocked` when another live process trains the run.
+
+    This process holds the run folder's lock (`ft_runs.run_lock`) from the moment it has a
+    folder until it returns: one writer per run.
     """
+    with contextlib.ExitStack() as held:
+        return _train(
+            config_path,
+            held,
+            overrides=overrides,
+            profile=profile,
+            resume=resume,
+            force=force,
+            say=say,
+            display=display,
+            progress=progress,
+            store=store,
+            should_stop=should_stop,
+            launch=launch,
+        )
+
+
+def _train(
+    config_path: Path | None,
+    held: contextlib.ExitStack,
+    *,
+    overrides: Iterable[str],
+    profile: str | None,
+    resume: str | None,
+    force: bool,
+    say: Say,
+    display: Callable[[Event], None] | None,
+    progress: Callable[[str, int], None] | None,
+    store: JobStore | None,
+    should_stop: Callable[[], bool] | None,
+    launch: Launch | None,
+) -> RunOutcome:
     overrides = list(overrides)  # read twice: the config, and run.json's record of them
     store = store or JobStore()
     store.mark_stale_runs()
     record = None
+    lock: RunLock | None = None
     if resume:
         record = _run_to_resume(store, resume)
+        # Before anything else: a second `ft train --resume` of a live run stops here.
+        lock = held.enter_context(_lock_to_resume(record))
+        _refuse_restarting_a_finished_run(record)
         same_file = (
             config_path is not None
             and record.config_path is not None
@@ -168,7 +202,7 @@ def train(
     else:
         runs_dir = Path(resolve_path(config_path, config.output.dir))
         runs_dir.mkdir(parents=True, exist_ok=True)
-        run_id = new_run_id(config, runs_dir)
+        run_id = new_run_id(config, runs_dir, taken=store.id_in_use)
         commit, dirty = git_commit_of(Path(config_path)) if config_path else (None, False)
         folder = RunFolder(runs_dir / run_id).create(
             config,
@@ -193,6 +227,7 @@ def train(
                 "plan": plan.to_dict(),
             },
         )
+        lock = held.enter_context(RunLock(folder.path))
         store.create_run(
             run_id,
             run_dir=folder.path,
@@ -219,6 +254,9 @@ def train(
         resume_from=resume_from,
         plan=plan.batch,
     )
+    if record is not None:
+        # Steps after the resume point are done again: their records go, not twice.
+        _forget_after(folder, store, run_id, _step_of(resume_from))
     stop = StopFlag()
     restore = stop.install(say)
     store.start_run(run_id, backend=backend)
@@ -242,7 +280,7 @@ def train(
             stopping = lambda: stop() or bool(should_stop and should_stop())  # noqa: E731
             if distributed:
                 assert launch is not None
-                result = run_distributed(backend, job, launch, emit, stopping, say)
+                result = run_distributed(backend, job, launch, emit, stopping, say, lock=lock)
             else:
                 result = get_trainer(backend).train(job, emit, stopping)
     except BaseException as exc:
@@ -274,6 +312,65 @@ def _run_to_resume(store: JobStore, resume: str) -> Any:
             raise RunNotFound("there is no run to resume: `ft train` starts one")
         return records[0]
     return store.get_run(resume)
+
+
+def _lock_to_resume(record: Any) -> RunLock:
+    from ft_runs.store import RunNotFound
+
+    folder = Path(record.run_dir)
+    if not folder.is_dir():
+        raise RunNotFound(
+            f"run {record.id}'s folder {folder} no longer exists: there is nothing to resume. "
+            "`ft train` starts a new run"
+        )
+    return RunLock(folder)
+
+
+def _refuse_restarting_a_finished_run(record: Any) -> None:
+    """A completed run whose checkpoints are all damaged (or gone) is an error, never a
+    silent restart from step 0 over its results."""
+    from ft_models.checkpoint import CorruptCheckpoint, list_checkpoints, read_manifest
+
+    folder = RunFolder(Path(record.run_dir))
+    ends = [e for e in folder.events("end") if STATUS_BY_REASON.get(e.get("reason")) == "completed"]
+    if record.status != "completed" and not ends:
+        return
+    problems = []
+    for _step, path in reversed(list_checkpoints(folder.checkpoints)):
+        try:
+            read_manifest(path)
+            return  # one usable checkpoint: resuming continues from it
+        except CorruptCheckpoint as exc:
+            problems.append(str(exc))
+    step = ends[-1].get("step") if ends else record.step
+    why = (
+        f"none of its {len(problems)} checkpoint(s) can be resumed from: " + "; ".join(problems)
+        if problems
+        else f"it has no checkpoints left in {folder.checkpoints}"
+    )
+    adapter = f" Its final adapter is {folder.adapter}." if folder.adapter.is_dir() else ""
+    raise ResumeRefused(
+        f"run {record.id} completed at step {step}, and {why}. Resuming would train it again "
+        f"from step 0 over its results, so ft does not.{adapter} Start a new run with `ft train`"
+    )
+
+
+def _step_of(checkpoint: Path | None) -> int:
+    from ft_models.checkpoint import read_manifest
+
+    return 0 if checkpoint is None else read_manifest(checkpoint, verify_hashes=False).step
+
+
+def _forget_after(folder: RunFolder, store: JobStore, run_id: str, step: int) -> None:
+    """Drop what the run recorded after `step` (metrics.jsonl, the store, best.json) before
+    it trains those steps again from an older checkpoint."""
+    best = folder.forget_after(step)
+    store.forget_after(
+        run_id,
+        step,
+        best_step=int(best["step"]) if best else None,
+        best_eval_loss=best.get("eval_loss") if best else None,
+    )
 
 
 def _started_with(run_dir: Path) -> dict[str, Any]:
