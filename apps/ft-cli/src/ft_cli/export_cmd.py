@@ -214,7 +214,11 @@ def _find_source(ref: str, checkpoint: str | None, base: str | None) -> _Found:
 
 def _from_run(run: Any, checkpoint: str | None, base: str | None) -> _Found:
     from ft_runs.exports import RunExportError, run_source
+    from ft_runs.run_lock import reading
 
+    # Until the command ends: a trainer still running on this run does not prune the
+    # checkpoint being exported.
+    click.get_current_context().with_resource(reading(run.path))
     try:
         found = run_source(run, checkpoint, base, warn=lambda text: click.echo(text, err=True))
     except RunExportError as error:

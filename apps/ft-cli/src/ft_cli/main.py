@@ -110,10 +110,11 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         # Errors from the libraries that a user can fix become `error: ...` lines, exit 1.
         from ft_config import ConfigError, SecretsError
+        from ft_runs.store import StoreError  # the job store's errors name its file
 
         try:
             return super().invoke(ctx)
-        except (ConfigError, SecretsError) as exc:
+        except (ConfigError, SecretsError, StoreError) as exc:
             raise UserError(str(exc)) from None
 
 

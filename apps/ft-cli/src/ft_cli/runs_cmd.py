@@ -277,3 +277,24 @@ def compare(run_ids: tuple[str, ...], as_json: bool) -> None:
             cells.append(f"[bold green]{text}[/]" if v is not None and v == best else text)
         table.add_row(name, *cells)
     console.print(table)
+
+
+@runs.command()
+@click.argument("folders", nargs=-1, type=click.Path(file_okay=False, path_type=Path))
+def rebuild(folders: tuple[Path, ...]) -> None:
+    """Rebuild the job store from the run folders, which hold the truth: the database
+    (ft.db) is moved aside as ft.db.broken-<time>, never deleted. Runs are found in FOLDERS
+    (run folders, or folders of them such as a project's runs/), in the list of run folders
+    kept beside the database, and in the old database when it can still be read.
+
+    \b
+    ft runs rebuild                  # after "ft.db is damaged"
+    ft runs rebuild ~/proj/runs      # and the runs of this project
+    """
+    from ft_runs.rebuild import rebuild_store
+
+    done = rebuild_store(folders=folders, say=click.echo)
+    click.echo(
+        f"rebuilt {done.database}: {len(done.runs)} run(s) recorded"
+        + (f", {len(done.skipped)} folder(s) skipped" if done.skipped else "")
+    )

@@ -101,6 +101,7 @@ def train(
     from ft_config import ConfigError
     from ft_data.errors import DataError
     from ft_models.memory_watchdog import MemoryLimitReached
+    from ft_runs.run_lock import RunLocked
     from ft_runs.store import RunNotFound
     from ft_runs.trainers import TrainerNotAvailable
     from ft_runs.training import ResumeRefused
@@ -147,7 +148,14 @@ def train(
             progress=prepare_progress,
             launch=launch,
         )
-    except (ConfigError, DataError, ResumeRefused, RunNotFound, TrainerNotAvailable) as exc:
+    except (
+        ConfigError,
+        DataError,
+        ResumeRefused,
+        RunLocked,
+        RunNotFound,
+        TrainerNotAvailable,
+    ) as exc:
         raise UserError(str(exc)) from None
     except (ValueError, ImportError) as exc:
         # The trainers raise these for settings that cannot work here (a method this device
