@@ -289,12 +289,12 @@ def test_k_quants_and_mixed_types_dequantize_to_what_gguf_reads(tmp_path) -> Non
         ).astype(np.float32)
         for name, values in random_llama_state().items()
     }
-    kv_rows = KV_HEADS * width // HEADS
+    kv_rows = KV_HEADS * width // HEADS  # k and v: one head_dim of rows per key/value head
     for i in range(LAYERS):
         for proj in ("k", "v"):
-            state[f"model.layers.{i}.self_attn.{proj}_proj.weight"] = state[
-                f"model.layers.{i}.self_attn.{proj}_proj.weight"
-            ][:kv_rows]
+            state[f"model.layers.{i}.self_attn.{proj}_proj.weight"] = rng.standard_normal(
+                (kv_rows, width)
+            ).astype(np.float32)
     types = [Q.Q4_K, Q.Q6_K, Q.Q5_K, Q.Q3_K, Q.Q2_K, Q.IQ4_XS, Q.IQ4_NL, Q.Q5_0, Q.Q5_1]
     writer = gguf.GGUFWriter(tmp_path / "mixed.gguf", "llama")
     for key, value in hparams.items():
@@ -736,3 +736,56 @@ def test_missing_transformers_is_an_import_error_with_the_extra_to_install(
     with pytest.raises(ImportError, match=r'pip install "ft-models\[torch\]"'):
         import_gguf(source, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf"]
+
+
+@pytest.mark.parametrize(
+    ("hparams", "problem"),
+    [
+        (
+            {"head_count_kv": 4},
+            "tensor 'blk.0.attn_k.weight' has shape [32, 64] but the metadata "
+            "(head_count_kv*head_dim=64, embedding_length=64) makes it [64, 64]",
+        ),
+        (
+            {"feed_forward_length": 96},
+            "tensor 'blk.0.ffn_gate.weight' has shape [128, 64] but the metadata "
+            "(feed_forward_length=96, embedding_length=64) makes it [96, 64]",
+        ),
+        (
+            {"vocab_size": VOCAB + 8},
+            f"tensor 'token_embd.weight' has shape [{VOCAB}, 64] but the metadata "
+            f"(vocab_size={VOCAB + 8}, embedding_length=64) makes it [{VOCAB + 8}, 64]",
+        ),
+    ],
+)
+def test_metadata_that_contradicts_the_tensors_is_refused_before_anything_is_written(
+    tmp_path, llama_state, hparams, problem
+) -> None:
+    tensors = to_gguf_tensors("llama", llama_state, LLAMA_SHAPE)
+    bad = write_gguf(tmp_path / "bad.gguf", "llama", tensors, LLAMA_HPARAMS | hparams)
+    assert validate_gguf(bad).problem.startswith(problem)
+    written = []
+    with pytest.raises(GGUFError) as error:
+        import_gguf(bad, tmp_path / "out", progress=lambda *a: written.append(a))
+    assert str(error.value) == (
+        f"{bad}: {problem}: the file contradicts itself, so it is not imported; "
+        "convert the model again"
+    )
+    assert written == []  # refused before the first tensor
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf"]
+
+
+def test_an_import_error_names_the_file_once(tmp_path, monkeypatch) -> None:
+    from ft_models.describe import describe_model
+    from ft_models.resolve import ModelError, import_gguf_cached
+
+    monkeypatch.setenv("FT_HOME", str(tmp_path / "home"))
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
+    reason = "truncated file: 15 bytes is shorter than a GGUF header (24) (at byte 0)"
+    with pytest.raises(ModelError) as error:
+        import_gguf_cached(bad, progress=False)
+    assert str(error.value) == f"{bad}: cannot import this GGUF file: {reason}"
+    with pytest.raises(ModelError) as error:
+        describe_model(str(bad))
+    assert str(error.value) == f"{bad}: not a readable GGUF file: {reason}"

@@ -146,7 +146,7 @@ def _gguf_config(path: Path, report: dict[str, Any]) -> dict[str, Any] | None:
     try:
         summary = validate_gguf(path)
     except GGUFError as error:
-        raise ModelError(f"{path}: not a readable GGUF file: {error}") from None
+        raise ModelError(f"{path}: not a readable GGUF file: {error.detail}") from None
     report["files"] = {path.name: summary.file_size}
     report["gguf"] = {
         "architecture": summary.architecture,

@@ -350,7 +350,7 @@ def import_gguf_cached(
     try:
         import_gguf(path, folder, dtype=dtype, progress=bar)
     except GGUFError as error:
-        raise ModelError(f"{path}: cannot import this GGUF file: {error}") from None
+        raise ModelError(f"{path}: cannot import this GGUF file: {error.detail}") from None
     except FileExistsError as error:
         raise ModelError(str(error)) from None
     finally:

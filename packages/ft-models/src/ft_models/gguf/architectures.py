@@ -14,6 +14,7 @@ needed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -224,6 +225,7 @@ class Architecture:
                 f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             )
             raise GGUFError(header.path, f"missing tensors for a {self.hf_class}: {shown}")
+        _check_shapes(header, config, plan)
         return plan
 
 
@@ -239,6 +241,133 @@ class TensorPlan:
     def hf_shape(self) -> tuple[int, ...]:
         shape = self.source.shape
         return tuple(reversed(shape)) if self.transform and self.transform.transposes else shape
+
+
+def _check_shapes(header: GGUFHeader, config: Mapping[str, Any], plan: list[TensorPlan]) -> None:
+    """Refuse a file whose metadata contradicts its tensors' shapes.
+
+    The config is built from the metadata, the weights from the tensors; a model whose two
+    disagree would be written out whole and fail only when loaded (or, worse, load with the
+    wrong number of heads). Only sizes the metadata states are checked.
+    """
+    sizes = _stated_sizes(config)
+    for item in plan:
+        leaf = _LAYER_PREFIX.sub("", item.hf_name)
+        rule = _SHAPE_RULES.get(leaf)
+        if rule is None:
+            continue
+        try:
+            expected = tuple(_size(term, sizes) for term in rule)
+        except KeyError:
+            continue  # the metadata does not state a size this tensor depends on
+        if item.hf_shape != expected:
+            used = dict.fromkeys(name for term in rule for name in _SIZE_NAME.findall(term))
+            stated = ", ".join(f"{_SIZE_SOURCE[name]}={sizes[name]}" for name in used)
+            raise GGUFError(
+                header.path,
+                f"tensor {item.source.name!r} has shape {list(item.hf_shape)} but the metadata "
+                f"({stated}) makes it {list(expected)}: the file contradicts itself, so it is "
+                "not imported; convert the model again",
+            )
+
+
+def _size(term: str, sizes: Mapping[str, int]) -> int:
+    """`2*ffn` with sizes {"ffn": 64} -> 128: a product of size names and whole numbers."""
+    value = 1
+    for factor in term.split("*"):
+        value *= int(factor) if factor.isdigit() else sizes[factor]
+    return value
+
+
+def _stated_sizes(config: Mapping[str, Any]) -> dict[str, int]:
+    """The sizes the metadata states, by the short names of `_SHAPE_RULES`."""
+    sizes: dict[str, int] = {}
+    for short, keys in _SIZE_KEYS.items():
+        for key in keys:
+            value = config.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                sizes[short] = value
+                break
+    if "heads" in sizes:
+        sizes.setdefault("kv", sizes["heads"])
+        if "hd" not in sizes and "hidden" in sizes and sizes["hidden"] % sizes["heads"] == 0:
+            sizes["hd"] = sizes["hidden"] // sizes["heads"]
+        if "hd" in sizes:
+            sizes["q"] = sizes["heads"] * sizes["hd"]
+            sizes["k"] = sizes["kv"] * sizes["hd"]
+            sizes["qkv"] = sizes["q"] + 2 * sizes["k"]
+    if "ffn" not in sizes and "n_embd" in sizes and config.get("model_type") == "gpt2":
+        sizes["ffn"] = 4 * sizes["n_embd"]  # GPT-2's n_inner: null means 4 * n_embd
+    return sizes
+
+
+# Short size names -> the config keys that state them (first found wins) and, for messages,
+# the GGUF metadata they come from.
+_SIZE_KEYS = {
+    "vocab": ("vocab_size",),
+    "hidden": ("hidden_size", "n_embd"),
+    "n_embd": ("n_embd",),
+    "ffn": ("intermediate_size", "n_inner"),
+    "heads": ("num_attention_heads", "n_head"),
+    "kv": ("num_key_value_heads",),
+    "hd": ("head_dim",),
+    "positions": ("n_positions",),
+}
+_SIZE_SOURCE = {
+    "vocab": "vocab_size",
+    "hidden": "embedding_length",
+    "ffn": "feed_forward_length",
+    "heads": "head_count",
+    "kv": "head_count_kv",
+    "hd": "head_dim",
+    "q": "head_count*head_dim",
+    "k": "head_count_kv*head_dim",
+    "qkv": "(head_count+2*head_count_kv)*head_dim",
+    "positions": "context_length",
+}
+_SIZE_NAME = re.compile(r"[a-z_]+")
+_LAYER_PREFIX = re.compile(r"^(model\.layers|transformer\.h)\.\d+\.")
+# Hugging Face parameter (without its layer prefix) -> its shape, as products of sizes.
+_SHAPE_RULES: dict[str, tuple[str, ...]] = {
+    "model.embed_tokens.weight": ("vocab", "hidden"),
+    "lm_head.weight": ("vocab", "hidden"),
+    "model.norm.weight": ("hidden",),
+    "input_layernorm.weight": ("hidden",),
+    "post_attention_layernorm.weight": ("hidden",),
+    "pre_feedforward_layernorm.weight": ("hidden",),
+    "post_feedforward_layernorm.weight": ("hidden",),
+    "self_attn.q_proj.weight": ("q", "hidden"),
+    "self_attn.k_proj.weight": ("k", "hidden"),
+    "self_attn.v_proj.weight": ("k", "hidden"),
+    "self_attn.o_proj.weight": ("hidden", "q"),
+    "self_attn.q_proj.bias": ("q",),
+    "self_attn.k_proj.bias": ("k",),
+    "self_attn.v_proj.bias": ("k",),
+    "self_attn.q_norm.weight": ("hd",),
+    "self_attn.k_norm.weight": ("hd",),
+    "self_attn.qkv_proj.weight": ("qkv", "hidden"),
+    "mlp.gate_proj.weight": ("ffn", "hidden"),
+    "mlp.up_proj.weight": ("ffn", "hidden"),
+    "mlp.gate_up_proj.weight": ("2*ffn", "hidden"),
+    "mlp.down_proj.weight": ("hidden", "ffn"),
+    # GPT-2 (Conv1D weights are (in, out))
+    "transformer.wte.weight": ("vocab", "hidden"),
+    "transformer.wpe.weight": ("positions", "hidden"),
+    "transformer.ln_f.weight": ("hidden",),
+    "transformer.ln_f.bias": ("hidden",),
+    "ln_1.weight": ("hidden",),
+    "ln_1.bias": ("hidden",),
+    "ln_2.weight": ("hidden",),
+    "ln_2.bias": ("hidden",),
+    "attn.c_attn.weight": ("hidden", "3*hidden"),
+    "attn.c_attn.bias": ("3*hidden",),
+    "attn.c_proj.weight": ("hidden", "hidden"),
+    "attn.c_proj.bias": ("hidden",),
+    "mlp.c_fc.weight": ("hidden", "ffn"),
+    "mlp.c_fc.bias": ("ffn",),
+    "mlp.c_proj.weight": ("ffn", "hidden"),
+    "mlp.c_proj.bias": ("hidden",),
+}
 
 
 def _layer_key(arch: Architecture) -> str:

@@ -78,7 +78,9 @@ class GGUFError(ValueError):
         self.offset = offset
         self.reason = message
         where = f" (at byte {offset})" if offset is not None else ""
-        super().__init__(f"{self.path}: {message}{where}")
+        self.detail = f"{message}{where}"
+        """What is wrong, without the file's name: for messages that name the file already."""
+        super().__init__(f"{self.path}: {self.detail}")
 
 
 @dataclass(frozen=True)
