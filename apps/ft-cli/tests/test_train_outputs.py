@@ -4,6 +4,7 @@ tiny random Llama: `output.export`, `output.push_to_hub`, `data.test`, `logging.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -64,9 +65,14 @@ def test_output_export_and_push_to_hub_when_the_run_completes(
 
 
 def test_a_failed_export_is_reported_and_the_run_stays_completed(project: Path, run_ft) -> None:
-    code, out = run_ft("train", *FAST, "--set", "output.export=[onnx]", cwd=project)
+    code, out = run_ft(
+        "train", *FAST, "--set", "output.export=[onnx]", "--set", "logging.wandb=true",
+        cwd=project,
+    )  # fmt: skip
     assert code == 0, out
     assert "warning: output.export onnx failed: unknown export format 'onnx'" in out
+    if importlib.util.find_spec("wandb") is None:  # the hint names the extra, brackets and all
+        assert 'W&B logging is off: W&B logging needs wandb: pip install "ft-runs[wandb]"' in out
     assert "completed (max_steps)" in out
     outputs = json.loads((only_run(project) / "run.json").read_text())["outputs"]
     assert "unknown export format" in outputs["onnx"]["error"]

@@ -135,6 +135,7 @@ def _chat(question: str, answer: str) -> dict[str, Any]:
 def demo(folder: Path, epochs: int, question: str, model_name: str) -> None:
     """Fine-tune the embedded SmolLM2-135M to learn a persona, offline, and show the difference."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
 
@@ -151,7 +152,7 @@ def demo(folder: Path, epochs: int, question: str, model_name: str) -> None:
         console.print(f"\n[bold cyan]{number}/6[/] [bold]{text}[/]")
 
     def note(text: str) -> None:
-        console.print(f"    [dim]{text}[/]")
+        console.print(f"    [dim]{escape(text)}[/]")
 
     # 1. the model ---------------------------------------------------------------------------
     embedded = model_name == "smollm2-135m"
@@ -204,8 +205,8 @@ def demo(folder: Path, epochs: int, question: str, model_name: str) -> None:
     step(4, "Train a LoRA adapter")
     from ft_runs.training import train as run_training
 
-    display = TrainDisplay(console)
     prepare_progress = PrepareProgress(console)
+    display = TrainDisplay(console, preparing=prepare_progress)
     try:
         outcome = run_training(
             folder / "train.yml",

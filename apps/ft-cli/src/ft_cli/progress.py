@@ -11,6 +11,7 @@ from collections import deque
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -41,9 +42,20 @@ def sparkline(values: list[float], width: int = 24) -> str:
 class TrainDisplay:
     """An event sink that draws the training progress in the terminal."""
 
-    def __init__(self, console: Console | None = None, history: int = 500) -> None:
+    def __init__(
+        self,
+        console: Console | None = None,
+        history: int = 500,
+        preparing: PrepareProgress | None = None,
+    ) -> None:
         self.console = console or Console(stderr=True)
+        # Data preparation's spinner ends where training starts: one live display at a time,
+        # or rich nests the bar in the spinner's region and leaves blank lines when both stop.
+        self.preparing = preparing
         self.losses: deque[float] = deque(maxlen=history)
+        # Piped or captured output gets no live bar (rich would print a blank line for each
+        # stop), only the finished bar's line at the end.
+        self.live = self.console.is_interactive
         self.progress = Progress(
             TextColumn("[bold]step {task.completed}/{task.total}"),
             BarColumn(bar_width=28),
@@ -54,12 +66,15 @@ class TrainDisplay:
             TimeRemainingColumn(),
             console=self.console,
             transient=False,
+            disable=not self.live,
         )
         self.task: Any = None
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "start":
+            if self.preparing is not None:
+                self.preparing.stop()
             resumed = event.get("resumed_from_step") or 0
             self.console.print(
                 f"training on [bold]{event.get('device')}[/] ({event.get('dtype')}): "
@@ -99,9 +114,11 @@ class TrainDisplay:
             )
         elif kind == "message":
             style = {"warning": "yellow", "error": "red"}.get(event.get("level", "info"), "")
-            text = event.get("text", "")
+            text = escape(event.get("text", ""))  # plain text, brackets included
             self.progress.console.print(f"  [{style}]{text}[/]" if style else f"  {text}")
         elif kind == "end":
+            if not self.live and self.task is not None:
+                self.console.print(self.progress.get_renderable())
             self.progress.stop()
 
 
@@ -119,6 +136,7 @@ class PrepareProgress:
             TimeElapsedColumn(),
             console=self.console,
             transient=True,
+            disable=not self.console.is_interactive,  # a spinner means nothing in a log
         )
         self.tasks: dict[str, Any] = {}
 

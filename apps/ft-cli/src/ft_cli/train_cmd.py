@@ -124,7 +124,9 @@ def train(
         overrides = (*overrides, f"resources.strategy={strategy}")
 
     def say(text: str) -> None:
-        console.print(text)
+        # The library's messages are plain text: `pip install "ft-runs[wandb]"` must keep its
+        # brackets, which rich would read as markup.
+        console.print(text, markup=False)
 
     launch = Launch(
         nproc=nproc,
@@ -134,8 +136,8 @@ def train(
         master_port=master_port,
         hostfile=hostfile,
     )
-    display = TrainDisplay(console)
     prepare_progress = PrepareProgress(console)
+    display = TrainDisplay(console, preparing=prepare_progress)
     try:
         outcome = run_training(
             config,
