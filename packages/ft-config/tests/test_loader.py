@@ -167,7 +167,19 @@ def test_bounds_are_checked(tmp_path):
 def test_patterns_are_checked(tmp_path):
     path = write(tmp_path, "resources:\n  device: gpu\n")
     (line,) = errors(path)
-    assert line.startswith(f"{path}:2: resources.device: 'gpu' is not valid here;")
+    assert line == (
+        f"{path}:2: resources.device: 'gpu' is not valid here: "
+        "`auto` (cuda > mps > cpu), `cpu`, `cuda`, `cuda:N` or `mps`."
+    )
+
+
+def test_a_refused_run_name_says_which_characters_are_allowed(tmp_path):
+    path = write(tmp_path, "output:\n  run_name: my run/1\n")
+    assert errors(path) == [
+        f"{path}:2: output.run_name: 'my run/1' is not valid here: a run name takes letters "
+        "(A-Z, a-z), digits, '.', '_' and '-', and starts with a letter or digit (no spaces, "
+        "no '/')"
+    ]
 
 
 def test_rules_across_settings(tmp_path):

@@ -20,11 +20,13 @@ def setting(
     max: float | None = None,
     exclusive_min: bool = False,
     pattern: str | None = None,
+    allowed: str | None = None,
     example: Any = None,
     init: bool = False,
 ) -> Any:
     """An attrs field carrying the metadata that docs, JSON Schema and validation read.
 
+    `allowed` says in words what `pattern` accepts; a refused value's error quotes it.
     `init=True` marks the settings `ft init` writes into a new train.yml.
     """
     metadata = {
@@ -33,6 +35,7 @@ def setting(
         "max": max,
         "exclusive_min": exclusive_min,
         "pattern": pattern,
+        "allowed": allowed,
         "example": example,
         "init": init,
     }
@@ -352,8 +355,11 @@ class OutputConfig:
     )
     run_name: str | None = setting(
         None,
-        "Name of this run's folder. Default: date, time, model and method.",
+        "Name of this run's folder: letters, digits, `.`, `_` and `-`, starting with a letter "
+        "or digit. Default: date, time, model and method.",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        allowed="a run name takes letters (A-Z, a-z), digits, '.', '_' and '-', and starts with "
+        "a letter or digit (no spaces, no '/')",
     )
     export: list[str] = setting(
         [],

@@ -341,7 +341,8 @@ def check_bounds(config: TrainConfig) -> list[Problem]:
                 and meta.get("pattern")
                 and not re.match(meta["pattern"], item)
             ):
-                problems.append((path, f"{item!r} is not valid here; {field.metadata['help']}"))
+                why = meta.get("allowed") or meta["help"]
+                problems.append((path, f"{item!r} is not valid here: {why}"))
     if config.data.format == "columns" and not config.data.columns:
         problems.append(
             (
