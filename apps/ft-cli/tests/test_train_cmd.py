@@ -119,6 +119,27 @@ def test_resume_continues_the_same_run_and_refuses_a_changed_config(project: Pat
     ]
     assert steps == [1, 2, 3, 4]
 
+    # The checkpoint at step 4 is damaged: the run resumes from step 2 and steps 3 and 4 are
+    # recorded again in place of the first ones, in metrics.jsonl and in the job store.
+    (folder / "checkpoints" / "step-00000004" / "adapter_model.safetensors").write_bytes(b"x")
+    code, out = run("train", *FAST, "--set", "training.max_steps=4", "--resume", cwd=project)
+    assert code == 0, out
+    assert f"resuming {folder.name} from step 2" in out
+    events = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["type"] == "step"] == [1, 2, 3, 4]
+    assert [e["step"] for e in events if e["type"] == "eval"] == [2, 4]
+    from ft_runs.store import JobStore
+
+    assert [m["step"] for m in JobStore().metrics(folder.name, "train")] == [1, 2, 3, 4]
+    assert [m["step"] for m in JobStore().metrics(folder.name, "eval")] == [2, 4]
+
+    # Every checkpoint damaged: the completed run is not trained again from step 0.
+    for checkpoint in (folder / "checkpoints").glob("step-*"):
+        (checkpoint / "manifest.json").unlink()
+    code, out = run("train", *FAST, "--set", "training.max_steps=4", "--resume", cwd=project)
+    assert code == 1
+    assert f"error: run {folder.name} completed at step 4, and none of its" in out
+
 
 def test_a_bad_setting_names_the_file_line_and_key(project: Path) -> None:
     text = (

@@ -117,3 +117,28 @@ def test_launched_trainer_processes_keep_the_run_locked_after_ft_train_is_killed
         time.sleep(0.05)
     assert holder(folder) is None
     RunLock(folder, wait_s=0).acquire().release()
+
+
+def test_evaluate_reads_while_pruning_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ft_config import load_config
+    from ft_models.checkpoint import list_checkpoints, prune_checkpoints
+    from ft_runs import evaluate
+    from ft_runs.run_folder import RunFolder
+
+    run = RunFolder(tmp_path / "run").create(load_config(None), {"model": {"path": "/m"}})
+    for step in (1, 2, 3):
+        (run.checkpoints / f"step-{step:08d}").mkdir()
+    pruned = []
+
+    def pick_while_the_trainer_prunes(folder: RunFolder, which: str | None) -> tuple[str, Path]:
+        pruned.append(prune_checkpoints(folder.checkpoints, keep_last=1))
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(evaluate, "checkpoint_of", pick_while_the_trainer_prunes)
+    with pytest.raises(ValueError, match="stopped by the test"):
+        evaluate.evaluate_run(run, checkpoint="1")
+    assert pruned == [[]]
+    assert [s for s, _ in list_checkpoints(run.checkpoints)] == [1, 2, 3]
+    assert len(prune_checkpoints(run.checkpoints, keep_last=1)) == 2  # released when it ended
