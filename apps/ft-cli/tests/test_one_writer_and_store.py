@@ -145,3 +145,26 @@ def test_a_damaged_ft_db_says_what_to_do_and_rebuild_recovers_the_runs(
     code, out = run_ft("runs", "rebuild", cwd=tmp_path)
     assert code == 0 and "1 run(s) recorded" in out
     assert database.is_file()
+
+
+def test_evaluate_of_a_run_folder_goes_on_without_a_readable_store(
+    tmp_path: Path, run_ft: RunFt, ft_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ft_runs import evaluate
+
+    run = recorded_run(tmp_path)
+    (ft_home / "ft.db").unlink()
+    (ft_home / "ft.db").mkdir()
+    seen: list[object] = []
+
+    def evaluate_run(folder: RunFolder, **options: object) -> None:
+        seen.append((folder.path, options["store"]))
+        raise ValueError("stopped by the test")
+
+    monkeypatch.setattr(evaluate, "evaluate_run", evaluate_run)
+    code, out = run_ft("evaluate", str(run.path), cwd=tmp_path)
+    assert code == 1 and "stopped by the test" in out
+    assert seen == [(run.path, None)]  # results go to the run folder only
+    assert out.startswith(
+        f"warning: not recording in the job store: {ft_home / 'ft.db'} is a folder, not ft's "
+    )

@@ -59,7 +59,7 @@ def evaluate(
     from ft_data.errors import DataError
     from ft_runs import RunNotFoundError, find_run
     from ft_runs.evaluate import evaluate_run
-    from ft_runs.store import JobStore
+    from ft_runs.store import JobStore, StoreError
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     quiet_libraries()
@@ -81,7 +81,12 @@ def evaluate(
             tasks[role] = progress.add_task(role, total=total)
         progress.update(tasks[role], completed=done)
 
-    store = JobStore()
+    try:
+        store: Any = JobStore()
+    except StoreError as exc:
+        # The results still go to the run folder; the store can be rebuilt from it later.
+        console.print(f"warning: not recording in the job store: {exc}", markup=False)
+        store = None
     try:
         with progress:
             result = evaluate_run(
@@ -92,7 +97,7 @@ def evaluate(
                 max_examples=max_examples,
                 max_tokens=max_tokens,
                 compare_base=not no_base,
-                store=store if _known(store, folder.id) else None,
+                store=store if store is not None and _known(store, folder.id) else None,
                 say=lambda text: console.print(text),
                 progress=tick,
             )
