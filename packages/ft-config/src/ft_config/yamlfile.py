@@ -28,6 +28,7 @@ KeyPath = tuple[str | int, ...]
 # Values that aliases may add to a document, all aliases together. A config that repeats a
 # section or two through anchors stays far below it; an alias bomb crosses it within a few lines.
 ALIAS_BUDGET = 10_000
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
 class YamlError(Exception):
@@ -155,8 +156,18 @@ def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], source: str
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`
                 _walk(value_node, path, lines, source)
                 continue
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
             line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _STR_TAG:
+                # `~:`, `true:`, `1.5:` or `[a, b]:` would become null, a boolean, a number or
+                # a list, which no setting is named; and errors could not point back at them.
+                shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "..."
+                raise YamlError(
+                    source,
+                    line,
+                    f"the key {shown or '(empty)'!r} is not a name; keys are text: write a name, "
+                    'in quotes if it looks like a number or true/false ("1":)',
+                )
+            key = key_node.value
             if key in seen:
                 dotted = ".".join(str(p) for p in (*path, key))
                 raise YamlError(
