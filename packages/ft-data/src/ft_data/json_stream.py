@@ -12,6 +12,38 @@ from ft_data.errors import DataError
 
 _JSON_SPACE = re.compile(r"[ \t\r\n]*")
 
+MAX_DEPTH = 64
+"""How deeply a data row's JSON may nest (objects and arrays). A chat row is 3 deep; a row
+nested thousands deep is hostile, and Python's parser and every step after it recurse."""
+
+
+def check_depth(raw: str, value: Any, path: Path | str, line: int) -> None:
+    """Raise a row-level DataError when `value` (parsed from `raw`) nests deeper than MAX_DEPTH."""
+    if raw.count("[") + raw.count("{") <= MAX_DEPTH:  # cheap: most rows cannot be too deep
+        return
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise too_deep(path, line)
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list)
+        ]
+
+
+def too_deep(path: Path | str, line: int) -> DataError:
+    """The error for a row nested deeper than MAX_DEPTH (also when the parser itself gives up)."""
+    return DataError(
+        f"the row's JSON nests more than {MAX_DEPTH} levels deep",
+        file=path,
+        line=line,
+        hint="flatten the row, or leave it out of the data",
+    )
+
 
 class JsonStream:
     """A window over a text file: ``peek()`` the next character, take the next ``value()``,
@@ -50,6 +82,8 @@ class JsonStream:
         while True:
             try:
                 value, end = self.decoder.raw_decode(self.buf, self.pos)
+            except RecursionError:
+                raise too_deep(self.path, self.line) from None
             except json.JSONDecodeError as error:
                 incomplete = error.pos >= len(self.buf) - 1 or error.msg.startswith("Unterminated")
                 if incomplete and self._fill():
@@ -59,6 +93,7 @@ class JsonStream:
             if end == len(self.buf) and self._fill():
                 continue  # a number at the end of the window may go on in the next one
             line, raw = self.line, self.buf[self.pos : end]
+            check_depth(raw, value, self.path, line)
             self._advance(end)
             return line, raw, value
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ft_data.errors import DataError
-from ft_data.json_stream import JsonStream
+from ft_data.json_stream import JsonStream, check_depth, too_deep
 
 Row = tuple[int, dict[str, Any]]
 BadUtf8 = Literal["error", "replace", "drop"]
@@ -275,6 +275,8 @@ def _read_jsonl(path: Path, on_bad_utf8: BadUtf8, skip: SkipHook) -> Iterator[Ro
                 continue
             try:
                 value = json.loads(text)
+            except RecursionError:
+                raise too_deep(path, line) from None
             except json.JSONDecodeError as error:
                 raise DataError(
                     f"not valid JSON: {error.msg} (column {error.colno})",
@@ -282,6 +284,7 @@ def _read_jsonl(path: Path, on_bad_utf8: BadUtf8, skip: SkipHook) -> Iterator[Ro
                     line=line,
                     hint="each line of a JSON Lines file must hold one complete JSON object",
                 ) from None
+            check_depth(text, value, path, line)
             if not isinstance(value, dict):
                 raise DataError(
                     f"the line holds a JSON {type(value).__name__}, expected an object with named fields",
@@ -300,7 +303,15 @@ def _read_delimited(
 ) -> Iterator[Row]:
     csv.field_size_limit(2**31 - 1)  # long documents in one cell are normal for training data
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
-        records = csv.reader(file, delimiter=delimiter)
+        # The reader asks for a line after the last only inside a quoted field: a quote that is
+        # never closed, which it would otherwise end silently at the end of the file.
+        at_end = [False]
+
+        def lines() -> Iterator[str]:
+            yield from file
+            at_end[0] = True
+
+        records = csv.reader(lines(), delimiter=delimiter)
         header = next(records, None)
         if header is None:
             return
@@ -312,6 +323,8 @@ def _read_delimited(
             start, line = line + 1, records.line_num
             if not fields:
                 continue
+            if at_end[0] or (len(fields) != len(header) and line > start):
+                raise _open_quote(path, start, line, fields, len(header), at_end[0])
             if len(fields) != len(header):
                 raise DataError(
                     f"the record has {len(fields)} fields, the header has {len(header)}",
@@ -328,6 +341,33 @@ def _read_delimited(
                 fields = [_replace_escaped(field) for field in fields]
             number += 1
             yield number, dict(zip(header, fields, strict=True))
+
+
+def _open_quote(
+    path: Path, start: int, end: int, fields: list[str], expected: int, at_end: bool
+) -> DataError:
+    """A record that a quoted field ran away with: name the line where the quote opened."""
+    index = next((i for i, field in enumerate(fields) if "\n" in field), len(fields) - 1)
+    if at_end:
+        index = len(fields) - 1  # the field still open when the file ended
+    opened = start + sum(field.count("\n") for field in fields[:index])
+    hint = 'close the quote, or write a quote inside a quoted field twice ("")'
+    if at_end:
+        return DataError(
+            "a quoted field starts on this line and is never closed: it runs to the end of the "
+            f"file (line {end})",
+            file=path,
+            line=opened,
+            hint=hint,
+        )
+    return DataError(
+        f"a quoted field starts on this line and runs to line {end}, which leaves the record "
+        f"with {len(fields)} fields where the header has {expected}: a quote is probably not "
+        "closed where it should be",
+        file=path,
+        line=opened,
+        hint=hint,
+    )
 
 
 def _read_parquet(path: Path) -> Iterator[Row]:
