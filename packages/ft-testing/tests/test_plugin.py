@@ -32,10 +32,16 @@ def test_huggingface_hub_constants_follow_hf_home() -> None:
 
 
 def test_the_plugin_imports_without_torch() -> None:
-    code = (
-        "import sys, ft_testing.plugin; "
-        "print(sorted(m for m in ('torch', 'transformers', 'huggingface_hub', 'tokenizers') if m in sys.modules))"
+    heavy = (
+        "torch",
+        "transformers",
+        "huggingface_hub",
+        "tokenizers",
+        "mlx",
+        "ft_train_core",
+        "ft_data",
     )
+    code = f"import sys, ft_testing.plugin; print(sorted(m for m in {heavy!r} if m in sys.modules))"
 
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx_train_helpers import train
 from safetensors.numpy import load_file
 
-from ft_train_mlx import load_adapted, peft_to_mlx_lm
+from ft_testing import training
+from ft_train_mlx import MLXTrainer, load_adapted, peft_to_mlx_lm
+
+train = partial(training.train, MLXTrainer)
 
 # float32 on both sides; the tiny model's logits are below 2, and torch and MLX differ by
 # under 1e-6 on the base model (docs/architectures.md); the adapters add about as much.

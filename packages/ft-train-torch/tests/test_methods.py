@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import tensors_sha256, train
 
 from ft_config import MethodConfig, TrainingConfig
-from ft_train_torch import loop
+from ft_testing import training
+from ft_testing.training import tensors_sha256
+from ft_train_torch import TorchTrainer, loop
 from ft_train_torch.methods import QLORA_NO_CUDA, apply_method, check_method, count_parameters
 from ft_train_torch.optim import build_optimizer, build_scheduler
 from ft_train_torch.packing import classification_loss, model_inputs
 from ft_train_torch.state import LoopState
+
+train = partial(training.train, TorchTrainer)
 
 
 def test_dora(make_job) -> None:

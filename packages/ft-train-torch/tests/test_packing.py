@@ -42,13 +42,13 @@ def _per_example(logits: torch.Tensor, segment_ids: np.ndarray) -> list[torch.Te
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gemma", "phi3"])
-def test_packed_loss_equals_padded_loss(arch, tiny_model_factory, prepared) -> None:
+def test_packed_loss_equals_padded_loss(arch, tiny_model_factory, prepared_alpaca) -> None:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
         tiny_model_factory(arch), dtype=torch.float32, attn_implementation=register()
     ).eval()
-    with PreparedDataset(prepared(arch)[0]) as dataset:
+    with PreparedDataset(prepared_alpaca(arch)[0]) as dataset:
         packing = Batches(dataset, batch_size=2, max_seq_length=384, mode="pack", shuffle=False)
         packed = packing.batch(0)
         rows = packed["segment_ids"].max(axis=1)
@@ -152,7 +152,7 @@ def test_packed_attention_is_each_example_alone(window, softcap) -> None:
     assert float(out[0, 11].abs().max()) == 0.0
 
 
-def test_mixed_sliding_and_full_layers_pack(tiny_model_factory, prepared) -> None:
+def test_mixed_sliding_and_full_layers_pack(tiny_model_factory, prepared_alpaca) -> None:
     """A model whose layers mix sliding-window and full attention (Qwen2 with layer_types, as
     Qwen2.5 and Gemma 2/3 have) packs: each layer applies its own window inside each example."""
     from transformers import AutoModelForCausalLM, Qwen2Config
@@ -167,7 +167,7 @@ def test_mixed_sliding_and_full_layers_pack(tiny_model_factory, prepared) -> Non
         copy.deepcopy(config), attn_implementation="eager"
     ).eval()
     reference.load_state_dict(model.state_dict())
-    with PreparedDataset(prepared("qwen2")[0]) as dataset:
+    with PreparedDataset(prepared_alpaca("qwen2")[0]) as dataset:
         packed = Batches(
             dataset, batch_size=1, max_seq_length=256, mode="pack", shuffle=False
         ).batch(0)
@@ -241,7 +241,7 @@ def test_memory_grows_linearly_with_the_row_length(tiny_model_factory) -> None:
 
 @pytest.mark.parametrize("arch", ["llama", "gemma"])
 def test_logits_at_targets_only_give_the_same_loss_and_gradients(
-    arch, tiny_model_factory, prepared
+    arch, tiny_model_factory, prepared_alpaca
 ) -> None:
     """Computing the output layer at the trained positions only (the training loss' shortcut)
     gives the loss and the gradients of the full logits, for a packed batch; Gemma's tied and
@@ -255,7 +255,7 @@ def test_logits_at_targets_only_give_the_same_loss_and_gradients(
     model = get_peft_model(
         base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     )
-    with PreparedDataset(prepared(arch)[0]) as dataset:
+    with PreparedDataset(prepared_alpaca(arch)[0]) as dataset:
         batch = Batches(dataset, batch_size=2, max_seq_length=384, mode="pack").batch(0)
     inputs = model_inputs(batch, torch.device("cpu"))
     positions = trained_positions(batch)

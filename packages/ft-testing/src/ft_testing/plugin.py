@@ -9,11 +9,14 @@ Fixtures:
 - `shared_datasets`: the folder of real datasets (`shared/datasets` above the working
   directory or this package, or `$FT_TEST_DATASETS`), or a skip.
 - `local_hub`, `hub_env`: a local Hugging Face Hub serving the tiny models, and a test pointed at it.
+- `job_settings`, `alpaca_short_rows`, `prepared_alpaca`, `make_job`: tiny training jobs on
+  real Alpaca rows, for trainer tests and the conformance suite (`ft_testing.conformance`);
+  they need `ft-testing[conformance]`.
 
 Markers: `gpu` tests are skipped without CUDA, `mlx_metal` tests without MLX on Apple Silicon.
 
-This module imports neither torch nor transformers: `pytest --collect-only` stays fast and works
-without the `models` extra.
+This module imports neither torch, transformers nor mlx, nor ft's own packages: `pytest
+--collect-only` stays fast and works without the `models` and `conformance` extras.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import platform
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -35,6 +39,9 @@ PRIVATE_LLAMA_REPO = "ft-test/private-llama"
 PICKLE_ONLY_REPO = "ft-test/pickle-only"
 HUB_TOKEN = "hf_test_token"
 """The token that opens `PRIVATE_LLAMA_REPO` on `local_hub`."""
+
+if TYPE_CHECKING:
+    from ft_testing.training import JobMaker
 
 TinyModelFactory = Callable[[str], Path]
 
@@ -158,6 +165,81 @@ def shared_datasets() -> Path:
         if (candidate / "alpaca_en_demo.json").is_file():
             return candidate
     pytest.skip("shared/datasets not found: set FT_TEST_DATASETS to the folder of test data")
+
+
+# -- training jobs ----------------------------------------------------------------------------
+
+
+def _training() -> Any:
+    try:
+        import ft_testing.training as training
+    except ImportError as error:
+        raise ImportError(
+            f"{error}: the training fixtures need ft-train-core and ft-data: "
+            'pip install "ft-testing[conformance]"'
+        ) from error
+    return training
+
+
+@pytest.fixture(scope="session")
+def job_settings() -> dict[str, Any]:
+    """Overrides (`section__key: value`) of `ft_testing.training.TINY_SETTINGS` for every job
+    `make_job` and the conformance suite make; the data is prepared at their
+    `data.max_seq_length`. Empty here; a trainer's conftest.py overrides this fixture with what
+    its backend needs."""
+    return {}
+
+
+@pytest.fixture(scope="session")
+def alpaca_short_rows(shared_datasets: Path) -> list[dict[str, str]]:
+    """40 real Alpaca rows (`shared_datasets/alpaca_en_demo.json`): the first ones without an
+    input whose instruction and output make under 160 characters, in file order."""
+    import json
+
+    rows = json.loads((shared_datasets / "alpaca_en_demo.json").read_text(encoding="utf-8"))
+    return [r for r in rows if _training().is_short_alpaca_row(r)][:40]
+
+
+@pytest.fixture(scope="session")
+def prepared_alpaca(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model_factory: TinyModelFactory,
+    alpaca_short_rows: list[dict[str, str]],
+) -> Callable[..., tuple[Path, Path]]:
+    """`prepared_alpaca(arch="llama", max_length=128) -> (train.h5, validation.h5)`:
+    `alpaca_short_rows` prepared with the tiny `arch` model's tokenizer (32 to train on, 8 to
+    validate), cut at `max_length` tokens. Each built once per session."""
+    training = _training()
+    root = tmp_path_factory.mktemp("prepared_alpaca")
+    built: dict[tuple[str, int], tuple[Path, Path]] = {}
+
+    def build(arch: str = "llama", max_length: int | None = None) -> tuple[Path, Path]:
+        length = max_length or training.max_seq_length()
+        if (arch, length) not in built:
+            model = tiny_model_factory(arch)
+            train, val = alpaca_short_rows[:32], alpaca_short_rows[32:40]
+            name = f"{arch}-{length}"
+            built[arch, length] = (
+                training.prepare_rows(train, model, root / f"{name}-train.h5", max_length=length),
+                training.prepare_rows(val, model, root / f"{name}-val.h5", max_length=length),
+            )
+        return built[arch, length]
+
+    return build
+
+
+@pytest.fixture
+def make_job(
+    tmp_path: Path,
+    tiny_model_factory: TinyModelFactory,
+    prepared_alpaca: Callable[..., tuple[Path, Path]],
+    job_settings: dict[str, Any],
+) -> JobMaker:
+    """`make_job(arch="llama", run="run", validation=True, resume_from=None, **overrides)`:
+    a TrainJob on the tiny `arch` model and `prepared_alpaca` (at `job_settings`'
+    `max_seq_length`), in `tmp_path / run`, with `TINY_SETTINGS`, then `job_settings`, then
+    `overrides` (`training__max_steps=3`)."""
+    return _training().JobMaker(tmp_path, tiny_model_factory, prepared_alpaca, job_settings)
 
 
 # -- the local Hub ----------------------------------------------------------------------------

@@ -22,12 +22,16 @@ ARCHITECTURES: tuple[str, ...] = (
     "mistral",
     "phi3",
     "qwen2",
+    "qwen3",
     "gemma",
+    "gemma2",
+    "gemma3",
     "gpt2",
     "gptj",
     "bert",
 )
-"""Every architecture `build_tiny_model` can build. All but `bert` are causal language models."""
+"""Every architecture `build_tiny_model` can build, by ft's family name (`gemma3` is Gemma 3's
+text model, config.json `model_type` `gemma3_text`). All but `bert` are causal language models."""
 
 CAUSAL_ARCHITECTURES: tuple[str, ...] = tuple(arch for arch in ARCHITECTURES if arch != "bert")
 
@@ -38,6 +42,10 @@ NUM_HEADS = 4
 NUM_KV_HEADS = 2
 INTERMEDIATE_SIZE = 128
 MAX_POSITIONS = 512
+SLIDING_WINDOW = 24
+"""Gemma 2/3's local attention span: below the 32 tokens that ft_models.convert.check_logits
+runs, so the window is exercised there and in training, and above the 20-token prompt every
+export is checked on."""
 
 CHAT_SPECIAL_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 BERT_SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -226,8 +234,26 @@ def _config(arch: str, tokenizer: Any) -> Any:
         return transformers.Phi3Config(**llama_like, original_max_position_embeddings=MAX_POSITIONS)
     if arch == "qwen2":
         return transformers.Qwen2Config(**llama_like)
+    if arch == "qwen3":
+        # Qwen3's default head width is 128 whatever the hidden size; keep it at 64 / 4.
+        return transformers.Qwen3Config(**llama_like, head_dim=HIDDEN_SIZE // NUM_HEADS)
     if arch == "gemma":
         return transformers.GemmaConfig(**llama_like, head_dim=HIDDEN_SIZE // NUM_HEADS)
+    # Gemma 2/3: scores scaled by 1/sqrt(head width) as in the small Gemmas; layer 0 attends
+    # through the sliding window, layer 1 to everything (Gemma 2 alternates, Gemma 3 has five
+    # local layers per global one: with 2 layers, one of each). Gemma 2 keeps its soft-capping
+    # of the attention scores (50) and the final logits (30).
+    gemma_like: dict[str, Any] = {
+        **llama_like,
+        "head_dim": HIDDEN_SIZE // NUM_HEADS,
+        "query_pre_attn_scalar": HIDDEN_SIZE // NUM_HEADS,
+        "sliding_window": SLIDING_WINDOW,
+        "layer_types": ["sliding_attention", "full_attention"],
+    }
+    if arch == "gemma2":
+        return transformers.Gemma2Config(**gemma_like)
+    if arch == "gemma3":
+        return transformers.Gemma3TextConfig(**gemma_like)
     if arch == "gpt2":
         return transformers.GPT2Config(**gpt_like)
     if arch == "gptj":
