@@ -61,19 +61,127 @@ def build_qwen3(llama: Path, folder: Path) -> Path:
     return folder
 
 
+_SHARED_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+)
+
+VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
+    # Llama 3's rope scaling over a short original context, so every branch of the factors
+    # (kept, scaled by `factor`, smoothed in between) is hit by the 8 rotary frequencies.
+    "llama-rope3": (
+        "LlamaConfig",
+        {
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+                "rope_theta": 10000.0,
+            }
+        },
+    ),
+    "qwen2-yarn": (
+        "Qwen2Config",
+        {
+            "rope_scaling": {
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 128,
+                "rope_theta": 10000.0,
+            }
+        },
+    ),
+    "phi3-longrope": (
+        "Phi3Config",
+        {
+            "original_max_position_embeddings": 128,
+            "rope_scaling": {
+                "rope_type": "longrope",
+                "long_factor": [1.0, 1.1, 1.3, 1.8, 2.6, 3.9, 5.2, 6.0],
+                "short_factor": [1.0, 1.0, 1.02, 1.05, 1.1, 1.2, 1.3, 1.4],
+                "original_max_position_embeddings": 128,
+            },
+        },
+    ),
+    # Rows of whole 256-value super-blocks, so the K-quants are used (not their fallbacks).
+    "llama-wide": (
+        "LlamaConfig",
+        {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4},
+    ),
+    "gemma2": (
+        "Gemma2Config",
+        {
+            "head_dim": 16,
+            "query_pre_attn_scalar": 16,
+            "sliding_window": 24,
+            "layer_types": ["sliding_attention", "full_attention"],
+        },
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        {
+            "head_dim": 16,
+            "query_pre_attn_scalar": 16,
+            "sliding_window": 24,
+            "layer_types": ["sliding_attention", "full_attention"],
+        },
+    ),
+}
+"""Tiny models ft-testing does not build (or did not when these tests were written): name ->
+(transformers config class, settings over the tiny Llama's)."""
+
+
+def build_variant(llama: Path, folder: Path, name: str) -> Path:
+    """The tiny `name` model of `VARIANTS`, sized like the tiny Llama, with its tokenizer."""
+    import shutil
+
+    import torch
+    import transformers
+
+    config_class, overrides = VARIANTS[name]
+    config = json.loads((llama / "config.json").read_text())
+    settings = {k: config[k] for k in _SHARED_KEYS} | overrides
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(
+        getattr(transformers, config_class)(**settings)
+    )
+    model.save_pretrained(folder, safe_serialization=True)
+    for file in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy2(llama / file, folder / file)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model(
     tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: Callable[[str], Path]
 ) -> Callable[[str], Path]:
-    """`tiny_model(arch) -> Path`: ft-testing's tiny models, and a tiny Qwen3."""
-    qwen3: list[Path] = []
+    """`tiny_model(arch) -> Path`: ft-testing's tiny models, a tiny Qwen3, and `VARIANTS`."""
+    from ft_testing import ARCHITECTURES
+
+    built: dict[str, Path] = {}
 
     def factory(arch: str) -> Path:
-        if arch != "qwen3":
+        if arch in ARCHITECTURES and arch not in ("qwen3",):
             return tiny_model_factory(arch)
-        if not qwen3:
-            qwen3.append(build_qwen3(tiny_model_factory("llama"), tmp_path_factory.mktemp("qwen3")))
-        return qwen3[0]
+        if arch not in built:
+            folder = tmp_path_factory.mktemp(arch)
+            llama = tiny_model_factory("llama")
+            built[arch] = (
+                build_qwen3(llama, folder)
+                if arch == "qwen3"
+                else build_variant(llama, folder, arch)
+            )
+        return built[arch]
 
     return factory
 

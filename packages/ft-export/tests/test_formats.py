@@ -165,7 +165,7 @@ def test_hf_export_in_bfloat16_and_sharded(
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("quant", ["f32", "f16", "q8_0", "q4_0"])
-def test_gguf_export_reloads_in_transformers(
+def test_gguf_export_is_read_back_and_checked(
     arch: str, quant: str, source: Callable[[str], ExportSource], tmp_path: Path
 ) -> None:
     result = export("gguf", source(arch), tmp_path / "out", quant=quant)
@@ -176,14 +176,28 @@ def test_gguf_export_reloads_in_transformers(
     check = result.verification
     assert check is not None and check.passed, check.summary()
     assert check.error <= TOLERANCES[quant]
+    assert check.reader.startswith("gguf-py")  # the quick check, the default
+    assert check.checks == {
+        "every tensor within its type's error": True,
+        "chat template kept": True,
+        "vocabulary identical": True,
+    }
+    if quant == "f32":
+        assert check.error < 1e-6
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gguf_full_check_reloads_in_transformers(
+    arch: str, source: Callable[[str], ExportSource], tmp_path: Path
+) -> None:
+    result = export("gguf", source(arch), tmp_path / "out", quant="f16", check="full")
+    check = result.verification
+    assert check is not None and check.passed, check.summary()
     assert check.checks["chat template kept"]
     if arch != "gemma":  # transformers has no GGUF loader (nor tokenizer) for Gemma 1
         assert check.checks["tokenizer ids identical"]
         assert check.reader.startswith("transformers")
-    if quant in ("f32", "f16"):
-        assert check.greedy_matched == check.greedy_total == 8
-    if quant == "f32":
-        assert check.error < 1e-6
+    assert check.greedy_matched == check.greedy_total == 8
 
 
 @pytest.mark.parametrize("quant", ["bf16", "q5_0", "q5_1", "q4_1"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,13 +44,26 @@ def _publish(build: Path, out: Path) -> None:
     build.rename(out)
 
 
+def _export_seconds(started: float, verification: Verification | None) -> float | None:
+    """The time spent writing: all of it, less the check when the check was timed apart."""
+    elapsed = time.perf_counter() - started
+    if verification is None:
+        return elapsed
+    return None if verification.seconds is None else elapsed - verification.seconds
+
+
 def _finish(
-    build: Path, out: Path, fmt: str, verification: Verification | None, notes: list[str]
+    build: Path,
+    out: Path,
+    fmt: str,
+    verification: Verification | None,
+    notes: list[str],
+    seconds: float | None,
 ) -> ExportResult:
     _publish(build, out)
     files = sorted(p for p in out.rglob("*") if p.is_file())
     # writing and checking may both combine adapters: say each thing once
-    result = ExportResult(fmt, out, files, verification, list(dict.fromkeys(notes)))
+    result = ExportResult(fmt, out, files, verification, list(dict.fromkeys(notes)), seconds)
     if verification is not None and not verification.passed:
         raise VerificationError(
             f"the {fmt} export in {out} failed its check: {verification.summary()}", result
@@ -57,19 +71,57 @@ def _finish(
     return result
 
 
+def names_a_file(out: Path, suffix: str) -> bool:
+    """`-o` names the export's one file (not a folder to write it in): it ends in `suffix` and
+    is not an existing folder."""
+    return out.suffix.lower() == suffix and not out.is_dir()
+
+
 def build_export(
-    out: Path, fmt: str, write: Callable[[Path], tuple[Verification | None, list[str]]]
+    out: Path,
+    fmt: str,
+    write: Callable[[Path], tuple[Verification | None, list[str]]],
+    *,
+    single_file: bool = False,
 ) -> ExportResult:
     """Run `write(build)` in a fresh build folder beside `out` and publish it as `out`; what
-    `write` returns is the check and its notes. A failed check still publishes the export and
-    raises VerificationError; any other error leaves nothing behind."""
+    `write` returns is the check and its notes. With `single_file`, `out` is the path of the
+    one file `write` makes, and that file alone is moved there. A failed check still publishes
+    the export and raises VerificationError; any other error leaves nothing behind."""
+    if single_file:
+        return _build_file(out, fmt, write)
     build = _build_folder(out)
+    started = time.perf_counter()
     try:
         verification, notes = write(build)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
-    return _finish(build, out, fmt, verification, notes)
+    return _finish(build, out, fmt, verification, notes, _export_seconds(started, verification))
+
+
+def _build_file(
+    out: Path, fmt: str, write: Callable[[Path], tuple[Verification | None, list[str]]]
+) -> ExportResult:
+    if out.exists():
+        raise ExportError(f"{out} already exists: choose another -o/--output")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build = out.with_name(f".tmp-{out.name}-{uuid.uuid4().hex[:8]}")
+    build.mkdir()
+    started = time.perf_counter()
+    try:
+        verification, notes = write(build)
+        [made] = [p for p in build.iterdir() if p.is_file()]
+        made.replace(out)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    seconds = _export_seconds(started, verification)
+    result = ExportResult(fmt, out, [out], verification, list(dict.fromkeys(notes)), seconds)
+    if verification is not None and not verification.passed:
+        raise VerificationError(
+            f"the {fmt} export {out} failed its check: {verification.summary()}", result
+        )
+    return result
 
 
 @dataclass

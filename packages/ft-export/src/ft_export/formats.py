@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ft_export.building import (
     Merged,
@@ -130,173 +129,29 @@ def _check_hf(source: ExportSource, folder: Path, merged: Merged, dtype: str) ->
 
 class GGUFExporter:
     name = "gguf"
-    description = "the merged model as one GGUF file (llama.cpp), f32/f16/bf16/q8_0/q5/q4"
+    description = (
+        "the merged model as one GGUF file (llama.cpp): f32/f16/bf16, q8_0, the K-quants "
+        "q6_k/q5_k_m/q4_k_m, q5/q4; `-o NAME.gguf` names the file"
+    )
 
     def export(
         self, source: ExportSource, out: Path, options: ExportOptions, progress: Progress
     ) -> ExportResult:
+        from ft_export.building import names_a_file
+        from ft_export.gguf_check import check_gguf, checked_depth, written_gguf
         from ft_export.gguf_convert import chosen_gguf_type
 
         gguf_type = chosen_gguf_type(options.quant, "f16")
+        checked_depth(options)
 
         def write(build: Path) -> tuple[Verification | None, list[str]]:
-            path, merged, notes = write_merged_gguf(source, options, build, gguf_type, progress)
-            if not options.verify:
-                return None, notes
-            return check_gguf(source, path, merged, gguf_type, options), notes
+            with written_gguf(source, build, gguf_type, progress) as written:
+                if not options.verify:
+                    return None, written.notes
+                verification = check_gguf(source, written, gguf_type, options, progress)
+                return verification, written.notes
 
-        return build_export(out, self.name, write)
-
-
-def write_merged_gguf(
-    source: ExportSource,
-    options: ExportOptions,
-    build: Path,
-    gguf_type: str,
-    progress: Progress,
-) -> tuple[Path, Merged | None, list[str]]:
-    """Merge (when there are adapters) and convert into `build/<name>-<type>.gguf`."""
-    from ft_export.gguf_convert import convert_to_gguf
-    from ft_export.merge import save_hf
-
-    path = build / f"{slug(source.display_name)}-{gguf_type}.gguf"
-    merged = (
-        merge_for_check(source, options, progress) if (options.verify or source.adapters) else None
-    )
-    notes = list(merged.notes) if merged else []
-    template = source.chat_template
-    if not source.adapters:
-        written = convert_to_gguf(
-            source.base,
-            path,
-            gguf_type,
-            name=source.display_name,
-            chat_template=template,
-            progress=progress,
-        )
-    else:
-        assert merged is not None
-        with tempfile.TemporaryDirectory(dir=build.parent) as tmp:
-            progress("saving the merged model", 0, 1)
-            save_hf(merged.model, merged.tokenizer, Path(tmp), "float32", "50GB")
-            written = convert_to_gguf(
-                Path(tmp),
-                path,
-                gguf_type,
-                name=source.display_name,
-                chat_template=template,
-                progress=progress,
-            )
-    notes.extend(written.notes)
-    return path, merged, notes
-
-
-def check_gguf(
-    source: ExportSource,
-    path: Path,
-    merged: Merged | None,
-    gguf_type: str,
-    options: ExportOptions,
-) -> Verification:
-    """Reload the GGUF with transformers (gguf-py's reader for architectures transformers does
-    not load) and compare with ft's merged model; f16/f32 also match greedy tokens."""
-    from gguf import GGUFReader
-
-    from ft_export.merge import import_torch
-    from ft_export.verify import TOLERANCES, compare, torch_greedy, torch_logits
-
-    assert merged is not None
-    torch, transformers, _ = import_torch()
-    config = json.loads((source.base / "config.json").read_text(encoding="utf-8"))
-    notes: list[str] = []
-    if config.get("model_type") in TRANSFORMERS_GGUF:
-        kwargs: dict[str, Any] = {}
-        gap = _TRANSFORMERS_GGUF_GAPS.get(config["model_type"])
-        if gap is not None and gap[0](config):
-            # the weights still come from the file; only the config is taken from the source
-            kwargs["config"] = transformers.AutoConfig.from_pretrained(source.base)
-            notes.append(gap[1])
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype=torch.float32, **kwargs
-        ).eval()
-        reader = "transformers (from_pretrained(gguf_file=...))"
-    else:
-        model = _model_from_gguf_reader(path, source.base)
-        reader = "gguf-py GGUFReader + transformers model (transformers has no GGUF loader for it)"
-    ids = merged.reference.ids
-    file = GGUFReader(path)
-    field = file.fields.get("tokenizer.chat_template")
-    kept = bytes(field.parts[field.data[0]]).decode("utf-8") if field else None
-    checks = {"chat template kept": kept == expected_template(source, merged.tokenizer)}
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        checks["tokenizer ids identical"] = (
-            tokenizer(options.prompt, add_special_tokens=True)["input_ids"] == ids
-        )
-    except Exception as error:  # any failure to rebuild it is the finding
-        notes.append(f"transformers could not rebuild the tokenizer from the GGUF: {error}")
-    greedy = None
-    if gguf_type in ("f32", "f16"):
-        greedy = torch_greedy(model, ids, options.greedy_tokens)
-    return compare(
-        merged.reference,
-        torch_logits(model, ids),
-        reader,
-        TOLERANCES[gguf_type],
-        greedy=greedy,
-        checks=checks,
-        notes=notes,
-    )
-
-
-_TRANSFORMERS_GGUF_GAPS: dict[str, tuple[Callable[[dict[str, Any]], bool], str]] = {
-    "gpt2": (
-        lambda c: (c.get("n_inner") or 4 * c["n_embd"]) != 4 * c["n_embd"],
-        "transformers' GGUF config reader drops GPT-2's feed_forward_length (n_inner): the "
-        "model was built from the source config, its weights read from the file",
-    ),
-    "qwen3": (
-        lambda c: c.get("head_dim", 128) != 128,
-        "transformers' GGUF config reader ignores Qwen3's attention.key_length (head_dim): the "
-        "model was built from the source config, its weights read from the file",
-    ),
-}
-"""Configs transformers' GGUF loader would rebuild wrongly: (affected?, what is done instead)."""
-
-TRANSFORMERS_GGUF = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gpt2")
-"""Model types whose GGUF files transformers loads (gemma, Gemma 1, is not among them)."""
-
-
-def _model_from_gguf_reader(path: Path, base: Path) -> Any:
-    """Read every tensor back with gguf-py, undo ft's writing changes, load into the model."""
-    import torch
-    import transformers
-    from gguf import GGUFReader, get_tensor_name_map
-    from gguf.quants import dequantize
-
-    from ft_export.gguf_convert import architecture_of
-
-    config = transformers.AutoConfig.from_pretrained(base)
-    raw = json.loads((base / "config.json").read_text(encoding="utf-8"))
-    arch = architecture_of(raw)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    names = get_tensor_name_map(arch.arch, config.num_hidden_layers)
-    hf_of = {}
-    for hf_name in model.state_dict():
-        gguf = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if gguf:
-            hf_of[gguf] = hf_name
-    state = {}
-    for tensor in GGUFReader(path).tensors:
-        values = dequantize(tensor.data, tensor.tensor_type).reshape(
-            [int(d) for d in reversed(tensor.shape)]
-        )
-        hf_name = hf_of[tensor.name]
-        if arch.norm_plus_one and hf_name.endswith("norm.weight"):
-            values = values - 1
-        state[hf_name] = torch.from_numpy(values.astype("float32"))
-    model.load_state_dict(state, strict=False)
-    return model
+        return build_export(out, self.name, write, single_file=names_a_file(out, ".gguf"))
 
 
 class GGUFLoraExporter:
@@ -325,7 +180,9 @@ class GGUFLoraExporter:
             merged = merge_for_check(source, options, progress)
             return _check_gguf_lora(source, path, adapter, merged, gguf_type), notes
 
-        return build_export(out, self.name, write)
+        from ft_export.building import names_a_file
+
+        return build_export(out, self.name, write, single_file=names_a_file(out, ".gguf"))
 
 
 def _check_gguf_lora(

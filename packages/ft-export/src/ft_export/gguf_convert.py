@@ -26,17 +26,22 @@ from typing import Any
 
 import numpy as np
 from gguf import (
-    GGML_QUANT_SIZES,
     GGML_QUANT_VERSION,
     MODEL_ARCH,
     MODEL_ARCH_NAMES,
     GGMLQuantizationType,
     GGUFWriter,
-    LlamaFileType,
     get_tensor_name_map,
 )
-from gguf.quants import quant_shape_to_byte_shape, quantize
+from gguf.quants import quant_shape_to_byte_shape
 
+from ft_export.gguf_hparams import (
+    GGUFExportError,
+    decoder_hparams,
+    gemma_notes,
+    gpt2_hparams,
+)
+from ft_export.gguf_types import GGUF_TYPES, encode, tensor_types
 from ft_export.gguf_vocab import read_vocab
 from ft_models.adapters import (
     AdapterError,
@@ -60,23 +65,7 @@ def chosen_gguf_type(quant: str | None, default: str) -> str:
     return gguf_type
 
 
-GGUF_TYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
-    "f32": (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
-    "f16": (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),
-    "bf16": (GGMLQuantizationType.BF16, LlamaFileType.MOSTLY_BF16),
-    "q8_0": (GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
-    "q5_1": (GGMLQuantizationType.Q5_1, LlamaFileType.MOSTLY_Q5_1),
-    "q5_0": (GGMLQuantizationType.Q5_0, LlamaFileType.MOSTLY_Q5_0),
-    "q4_1": (GGMLQuantizationType.Q4_1, LlamaFileType.MOSTLY_Q4_1),
-    "q4_0": (GGMLQuantizationType.Q4_0, LlamaFileType.MOSTLY_Q4_0),
-}
-"""The GGUF types ft writes: name -> (tensor type of the 2-D weights, general.file_type)."""
-
 Progress = Callable[[str, int, int], None]
-
-
-class GGUFExportError(ValueError):
-    """A model ft cannot write as GGUF, with the reason and what to do."""
 
 
 def _no_progress(step: str, done: int, total: int) -> None:
@@ -88,7 +77,8 @@ class GGUFArchitecture:
     """How one Hugging Face `model_type` is written."""
 
     arch: MODEL_ARCH
-    hparams: Callable[[GGUFWriter, Mapping[str, Any]], None]
+    hparams: Callable[[GGUFWriter, Mapping[str, Any], str], list[tuple[str, np.ndarray]]]
+    """Writes the keys; returns the tensors llama.cpp generates (rope factors)."""
     permute_qk: bool = False
     norm_plus_one: bool = False
     transposed: tuple[str, ...] = ()
@@ -101,66 +91,24 @@ class GGUFArchitecture:
         return MODEL_ARCH_NAMES[self.arch]
 
 
-def _rope_theta(config: Mapping[str, Any]) -> float:
-    rope = config.get("rope_parameters") or {}
-    return float(rope.get("rope_theta") or config.get("rope_theta") or 10000.0)
-
-
-def _check_rope(config: Mapping[str, Any]) -> None:
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    kind = rope.get("rope_type") or rope.get("type") or "default"
-    if kind != "default":
-        raise GGUFExportError(
-            f"rope scaling {kind!r} is not written by ft's GGUF converter yet; export `hf` and "
-            "convert with llama.cpp's convert_hf_to_gguf.py"
-        )
-
-
-def _decoder_hparams(writer: GGUFWriter, config: Mapping[str, Any]) -> None:
-    _check_rope(config)
-    hidden, heads = config["hidden_size"], config["num_attention_heads"]
-    head_dim = config.get("head_dim") or hidden // heads
-    rope = config.get("rope_parameters") or {}
-    partial = rope.get("partial_rotary_factor") or config.get("partial_rotary_factor") or 1.0
-    writer.add_context_length(config["max_position_embeddings"])
-    writer.add_embedding_length(hidden)
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(config.get("num_key_value_heads") or heads)
-    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
-    writer.add_rope_freq_base(_rope_theta(config))
-    writer.add_rope_dimension_count(int(head_dim * partial))
-    writer.add_key_length(head_dim)
-    writer.add_value_length(head_dim)
-    writer.add_vocab_size(config["vocab_size"])
-
-
-def _gpt2_hparams(writer: GGUFWriter, config: Mapping[str, Any]) -> None:
-    writer.add_context_length(config["n_positions"])
-    writer.add_embedding_length(config["n_embd"])
-    writer.add_feed_forward_length(config.get("n_inner") or 4 * config["n_embd"])
-    writer.add_block_count(config["n_layer"])
-    writer.add_head_count(config["n_head"])
-    writer.add_layer_norm_eps(config.get("layer_norm_epsilon", 1e-5))
-    writer.add_vocab_size(config["vocab_size"])
-
-
 ARCHITECTURES: dict[str, GGUFArchitecture] = {
-    "llama": GGUFArchitecture(MODEL_ARCH.LLAMA, _decoder_hparams, permute_qk=True),
-    "mistral": GGUFArchitecture(MODEL_ARCH.LLAMA, _decoder_hparams, permute_qk=True),
-    "qwen2": GGUFArchitecture(MODEL_ARCH.QWEN2, _decoder_hparams),
-    "qwen3": GGUFArchitecture(MODEL_ARCH.QWEN3, _decoder_hparams),
-    "phi3": GGUFArchitecture(MODEL_ARCH.PHI3, _decoder_hparams),
+    "llama": GGUFArchitecture(MODEL_ARCH.LLAMA, decoder_hparams, permute_qk=True),
+    "mistral": GGUFArchitecture(MODEL_ARCH.LLAMA, decoder_hparams, permute_qk=True),
+    "qwen2": GGUFArchitecture(MODEL_ARCH.QWEN2, decoder_hparams),
+    "qwen3": GGUFArchitecture(MODEL_ARCH.QWEN3, decoder_hparams),
+    "phi3": GGUFArchitecture(MODEL_ARCH.PHI3, decoder_hparams),
     "gemma": GGUFArchitecture(
-        MODEL_ARCH.GEMMA, _decoder_hparams, norm_plus_one=True, tied_output=True
+        MODEL_ARCH.GEMMA, decoder_hparams, norm_plus_one=True, tied_output=True
     ),
     "gemma2": GGUFArchitecture(
-        MODEL_ARCH.GEMMA2, _decoder_hparams, norm_plus_one=True, tied_output=True
+        MODEL_ARCH.GEMMA2, decoder_hparams, norm_plus_one=True, tied_output=True
+    ),
+    "gemma3_text": GGUFArchitecture(
+        MODEL_ARCH.GEMMA3, decoder_hparams, norm_plus_one=True, tied_output=True
     ),
     "gpt2": GGUFArchitecture(
         MODEL_ARCH.GPT2,
-        _gpt2_hparams,
+        gpt2_hparams,
         transposed=(
             ".attn.c_attn.weight",
             ".attn.c_proj.weight",
@@ -204,19 +152,16 @@ class _Planned:
     gguf_name: str
     shape: tuple[int, ...]
     """The tensor's numpy shape as written (after any transpose)."""
-    qtype: GGMLQuantizationType
 
 
 class _TensorRules:
-    """Names, transforms and types of one model's tensors."""
+    """Names and transforms of one model's tensors."""
 
-    def __init__(self, config: Mapping[str, Any], ggml_type: GGMLQuantizationType) -> None:
+    def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = config
         self.arch = architecture_of(config)
         self.names = get_tensor_name_map(self.arch.arch, _n_layers(config))
-        self.ggml_type = ggml_type
         self.tied = bool(config.get("tie_word_embeddings", self.arch.tied_output))
-        self.fallbacks: list[str] = []
 
     def gguf_name(self, hf_name: str) -> str | None:
         if hf_name.endswith(_SKIPPED_SUFFIXES):
@@ -234,15 +179,6 @@ class _TensorRules:
     def shape(self, hf_name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(reversed(shape)) if hf_name.endswith(self.arch.transposed) else shape
 
-    def qtype(self, gguf_name: str, shape: tuple[int, ...]) -> GGMLQuantizationType:
-        if len(shape) < 2 or self.ggml_type == GGMLQuantizationType.F32:
-            return GGMLQuantizationType.F32  # norms and biases stay f32, as in llama.cpp
-        block = GGML_QUANT_SIZES[self.ggml_type][0]
-        if shape[-1] % block:
-            self.fallbacks.append(gguf_name)
-            return GGMLQuantizationType.F16
-        return self.ggml_type
-
     def transform(self, hf_name: str, values: np.ndarray) -> np.ndarray:
         config = self.config
         if self.arch.permute_qk and hf_name.endswith("self_attn.q_proj.weight"):
@@ -256,13 +192,27 @@ class _TensorRules:
             values = values.T
         return np.ascontiguousarray(values, dtype=np.float32)
 
+    def untransform(self, hf_name: str, values: np.ndarray) -> np.ndarray:
+        """`transform` undone: a tensor read from the GGUF as the Hugging Face model has it."""
+        from ft_models.gguf.architectures import reverse_llama_permutation
 
-def _encode(values: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
-    if qtype == GGMLQuantizationType.F32:
-        return values.astype(np.float32, copy=False)
-    if qtype == GGMLQuantizationType.F16:
-        return values.astype(np.float16)
-    return quantize(values, qtype)
+        config = self.config
+        if self.arch.permute_qk and hf_name.endswith("self_attn.q_proj.weight"):
+            values = reverse_llama_permutation(values, config["num_attention_heads"])
+        elif self.arch.permute_qk and hf_name.endswith("self_attn.k_proj.weight"):
+            heads = config.get("num_key_value_heads") or config["num_attention_heads"]
+            values = reverse_llama_permutation(values, heads)
+        elif self.arch.norm_plus_one and hf_name.endswith("norm.weight"):
+            values = values - 1
+        elif hf_name.endswith(self.arch.transposed):
+            values = values.T
+        return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def tensor_rules(config: Mapping[str, Any]) -> _TensorRules:
+    """How a model with this config.json is written: GGUF names (`gguf_name`), the changes
+    made on the way (`transform`) and their inverse (`untransform`)."""
+    return _TensorRules(config)
 
 
 def _add_info(
@@ -307,20 +257,18 @@ def convert_to_gguf(
         raise GGUFExportError(
             f"unknown GGUF type {gguf_type!r}: choose one of {', '.join(GGUF_TYPES)}"
         )
-    ggml_type, file_type = GGUF_TYPES[gguf_type]
+    kind = GGUF_TYPES[gguf_type]
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    rules = _TensorRules(config, ggml_type)
+    rules = _TensorRules(config)
     vocab = read_vocab(model_dir, config["vocab_size"], chat_template)
 
-    plan: list[_Planned] = []
     files = weight_files(model_dir)
+    names: list[tuple[str, str, tuple[int, ...]]] = []
     for path in files:
         for hf_name, info in read_header(path).tensors.items():
             gguf_name = rules.gguf_name(hf_name)
-            if gguf_name is None:
-                continue
-            shape = rules.shape(hf_name, info.shape)
-            plan.append(_Planned(hf_name, gguf_name, shape, rules.qtype(gguf_name, shape)))
+            if gguf_name is not None:
+                names.append((hf_name, gguf_name, rules.shape(hf_name, info.shape)))
 
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(f".tmp-{out_file.name}-{os.getpid()}")
@@ -328,26 +276,35 @@ def convert_to_gguf(
     try:
         writer.add_type("model")
         writer.add_name(name or model_dir.name)
-        writer.add_file_type(int(file_type))
-        if ggml_type not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+        writer.add_file_type(int(kind.file_type))
+        if kind.weights not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
             writer.add_quantization_version(GGML_QUANT_VERSION)
-        rules.arch.hparams(writer, config)
+        extra = dict(rules.arch.hparams(writer, config, rules.arch.name))
         vocab.add_to(writer)
-        for item in plan:
-            _add_info(writer, item.gguf_name, item.shape, item.qtype)
+        shapes = [(gguf, shape) for _, gguf, shape in names]
+        shapes += [(gguf, values.shape) for gguf, values in extra.items()]
+        types = tensor_types(gguf_type, shapes, _n_layers(config))
+        plan = [_Planned(hf, gguf, shape) for hf, gguf, shape in names]
+        for gguf_name, shape in shapes:
+            _add_info(writer, gguf_name, shape, types[gguf_name])
         writer.write_header_to_file(tmp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         wanted = {item.hf_name: item for item in plan}
-        done = 0
+        done, total = 0, len(shapes)
         for hf_name, values in (pair for path in files for pair in iter_tensors(path)):
             item = wanted.get(hf_name)
             if item is None:
                 continue
-            encoded = _encode(rules.transform(hf_name, values), item.qtype)
-            writer.write_tensor_data(encoded)
+            writer.write_tensor_data(
+                encode(rules.transform(hf_name, values), types[item.gguf_name])
+            )
             done += 1
-            progress("writing GGUF tensors", done, len(plan))
+            progress("writing GGUF tensors", done, total)
+        for gguf_name, values in extra.items():
+            writer.write_tensor_data(encode(values, types[gguf_name]))
+            done += 1
+            progress("writing GGUF tensors", done, total)
         writer.close()
         with tmp.open("rb+") as f:
             os.fsync(f.fileno())
@@ -356,13 +313,40 @@ def convert_to_gguf(
         writer.close()
         tmp.unlink(missing_ok=True)
         raise
-    notes = []
-    if rules.fallbacks:
-        notes.append(
-            f"{len(rules.fallbacks)} tensors with rows not divisible by the {gguf_type} block "
-            f"size were written as f16 ({', '.join(rules.fallbacks[:3])}...)"
-        )
-    return GGUFWritten(out_file, rules.arch.name, len(plan), vocab.chat_template, tuple(notes))
+    return GGUFWritten(
+        out_file,
+        rules.arch.name,
+        len(shapes),
+        vocab.chat_template,
+        tuple(_type_notes(gguf_type, shapes, types) + _arch_notes(config, rules.arch.name)),
+    )
+
+
+def _type_notes(
+    gguf_type: str,
+    shapes: list[tuple[str, tuple[int, ...]]],
+    types: Mapping[str, GGMLQuantizationType],
+) -> list[str]:
+    """Say which 2-D weights did not get the asked type, and why (rows of an odd length)."""
+    kind = GGUF_TYPES[gguf_type]
+    if kind.recipe is not None:
+        counts: dict[str, int] = {}
+        for name, shape in shapes:
+            if len(shape) >= 2:
+                counts[types[name].name] = counts.get(types[name].name, 0) + 1
+        mix = ", ".join(f"{n} {t}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        return [f"{gguf_type} (llama.cpp's mix per tensor): {mix}"]
+    odd = [name for name, shape in shapes if len(shape) >= 2 and types[name] != kind.weights]
+    if not odd or kind.weights == GGMLQuantizationType.F32:
+        return []
+    return [
+        f"{len(odd)} tensors with rows not divisible by the {gguf_type} block size were "
+        f"written as f16 ({', '.join(odd[:3])}...)"
+    ]
+
+
+def _arch_notes(config: Mapping[str, Any], arch: str) -> list[str]:
+    return gemma_notes(config) if arch in ("gemma2", "gemma3") else []
 
 
 def convert_lora_to_gguf(
@@ -404,8 +388,8 @@ def convert_lora_to_gguf(
         ) from None
     # llama.cpp scales by alpha / r: the alpha that gives peft's scale (rsLoRA's too)
     alpha = adapter.scale * adapter.rank
-    ggml_type, file_type = GGUF_TYPES[gguf_type]
-    rules = _TensorRules(base_config, ggml_type)
+    kind = GGUF_TYPES[gguf_type]
+    rules = _TensorRules(base_config)
     weights = adapter_dir / "adapter_model.safetensors"
 
     entries: list[tuple[str, np.ndarray]] = []
@@ -434,10 +418,10 @@ def convert_lora_to_gguf(
         writer.add_string("adapter.type", "lora")
         writer.add_float32("adapter.lora.alpha", alpha)
         writer.add_name(name or adapter_dir.name)
-        writer.add_file_type(int(file_type))
+        writer.add_file_type(int(kind.file_type))
         for gguf_name, values in entries:
-            qtype = GGMLQuantizationType.F32 if gguf_type == "f32" else ggml_type
-            encoded = _encode(values, qtype)
+            qtype = kind.weights
+            encoded = encode(values, qtype)
             if qtype == GGMLQuantizationType.BF16:
                 writer.add_tensor(gguf_name, encoded, raw_dtype=qtype)
             else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ft_export.formats import check_gguf, write_merged_gguf
+from ft_export.gguf_check import check_gguf, checked_depth, written_gguf
 from ft_export.types import (
     ExportOptions,
     ExportResult,
@@ -92,21 +92,23 @@ class OllamaExporter:
         from ft_export.gguf_convert import chosen_gguf_type
 
         gguf_type = chosen_gguf_type(options.quant, "q8_0")
+        checked_depth(options)
 
         def write(build: Path) -> tuple[Verification | None, list[str]]:
-            forced = ExportOptions(**{**options.__dict__, "verify": True})
-            path, merged, notes = write_merged_gguf(source, forced, build, gguf_type, progress)
-            assert merged is not None
-            template = expected_template(source, merged.tokenizer)
-            text, more = modelfile(path.name, template)
-            (build / "Modelfile").write_text(text, encoding="utf-8")
-            notes.extend(more)
-            if not options.verify:
-                return None, notes
-            verification = check_gguf(source, path, merged, gguf_type, options)
+            from ft_export.merge import load_tokenizer
+
+            with written_gguf(source, build, gguf_type, progress) as written:
+                tokenizer = written.tokenizer or load_tokenizer(source)
+                template = expected_template(source, tokenizer)
+                text, more = modelfile(written.path.name, template)
+                (build / "Modelfile").write_text(text, encoding="utf-8")
+                notes = written.notes + more
+                if not options.verify:
+                    return None, notes
+                verification = check_gguf(source, written, gguf_type, options, progress)
             family = template_family(template)
             if family is not None:
-                vocab = merged.tokenizer.get_vocab()
+                vocab = tokenizer.get_vocab()
                 verification.checks["Modelfile stop tokens are tokens"] = all(
                     stop in vocab for stop in family.stops if stop.startswith("<|")
                 )

@@ -66,8 +66,13 @@ class ExportOptions:
     """float32, float16 or bfloat16: the weights of `hf`/`mlx` exports; None: the dtype the
     base model is saved in (`saved_dtype`)."""
     quant: str | None = None
-    """gguf: f32, f16 (default), bf16, q8_0, q5_1, q5_0, q4_1, q4_0; mlx: 4 or 8 (bits)."""
+    """gguf: f32, f16 (default), bf16, q8_0, q6_k, q5_k_m, q5_1, q5_0, q4_k_m, q4_1, q4_0;
+    mlx: 4 or 8 (bits)."""
     verify: bool = True
+    check: str = "quick"
+    """How deep the check of a GGUF export goes: `quick` (every tensor read back with gguf-py,
+    one forward pass on the prompt) or `full` (transformers' own GGUF loader, tokenizer rebuilt
+    from the file, greedy tokens). Other formats are always reloaded whole."""
     max_shard_size: str = "5GB"
     prompt: str = DEFAULT_PROMPT
     greedy_tokens: int = 8
@@ -91,6 +96,8 @@ class Verification:
     checks: dict[str, bool] = field(default_factory=dict)
     """Other checks by name (`chat template kept`, `tokenizer ids`)."""
     notes: list[str] = field(default_factory=list)
+    seconds: float | None = None
+    """How long the check took, apart from writing the export (None: not measured apart)."""
 
     @property
     def passed(self) -> bool:
@@ -123,6 +130,7 @@ class Verification:
             "greedy_total": self.greedy_total,
             "checks": self.checks,
             "notes": self.notes,
+            "seconds": self.seconds,
         }
 
 
@@ -136,6 +144,8 @@ class ExportResult:
     files: list[Path]
     verification: Verification | None = None
     notes: list[str] = field(default_factory=list)
+    seconds: float | None = None
+    """How long writing the export took, its check's time not included."""
 
 
 @runtime_checkable
