@@ -10,6 +10,7 @@ until a command runs or its help is shown, and command modules import their heav
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 import warnings
 from importlib import metadata
@@ -152,6 +153,14 @@ def cli() -> None:
     """
 
 
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console-script entry point."""
+    # SIGTERM (a service manager, `kill`) stops a command as Ctrl-C does: at once, through the
+    # same clean-up (temporary files removed, the run marked interrupted). `ft train` answers
+    # both with its own handler (ft_runs.launching.StopFlag) once it runs.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     sys.exit(cli.main(prog_name="ft", standalone_mode=True) or 0)

@@ -101,6 +101,7 @@ def train(
     from ft_config import ConfigError
     from ft_data.errors import DataError
     from ft_models.memory_watchdog import MemoryLimitReached
+    from ft_runs.launching import StoppedBeforeTraining
     from ft_runs.run_lock import RunLocked
     from ft_runs.store import RunNotFound
     from ft_runs.trainers import TrainerNotAvailable
@@ -165,6 +166,9 @@ def train(
         raise UserError(str(exc)) from None
     except MemoryLimitReached as exc:
         # The memory watchdog stopped a step before the kernel's out-of-memory killer would.
+        raise UserError(str(exc)) from None
+    except StoppedBeforeTraining as exc:
+        # Ctrl-C or SIGTERM while the model loaded or the data prepared: nothing to resume.
         raise UserError(str(exc)) from None
     except KeyboardInterrupt:
         raise UserError(

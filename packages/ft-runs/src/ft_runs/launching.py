@@ -21,15 +21,37 @@ from ft_train_core.protocol import Event, Launch, TrainJob, TrainResult
 Say = Callable[[str], None]
 
 
+class StoppedBeforeTraining(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM came before the training loop started (while the model loads, the data
+    prepares or the processes start): there is nothing to save, so ft stops at once."""
+
+
 class StopFlag:
-    """Set by the first Ctrl-C (the trainer saves a checkpoint and stops); a second Ctrl-C
-    interrupts at once."""
+    """Ctrl-C and SIGTERM, as `ft train` answers them.
+
+    Before the training loop starts (model loading, data preparation: nothing to save yet) a
+    signal stops the process at once, by raising `StoppedBeforeTraining` in the main thread.
+    Once the loop has asked whether to stop (its first call of the flag, or `arm()`), the
+    first signal sets the flag: the trainer saves a checkpoint and stops; a second one
+    interrupts at once.
+    """
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._armed = False
 
     def __call__(self) -> bool:
+        """The training loop's question: should it stop? (Asking arms the flag.)"""
+        self._armed = True
         return self._event.is_set()
+
+    def requested(self) -> bool:
+        """Whether a stop was asked for, without arming the flag."""
+        return self._event.is_set()
+
+    def arm(self) -> None:
+        """The training loop runs (elsewhere: launched processes): signals now checkpoint."""
+        self._armed = True
 
     def set(self) -> None:
         self._event.set()
@@ -41,6 +63,12 @@ class StopFlag:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
         def handle(signum: int, frame: FrameType | None) -> None:
+            if not self._armed:
+                self._event.set()
+                raise StoppedBeforeTraining(
+                    f"stopped ({signal.Signals(signum).name}) before training started: "
+                    "nothing was trained"
+                )
             if self._event.is_set():
                 raise KeyboardInterrupt
             self._event.set()
@@ -65,6 +93,7 @@ def run_distributed(
     say: Say,
     *,
     lock: RunLock | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Start the trainer processes and relay rank 0's events until they exit.
 
@@ -74,7 +103,9 @@ def run_distributed(
     A stop request (Ctrl-C) creates the job's stop file. Rank 0 sees it between two steps and
     every process learns rank 0's answer (the loops broadcast it), so they all stop at the same
     step, save a checkpoint together and exit: the run resumes from it with `ft train
-    --resume`. A second Ctrl-C kills the processes at once.
+    --resume`. A second Ctrl-C kills the processes at once. A stop requested before rank 0
+    reports its `start` event (the processes still load the model: nothing to save) kills
+    them at once and raises `StoppedBeforeTraining`. `on_start` is called on that event.
     """
     import subprocess
     import time
@@ -114,6 +145,8 @@ def run_distributed(
                 offset += len(line.encode("utf-8"))
                 event = json.loads(line)
                 last[event.get("type", "")] = event
+                if event.get("type") == "start" and on_start is not None:
+                    on_start()
                 emit(event)
 
     stopped = False
@@ -121,6 +154,10 @@ def run_distributed(
         while process.poll() is None:
             relay()
             if should_stop() and not stopped:
+                if "start" not in last:
+                    raise StoppedBeforeTraining(
+                        "stopped while the trainer processes were starting: nothing was trained"
+                    )
                 stopped = True
                 say(
                     "stopping after this step: the trainer processes save a checkpoint and exit "

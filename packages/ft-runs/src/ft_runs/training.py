@@ -86,10 +86,15 @@ def train(
     This process holds the run folder's lock (`ft_runs.run_lock`) from the moment it has a
     folder until it returns: one writer per run.
     """
+    # Ctrl-C and SIGTERM are answered from here on: at once while the model loads and the
+    # data prepares, with a checkpoint once the training loop runs (`StopFlag`).
+    stop = StopFlag()
     with contextlib.ExitStack() as held:
+        held.callback(stop.install(say))
         return _train(
             config_path,
             held,
+            stop,
             overrides=overrides,
             profile=profile,
             resume=resume,
@@ -106,6 +111,7 @@ def train(
 def _train(
     config_path: Path | None,
     held: contextlib.ExitStack,
+    stop: StopFlag,
     *,
     overrides: Iterable[str],
     profile: str | None,
@@ -257,8 +263,6 @@ def _train(
     if record is not None:
         # Steps after the resume point are done again: their records go, not twice.
         _forget_after(folder, store, run_id, _step_of(resume_from))
-    stop = StopFlag()
-    restore = stop.install(say)
     store.start_run(run_id, backend=backend)
     emit = EventSinks(folder, [StoreSink(store, run_id)])
     _add_optional_sinks(emit, config, folder, secrets, say)
@@ -277,11 +281,15 @@ def _train(
             ) as watchdog,
         ):
             emit.sinks[0].heartbeat = heartbeat  # type: ignore[attr-defined]
-            stopping = lambda: stop() or bool(should_stop and should_stop())  # noqa: E731
             if distributed:
                 assert launch is not None
-                result = run_distributed(backend, job, launch, emit, stopping, say, lock=lock)
+                requested = lambda: stop.requested() or bool(should_stop and should_stop())  # noqa: E731
+                result = run_distributed(
+                    backend, job, launch, emit, requested, say, lock=lock, on_start=stop.arm
+                )
             else:
+                # The loop's first question arms the flag: from then on a signal checkpoints.
+                stopping = lambda: stop() or bool(should_stop and should_stop())  # noqa: E731
                 result = get_trainer(backend).train(job, emit, stopping)
     except BaseException as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
@@ -290,8 +298,6 @@ def _train(
         status = "interrupted" if reason in ("interrupted", "memory") else "failed"
         store.finish_run(run_id, status, reason=reason, error=f"{type(exc).__name__}: {exc}")
         raise
-    finally:
-        restore()
     if watchdog.soft_reached and result.reason == "interrupted":
         result = attrs.evolve(result, reason="memory")
     status = STATUS_BY_REASON.get(result.reason, "completed")
