@@ -207,3 +207,12 @@ def compare_fingerprints(saved: dict[str, Any], current: dict[str, Any]) -> list
         if saved.get("data", {}).get(split) != current.get("data", {}).get(split):
             problems.append(f"the {split} data differs (a different prepared dataset)")
     return problems
+
+
+def check_resume_compatible(checkpoint: Path, job: Any) -> list[str]:
+    """How resuming `job` (a `TrainJob`) from `checkpoint` would differ from the run that
+    wrote it: changed settings (outside `RESUME_NEUTRAL`), another base model, other data.
+    Empty when it is safe; the caller decides whether to refuse (unless forced)."""
+    saved = read_trainer_state(checkpoint)["fingerprint"]
+    current = fingerprint(job.config, job.model_path, job.train_data, job.validation_data)
+    return compare_fingerprints(saved, current)

@@ -8,9 +8,10 @@ a folder and a prepared dataset; `load_adapted` loads a base with a trained adap
 `peft_to_mlx_lm` writes an adapter in mlx-lm's own layout.
 """
 
+from ft_train_core.state import check_resume_compatible
 from ft_train_mlx.api import load_adapted, make_config, train
 from ft_train_mlx.methods import peft_to_mlx_lm
-from ft_train_mlx.trainer import MLXTrainer, check_resume_compatible
+from ft_train_mlx.trainer import MLXTrainer
 
 __version__ = "0.1.0"
 __all__ = [

@@ -13,7 +13,6 @@ always 0 and the data position is `step * accumulation` micro-batches.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,9 +27,8 @@ from mlx.utils import tree_flatten, tree_map
 from ft_config import TrainingConfig
 from ft_data.batches import Batches, real_tokens
 from ft_data.batches import target_count as trained_tokens
-from ft_models.checkpoint import prune_checkpoints, step_folder, write_checkpoint
 from ft_models.memory_watchdog import GATE, MemoryLimitReached
-from ft_train_core import schedule
+from ft_train_core.steps import Outcome, Steps
 from ft_train_mlx.distributed import World
 from ft_train_mlx.optim import learning_rate, set_learning_rate
 from ft_train_mlx.packing import model_inputs, summed_loss
@@ -56,14 +54,6 @@ class Loop:
     world: World = field(default_factory=World)
     eval_batches: Batches | None = None
     compile: bool = False
-
-
-@dataclass(frozen=True)
-class Outcome:
-    reason: str
-    step: int
-    best_checkpoint: Path | None
-    metrics: dict[str, float]
 
 
 def gradient_function(model: nn.Module, compiled: bool) -> Callable[..., Any]:
@@ -95,57 +85,40 @@ def run(
     loop: Loop, state: LoopState, emit: Callable[[Event], None], should_stop: Callable[[], bool]
 ) -> Outcome:
     """Train from `state` (fresh or restored) until the plan ends, early stopping, a stop
-    request, or a NaN loss. Events go through `emit` on rank 0 only."""
-    say = emit if loop.world.is_main else (lambda event: None)
+    request, or a NaN loss. Events go through `emit` on rank 0 only; the counting,
+    checkpointing, evaluation and stopping are `ft_train_core.steps.Steps`'."""
     settings, world, model = loop.settings, loop.world, loop.model
+    steps = Steps(
+        state,
+        settings,
+        loop.batches,
+        loop.checkpoints_dir,
+        total_steps=loop.total_steps,
+        total_micro_batches=loop.total_micro_batches,
+        accumulation=loop.accumulation,
+        say=emit if world.is_main else (lambda event: None),
+        barrier=world.barrier,
+    )
     grads_of = gradient_function(model, loop.compile)
     micro_batches = loop.batches.iter_from(state.step * loop.accumulation)
-    started, elapsed_before = time.perf_counter(), state.elapsed_s
-    saved_at: int | None = None
-    metrics: dict[str, float] = {}
 
     def checkpoint(is_best: bool = False) -> Path:
-        nonlocal saved_at
-        folder = step_folder(loop.checkpoints_dir, state.step)
-        if is_best:
-            state.best_checkpoint = folder.name
-        state.elapsed_s = elapsed_before + time.perf_counter() - started
-        if world.is_main:
-            epoch, index = loop.batches.position(state.step * loop.accumulation)
-            position = {
-                "epoch": epoch,
-                "batch_in_epoch": index,
-                "micro_batches_done": state.step * loop.accumulation,
-                "micro_step": state.micro_step,
-            }
-            with write_checkpoint(folder, step=state.step, metadata={"is_best": is_best}) as build:
-                loop.save(build, state, position)
-            keep = (loop.checkpoints_dir / state.best_checkpoint,) if state.best_checkpoint else ()
-            prune_checkpoints(loop.checkpoints_dir, keep_last=settings.keep_last, keep=keep)
-        world.barrier()
-        saved_at = state.step
-        say({"type": "checkpoint", "step": state.step, "path": str(folder), "is_best": is_best})
-        return folder
+        def write(build: Path, position: dict[str, int]) -> None:
+            loop.save(build, state, position)
 
-    def best() -> Path | None:
-        return loop.checkpoints_dir / state.best_checkpoint if state.best_checkpoint else None
+        return steps.save(is_best, write if world.is_main else None)
 
-    def finish(reason: str) -> Outcome:
-        return Outcome(reason, state.step, best(), metrics)
-
+    evaluate = (
+        (lambda: {"eval_loss": evaluate_loss(loop)}) if loop.eval_batches is not None else None
+    )
     model.train()
-    while state.step < loop.total_steps:
+    while steps.running():
         if world.agree(should_stop()):
-            if saved_at != state.step:
-                checkpoint()
-            return finish("interrupted")
+            return steps.interrupted(checkpoint)
 
         # -- one optimizer step -------------------------------------------------------------
         step_started = time.perf_counter()
-        first = state.step * loop.accumulation
-        last = first + loop.accumulation
-        if loop.total_micro_batches is not None:
-            last = min(last, loop.total_micro_batches)
+        first, last = steps.window()
         shards = [world.shard(next(micro_batches)) for _ in range(last - first)]
         # Normalise by the targets of the whole step, on every process, before any backward.
         targets = world.sum(float(sum(trained_tokens(b) for b in shards)))
@@ -158,8 +131,7 @@ def run(
             # frames, the weights are the last complete step's (micro-batches are seeded by
             # their index, so no RNG to rewind), so that step is saved and the run ends.
             stop.__traceback__ = None
-            if saved_at != state.step:
-                checkpoint()
+            steps.ensure_saved(checkpoint)
             raise stop from None
         accumulated = world.sum_tree(accumulated)
         scale = 1.0 / max(targets, 1.0)
@@ -173,72 +145,24 @@ def run(
                 sum(mx.sum(g.astype(mx.float32) ** 2) for _, g in tree_flatten(accumulated))
             )
         grad_norm = float(norm.item())
-        if not math.isfinite(loss) or not math.isfinite(grad_norm):
-            # Stop before the step: the weights and every checkpoint stay good.
-            what = "loss" if not math.isfinite(loss) else "gradient norm"
-            where = (
-                f"; the last good checkpoint is {step_folder(loop.checkpoints_dir, saved_at)}"
-                if saved_at is not None
-                else ""
-            )
-            say(
-                {
-                    "type": "message",
-                    "level": "error",
-                    "text": f"the {what} is {loss if what == 'loss' else grad_norm} at step {state.step + 1}: training "
-                    f"stopped{where}. Try a lower training.learning_rate or precision: fp32.",
-                }
-            )
-            return finish("nan")
+        if steps.non_finite(loss, grad_norm):
+            return steps.finish("nan")
         rate = learning_rate(settings, state.step, loop.total_steps)
         set_learning_rate(loop.optimizer, rate)
         loop.optimizer.update(model, accumulated)
         mx.eval(model.parameters(), loop.optimizer.state)
-        state.step += 1
-        seconds = time.perf_counter() - step_started
-        metrics["loss"] = loss
-        say(
-            {
-                "type": "step",
-                "step": state.step,
-                "epoch": schedule.epoch_progress(loop.batches, last),
-                "loss": loss,
-                "learning_rate": rate,
-                "grad_norm": grad_norm,
-                "tokens": tokens,
-                "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
-                "elapsed_s": elapsed_before + time.perf_counter() - started,
-                "memory_bytes": int(mx.get_peak_memory()),
-            }
+        steps.stepped(
+            loss=loss,
+            learning_rate=rate,
+            grad_norm=grad_norm,
+            tokens=tokens,
+            last=last,
+            started=step_started,
+            memory_bytes=int(mx.get_peak_memory()),
         )
-
-        # -- between steps: evaluate, checkpoint, early stopping ---------------------------
-        epoch_ended = schedule.epoch_ended(loop.batches, last)
-        final = state.step >= loop.total_steps
-        is_best, stop_early = False, False
-        eval_due = schedule.due(settings.eval_every, state.step, epoch_ended)
-        if loop.eval_batches is not None and (eval_due or final):
-            eval_loss = evaluate(loop)
-            is_best, stop_early = schedule.record_evaluation(state, eval_loss, settings)
-            metrics.update(eval_loss=eval_loss, perplexity=schedule.perplexity(eval_loss))
-            say(
-                {
-                    "type": "eval",
-                    "step": state.step,
-                    "eval_loss": eval_loss,
-                    "perplexity": schedule.perplexity(eval_loss),
-                    "is_best": is_best,
-                }
-            )
-        save_due = schedule.due(settings.save_every, state.step, epoch_ended)
-        if save_due or is_best or final or stop_early:
-            checkpoint(is_best=is_best)
-        if stop_early:
-            return finish("early_stopping")
-    reason = "max_steps" if loop.total_micro_batches is None else "completed"
-    if saved_at != state.step:
-        checkpoint()
-    return finish(reason)
+        if steps.between_steps(last, evaluate, checkpoint):
+            return steps.finish("early_stopping")
+    return steps.end(checkpoint)
 
 
 def _accumulate(
@@ -258,7 +182,7 @@ def _accumulate(
     return accumulated, loss_sum
 
 
-def evaluate(loop: Loop) -> float:
+def evaluate_loss(loop: Loop) -> float:
     """Mean loss per target over the validation batches (all processes together)."""
     assert loop.eval_batches is not None
     loop.model.eval()

@@ -28,7 +28,6 @@ from ft_train_core.plan import batch_plan_for
 from ft_train_core.protocol import (
     Capabilities,
     ClassificationResult,
-    EndEvent,
     Launch,
     LossResult,
     Placement,
@@ -168,7 +167,7 @@ class MLXTrainer:
                 say(event)
             outcome = loop.run(run.loop_inputs(), run.state, emit=say, should_stop=should_stop)
             adapter = run.save_final(outcome)
-            say(_end_event(outcome, adapter))
+            say(outcome.end_event(adapter))
             return TrainResult(
                 reason=outcome.reason,
                 step=outcome.step,
@@ -411,21 +410,3 @@ class _MLXRun:
             )
         self.world.barrier()
         return adapter
-
-
-def check_resume_compatible(checkpoint: Path, job: Any) -> list[str]:
-    """How resuming `job` from `checkpoint` would differ from the run that wrote it (empty when
-    it is safe); the caller decides whether to refuse."""
-    saved = read_trainer_state(checkpoint)["fingerprint"]
-    current = fingerprint(job.config, job.model_path, job.train_data, job.validation_data)
-    return compare_fingerprints(saved, current)
-
-
-def _end_event(outcome: loop.Outcome, adapter: Path | None) -> EndEvent:
-    return {
-        "type": "end",
-        "step": outcome.step,
-        "reason": outcome.reason,
-        "adapter_path": str(adapter) if adapter else None,
-        "best_checkpoint": str(outcome.best_checkpoint) if outcome.best_checkpoint else None,
-    }

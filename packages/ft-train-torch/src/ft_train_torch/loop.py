@@ -25,9 +25,8 @@ import torch
 
 from ft_config import TrainingConfig
 from ft_data.batches import Batch, Batches, real_tokens
-from ft_models.checkpoint import prune_checkpoints, step_folder, write_checkpoint
 from ft_models.memory_watchdog import GATE, MemoryLimitReached
-from ft_train_core import schedule
+from ft_train_core.steps import Outcome, Steps
 from ft_train_torch.device import peak_memory_bytes
 from ft_train_torch.distributed import World, barrier, gradient_sync
 from ft_train_torch.state import LoopState, rng_state, set_rng_state
@@ -68,69 +67,43 @@ class Loop:
     gather: Callable[[], Any] | None = None
 
 
-@dataclass(frozen=True)
-class Outcome:
-    reason: str
-    step: int
-    best_checkpoint: Path | None
-    metrics: dict[str, float]
-
-
 def run(
     loop: Loop, state: LoopState, emit: Callable[[Event], None], should_stop: Callable[[], bool]
 ) -> Outcome:
     """Train from `state` (fresh or restored) until the plan ends, early stopping, a stop
-    request, or a NaN loss. Events go through `emit` on rank 0 only."""
-    say = emit if loop.world.is_main else (lambda event: None)
-    settings, world, device = loop.settings, loop.world, loop.device
+    request, or a NaN loss. Events go through `emit` on rank 0 only; the counting,
+    checkpointing, evaluation and stopping are `ft_train_core.steps.Steps`'."""
+    world, device = loop.world, loop.device
+    steps = Steps(
+        state,
+        loop.settings,
+        loop.batches,
+        loop.checkpoints_dir,
+        total_steps=loop.total_steps,
+        total_micro_batches=loop.total_micro_batches,
+        accumulation=loop.accumulation,
+        say=emit if world.is_main else (lambda event: None),
+        barrier=lambda: barrier(world),
+    )
     params = [p for p in loop.model.parameters() if p.requires_grad]
     micro_batches = loop.batches.iter_from(state.step * loop.accumulation)
-    started, elapsed_before = time.perf_counter(), state.elapsed_s
-    saved_at: int | None = None
-    metrics: dict[str, float] = {}
 
     def checkpoint(is_best: bool = False) -> Path:
-        nonlocal saved_at
-        folder = step_folder(loop.checkpoints_dir, state.step)
-        if is_best:
-            state.best_checkpoint = folder.name
-        state.elapsed_s = elapsed_before + time.perf_counter() - started
         gathered = loop.gather() if loop.gather is not None else None
-        if world.is_main:
-            epoch, index = loop.batches.position(state.step * loop.accumulation)
-            position = {
-                "epoch": epoch,
-                "batch_in_epoch": index,
-                "micro_batches_done": state.step * loop.accumulation,
-                "micro_step": state.micro_step,
-            }
-            with write_checkpoint(folder, step=state.step, metadata={"is_best": is_best}) as build:
-                loop.save(build, state, position, gathered)
-            keep = (loop.checkpoints_dir / state.best_checkpoint,) if state.best_checkpoint else ()
-            prune_checkpoints(loop.checkpoints_dir, keep_last=settings.keep_last, keep=keep)
-        barrier(world)
-        saved_at = state.step
-        say({"type": "checkpoint", "step": state.step, "path": str(folder), "is_best": is_best})
-        return folder
 
-    def best() -> Path | None:
-        return loop.checkpoints_dir / state.best_checkpoint if state.best_checkpoint else None
+        def write(build: Path, position: dict[str, int]) -> None:
+            loop.save(build, state, position, gathered)
 
-    def finish(reason: str) -> Outcome:
-        return Outcome(reason, state.step, best(), metrics)
+        return steps.save(is_best, write if world.is_main else None)
 
-    while state.step < loop.total_steps:
+    evaluate = (lambda: evaluate_scores(loop)) if loop.eval_batches is not None else None
+    while steps.running():
         if world.agree(should_stop(), device):
-            if saved_at != state.step:
-                checkpoint()
-            return finish("interrupted")
+            return steps.interrupted(checkpoint)
 
         # -- one optimizer step -------------------------------------------------------------
         step_started = time.perf_counter()
-        first = state.step * loop.accumulation
-        last = first + loop.accumulation
-        if loop.total_micro_batches is not None:
-            last = min(last, loop.total_micro_batches)
+        first, last = steps.window()
         shards = [world.shard(next(micro_batches)) for _ in range(last - first)]
         # Normalise by the targets of the whole step, on every process, before any backward.
         targets = world.sum(sum(loop.count(b) for b in shards), device)
@@ -147,33 +120,18 @@ def run(
             stop.__traceback__ = None
             loop.optimizer.zero_grad(set_to_none=True)
             set_rng_state(*rng)
-            if saved_at != state.step:
-                checkpoint()
+            steps.ensure_saved(checkpoint)
             raise stop from None
         loss = world.sum(float(loss_sum), device) / max(targets, 1.0)
 
         if loop.scaler is not None:
             loop.scaler.unscale_(loop.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm or math.inf)
+        norm = torch.nn.utils.clip_grad_norm_(params, loop.settings.max_grad_norm or math.inf)
         grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        if not math.isfinite(loss) or (loop.scaler is None and not math.isfinite(grad_norm)):
-            # Stop before the step: the weights and every checkpoint stay good.
-            what = "loss" if not math.isfinite(loss) else "gradient norm"
-            where = (
-                f"; the last good checkpoint is {step_folder(loop.checkpoints_dir, saved_at)}"
-                if saved_at is not None
-                else ""
-            )
-            say(
-                {
-                    "type": "message",
-                    "level": "error",
-                    "text": f"the {what} is {loss if what == 'loss' else grad_norm} at step {state.step + 1}: training "
-                    f"stopped{where}. Try a lower training.learning_rate or precision: fp32.",
-                }
-            )
+        # With a grad scaler, an infinite norm is the scaler's business (it skips the step).
+        if steps.non_finite(loss, grad_norm, check_grad_norm=loop.scaler is None):
             loop.optimizer.zero_grad(set_to_none=True)
-            return finish("nan")
+            return steps.finish("nan")
         if loop.scaler is not None:
             loop.scaler.step(loop.optimizer)
             loop.scaler.update()
@@ -182,52 +140,18 @@ def run(
         learning_rate = loop.optimizer.param_groups[0]["lr"]
         loop.scheduler.step()
         loop.optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        seconds = time.perf_counter() - step_started
-        metrics["loss"] = loss
-        say(
-            {
-                "type": "step",
-                "step": state.step,
-                "epoch": schedule.epoch_progress(loop.batches, last),
-                "loss": loss,
-                "learning_rate": learning_rate,
-                "grad_norm": grad_norm,
-                "tokens": tokens,
-                "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
-                "elapsed_s": elapsed_before + time.perf_counter() - started,
-                "memory_bytes": peak_memory_bytes(device),
-            }
+        steps.stepped(
+            loss=loss,
+            learning_rate=learning_rate,
+            grad_norm=grad_norm,
+            tokens=tokens,
+            last=last,
+            started=step_started,
+            memory_bytes=peak_memory_bytes(device),
         )
-
-        # -- between steps: evaluate, checkpoint, early stopping ---------------------------
-        epoch_ended = schedule.epoch_ended(loop.batches, last)
-        final = state.step >= loop.total_steps
-        is_best, stop_early = False, False
-        eval_due = schedule.due(settings.eval_every, state.step, epoch_ended)
-        if loop.eval_batches is not None and (eval_due or final):
-            scores = evaluate_scores(loop)
-            eval_loss = scores["eval_loss"]
-            is_best, stop_early = schedule.record_evaluation(state, eval_loss, settings)
-            metrics.update(scores, perplexity=schedule.perplexity(eval_loss))
-            say(
-                {
-                    "type": "eval",
-                    "step": state.step,
-                    **scores,
-                    "perplexity": schedule.perplexity(eval_loss),
-                    "is_best": is_best,
-                }
-            )
-        save_due = schedule.due(settings.save_every, state.step, epoch_ended)
-        if save_due or is_best or final or stop_early:
-            checkpoint(is_best=is_best)
-        if stop_early:
-            return finish("early_stopping")
-    reason = "max_steps" if loop.total_micro_batches is None else "completed"
-    if saved_at != state.step:
-        checkpoint()
-    return finish(reason)
+        if steps.between_steps(last, evaluate, checkpoint):
+            return steps.finish("early_stopping")
+    return steps.end(checkpoint)
 
 
 def _accumulate(loop: Loop, shards: list[Batch], targets: float) -> torch.Tensor:

@@ -21,13 +21,11 @@ import torch
 from ft_train_core.protocol import (
     Capabilities,
     ClassificationResult,
-    EndEvent,
     Launch,
     LossResult,
     Placement,
     TrainResult,
 )
-from ft_train_core.state import compare_fingerprints, fingerprint, read_trainer_state
 from ft_train_torch import loop
 from ft_train_torch.device import autocast, device_name, load_dtype, pick_device, resolve_precision
 from ft_train_torch.distributed import SHARDED_METHODS
@@ -170,7 +168,7 @@ class TorchTrainer:
             inputs = run.loop_inputs(objective.loss, objective.count, objective.score)
             outcome = loop.run(inputs, run.state, emit=say, should_stop=should_stop)
             adapter = run.save_final(outcome)
-            say(_end_event(outcome, adapter))
+            say(outcome.end_event(adapter))
             return TrainResult(
                 reason=outcome.reason,
                 step=outcome.step,
@@ -221,22 +219,3 @@ class _Objective:
     ) -> tuple[torch.Tensor, int]:
         logits = self.logits(module, batch)
         return classification_loss(logits, batch), classification_correct(logits, batch)
-
-
-def check_resume_compatible(checkpoint: Path, job: Any) -> list[str]:
-    """How resuming `job` from `checkpoint` would differ from the run that wrote it: changed
-    settings (besides logging, output, checkpointing and stopping ones), another base model,
-    other data. Empty when it is safe; the caller decides whether to refuse (unless forced)."""
-    saved = read_trainer_state(checkpoint)["fingerprint"]
-    current = fingerprint(job.config, job.model_path, job.train_data, job.validation_data)
-    return compare_fingerprints(saved, current)
-
-
-def _end_event(outcome: loop.Outcome, adapter: Path | None) -> EndEvent:
-    return {
-        "type": "end",
-        "step": outcome.step,
-        "reason": outcome.reason,
-        "adapter_path": str(adapter) if adapter else None,
-        "best_checkpoint": str(outcome.best_checkpoint) if outcome.best_checkpoint else None,
-    }
