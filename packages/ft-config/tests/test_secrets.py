@@ -162,9 +162,15 @@ def test_template_lists_every_secret_and_loads_empty(tmp_path):
         ("hf_token", "HF_TOKEN"),
         ("wandb_api_key", "WANDB_API_KEY"),
         ("api_key", "FT_API_KEY"),
+        ("data_token", "FT_DATA_TOKEN"),
     ):
         assert f"\n{name}:\n" in text and f"${env}" in text
-    assert read_passwords_file(path) == {"hf_token": None, "wandb_api_key": None, "api_key": None}
+    assert read_passwords_file(path) == {
+        "hf_token": None,
+        "wandb_api_key": None,
+        "api_key": None,
+        "data_token": None,
+    }
 
 
 def test_values_with_yaml_characters_survive(tmp_path):

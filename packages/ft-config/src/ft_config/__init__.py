@@ -44,6 +44,8 @@ from ft_config.secrets import (
     SecretsError,
     install_log_redaction,
     load_secrets,
+    redact_url,
+    redact_urls_in,
     write_passwords_file,
 )
 from ft_config.structure import unstructure_config
@@ -88,6 +90,8 @@ __all__ = [
     "markdown_reference",
     "parse_override",
     "plugins",
+    "redact_url",
+    "redact_urls_in",
     "render_train_yml",
     "resolve_path",
     "unstructure_config",

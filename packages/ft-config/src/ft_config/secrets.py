@@ -17,7 +17,9 @@ import difflib
 import hmac
 import logging
 import os
+import re
 import stat
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,12 @@ SECRET_SPECS: tuple[SecretSpec, ...] = (
         "wandb_api_key", "WANDB_API_KEY", "Weights & Biases API key, for `logging.wandb: true`"
     ),
     SecretSpec("api_key", "FT_API_KEY", "the key clients will send to ft-server (not built yet)"),
+    SecretSpec(
+        "data_token",
+        "FT_DATA_TOKEN",
+        "token for http(s) data URLs: sent as `Authorization: Bearer`, or where the URL "
+        "writes {data_token}",
+    ),
 )
 SECRET_NAMES = tuple(spec.name for spec in SECRET_SPECS)
 
@@ -141,6 +149,64 @@ def install_log_redaction(
         handler.addFilter(log_filter)
     target.addFilter(log_filter)
     return log_filter
+
+
+# -- credentials in URLs ----------------------------------------------------------------------
+URL_TOKEN_PLACEHOLDER = "{data_token}"
+"""Written in a data URL where a service wants its token (`?token={data_token}`,
+`https://user:{data_token}@host/...`): replaced by passwords.yml's `data_token` only when the
+file is downloaded, so train.yml, run records and errors never hold the token itself."""
+# Query (or fragment) parameters whose value is a credential: tokens, keys, passwords,
+# signatures of pre-signed links (S3 X-Amz-*, Google X-Goog-*, Azure `sig`).
+_CREDENTIAL_PARAM = re.compile(
+    r"token|key|secret|pass|pwd|auth|sig|credential|session|^x-amz-|^x-goog-|^code$", re.I
+)
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>.,:;)]")
+
+
+def redact_url(url: str) -> str:
+    """`url` with its credentials masked: the `user:password@` part, and the values of query
+    and fragment parameters named like a token, key, password or signature. Anything that is
+    not a URL comes back unchanged. What ft records and prints of a data URL goes through here."""
+    text = str(url)
+    if "://" not in text:
+        return text
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:  # not parseable: show only the scheme
+        return text.split("://", 1)[0] + "://" + MASK
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = MASK + "@" + netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(
+        (
+            parts.scheme,
+            netloc,
+            parts.path,
+            _redact_params(parts.query),
+            _redact_params(parts.fragment),
+        )
+    )
+
+
+def redact_urls_in(text: str) -> str:
+    """`text` (an error message, a log line) with every URL in it passed through redact_url."""
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+
+
+def _redact_params(query: str) -> str:
+    pieces = []
+    for piece in query.split("&") if query else []:
+        name, eq, value = piece.partition("=")
+        if (
+            eq
+            and value
+            and value != URL_TOKEN_PLACEHOLDER
+            and _CREDENTIAL_PARAM.search(urllib.parse.unquote_plus(name))
+        ):
+            value = MASK
+        pieces.append(name + eq + value)
+    return "&".join(pieces)
 
 
 def check_permissions(path: Path) -> None:

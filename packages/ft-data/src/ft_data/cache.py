@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ft_config import app_paths, atomic_write_text
+from ft_config import app_paths, atomic_write_text, redact_url
 from ft_data.errors import DataError
 from ft_data.prepare import PrepareOptions, PrepareResult, prepare_dataset
 from ft_data.tokenizer import ModelTokenizer
@@ -95,12 +95,19 @@ class DatasetCache:
         *,
         rebuild: bool = False,
         progress: Callable[[int], None] | None = None,
+        url_token: str | None = None,
     ) -> CachedResult:
         """:func:`~ft_data.prepare.prepare_dataset` into the cache: reuse the file prepared
         the same way before, or write it; then record the use and evict what no longer fits."""
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         result = prepare_dataset(
-            source, tokenizer, self.path_for, options, rebuild=rebuild, progress=progress
+            source,
+            tokenizer,
+            self.path_for,
+            options,
+            rebuild=rebuild,
+            progress=progress,
+            url_token=url_token,
         )
         self.record_use(result.path, source=_describe(source))
         evicted = self.evict(keep=[result.path])
@@ -233,9 +240,12 @@ def prepare_cached(
     *,
     rebuild: bool = False,
     progress: Callable[[int], None] | None = None,
+    url_token: str | None = None,
 ) -> CachedResult:
     """Prepare ``source`` into the default cache (see :class:`DatasetCache`)."""
-    return DatasetCache().prepare(source, tokenizer, options, rebuild=rebuild, progress=progress)
+    return DatasetCache().prepare(
+        source, tokenizer, options, rebuild=rebuild, progress=progress, url_token=url_token
+    )
 
 
 def _unlink(path: Path) -> bool:
@@ -249,4 +259,5 @@ def _unlink(path: Path) -> bool:
 
 def _describe(source: str | Path) -> str:
     text = str(source)
-    return text if "://" in text else str(Path(text).expanduser().absolute())
+    # A URL goes into the index with its credentials masked (never a token on disk).
+    return redact_url(text) if "://" in text else str(Path(text).expanduser().absolute())

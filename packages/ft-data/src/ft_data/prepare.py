@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ft_config.secrets import redact_url
 from ft_data.conversation import Conversation, Message, check_conversation
 from ft_data.errors import DataError, RowProblem
 from ft_data.formats import Format, detect_format, get_format
@@ -146,6 +147,7 @@ def prepare_dataset(
     rebuild: bool = False,
     batch_rows: int = 1024,
     progress: Callable[[int], None] | None = None,
+    url_token: str | None = None,
 ) -> PrepareResult:
     """Prepare ``source`` (file, folder, glob or URL) into the HDF5 file ``output``.
 
@@ -153,17 +155,21 @@ def prepare_dataset(
     the file when its cache key matches, unless ``rebuild``. Raises
     :class:`DataError` for unreadable data, an undetectable format, and, as the options say,
     invalid rows or over-long examples; ``progress`` is called with the rows read so far.
+    ``url_token`` (passwords.yml's ``data_token``) authenticates an http(s) ``source``; see
+    :func:`ft_data.readers.download`. A URL's credentials are masked in everything recorded.
     """
     options = options or PrepareOptions()
     tok = tokenizer if isinstance(tokenizer, ModelTokenizer) else load_tokenizer(tokenizer)
-    with local_files(source) as files:
+    with local_files(source, token=url_token) as files:
         fmt, reason = choose_format(source, files, options)
         template = choose_template(fmt, tok, options)
         source_hash = hash_source(source, files, fmt.name, options)
         key = _cache_key(source_hash, tok, template, options)
         output = Path(output(key) if callable(output) else output)
         if not rebuild and (old := read_attrs(output)) is not None and old.get("cache_key") == key:
-            return PrepareResult(output, True, PrepareReport.from_dict(old["stats"]))
+            reused = PrepareReport.from_dict(old["stats"])
+            _check_usable(source, reused)  # a file an earlier version wrote without examples
+            return PrepareResult(output, True, reused)
         report = PrepareReport(fmt.name, reason, template.name if template else None)
         attrs = {
             "tokenizer_fingerprint": tok.fingerprint,
@@ -199,7 +205,34 @@ def prepare_dataset(
             if options.label_column is not None:
                 report.label_names = writer.finish_labels()
             writer.attrs["stats"] = report.to_dict()
+            _check_usable(source, report)  # raised inside: the file is not written
     return PrepareResult(output, False, report)
+
+
+def display_source(source: str | Path) -> str:
+    """``source`` as ft shows and records it: a URL with its credentials masked."""
+    return redact_url(str(source))
+
+
+def _check_usable(source: str | Path, report: PrepareReport) -> None:
+    """A DataError naming the source when no row made an example: nothing to train on."""
+    if report.examples:
+        return
+    if not report.rows_read:
+        what = "no usable rows: the data holds no rows"
+    else:
+        counts = ", ".join(f"{kind} {n}" for kind, n in sorted(report.counts.items()))
+        what = f"no usable rows: all {report.rows_read} rows were left out ({counts or 'empty'})"
+        shown = report.issues[:3]
+        if shown:
+            what += "; " + "; ".join(
+                f"row {issue.row} of {Path(issue.file).name}: {issue.reason}" for issue in shown
+            )
+    raise DataError(
+        what,
+        file=display_source(source),
+        hint="fix the rows, or give other data; `ft dataset stats` shows every row left out",
+    )
 
 
 def hash_source(
@@ -211,7 +244,7 @@ def hash_source(
     url = str(source).startswith(("http://", "https://"))
     root = Path(os.path.commonpath([file.parent for file in files])) if files else Path()
     for file in files:
-        name = str(source) if url else file.relative_to(root).as_posix()
+        name = display_source(source) if url else file.relative_to(root).as_posix()
         digest.update(f"{name}\0{file.stat().st_size}\0".encode())
         with open(file, "rb") as handle:
             while block := handle.read(1 << 20):
@@ -254,7 +287,9 @@ def choose_format(
         for _, row in read_file(file, on_bad_utf8=options.on_bad_utf8, on_skip=_ignore)
     )
     detection = detect_format(
-        itertools.islice(rows, options.detect_rows), sample=options.detect_rows, where=str(source)
+        itertools.islice(rows, options.detect_rows),
+        sample=options.detect_rows,
+        where=display_source(source),
     )
     return detection.format, detection.reason
 

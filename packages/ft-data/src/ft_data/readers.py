@@ -13,6 +13,7 @@ and HTML) and tells ``on_skip`` (or warns) about it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
 import glob
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from ft_config.secrets import MASK, URL_TOKEN_PLACEHOLDER, redact_url, redact_urls_in
 from ft_data.errors import DataError
 from ft_data.json_stream import JsonStream, check_depth, too_deep
 
@@ -163,26 +165,51 @@ def find_files(source: str | Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def local_files(source: str | Path) -> Iterator[list[Path]]:
+def local_files(source: str | Path, *, token: str | None = None) -> Iterator[list[Path]]:
     """The local files of ``source``; an http(s) URL is downloaded to a temporary file that
-    lives for the ``with`` block."""
+    lives for the ``with`` block (with ``token``, passwords.yml's ``data_token``: see
+    :func:`download`)."""
     text = str(source)
     if not text.startswith(("http://", "https://")):
         yield find_files(source)
         return
     with tempfile.TemporaryDirectory(prefix="ft-data-") as folder:
-        yield [download(text, Path(folder))]
+        yield [download(text, Path(folder), token=token)]
 
 
-def download(url: str, folder: Path) -> Path:
+def download(url: str, folder: Path, *, token: str | None = None) -> Path:
     """Download ``url`` into ``folder`` with urllib and return the file's path.
 
     The file keeps the URL's file name; when that has no known extension, one is taken from the
     response's Content-Type so the right reader is used.
+
+    Credentials: ``{data_token}`` in the URL is replaced by ``token``; a ``user:password@`` part
+    is sent as HTTP Basic authentication; otherwise ``token``, when given, is sent as
+    ``Authorization: Bearer``. Authorization is never forwarded to another host on a redirect,
+    and errors show the URL with its credentials masked (:func:`ft_config.redact_url`).
     """
-    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "download"
+    shown = redact_url(url)
+    real = url
+    if URL_TOKEN_PLACEHOLDER in url:
+        if not token:
+            raise DataError(
+                f"the URL asks for {URL_TOKEN_PLACEHOLDER}, and no data_token is set",
+                file=shown,
+                hint="add data_token to passwords.yml (`ft secrets`), or set $FT_DATA_TOKEN",
+            )
+        real = url.replace(URL_TOKEN_PLACEHOLDER, urllib.parse.quote(token, safe=""))
+    parts = urllib.parse.urlsplit(real)
+    user, _, password = parts.netloc.rpartition("@")[0].partition(":")
+    host = parts.netloc.rpartition("@")[2]
+    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=host)))
+    if "@" in parts.netloc:
+        pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}".encode()
+        request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(pair).decode())
+    elif token and real == url:
+        request.add_unredirected_header("Authorization", f"Bearer {token}")
+    name = Path(urllib.parse.unquote(parts.path)).name or "download"
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             if Path(name).suffix.lower() not in READER_BY_SUFFIX:
                 content_type = response.headers.get_content_type()
                 name += _SUFFIX_BY_CONTENT_TYPE.get(content_type, "")
@@ -192,15 +219,22 @@ def download(url: str, folder: Path) -> Path:
                     out.write(block)
     except urllib.error.HTTPError as error:
         raise DataError(
-            f"download failed: HTTP {error.code} {error.reason}", file=url, hint="check the URL"
-        ) from error
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
+            f"download failed: HTTP {error.code} {error.reason}",
+            file=shown,
+            hint="check the URL, and its token (passwords.yml's data_token)"
+            if error.code in (401, 403)
+            else "check the URL",
+        ) from None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = redact_urls_in(str(getattr(error, "reason", error)))
+        for secret in (token, password):
+            if secret:
+                reason = reason.replace(secret, MASK)
         raise DataError(
             f"download failed: {reason}",
-            file=url,
+            file=shown,
             hint="check the URL and the network, or download the file and give its path",
-        ) from error
+        ) from None
     return target
 
 
