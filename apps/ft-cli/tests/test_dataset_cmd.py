@@ -586,3 +586,44 @@ def test_a_100_mb_line_is_cut_not_tokenized_whole(model_dir: Path, tmp_path: Pat
         "row": 2,
         "reason": f"{length:,} characters cut to max_length 2048",
     }
+
+
+def test_prepare_never_overwrites_an_output_silently(
+    datasets: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    source = datasets / "wikisql" / "valid.jsonl"
+    h5 = tmp_path / "v.h5"
+    assert run("prepare", source, "--model", model_dir, "-o", h5).exit_code == 0
+    before = h5.read_bytes()
+    refused = "exists: ft dataset prepare does not overwrite it. Choose another -o path, or add --force to replace it"
+    assert _error(run("prepare", source, "--model", model_dir, "-o", h5)) == (
+        f"error: {h5} {refused}\n"
+    )
+    assert h5.read_bytes() == before
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "valid.h5").write_text("someone's file")
+    assert _error(run("prepare", source, "--model", model_dir, "-o", folder)) == (
+        f"error: {folder / 'valid.h5'} {refused}\n"
+    )
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    assert _error(run("prepare", source, "--model", model_dir, "-o", notes)) == (
+        f"error: {notes} exists and is a file, not a folder: -o takes a .h5 file or a folder. "
+        "Choose another path, or add --force to replace the file with the prepared dataset\n"
+    )
+    assert notes.read_text() == "my notes" and (folder / "valid.h5").read_text() == "someone's file"
+    report = run_json("prepare", source, "--model", model_dir, "-o", folder, "--force")
+    assert report["output"] == str(folder / "valid.h5")
+    with PreparedDataset(folder / "valid.h5") as replaced:
+        assert len(replaced) == report["examples"]
+
+
+def test_prepare_of_data_with_no_usable_row_names_the_file(model_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "empty.jsonl"
+    source.write_text('{"instruction": "a", "output": ""}\n', encoding="utf-8")
+    message = _error(run("prepare", source, "--model", model_dir, "--format", "alpaca"))
+    assert message.startswith(
+        f"error: {source}: no usable rows: its one row was left out (invalid 1); row 1 of "
+        "empty.jsonl: key 'output': the field is empty"
+    )

@@ -24,6 +24,7 @@ import click
 from ft_cli.dataset_setup import DataArgs, data_options
 from ft_cli.dataset_show import print_prepare, print_rows, print_stats, row_progress
 from ft_cli.main import UserError
+from ft_config import redact_url
 
 if TYPE_CHECKING:
     from ft_data import DataError
@@ -92,7 +93,10 @@ def _echo_json(data: dict[str, Any]) -> None:
     help="Write here (a .h5 file, or a folder) instead of into the cache.",
 )
 @click.option("--rebuild", is_flag=True, help="Prepare again even if an up-to-date file exists.")
-def prepare(data: DataArgs, output: Path | None, rebuild: bool) -> None:
+@click.option(
+    "--force", is_flag=True, help="Replace the file --output names when it exists already."
+)
+def prepare(data: DataArgs, output: Path | None, rebuild: bool, force: bool) -> None:
     """Prepare SRC (a file, folder, glob or URL) for training.
 
     Detects the format, renders every row with the chat template, tokenizes it with its loss
@@ -106,24 +110,31 @@ def prepare(data: DataArgs, output: Path | None, rebuild: bool) -> None:
     options = setup.settings.prepare
     started = time.perf_counter()
     evicted: tuple[Any, ...] = ()
-    with row_progress("prepare", setup.source) as progress:
-        if output is not None:
+    target = _output_file(output, setup.source, force) if output is not None else None
+    with row_progress("prepare", redact_url(setup.source)) as progress:
+        if target is not None:
             result = prepare_dataset(
                 setup.source,
                 setup.tokenizer,
-                _output_file(output, setup.source),
+                target,
                 options,
                 rebuild=rebuild,
                 progress=progress,
+                url_token=setup.url_token,
             )
         else:
             result = DatasetCache().prepare(
-                setup.source, setup.tokenizer, options, rebuild=rebuild, progress=progress
+                setup.source,
+                setup.tokenizer,
+                options,
+                rebuild=rebuild,
+                progress=progress,
+                url_token=setup.url_token,
             )
             evicted = result.evicted
     summary = prepare_summary(
         result,
-        source=setup.source,
+        source=redact_url(setup.source),
         model=setup.model,
         max_seq_length=setup.settings.max_seq_length,
         seconds=time.perf_counter() - started,
@@ -135,11 +146,29 @@ def prepare(data: DataArgs, output: Path | None, rebuild: bool) -> None:
         print_prepare(summary)
 
 
-def _output_file(output: Path, source: str) -> Path:
-    if output.suffix.lower() in (".h5", ".hdf5"):
-        return output
-    name = Path(source.rstrip("/")).stem if "*" not in source and "?" not in source else ""
-    return output / f"{name or 'dataset'}.h5"
+def _output_file(output: Path, source: str, force: bool) -> Path:
+    """The file `-o OUTPUT` names: itself (a .h5 path), or a file in the folder OUTPUT named
+    after the source. An existing file is replaced only with --force, never silently."""
+    h5 = output.suffix.lower() in (".h5", ".hdf5")
+    if output.exists() and not output.is_dir() and not h5 and not force:
+        raise UserError(
+            f"{output} exists and is a file, not a folder: -o takes a .h5 file or a folder. "
+            "Choose another path, or add --force to replace the file with the prepared dataset"
+        )
+    if h5 or (output.exists() and not output.is_dir()):
+        target = output
+    else:
+        name = Path(source.rstrip("/")).stem if "*" not in source and "?" not in source else ""
+        target = output / f"{name or 'dataset'}.h5"
+    if target.exists() and not force:
+        raise UserError(
+            f"{target} exists: ft dataset prepare does not overwrite it. Choose another "
+            "-o path, or add --force to replace it"
+        )
+    if target.is_dir():
+        raise UserError(f"{target} is a folder; give the path of a .h5 file to write")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
 
 
 # inspect ----------------------------------------------------------------------------------------
@@ -216,11 +245,13 @@ def stats(
 
     setup = data.setup(near_dup_threshold=near_threshold, label_column=label_column)
     settings = setup.settings
-    with row_progress("prepare", setup.source) as progress:
+    with row_progress("prepare", redact_url(setup.source)) as progress:
         result = DatasetCache().prepare(
             setup.source, setup.tokenizer, settings.prepare, progress=progress
         )
-    report = stats_summary(result, source=setup.source, max_seq_length=settings.max_seq_length)
+    report = stats_summary(
+        result, source=redact_url(setup.source), max_seq_length=settings.max_seq_length
+    )
     quality = quality_report(
         setup.source,
         setup.tokenizer,

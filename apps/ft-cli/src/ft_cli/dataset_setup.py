@@ -106,6 +106,8 @@ class Setup:
     settings: DataSettings
     tokenizer: ModelTokenizer
     model: str
+    url_token: str | None = None
+    """passwords.yml's (or $FT_DATA_TOKEN's) data_token, for an http(s) source."""
 
 
 def resolve_setup(args: DataArgs, **overrides: Any) -> Setup:
@@ -152,7 +154,13 @@ def resolve_setup(args: DataArgs, **overrides: Any) -> Setup:
             else f"the default: no --model, and no {CONFIG_FILE} here"
         )
     tokenizer = model_tokenizer(name, model_config, base, origin)
-    return Setup(src, settings, tokenizer, name)
+    url_token = None
+    if str(src).startswith(("http://", "https://")):
+        from ft_config import PASSWORDS_FILE, load_secrets
+
+        secret = load_secrets(base / PASSWORDS_FILE).get("data_token")
+        url_token = secret.reveal() if secret is not None else None
+    return Setup(src, settings, tokenizer, name, url_token)
 
 
 def model_tokenizer(

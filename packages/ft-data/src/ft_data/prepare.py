@@ -222,7 +222,8 @@ def _check_usable(source: str | Path, report: PrepareReport) -> None:
         what = "no usable rows: the data holds no rows"
     else:
         counts = ", ".join(f"{kind} {n}" for kind, n in sorted(report.counts.items()))
-        what = f"no usable rows: all {report.rows_read} rows were left out ({counts or 'empty'})"
+        rows = f"all {report.rows_read} rows were" if report.rows_read > 1 else "its one row was"
+        what = f"no usable rows: {rows} left out ({counts or 'empty'})"
         shown = report.issues[:3]
         if shown:
             what += "; " + "; ".join(

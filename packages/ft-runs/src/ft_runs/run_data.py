@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from ft_config import TrainConfig
+from ft_config import TrainConfig, redact_url
 from ft_runs.store import JobStore
 
 Say = Callable[[str], None]
@@ -33,6 +33,7 @@ def prepare(
     say: Say,
     *,
     progress: Callable[[str, int], None] | None = None,
+    url_token: str | None = None,
 ) -> PreparedData:
     """Prepare (or reuse from the cache) the training and validation data for this model.
 
@@ -40,6 +41,9 @@ def prepare(
     of the prepared training examples, held out with a seeded split (stratified by label when
     the dataset has labels). Held-out splits are written by :func:`materialize_split` into the
     run folder, so a run keeps exactly the data it trained on.
+
+    `url_token` (passwords.yml's `data_token`) authenticates http(s) data URLs; the summary
+    records every URL with its credentials masked.
     """
     from ft_data.cache import prepare_cached
     from ft_data.config import options_from_config
@@ -50,14 +54,16 @@ def prepare(
 
     def one(source: str, role: str) -> Any:
         tick = (lambda rows: progress(role, rows)) if progress else None
-        result = prepare_cached(source, model_path, settings.prepare, progress=tick)
+        result = prepare_cached(
+            source, model_path, settings.prepare, progress=tick, url_token=url_token
+        )
         state = "reused" if result.reused else "prepared"
         say(f"{role} data: {state} {result.path.name}: {result.report.summary()}")
         return result
 
     train = one(settings.train, "training")
     summary: dict[str, Any] = {
-        "train_source": settings.train,
+        "train_source": redact_url(settings.train),
         "train_cache_key": result_key(train.path),
         "format": train.report.format,
         "format_reason": train.report.format_reason,
@@ -71,7 +77,7 @@ def prepare(
     if settings.validation:
         validation = one(settings.validation, "validation")
         summary.update(
-            validation_source=settings.validation,
+            validation_source=redact_url(settings.validation),
             validation_cache_key=result_key(validation.path),
             validation_examples=validation.report.examples,
         )
@@ -82,6 +88,18 @@ def prepare(
         say("validation: off (validation_split is 0 and no validation file)")
         return PreparedData(train.path, None, summary, split=None)
     return PreparedData(train.path, None, summary, split=(fraction, config.training.seed))
+
+
+def without_url_credentials(config: TrainConfig) -> TrainConfig:
+    """`config` with the credentials of its data URLs masked (`ft_config.redact_url`): what a
+    run records (config snapshot, run.json, the store, checkpoints) once the data is read."""
+    data = config.data
+    masked = {}
+    for name in ("train", "validation", "test"):
+        value = getattr(data, name, None)
+        if isinstance(value, str) and redact_url(value) != value:
+            masked[name] = redact_url(value)
+    return attrs.evolve(config, data=attrs.evolve(data, **masked)) if masked else config
 
 
 def result_key(path: Path) -> str | None:

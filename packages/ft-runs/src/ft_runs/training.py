@@ -20,12 +20,19 @@ from ft_config import (
     TrainConfig,
     load_config,
     load_secrets,
+    redact_urls_in,
     resolve_path,
     unstructure_config,
 )
 from ft_runs.launching import StopFlag, run_distributed
 from ft_runs.preflight import memory_guard, plan_run
-from ft_runs.run_data import PreparedData, materialize_split, prepare, record_datasets
+from ft_runs.run_data import (
+    PreparedData,
+    materialize_split,
+    prepare,
+    record_datasets,
+    without_url_credentials,
+)
 from ft_runs.run_folder import RunFolder, git_commit_of, new_run_id
 from ft_runs.run_lock import RunLock
 from ft_runs.sinks import (
@@ -171,7 +178,18 @@ def _train(
         repo_id=model.repo_id,
         revision=model.commit or model.revision,
     )
-    data = prepare(config, config_path, model.path, say, progress=progress)
+    token = secrets.get("data_token")
+    data = prepare(
+        config,
+        config_path,
+        model.path,
+        say,
+        progress=progress,
+        url_token=token.reveal() if token is not None else None,
+    )
+    # From here on the run records its config: data URLs keep no credentials in it.
+    config = without_url_credentials(config)
+    overrides = [redact_urls_in(text) for text in overrides]
     record_datasets(store, data)
 
     if launch is None or not launch.distributed:
