@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -131,7 +132,7 @@ def test_generate_stop_and_sampling_options(tiny_llama: Path, library) -> None:
 
 
 def test_generate_with_an_adapter_and_with_a_run(
-    tiny_llama: Path, adapter: Path, tmp_path: Path
+    tiny_llama: Path, adapter: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     tuned = Generator.load(tiny_llama, backend="torch", dtype="float32", adapter=adapter)
     expected = answer(tuned, [{"role": "user", "content": QUESTION}], 10)
@@ -149,8 +150,20 @@ def test_generate_with_an_adapter_and_with_a_run(
     (folder / "run.json").write_text(json.dumps({"model": {"path": str(tiny_llama)}}))
     (folder / "config.yml").write_text("data:\n  template: llama3\n  system_prompt: Be kind.\n")
     shutil.copytree(adapter, folder / "adapter")
-    from_run = run(generate, "--run", str(folder), QUESTION, *FAST, "--json", "--max-tokens", "10")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # as a fresh process starts; another test may have hidden it
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from_run = run(
+            generate, "--run", str(folder), QUESTION, *FAST, "--json", "--max-tokens", "10"
+        )
     assert from_run.exit_code == 0, from_run.output
+    # With --json: the JSON alone on stdout, and no loading bars or deprecation warnings
+    # (tqdm writes to the process's own stderr, which capfd sees).
+    assert from_run.stderr == "" and capfd.readouterr() == ("", "")
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
     with_template = Generator(tuned.lm, tuned.tokenizer, template=load_template("llama3"))
     messages = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": QUESTION}]
     record = json.loads(from_run.stdout)

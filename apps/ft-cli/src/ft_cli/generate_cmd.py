@@ -191,7 +191,11 @@ def weights_of_run(ref: str, checkpoint: str | None) -> RunWeights:
 def load_for_generation(
     model: str | None, params: dict[str, Any], *, quiet: bool = False
 ) -> tuple[Any, str | None]:
-    """The Generator the command's parameters describe, and the system prompt to use."""
+    """The Generator the command's parameters describe, and the system prompt to use.
+
+    Only the answer (or the JSON) goes to stdout; what ft says about the model goes to stderr,
+    and the libraries' loading bars and deprecation warnings are hidden."""
+    from ft_cli.main import quiet_libraries
     from ft_models.device import DeviceError
     from ft_models.generate import GenerationError, Generator
     from ft_models.hub import ModelError
@@ -209,6 +213,7 @@ def load_for_generation(
     if not model:
         raise click.UsageError("give a MODEL (a folder, alias, Hub id or .gguf file) or --run RUN")
     dtype = None if params["dtype"] == "auto" else params["dtype"]
+    quiet_libraries()
     try:
         generator = Generator.load(
             model,
