@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ft_models.embedded import EMBEDDED_REPO_ID, find_embedded_gguf
-from ft_models.hub import ModelError, RemoteCodeError, UnsafeWeightsError
+from ft_models.hub import ModelError, RemoteCodeError, UnsafeWeightsError, download_model
 from ft_models.resolve import (
     ModelNotFoundError,
     choose_embedded_source,
@@ -242,11 +242,11 @@ def test_embedded_alias_offline_imports_the_gguf_once(
         "catalog alias 'smollm2-135m' -> embedded GGUF (offline requested); imported earlier"
     )
 
-    # Online, and the Hub answers for the repo but will not serve its files (gated, no token):
-    # the default model still resolves, to the embedded copy, and says why.
+    # Online asked for, and the Hub answers for the repo but will not serve its files (gated, no
+    # token): the default model still resolves, to the embedded copy, and says why.
     monkeypatch.delenv("HF_HUB_OFFLINE")
     own_hub.add_repo(EMBEDDED_REPO_ID, tiny_llama, gated=True, token="hf_someone_else")
-    fallback = resolve_model("smollm2-135m", progress=False)
+    fallback = resolve_model("smollm2-135m", offline=False, progress=False)
     assert (fallback.kind, fallback.path) == ("embedded", folder)
     assert fallback.reason.startswith(
         "catalog alias 'smollm2-135m' -> embedded GGUF (the Hub download failed: "
@@ -271,37 +271,31 @@ def test_embedded_choice_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     assert choose_embedded_source(offline=True).reason == "offline requested"
 
 
-def test_embedded_choice_when_the_hub_lacks_the_repo(
-    hub_env: LocalHub, embedded_gguf: Path
-) -> None:
-    choice = choose_embedded_source(timeout=1.0)
-
-    assert (choice.use_hub, choice.reason) == (
-        False,
-        f"the Hub ({hub_env.url}) did not serve {EMBEDDED_REPO_ID} within 1 s",
-    )
-
-
-def test_embedded_alias_online_goes_to_the_hub_then_to_its_cache(
-    own_hub: LocalHub, tiny_llama: Path, embedded_gguf: Path, monkeypatch: pytest.MonkeyPatch
+def test_embedded_alias_never_asks_the_hub_until_its_repo_is_pulled(
+    own_hub: LocalHub, tiny_llama: Path, embedded_gguf: Path
 ) -> None:
     sha = own_hub.add_repo(EMBEDDED_REPO_ID, tiny_llama)  # stands in for the real repo
 
+    # Online, the Hub serving the repo: still the copy ft carries, and not one request.
     choice = choose_embedded_source()
-    online = resolve_model("smollm2-135m", progress=False)
+    embedded = resolve_model("smollm2-135m", progress=False)
 
-    assert (choice.use_hub, choice.reason) == (True, f"the Hub ({own_hub.url}) is reachable")
-    assert (online.kind, online.repo_id, online.commit) == ("catalog", EMBEDDED_REPO_ID, sha)
-    assert online.reason.startswith(
-        f"catalog alias 'smollm2-135m' -> {EMBEDDED_REPO_ID} (the Hub ({own_hub.url}) is "
-        "reachable; downloaded 6 files, "
+    assert (choice.use_hub, choice.reason) == (
+        False,
+        "the copy ft carries; `ft models pull smollm2-135m` fetches the original",
     )
+    assert embedded.kind == "embedded"
+    assert own_hub.requests == []
 
-    use_hf_endpoint(monkeypatch, "http://127.0.0.1:9")  # the network is gone
+    # `ft models pull` (or any download) puts the original in the Hugging Face cache; from then
+    # on the alias resolves to it, from the cache, still without asking the Hub.
+    download_model(EMBEDDED_REPO_ID, progress=False)
+    own_hub.clear_requests()
     cached = resolve_model("smollm2-135m", progress=False)
 
-    assert cached.path == online.path
+    assert (cached.kind, cached.repo_id, cached.commit) == ("catalog", EMBEDDED_REPO_ID, sha)
     assert cached.reason == (
         f"catalog alias 'smollm2-135m' -> {EMBEDDED_REPO_ID} ({EMBEDDED_REPO_ID} is in the "
         "Hugging Face cache; from the cache, offline)"
     )
+    assert own_hub.requests == []

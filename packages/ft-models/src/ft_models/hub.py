@@ -673,19 +673,3 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
         yield
     finally:
         enable_progress_bars()
-
-
-def reachable(repo_id: str, timeout: float = 2.0) -> bool:
-    """Whether the Hub answers for the public model `repo_id` within `timeout` seconds. False in
-    offline mode, without a connection, or when the Hub does not serve that repo. Sends no
-    token; proxies are taken from the environment as usual."""
-    import urllib.request
-
-    if is_offline():
-        return False
-    request = urllib.request.Request(f"{hub_endpoint()}/api/models/{repo_id}", method="GET")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return bool(200 <= response.status < 300)
-    except (OSError, ValueError):  # URLError and HTTPError are OSErrors
-        return False

@@ -11,9 +11,10 @@ A `.gguf` file is imported once (dequantized into a safetensors folder under
 `app_paths().models / "gguf"`) and reused while the file is unchanged.
 
 The default alias `smollm2-135m` is embedded: ft carries it as a GGUF file, so it works with no
-network. When the Hub is usable for it (not offline, and the repo is already cached or the Hub
-answers within a couple of seconds) the alias resolves to the Hub repo instead, which is the
-unquantized original; `choose_embedded_source` makes that decision and says why.
+network, and resolving it never asks the network (offline first). When the Hub repo it was made
+from is already in the Hugging Face cache (`ft models pull smollm2-135m` puts it there), the
+alias resolves to that unquantized original, from the cache; `choose_embedded_source` makes that
+decision and says why.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, Literal
 import attrs
 
 from ft_models.catalog import CatalogEntry, find_entry, similar_aliases
-from ft_models.embedded import EMBEDDED_REPO_ID, find_embedded_gguf
+from ft_models.embedded import EMBEDDED_ALIAS, EMBEDDED_REPO_ID, find_embedded_gguf
 from ft_models.hub import (
     Download,
     HubAccessError,
@@ -37,17 +38,14 @@ from ft_models.hub import (
     check_remote_code,
     check_weights,
     download_model,
-    hub_endpoint,
     is_cached,
     is_offline,
-    reachable,
     read_config,
 )
 
 Kind = Literal["local", "catalog", "hub", "gguf", "embedded"]
 GGUF_DTYPE = "bfloat16"
 """The dtype GGUF files are imported in: what training loads, at half the size of float32."""
-REACHABLE_TIMEOUT_S = 2.0
 
 # A Hub repo id: `name` or `org/name`, letters, digits, `-`, `_`, `.` (as huggingface_hub checks).
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -100,6 +98,8 @@ class EmbeddedChoice:
 
     use_hub: bool
     reason: str
+    cache_only: bool = False
+    """Use the Hub repo from the Hugging Face cache, without asking the Hub for news."""
 
 
 def parse_model_name(name: str, *, revision: str | None = None) -> ModelName:
@@ -157,20 +157,15 @@ def _unknown_name_message(text: str) -> str:
 
 
 def choose_embedded_source(
-    offline: bool | None = None,
-    *,
-    revision: str | None = None,
-    timeout: float = REACHABLE_TIMEOUT_S,
+    offline: bool | None = None, *, revision: str | None = None
 ) -> EmbeddedChoice:
-    """Decide where the embedded alias resolves: the Hub repo when the Hub is usable for it,
-    else the GGUF ft carries. In order:
+    """Decide where the embedded alias resolves, without the network. In order:
 
     - a `revision` asked for, or the GGUF not installed -> the Hub (or its cache, offline);
     - offline (`offline=True`, or `HF_HUB_OFFLINE=1`) -> the GGUF;
-    - `offline=False` -> the Hub;
-    - the repo already in the Hugging Face cache -> the Hub (it works offline from there);
-    - the Hub answers for the repo within `timeout` seconds -> the Hub;
-    - else -> the GGUF.
+    - `offline=False` -> the Hub (online asked for);
+    - the repo already in the Hugging Face cache -> that copy, from the cache;
+    - else -> the GGUF ft carries.
     """
     repo = EMBEDDED_REPO_ID
     if revision:  # only the Hub (or its cache) has revisions
@@ -183,11 +178,9 @@ def choose_embedded_source(
     if offline is False:
         return EmbeddedChoice(True, "online requested")
     if is_cached(repo):
-        return EmbeddedChoice(True, f"{repo} is in the Hugging Face cache")
-    if reachable(repo, timeout=timeout):
-        return EmbeddedChoice(True, f"the Hub ({hub_endpoint()}) is reachable")
+        return EmbeddedChoice(True, f"{repo} is in the Hugging Face cache", cache_only=True)
     return EmbeddedChoice(
-        False, f"the Hub ({hub_endpoint()}) did not serve {repo} within {timeout:g} s"
+        False, f"the copy ft carries; `ft models pull {EMBEDDED_ALIAS}` fetches the original"
     )
 
 
@@ -248,6 +241,8 @@ def resolve_model(
     choice = choose_embedded_source(offline, revision=parsed.revision)
     gguf = find_embedded_gguf()
     if choice.use_hub:
+        if choice.cache_only:
+            hub_args["offline"] = True
         try:
             download = download_model(parsed.repo_id, **hub_args)
         except (HubUnreachableError, NotCachedError, HubAccessError) as error:
