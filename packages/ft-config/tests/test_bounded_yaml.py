@@ -214,3 +214,12 @@ def test_keys_that_are_not_names_are_refused_at_their_line(text, shown):
     with pytest.raises(YamlError) as info:
         read_yaml("model: x\n" + text, "f.yml")
     assert str(info.value).startswith(f"f.yml:2: the key {shown} is not a name; keys are text")
+
+
+def test_an_alias_bomb_in_a_set_override_stays_text():
+    from ft_config.loader import parse_override
+
+    bomb = "[" + ",".join(["&a [" + ",".join(["x"] * 200) + "]"] + ["*a"] * 200) + "]"
+    override = parse_override(f"method.target_modules={bomb}")
+    assert override.value == bomb  # not expanded: refused as YAML, kept as the text typed
+    assert parse_override("method.target_modules=[&m q_proj, *m]").value == ["q_proj", "q_proj"]

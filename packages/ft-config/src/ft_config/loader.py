@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import yaml
 
 from ft_config import profiles
 from ft_config.schema import TrainConfig
@@ -65,10 +64,10 @@ def parse_override(text: str) -> Override:
         raise ConfigError(
             [ConfigProblem(f"--set {text}", "", "expected KEY=VALUE, e.g. --set training.epochs=2")]
         )
-    try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else None
-    except yaml.YAMLError:
-        value = raw_value  # not YAML: take the text as it is
+    try:  # read as a file is: safe, and with the same budget for aliases
+        value = read_yaml(raw_value, f"--set {text}")[0] if raw_value.strip() else None
+    except YamlError:
+        value = raw_value  # not YAML (or an alias bomb): take the text as it is
     # Collections must be written in brackets (`[a, b]`, `{k: v}`); `Answer: briefly` is text.
     if isinstance(value, dict | list) and not raw_value.lstrip().startswith(("{", "[")):
         value = raw_value
