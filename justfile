@@ -28,9 +28,10 @@ fmt:
 bench:
     for script in benchmarks/bench_*.py; do echo "== $script"; uv run --locked python "$script"; done
 
-# Regenerate the generated docs (config reference) from the code.
+# Regenerate the generated docs (config reference, catalog, architectures) from the code.
 docs:
     uv run --locked ft config schema --markdown -o docs/config-reference.md
+    uv run --locked python -c "from pathlib import Path; from ft_models.architectures import architectures_markdown as a; Path('docs/architectures.md').write_text(a())"
     uv run --locked python -c "from pathlib import Path; from ft_models.catalog import update_docs_section as u; p = Path('docs/models.md'); p.write_text(u(p.read_text()))"
 
 # The main job on the embedded default model: fine-tune it offline and compare (README's first command).

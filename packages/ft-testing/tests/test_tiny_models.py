@@ -24,12 +24,15 @@ PARAMETERS = {
     "mistral": 139_584,
     "phi3": 139_584,
     "qwen2": 139_840,
+    "qwen3": 139_648,
     "gemma": 106_816,
+    "gemma2": 107_072,
+    "gemma3": 107_136,
     "gpt2": 132_608,
     "gptj": 132_352,
     "bert": 137_026,
 }
-GQA_ARCHITECTURES = ("llama", "mistral", "phi3", "qwen2", "gemma")
+GQA_ARCHITECTURES = ("llama", "mistral", "phi3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
 
 
 def load(path: Path, arch: str):  # type: ignore[no-untyped-def]
@@ -40,7 +43,10 @@ def load(path: Path, arch: str):  # type: ignore[no-untyped-def]
 
 
 def test_architectures() -> None:
-    assert ARCHITECTURES == ("llama", "mistral", "phi3", "qwen2", "gemma", "gpt2", "gptj", "bert")
+    assert ARCHITECTURES == (
+        "llama", "mistral", "phi3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gpt2",
+        "gptj", "bert",
+    )  # fmt: skip
     assert set(PARAMETERS) == set(ARCHITECTURES)
 
 
@@ -159,3 +165,23 @@ def test_missing_models_extra_says_how_to_install(
 
     with pytest.raises(ImportError, match=r'pip install "ft-testing\[models\]"'):
         build_tiny_model("llama", tmp_path)
+
+
+def test_the_gemmas_have_one_local_and_one_global_layer(
+    tiny_model_factory: TinyModelFactory,
+) -> None:
+    configs = {
+        arch: json.loads((tiny_model_factory(arch) / "config.json").read_text())
+        for arch in ("qwen3", "gemma2", "gemma3")
+    }
+
+    assert configs["qwen3"]["head_dim"] == 16  # not Qwen3's default 128
+    assert configs["gemma3"]["model_type"] == "gemma3_text"  # the text-only Gemma 3
+    for arch in ("gemma2", "gemma3"):
+        config = configs[arch]
+        assert config["layer_types"] == ["sliding_attention", "full_attention"]
+        assert (config["sliding_window"], config["query_pre_attn_scalar"]) == (24, 16)
+    assert (
+        configs["gemma2"]["attn_logit_softcapping"],
+        configs["gemma2"]["final_logit_softcapping"],
+    ) == (50.0, 30.0)

@@ -11,6 +11,7 @@ before it starts; the progress bar's ETA replaces it after the first steps.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 
@@ -55,10 +56,12 @@ def training_flops_per_token(
     return shape.num_layers * per_layer + head_flops
 
 
+@functools.cache
 def matmul_speed(backend: str, device: str = "cpu", dtype: str = "float32") -> float:
     """Floating-point operations per second of a 1024 x 1024 matrix product on `device`, with
-    `backend`'s library (`torch` or `mlx`), in `dtype`; takes about 0.1-0.3 s. Raises
-    ImportError when the backend is not installed."""
+    `backend`'s library (`torch` or `mlx`), in `dtype`; takes about 0.1-0.3 s the first time
+    (1-2 s with mlx[cpu]'s reference BLAS), and is remembered for the process after that.
+    Raises ImportError when the backend is not installed."""
     if backend == "mlx":
         return _mlx_speed(device, dtype)
     return _torch_speed(device, dtype)

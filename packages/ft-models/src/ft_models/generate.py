@@ -167,7 +167,7 @@ class Generator:
         chat template for message prompts (None: the tokenizer's). `device` is torch's (auto,
         cpu, cuda, mps)."""
         from ft_models.device import pick_backend
-        from ft_models.load import load_mlx, load_torch
+        from ft_models.load import is_classifier, load_mlx, load_torch, read_config
         from ft_models.resolve import resolve_model
 
         if backend not in BACKENDS:
@@ -179,6 +179,13 @@ class Generator:
         if adapter_path is not None:
             read_adapter_config(adapter_path)  # fail before the model loads
         resolved = resolve_model(str(model), trust_remote_code=trust_remote_code, progress=progress)
+        config = read_config(resolved.path)
+        if is_classifier(config):
+            raise GenerationError(
+                f"{resolved.path} is a sequence classifier ({config.get('model_type')}): it "
+                "labels text, it does not generate. Score it with ft evaluate, or give a causal "
+                "language model (docs/architectures.md)"
+            )
         remote = True if trust_remote_code else None
         lm: TorchLM | MlxLM
         if chosen.backend == "mlx":

@@ -5,9 +5,8 @@ listed in `model.safetensors.index.json`) and the tokenizer files. Weights are o
 from safetensors: a folder with nothing but pickles (`pytorch_model.bin`) is refused before
 any loader sees it, because unpickling runs code.
 
-`SUPPORT` says which architecture loads on which backend; the tests load every entry, and
-docs/architectures.md is `architectures_markdown()` written out, so the table, the tests and
-the doc cannot disagree.
+`SUPPORT` says which architecture loads on which backend: the `load` columns of
+`ft_models.architectures`, whose table docs/architectures.md is (`architectures_markdown`).
 
 torch, transformers, mlx and mlx-lm are imported inside the functions.
 """
@@ -18,6 +17,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ft_models import mlx_arch
+from ft_models.architectures import (
+    ARCHITECTURES,
+    BACKENDS,
+    TYPE_TO_FAMILY,
+)
 from ft_models.device import (
     MLX_MISSING,
     TORCH_MISSING,
@@ -26,41 +31,16 @@ from ft_models.device import (
     pick_device,
     pick_dtype,
 )
-from ft_models.shape import FAMILIES
 
-# Which backend each architecture (config.json `model_type`) loads on. MLX loads through
-# mlx-lm's own model definitions, so its column is what mlx-lm (0.32.2) implements.
+# Which backend each architecture (ft's family) loads on: the `load` columns of the table in
+# ft_models.architectures. MLX loads through mlx-lm's own model definitions.
 SUPPORT: dict[str, dict[str, bool]] = {
-    "llama": {"torch": True, "mlx": True},
-    "mistral": {"torch": True, "mlx": True},
-    "phi3": {"torch": True, "mlx": True},
-    "qwen2": {"torch": True, "mlx": True},
-    "gemma": {"torch": True, "mlx": True},
-    "gpt2": {"torch": True, "mlx": True},
-    "gptj": {"torch": True, "mlx": True},
-    "bert": {"torch": True, "mlx": False},
-}
-
-NOTES: dict[str, str] = {
-    "mistral": "mlx-lm runs Mistral with its Llama definition.",
-    "qwen2": (
-        "transformers 5 writes `rope_theta` inside `rope_parameters`; ft passes it to mlx-lm, "
-        "whose Qwen2 default (1,000,000) would otherwise change every logit."
-    ),
-    "gpt2": (
-        "MLX: only the standard MLP width (`n_inner` unset or 4 x `n_embd`): mlx-lm ignores "
-        "`n_inner`. ft strips the `transformer.` prefix that transformers writes and fills in "
-        "`n_ctx`, which mlx-lm requires."
-    ),
-    "gptj": "MLX: only the standard MLP width (`n_inner` unset or 4 x `n_embd`): mlx-lm ignores `n_inner`.",
-    "bert": (
-        "Sequence classification (`AutoModelForSequenceClassification`, `num_labels`); "
-        "mlx-lm has no encoder models, so torch only."
-    ),
+    family: {backend: arch.supports(f"{backend} load") for backend in BACKENDS}
+    for family, arch in ARCHITECTURES.items()
 }
 
 # Architectures that are encoders: they load as sequence classifiers, not causal LMs.
-CLASSIFIERS = {"bert"}
+CLASSIFIERS = {family for family, arch in ARCHITECTURES.items() if arch.classifier}
 
 _WEIGHTS = "model.safetensors"
 _INDEX = "model.safetensors.index.json"
@@ -135,19 +115,24 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def family_of(config: dict[str, Any]) -> str:
-    """The architecture family of a config (`model_type`, mapped as ft_models.shape does)."""
+    """The architecture family of a config (its `model_type`, as ft_models.architectures
+    lists them). Raises ModelLoadError for a model_type ft does not load."""
     model_type = str(config.get("model_type", ""))
-    family = FAMILIES.get(model_type)
-    if family is None or family not in SUPPORT:
+    family = TYPE_TO_FAMILY.get(model_type)
+    if family is None:
+        why = _NOT_LOADED.get(model_type, "")
         raise ModelLoadError(
-            f"model_type {model_type!r} is not one ft loads: supported are {', '.join(SUPPORT)}"
+            f"model_type {model_type!r} is not one ft loads{why}: supported are "
+            f"{', '.join(TYPE_TO_FAMILY)} (docs/architectures.md)"
         )
     return family
 
 
-# Why an architecture does not run on a backend, for the error.
-WHY_NOT: dict[tuple[str, str], str] = {
-    ("bert", "mlx"): "mlx-lm has no encoder (BERT-style) models",
+# model_types people meet next to supported ones, and why they do not load.
+_NOT_LOADED = {
+    "gemma3": (
+        " (the multimodal Gemma 3, 4B and up; ft loads the text-only gemma3_text, gemma-3-1b)"
+    ),
 }
 
 
@@ -156,7 +141,8 @@ def check_support(family: str, backend: str) -> None:
     if not SUPPORT.get(family, {}).get(backend, False):
         others = [name for name, ok in SUPPORT.get(family, {}).items() if ok]
         hint = f"set training.backend: {others[0]}" if others else "use another model"
-        why = WHY_NOT.get((family, backend), f"ft does not support {family} on {backend}")
+        why = ARCHITECTURES[family].why_not(f"{backend} load") if family in ARCHITECTURES else None
+        why = why or f"ft does not support {family} on {backend}"
         raise ModelLoadError(
             f"{family} models do not run on {backend}: {why}. To train it, {hint}."
         )
@@ -242,59 +228,23 @@ def is_classifier(config: dict[str, Any]) -> bool:
     architectures = config.get("architectures") or []
     if any(name.endswith("ForSequenceClassification") for name in architectures):
         return True
-    return FAMILIES.get(str(config.get("model_type", ""))) in CLASSIFIERS
+    return TYPE_TO_FAMILY.get(str(config.get("model_type", ""))) in CLASSIFIERS
 
 
 # -- MLX --------------------------------------------------------------------------------------
 
 
 def mlx_config_overrides(config: dict[str, Any]) -> dict[str, Any]:
-    """Config fields mlx-lm needs in another form than transformers writes them.
+    """Config fields mlx-lm needs in another form than transformers writes them
+    (`ft_models.mlx_arch.mlx_config_overrides`).
 
     Raises ModelLoadError for a config mlx-lm's definition would load wrongly (a GPT-2/GPT-J
-    MLP of non-standard width, which mlx-lm ignores).
+    MLP of non-standard width, which mlx-lm ignores; a Gemma 3 layer layout it cannot build).
     """
-    overrides: dict[str, Any] = {}
-    rope = config.get("rope_parameters")
-    if isinstance(rope, dict) and "rope_theta" not in config and "rope_theta" in rope:
-        # transformers 5 nests rope_theta; mlx-lm reads it top-level and falls back to its own
-        # default, which for Qwen2 is 1e6 instead of the usual 1e4.
-        overrides["rope_theta"] = rope["rope_theta"]
-        if rope.get("rope_type", "default") != "default" and not config.get("rope_scaling"):
-            overrides["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
-    model_type = config.get("model_type")
-    if model_type in ("gpt2", "gptj"):
-        width, inner = config.get("n_embd"), config.get("n_inner")
-        if inner is not None and width is not None and inner != 4 * width:
-            raise ModelLoadError(
-                f"this {model_type} model has an MLP of n_inner={inner}, not 4 x n_embd="
-                f"{4 * width}; mlx-lm's {model_type} only builds the standard width, so its "
-                "weights would not fit. Set training.backend: torch."
-            )
-    if model_type == "gpt2" and "n_ctx" not in config and "n_positions" in config:
-        overrides["n_ctx"] = config["n_positions"]  # transformers 5 no longer writes n_ctx
-    return overrides
-
-
-# Prefixes transformers writes that mlx-lm's sanitize() does not expect.
-_MLX_STRIP_PREFIX = {"gpt2": "transformer."}
-
-
-def _mlx_model_classes(config: dict[str, Any]) -> tuple[type, type]:
-    from mlx_lm.utils import _get_classes  # mlx-lm's own lookup, remapping included
-
-    model_class, args_class = _get_classes(config)
-    prefix = _MLX_STRIP_PREFIX.get(str(config.get("model_type")))
-    if prefix is None:
-        return model_class, args_class
-
-    class Model(model_class):  # type: ignore[misc, valid-type]
-        def sanitize(self, weights: dict[str, Any]) -> dict[str, Any]:
-            weights = {name.removeprefix(prefix): value for name, value in weights.items()}
-            weights.pop("lm_head.weight", None)  # tied to the embeddings in mlx-lm's GPT-2
-            return super().sanitize(weights)
-
-    return Model, args_class
+    try:
+        return mlx_arch.mlx_config_overrides(config)
+    except mlx_arch.MLXConfigError as error:
+        raise ModelLoadError(str(error)) from None
 
 
 def load_mlx(
@@ -326,7 +276,7 @@ def load_mlx(
         model, _ = load_model(
             folder,
             model_config=overrides,
-            get_model_classes=_mlx_model_classes,
+            get_model_classes=mlx_arch.mlx_model_classes,
             trust_remote_code=bool(trust_remote_code),
         )
     except ValueError as error:
@@ -336,46 +286,3 @@ def load_mlx(
     model.eval()
     tokenizer = load_tokenizer(folder, eos_token_ids=config.get("eos_token_id"))
     return model, tokenizer
-
-
-# -- the doc ----------------------------------------------------------------------------------
-
-
-def architectures_markdown() -> str:
-    """docs/architectures.md: the SUPPORT table and its notes, as Markdown."""
-    lines = [
-        "# Architectures",
-        "",
-        "Which model architectures (config.json `model_type`) ft loads on which backend.",
-        "Generated from `ft_models.load.SUPPORT`; the tests load a tiny random model of every",
-        "architecture on every backend marked yes, and check this file equals the table.",
-        "",
-        "| architecture | torch | MLX | notes |",
-        "| --- | --- | --- | --- |",
-    ]
-    for family, backends in SUPPORT.items():
-        cells = ["yes" if backends[name] else "no" for name in ("torch", "mlx")]
-        lines.append(f"| {family} | {cells[0]} | {cells[1]} | {NOTES.get(family, '')} |")
-    lines += [
-        "",
-        "torch loads causal LMs with `AutoModelForCausalLM` on cuda, mps or cpu, in float32,",
-        "bfloat16 or float16. MLX loads through mlx-lm's model definitions, on the Metal GPU on",
-        "Apple Silicon and on the CPU elsewhere. Weights are read from safetensors only (a",
-        "folder with only `pytorch_model.bin` is refused); sharded folders are read through",
-        "`model.safetensors.index.json`.",
-        "",
-        "## Checking MLX against torch",
-        "",
-        "`ft_models.convert.check_logits(folder)` runs the same 32 token ids through the torch",
-        "and the MLX model in float32 and raises `ConversionError` when the logits differ by",
-        "more than the tolerance: 1e-4 x max(1, largest |logit|), absolute, unless given.",
-        "`convert_to_mlx(folder, output)` writes an MLX folder only after that check passes.",
-        "",
-        "| model | largest difference | tolerance |",
-        "| --- | --- | --- |",
-        "| tiny random models above (2 layers, width 64), each | 5.4e-7 or less | 1e-4 to 1.5e-4 |",
-        "| SmolLM2-135M-Instruct (30 layers) | 1.9e-4 (mean 2.3e-5) | 3.6e-3 |",
-        "| SmolLM2-135M read by mlx-lm alone (rope_theta 1e4, not 1e5) | 7.5 | 3.6e-3: caught |",
-        "",
-    ]
-    return "\n".join(lines)

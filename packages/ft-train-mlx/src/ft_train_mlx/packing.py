@@ -113,6 +113,21 @@ def hidden_states(model: nn.Module, ids: mx.array, cache: Any) -> mx.array | Non
 
 
 def _head(model: nn.Module) -> Any:
+    """The output head: what the model's own `__call__` does after its body."""
+    head = _projection(model)
+    cap = getattr(model, "final_logit_softcapping", None)
+    if head is None or not cap:
+        return head
+
+    def capped(hidden: mx.array) -> mx.array:
+        # Gemma 2 squashes its logits into (-cap, cap) after the projection: the loss must see
+        # the logits the model computes (and torch's Gemma2ForCausalLM trains on).
+        return mx.tanh(head(hidden) / cap) * cap
+
+    return capped
+
+
+def _projection(model: nn.Module) -> Any:
     if "lm_head" in model:  # mlx-lm builds lm_head only when the embeddings are not tied
         return model.lm_head
     body = getattr(model, "model", None)
