@@ -284,6 +284,18 @@ def test_evaluate(
     # The trainer's own evaluation of the same checkpoint on the same rows.
     assert result.metrics["eval_loss"] == pytest.approx(evaluated["eval_loss"], rel=1e-4)
     assert len(result.samples) == 1
+    if backend == "mlx" and ARCHITECTURES[family].supports("torch evaluate"):
+        from ft_runs.trainers import get_trainer
+
+        # Both evaluators on the base model, with the validation rows packed several to a
+        # 256-token row: attention stays inside each example (and its window) on both.
+        rows = outcome.folder.path / "data" / "validation.h5"
+        losses = [
+            get_trainer(name).evaluate_loss(model_of(family), None, rows, max_seq_length=256)
+            for name in ("mlx", "torch")
+        ]
+        assert losses[0].loss == pytest.approx(losses[1].loss, rel=1e-4)
+        assert losses[0].tokens == losses[1].tokens
 
 
 @pytest.mark.parametrize(("family", "capability"), cells("generate"))

@@ -12,7 +12,7 @@ import mlx.core as mx
 from ft_data.batches import Batches, target_count
 from ft_data.hdf5 import PreparedDataset
 from ft_train_core.protocol import LossResult
-from ft_train_mlx.packing import model_inputs, summed_loss
+from ft_train_mlx.packing import ABSOLUTE_POSITIONS, model_inputs, summed_loss
 
 
 def evaluate_loss(
@@ -26,7 +26,7 @@ def evaluate_loss(
 ) -> LossResult:
     """Mean loss per trained token of the model at `model_path` (with the PEFT adapter folder
     `adapter`, or a full fine-tune's folder in its place) over every example of `dataset`."""
-    from ft_models.load import load_mlx
+    from ft_models.load import load_mlx, read_config
     from ft_train_mlx.api import load_adapted
     from ft_train_mlx.device import on_device, pick_device
 
@@ -41,7 +41,10 @@ def evaluate_loss(
             if not len(data):
                 raise ValueError(f"{dataset}: the dataset has no examples to evaluate on")
             longest = int(data.lengths.max())
-            packed = longest <= max_seq_length
+            # Packed rows put examples at later positions: only models whose positions are
+            # relative (RoPE) compute the same there; GPT-2's learned ones do not.
+            model_type = str(read_config(Path(model_path)).get("model_type", ""))
+            packed = longest <= max_seq_length and model_type not in ABSOLUTE_POSITIONS
             batches = Batches(
                 data,
                 batch_size=batch_size,
