@@ -3,17 +3,14 @@ arguments, and the prepare options it introduced (system_prompt, dedup), on the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import attrs
-import numpy as np
 import pytest
 
 from ft_config import DataConfig, load_config
 from ft_data import DataError, PreparedDataset, PrepareOptions, prepare_dataset
 from ft_data.config import options_from_config
-from ft_data.tokenize import char_limit, tokenize_texts
 from ft_data.tokenizer import load_tokenizer
 
 
@@ -149,31 +146,3 @@ def test_exact_dedup_names_every_repeat(
         source, tokenizer_dir, tmp_path / "k.h5", PrepareOptions(max_length=None)
     ).report
     assert (kept.examples, kept.counts) == (999, {})
-
-
-def test_a_huge_text_is_cut_before_tokenizing(tokenizer_dir: Path, tmp_path: Path) -> None:
-    # Cut at char_limit, the first max_length tokens are those of the whole text.
-    tokenizer = load_tokenizer(tokenizer_dir)
-    text = " ".join(f"word{i} and more" for i in range(40_000))  # about 600 k characters
-    source = tmp_path / "long.jsonl"
-    source.write_text(json.dumps({"text": text}) + "\n", encoding="utf-8")
-    limit = 64
-    assert char_limit(tokenizer, limit) < len(text)
-    result = prepare_dataset(
-        source,
-        tokenizer,
-        tmp_path / "t.h5",
-        PrepareOptions(max_length=limit, on_too_long="truncate"),
-    )
-    [issue] = result.report.issues
-    assert issue.reason == f"{len(text):,} characters cut to max_length {limit}"
-    [whole] = tokenize_texts([text], tokenizer)
-    with PreparedDataset(result.path) as dataset:
-        assert np.array_equal(dataset[0][0], whole.tokens[:limit])
-    with pytest.raises(DataError, match="far more than max_length 64 tokens"):
-        prepare_dataset(
-            source,
-            tokenizer,
-            tmp_path / "e.h5",
-            PrepareOptions(max_length=limit, on_too_long="error"),
-        )

@@ -54,6 +54,7 @@ def test_each_row_is_what_prepare_writes(
         "trained_tokens",
         "kept_tokens",
         "trained_spans",
+        "blocks",
     ]
 
 

@@ -92,7 +92,10 @@ def test_text_datasets_are_detected(datasets: Path) -> None:
 
 
 def test_unknown_and_ambiguous_data_list_keys_and_formats(alpaca_rows: list[dict]) -> None:
-    names = "alpaca, columns, openai, prompt_completion, sharegpt, text"
+    names = (
+        "alpaca, columns, openai, openai_preference, preference, prompt_completion, sharegpt, "
+        "sharegpt_preference, text"
+    )
     with pytest.raises(DataError) as caught:
         detect_format(
             [{"question": row["instruction"], "answer": row["output"]} for row in alpaca_rows]
@@ -192,7 +195,8 @@ def test_openai_parts_and_tool_calls() -> None:
     }
     with pytest.raises(
         RowProblem,
-        match=r"key 'messages\[0\]\.content\[0\]': only text parts are supported, found 'image_url'",
+        match=r"key 'messages\[0\]\.content\[0\]\.type': an image part \(type 'image_url'\): "
+        "ft trains on text only, so the row is left out",
     ):
         get_format("openai").to_conversation(image)
 
@@ -287,9 +291,12 @@ def test_plugins_through_entry_points(monkeypatch: pytest.MonkeyPatch, tmp_path:
         "alpaca",
         "columns",
         "openai",
+        "openai_preference",
+        "preference",
         "prompt_completion",
         "reverse",
         "sharegpt",
+        "sharegpt_preference",
         "text",
     ]
     assert get_format("alpaca").name == "alpaca"  # ft's own keeps its name

@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ft_cli.dataset_setup import DataArgs, data_options
-from ft_cli.dataset_show import print_prepare, print_rows, print_stats, row_progress
+from ft_cli.dataset_show import (
+    print_prepare,
+    print_quality,
+    print_rows,
+    print_stats,
+    row_progress,
+)
 from ft_cli.main import UserError
 from ft_config import redact_url
 
@@ -110,7 +116,7 @@ def prepare(data: DataArgs, output: Path | None, rebuild: bool, force: bool) -> 
     options = setup.settings.prepare
     started = time.perf_counter()
     evicted: tuple[Any, ...] = ()
-    target = _output_file(output, setup.source, force) if output is not None else None
+    target = _output_file(output, str(setup.source), force) if output is not None else None
     with row_progress("prepare", redact_url(setup.source)) as progress:
         if target is not None:
             result = prepare_dataset(
@@ -249,22 +255,42 @@ def stats(
         result = DatasetCache().prepare(
             setup.source, setup.tokenizer, settings.prepare, progress=progress
         )
+    from ft_data.mixture import Mixture, source_of
+
     report = stats_summary(
-        result, source=redact_url(setup.source), max_seq_length=settings.max_seq_length
+        result, source=redact_url(str(setup.source)), max_seq_length=settings.max_seq_length
     )
-    quality = quality_report(
-        setup.source,
-        setup.tokenizer,
-        settings.prepare,
-        near_threshold=settings.near_dup_threshold,
-        max_seq_length=settings.max_seq_length,
-        eval_source=eval_source,
-    )
-    report["quality"] = quality.to_dict(shown=shown)
+    # A mixture: the quality checks read each source's rows, source by source.
+    sources = setup.source.sources if isinstance(setup.source, Mixture) else None
+    qualities = [
+        quality_report(
+            source_of(one) if sources else setup.source,
+            setup.tokenizer,
+            settings.prepare,
+            near_threshold=settings.near_dup_threshold,
+            max_seq_length=settings.max_seq_length,
+            eval_source=eval_source,
+        )
+        for one in (sources or [None])
+    ]
+    if sources:
+        report["quality"] = {
+            "per_source": [
+                {"source": one.path, **quality.to_dict(shown=shown)}
+                for one, quality in zip(sources, qualities, strict=True)
+            ]
+        }
+    else:
+        report["quality"] = qualities[0].to_dict(shown=shown)
     if data.as_json:
         _echo_json(report)
+    elif sources:
+        print_stats(report, None)
+        for one, quality in zip(sources, qualities, strict=True):
+            click.echo(f"\nquality of {one.path}:")
+            print_quality(quality.to_dict(shown=shown), quality)
     else:
-        print_stats(report, quality)
+        print_stats(report, qualities[0])
 
 
 # cache ------------------------------------------------------------------------------------------

@@ -29,10 +29,23 @@ def print_prepare(summary: dict[str, Any]) -> None:
     if summary["template"]:
         own = " (the model's own chat template)" if summary["template"] == "tokenizer" else ""
         click.echo(f"template:  {summary['template']}{own}")
-    click.echo(
-        f"rows:      {summary['rows_read']:,} read, {summary['examples']:,} kept, "
-        f"{summary['left_out']:,} left out"
-    )
+    if summary.get("kind") == "text":  # raw text: rows -> blocks, every token kept
+        split = summary["split_rows"]
+        click.echo(
+            f"rows:      {summary['rows_read']:,} read -> {summary['examples']:,} blocks"
+            + (
+                f" ({split:,} {'row' if split == 1 else 'rows'} longer than "
+                f"{summary['max_seq_length']:,} tokens split into blocks)"
+                if split
+                else ""
+            )
+            + f", {summary['left_out']:,} left out"
+        )
+    else:
+        click.echo(
+            f"rows:      {summary['rows_read']:,} read, {summary['examples']:,} kept, "
+            f"{summary['left_out']:,} left out"
+        )
     share = summary["trained_tokens"] / summary["tokens"] if summary["tokens"] else 0.0
     click.echo(
         f"tokens:    {summary['tokens']:,} ({summary['trained_tokens']:,} trained, {share:.1%}), "
@@ -45,6 +58,10 @@ def print_prepare(summary: dict[str, Any]) -> None:
     if summary["truncated"]["count"]:
         group = summary["truncated"]
         click.echo(f"truncated: {group['count']:,}: {_rows_text(group)}")
+    if (group := summary.get("reasoning_not_rendered")) and group["count"]:
+        click.echo(f"reasoning: {group['count']:,} not in the template: {_rows_text(group)}")
+    if summary.get("sources"):
+        _print_sources(summary["sources"])
     size = Path(summary["output"]).stat().st_size / 1e6
     verb = "reused" if summary["reused"] else "wrote"
     click.echo(
@@ -96,6 +113,7 @@ def _print_row(number: int, row: ExplainedRow, max_seq_length: int, color: bool)
         "truncated": f"; cut to {max_seq_length:,}",
         "too_long": f"; left out: longer than {max_seq_length:,}",
         "no_trained_tokens": "; left out: nothing to train on",
+        "split": f"; kept whole as {row.blocks:,} blocks of up to {max_seq_length:,} tokens",
     }.get(row.status, "")
     click.echo(f"\n── {number}. {where} · {counts}{note} ──")
     click.echo(_styled(row.pieces, color, max_seq_length), color=color)
@@ -124,10 +142,25 @@ def _styled(pieces: list[TokenPiece], color: bool, max_seq_length: int) -> str:
 # stats ------------------------------------------------------------------------------------------
 
 
-def print_stats(report: dict[str, Any], quality: QualityReport) -> None:
-    """`ft dataset stats`: the summary of the prepared dataset, then the quality checks."""
+def print_stats(report: dict[str, Any], quality: QualityReport | None) -> None:
+    """`ft dataset stats`: the summary of the prepared dataset (and of each source of a
+    mixture), then the quality checks (a mixture's are printed source by source)."""
     _print_summary(report)
-    _print_quality(report["quality"], quality)
+    if report.get("sources"):
+        _print_sources(report["sources"])
+    if quality is not None:
+        print_quality(report["quality"], quality)
+
+
+def _print_sources(sources: list[dict[str, Any]]) -> None:
+    click.echo("sources:")
+    for entry in sources:
+        click.echo(
+            f"  {entry['source']} ({entry['amount']}): {entry['taken']:,} of "
+            f"{entry['available']:,} examples ({entry['distinct']:,} distinct), "
+            f"{entry['share']:.1%} of the mix's examples, {entry['token_share']:.1%} of its "
+            f"tokens; {entry['detected']}"
+        )
 
 
 def _print_summary(report: dict[str, Any]) -> None:
@@ -153,7 +186,7 @@ def _print_summary(report: dict[str, Any]) -> None:
         )
 
 
-def _print_quality(quality: dict[str, Any], found: QualityReport) -> None:
+def print_quality(quality: dict[str, Any], found: QualityReport) -> None:
     """The quality checks as rich tables, and the length histograms drawn in the terminal."""
     from rich import box
     from rich.console import Console

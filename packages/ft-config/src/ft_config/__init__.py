@@ -28,6 +28,7 @@ from ft_config.plugins import PluginError, PluginWarning
 from ft_config.reference import json_schema, markdown_reference, render_train_yml
 from ft_config.schema import (
     DataConfig,
+    DataSource,
     LoggingConfig,
     MethodConfig,
     ModelConfig,
@@ -65,6 +66,7 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "DataConfig",
+    "DataSource",
     "LoggingConfig",
     "MethodConfig",
     "ModelConfig",

@@ -119,6 +119,8 @@ def _type_name(tp: Any) -> str:
         return "mapping"
     if tp is type(None):
         return "null"
+    if attrs.has(tp):
+        return "mapping (" + ", ".join(f"`{f.name}`" for f in attrs.fields(tp)) + ")"
     return {bool: "boolean", int: "integer", float: "number", str: "string"}.get(tp, str(tp))
 
 

@@ -86,13 +86,45 @@ class ModelConfig:
 
 
 @attrs.define(kw_only=True)
+class DataSource:
+    """One source of a mixture (`data.train` as a list), or a Hub dataset with its options."""
+
+    path: str = setting(
+        "",
+        "The data: a file, a folder, a glob, an http(s) URL, or a Hugging Face dataset "
+        "(`org/name` or `hf://datasets/org/name`).",
+    )
+    weight: float | None = setting(
+        None,
+        "Its share of the weighted sources: weight / the sum of their weights. The weighted "
+        "part of the mix is as large as it can be without repeating a row of any of them.",
+        min=0.0,
+        exclusive_min=True,
+    )
+    rows: int | None = setting(
+        None, "Take this many of its rows (sampled, seeded; repeated when it has fewer).", min=1
+    )
+    ratio: float | None = setting(
+        None,
+        "Take this multiple of its rows: 0.5 half of them, 2 each twice.",
+        min=0.0,
+        exclusive_min=True,
+    )
+    config: str | None = setting(None, "A Hub dataset's configuration (subset).")
+    split: str | None = setting(None, "A Hub dataset's split. Default: `train`.")
+    revision: str | None = setting(None, "A Hub dataset's branch, tag or commit.")
+
+
+@attrs.define(kw_only=True)
 class DataConfig:
     """The training data and how it becomes tokens."""
 
-    train: str = setting(
+    train: str | list[DataSource] = setting(
         "data/train.jsonl",
-        "Training data: a file, a folder, a glob or an http(s) URL. JSON, JSONL, CSV, TSV, "
-        "Parquet, text, Markdown and HTML are read. Relative paths are relative to train.yml.",
+        "Training data: a file, a folder, a glob, an http(s) URL, or a Hugging Face dataset "
+        "(`org/name`, `hf://datasets/org/name`). JSON, JSONL, CSV, TSV, Parquet, text, Markdown "
+        "and HTML are read. Relative paths are relative to train.yml. A list of sources "
+        "(`{path, weight | rows | ratio, config, split, revision}`) is a mixture.",
         init=True,
     )
     validation: str | None = setting(
@@ -171,6 +203,22 @@ class DataConfig:
     label_column: str | None = setting(
         None,
         "The column holding the class label, for classification and stratified splits.",
+    )
+    text_documents: Literal["file", "blank_line", "line"] = setting(
+        "file",
+        "How a `.txt`, `.md` or `.html` file is cut into documents for continued pretraining: "
+        "the whole `file`, each paragraph between blank lines (`blank_line`), or each `line`. "
+        "Each document ends with the end-of-text token; one longer than `max_seq_length` "
+        "becomes as many blocks as it needs, never cut short.",
+    )
+    mix_seed: int = setting(
+        0, "The seed that picks the rows of a mixture (`train` as a list of sources)."
+    )
+    text_overlap: int = setting(
+        0,
+        "Raw text longer than `max_seq_length`: how many tokens each block repeats from the "
+        "block before it, as context that is not trained again. 0: blocks follow each other.",
+        min=0,
     )
 
 
@@ -462,7 +510,7 @@ SECTION_CLASSES: tuple[type, ...] = (
     LoggingConfig,
     TuneConfig,
 )
-for _cls in (*SECTION_CLASSES, TrainConfig):
+for _cls in (*SECTION_CLASSES, TrainConfig, DataSource):
     # The module uses postponed annotations; resolve them once so field.type is a real type.
     attrs.resolve_types(_cls)
 

@@ -259,5 +259,7 @@ def _unlink(path: Path) -> bool:
 
 def _describe(source: str | Path) -> str:
     text = str(source)
+    if not isinstance(source, str | Path):  # a mixture, a Hub dataset: as they describe themselves
+        return redact_url(text)
     # A URL goes into the index with its credentials masked (never a token on disk).
     return redact_url(text) if "://" in text else str(Path(text).expanduser().absolute())

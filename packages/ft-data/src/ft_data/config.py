@@ -20,7 +20,11 @@ train.yml           ft-data
 ``label_column``    ``PrepareOptions.label_column`` (labels in the HDF5), ``Batches``
                     then pads (``packing`` is ignored), stratified splits
 ``packing``         ``Batches(mode="pack")``, else ``"pad"``
-``train`` ...       paths relative to train.yml made absolute; URLs unchanged
+``text_documents``  ``PrepareOptions.text_documents`` (file, blank_line, line)
+``text_overlap``    ``PrepareOptions.text_overlap``
+``train`` ...       paths relative to train.yml made absolute; URLs and Hub ids
+                    unchanged; a list of sources: a :class:`~ft_data.mixture.Mixture`
+``mix_seed``        ``Mixture.seed``
 ==================  ==============================================================
 
 ``validation_split`` is carried through for the split (:meth:`DataSettings.split`).
@@ -37,7 +41,8 @@ from ft_data.batches import Batches, Mode
 from ft_data.errors import DataError
 from ft_data.formats import available_formats
 from ft_data.hdf5 import PreparedDataset
-from ft_data.prepare import PrepareOptions
+from ft_data.mixture import MixSource, Mixture
+from ft_data.prepare import PrepareOptions, check_options
 from ft_data.split import ValidationPlan, plan_validation
 from ft_data.templates import available_templates
 from ft_data.tokenize import TrainOn
@@ -54,7 +59,7 @@ class DataSettings:
     ``batch_mode`` are for :class:`Batches` (see :meth:`batches`).
     """
 
-    train: str
+    train: str | Mixture  # a Mixture for data.train as a list of sources
     validation: str | None
     test: str | None
     prepare: PrepareOptions
@@ -132,9 +137,12 @@ def options_from_config(data: DataConfig, *, config_dir: str | Path) -> DataSett
         dedup=data.dedup,
         near_dup_threshold=data.near_dup_threshold,
         label_column=data.label_column,
+        text_documents=data.text_documents,
+        text_overlap=data.text_overlap,
     )
+    check_options(options)  # text_overlap below max_seq_length
     return DataSettings(
-        train=_source(data.train, folder),
+        train=_train(data, folder),
         validation=_source(data.validation, folder) if data.validation else None,
         test=_source(data.test, folder) if data.test else None,
         prepare=options,
@@ -147,18 +155,45 @@ def options_from_config(data: DataConfig, *, config_dir: str | Path) -> DataSett
     )
 
 
+def _train(data: DataConfig, folder: Path) -> str | Mixture:
+    """``data.train``: one source, or a list of them as a :class:`Mixture` (a list of one
+    plain source is that source)."""
+    if isinstance(data.train, str):
+        return _source(data.train, folder)
+    sources = tuple(
+        MixSource(
+            path=_source(item.path, folder),
+            weight=item.weight,
+            rows=item.rows,
+            ratio=item.ratio,
+            config=item.config,
+            split=item.split,
+            revision=item.revision,
+        )
+        for item in data.train
+    )
+    return Mixture(sources, seed=data.mix_seed)
+
+
+def _hub_id(value: str, folder: Path) -> bool:
+    from ft_data.hub import looks_like_hub_id
+
+    return looks_like_hub_id(value, folder)
+
+
 def _template(value: str, folder: Path) -> str | None:
     """``auto`` -> the tokenizer's; a registered name stays a name; anything else is a file."""
     if value in ("auto", "tokenizer"):
         return None
     if value in available_templates():
         return value
-    return _source(value, folder)
+    return _source(value, folder, data=False)
 
 
-def _source(value: str, folder: Path) -> str:
-    """A path from train.yml made absolute against its folder; URLs are returned unchanged."""
-    if "://" in value:
+def _source(value: str, folder: Path, *, data: bool = True) -> str:
+    """A path from train.yml made absolute against its folder; URLs and, for ``data``,
+    Hugging Face dataset ids (``org/name`` naming nothing on disk) are returned unchanged."""
+    if "://" in value or (data and _hub_id(value, folder)):
         return value
     path = Path(value).expanduser()
     return str(path if path.is_absolute() else folder / path)

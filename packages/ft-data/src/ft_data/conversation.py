@@ -13,12 +13,20 @@ ROLES = ("system", "user", "assistant", "tool")
 @dataclass(frozen=True)
 class Message:
     """One turn. ``tool_calls`` follows OpenAI's shape:
-    ``[{"type": "function", "function": {"name": ..., "arguments": {...}}}]``."""
+    ``[{"type": "function", "function": {"name": ..., "arguments": {...}}}]``.
+
+    ``reasoning_content`` is an assistant's reasoning (thinking) before its answer, passed to
+    the chat template under that name (the one Qwen3's and DeepSeek's templates read).
+    ``weight`` is the row's per-message training flag (OpenAI's ``weight``, or
+    ``loss_weight``): 0 leaves an assistant turn out of the loss; None or 1 trains it.
+    """
 
     role: str
     content: str
     tool_calls: list[dict[str, Any]] | None = None
     name: str | None = None
+    reasoning_content: str | None = None
+    weight: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The message as chat templates expect it (keys left out when unset)."""
@@ -27,6 +35,8 @@ class Message:
             data["tool_calls"] = self.tool_calls
         if self.name is not None:
             data["name"] = self.name
+        if self.reasoning_content:
+            data["reasoning_content"] = self.reasoning_content
         return data
 
 
@@ -37,11 +47,23 @@ class Conversation:
 
     Raw text for continued pretraining is a conversation of one ``assistant`` message whose
     format has ``kind == "text"``; such conversations are tokenized without a chat template.
+
+    A preference pair (format kind ``preference``) is ``messages``, the prompt followed by the
+    chosen answer, and ``rejected``, the same prompt followed by the rejected answer; only the
+    answers are trained (assistant turns of the prompt carry ``weight`` 0).
     """
 
     messages: list[Message]
     tools: list[dict[str, Any]] | None = None
     label: str | None = None
+    rejected: list[Message] | None = None
+
+    @property
+    def rejected_conversation(self) -> Conversation | None:
+        """The prompt with the rejected answer, as a conversation of its own."""
+        if self.rejected is None:
+            return None
+        return Conversation(self.rejected, tools=self.tools, label=self.label)
 
     @property
     def text(self) -> str:
@@ -75,3 +97,5 @@ def check_conversation(conversation: Conversation) -> None:
             raise RowProblem(f"the {message.role} message is empty", key=f"{where}.content")
     if not any(message.role == "assistant" for message in messages):
         raise RowProblem("the conversation has no assistant message to train on")
+    if conversation.rejected is not None:
+        check_conversation(Conversation(conversation.rejected, tools=conversation.tools))

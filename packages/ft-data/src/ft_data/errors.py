@@ -46,11 +46,14 @@ class RowProblem(ValueError):
     """Raised by a format for one row it cannot convert; the caller adds the file and row.
 
     ``key`` names the field at fault (``"output"``, ``"conversations[2].value"``) when there is one.
+    ``kind`` is the reason the report counts the row under: ``invalid``, or ``media`` for a
+    row holding an image, audio or another part ft cannot train on.
     """
 
-    def __init__(self, what: str, *, key: str | None = None) -> None:
+    def __init__(self, what: str, *, key: str | None = None, kind: str = "invalid") -> None:
         self.what = what
         self.key = key
+        self.kind = kind
         super().__init__(f"key {key!r}: {what}" if key else what)
 
     def at(

@@ -23,14 +23,16 @@ from ft_data.prepare import (
     choose_template,
     encode_conversations,
     fit_to_length,
+    read_rows_of,
     row_conversation,
+    text_blocks,
 )
-from ft_data.readers import local_files, read_file
+from ft_data.readers import local_files
 from ft_data.templates import ChatTemplate
 from ft_data.tokenize import char_limit
 from ft_data.tokenizer import ModelTokenizer, load_tokenizer
 
-Status = Literal["kept", "truncated", "too_long", "no_trained_tokens", "invalid"]
+Status = Literal["kept", "split", "truncated", "too_long", "no_trained_tokens", "invalid"]
 
 
 class TokenPiece(NamedTuple):
@@ -46,7 +48,8 @@ class TokenPiece(NamedTuple):
 class ExplainedRow:
     """One row of the source as prepare treats it.
 
-    ``status``: ``kept``, ``truncated`` (cut to max_length), ``too_long``,
+    ``status``: ``kept``, ``split`` (raw text longer than max_length: kept whole, as
+    ``blocks`` blocks), ``truncated`` (cut to max_length), ``too_long``,
     ``no_trained_tokens`` (both left out) or ``invalid`` (left out: ``problem`` says why).
     ``trained_spans``: the ``[start, end)`` character spans of ``text`` that are trained.
     ``pieces``: ``text`` token by token, end to end (a token the tokenizer added without text
@@ -63,6 +66,7 @@ class ExplainedRow:
     trained_spans: list[list[int]] = field(default_factory=list)
     problem: str | None = None
     pieces: list[TokenPiece] = field(default_factory=list)
+    blocks: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json`` (without ``pieces``)."""
@@ -75,6 +79,7 @@ class ExplainedRow:
             "trained_tokens": self.trained_tokens,
             "kept_tokens": self.kept_tokens,
             "trained_spans": self.trained_spans,
+            "blocks": self.blocks,
         }
 
 
@@ -110,9 +115,7 @@ def explain_rows(
         fmt, reason = choose_format(source, files, options)
         template = choose_template(fmt, tok, options)
         rows = (
-            (file, number, row)
-            for file in files
-            for number, row in read_file(file, on_bad_utf8=options.on_bad_utf8, on_skip=_ignore)
+            (file, number, row) for file in files for number, row in read_rows_of(file, options)
         )
         explained = []
         for file, number, row in itertools.islice(rows, count):
@@ -149,8 +152,13 @@ def explain_conversation(
     if example.uncut_chars:  # only the start of the text was tokenized
         assert options.max_length is not None
         text = text[: char_limit(tok, options.max_length)]
-    fate, _, kept_mask = fit_to_length(example, options)
-    kept = len(example) if fate == "too_long" else len(kept_mask)
+    blocks = 1
+    if template is None:  # raw text: every token kept, in blocks
+        blocks = len(text_blocks(example, options))
+        fate, kept = ("split" if blocks > 1 else "kept"), len(example)
+    else:
+        fate, _, kept_mask = fit_to_length(example, options)
+        kept = len(example) if fate == "too_long" else len(kept_mask)
     mask = example.loss_mask.tolist()
     pieces, spans = _pieces(text, example.tokens.tolist(), mask, kept, tok, add_special)
     return ExplainedRow(
@@ -160,9 +168,10 @@ def explain_conversation(
         text=text,
         tokens=len(example),
         trained_tokens=int(example.loss_mask.sum()),
-        kept_tokens=kept if fate in ("kept", "truncated") else 0,
+        kept_tokens=kept if fate in ("kept", "split", "truncated") else 0,
         trained_spans=spans,
         pieces=pieces,
+        blocks=blocks,
     )
 
 
@@ -178,12 +187,13 @@ def _pieces(
     # The offsets come from tokenizing the text again: prepare's batch path does not ask for
     # them (they cost about a fifth of its time), and the same text gives the same tokens.
     encoding = tok.tokenizer.encode(text, add_special_tokens=add_special)
+    offsets = encoding.offsets  # a new list on each access: read it once
     pieces: list[TokenPiece] = []
     spans: list[list[int]] = []
     position, in_span = 0, False
     for index, token in enumerate(tokens):
         trained = bool(mask[index])
-        start, end = encoding.offsets[index] if index < len(encoding.offsets) else (0, 0)
+        start, end = offsets[index] if index < len(offsets) else (0, 0)
         # Each token's text runs from the end of the one before it, so nothing between tokens
         # is lost; a token without text of its own (a special token the tokenizer added, the
         # eos appended to raw text) shows as itself.
@@ -201,7 +211,3 @@ def _pieces(
         pieces.append(TokenPiece(piece, trained, index < kept))
     pieces.append(TokenPiece(text[position:], False, True))
     return pieces, spans
-
-
-def _ignore(file: Path, line: int, reason: str) -> None:
-    return None

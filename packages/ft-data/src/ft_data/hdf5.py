@@ -7,7 +7,10 @@ One HDF5 file holds three flat datasets:
 - ``offsets`` (int64, n + 1): example ``i`` is ``tokens[offsets[i]:offsets[i + 1]]``;
 
 for a classification dataset also ``labels`` (int64, n): each example's class, an index into
-the ``label_names`` attribute (a JSON list, sorted);
+the ``label_names`` attribute (a JSON list, sorted); for preference pairs (``kind`` attribute
+``preference``) ``tokens``/``loss_mask``/``offsets`` hold each pair's prompt and chosen answer,
+and ``rejected_tokens``/``rejected_loss_mask``/``rejected_offsets`` the same prompt and the
+rejected answer, pair ``i`` at index ``i`` of both (the masks cover the answers only);
 and attributes: ``format_version``, ``tokenizer_fingerprint`` (sha256 of tokenizer.json),
 ``template_name``, ``template_sha256``, ``max_length`` (0: no limit), ``source_hash``,
 ``cache_key``, ``eos_token_id``/``pad_token_id`` (-1: none) and ``stats`` (JSON).
@@ -60,6 +63,8 @@ class PreparedWriter:
         self._masks: list[np.ndarray] = []
         self._ends: list[int] = []
         self._labels: list[int] = []
+        self._rejected: tuple[list[np.ndarray], list[np.ndarray], list[int]] = ([], [], [])
+        self.rejected_tokens = 0
         # In order of first appearance; `label_names` (e.g. a split of a labelled dataset)
         # declares every class up front, so a class missing from this part keeps its place.
         self._label_ids: dict[str, int] = {n: i for i, n in enumerate(label_names or ())}
@@ -78,15 +83,31 @@ class PreparedWriter:
         self._file["offsets"][0] = 0
         return self
 
-    def add(self, tokens: np.ndarray, loss_mask: np.ndarray, *, label: str | None = None) -> None:
-        """Append one example (equal lengths, at least one token); with ``label``, its class.
-        Either every example has a label or none has."""
-        if len(tokens) != len(loss_mask) or len(tokens) == 0:
-            raise ValueError(
-                f"an example needs as many mask values as tokens (>0), got {len(tokens)} and {len(loss_mask)}"
-            )
+    def add(
+        self,
+        tokens: np.ndarray,
+        loss_mask: np.ndarray,
+        *,
+        label: str | None = None,
+        rejected: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """Append one example (equal lengths, at least one token); with ``label``, its class;
+        with ``rejected``, the rejected side of a preference pair (tokens, loss mask). Either
+        every example has a label (a rejected side) or none has."""
+        for side, mask in (tokens, loss_mask), rejected or (tokens, loss_mask):
+            if len(side) != len(mask) or len(side) == 0:
+                raise ValueError(
+                    f"an example needs as many mask values as tokens (>0), got {len(side)} and {len(mask)}"
+                )
         if (label is None) != (not self._labels) and self.examples:
             raise ValueError("either every example has a label or none has")
+        if (rejected is None) != (not self.rejected_tokens) and self.examples:
+            raise ValueError("either every example has a rejected side or none has")
+        if rejected is not None:
+            self.rejected_tokens += len(rejected[0])
+            self._rejected[0].append(np.asarray(rejected[0], dtype=np.int32))
+            self._rejected[1].append(np.asarray(rejected[1], dtype=np.uint8))
+            self._rejected[2].append(self.rejected_tokens)
         if label is not None:
             self._labels.append(self._label_ids.setdefault(label, len(self._label_ids)))
         self._tokens.append(np.asarray(tokens, dtype=np.int32))
@@ -117,6 +138,28 @@ class PreparedWriter:
                     **_COMPRESSED,
                 )
             parts_by_name.append(("labels", [np.asarray(self._labels, np.int64)]))
+        if self._rejected[2]:
+            if "rejected_tokens" not in self._file:
+                for name, dtype in (
+                    ("rejected_tokens", np.int32),
+                    ("rejected_loss_mask", np.uint8),
+                    ("rejected_offsets", np.int64),
+                ):
+                    self._file.create_dataset(
+                        name,
+                        shape=(0,),
+                        maxshape=(None,),
+                        dtype=dtype,
+                        chunks=(_CHUNK,),
+                        **_COMPRESSED,
+                    )
+                self._file["rejected_offsets"].resize((1,))
+                self._file["rejected_offsets"][0] = 0
+            parts_by_name += [
+                ("rejected_tokens", self._rejected[0]),
+                ("rejected_loss_mask", self._rejected[1]),
+                ("rejected_offsets", [np.asarray(self._rejected[2], np.int64)]),
+            ]
         for name, parts in parts_by_name:
             data = np.concatenate(parts)
             dataset = self._file[name]
@@ -124,6 +167,7 @@ class PreparedWriter:
             dataset.resize((start + len(data),))
             dataset[start:] = data
         self._tokens, self._masks, self._ends, self._labels, self._buffered = [], [], [], [], 0
+        self._rejected = ([], [], [])
 
     def finish_labels(self) -> list[str]:
         """Renumber the classes in sorted order of their names, store the names as the
@@ -187,6 +231,7 @@ class PreparedDataset:
         self._mask = self._file["loss_mask"]
         self.offsets: np.ndarray = self._file["offsets"][:]
         self.lengths: np.ndarray = np.diff(self.offsets)
+        self._rejected_offsets: np.ndarray | None = None
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -220,6 +265,24 @@ class PreparedDataset:
         index %= len(self)
         start, end = int(self.offsets[index]), int(self.offsets[index + 1])
         return self._tokens[start:end], self._mask[start:end]
+
+    @property
+    def has_rejected(self) -> bool:
+        """Whether this is a dataset of preference pairs (see :meth:`rejected`)."""
+        return "rejected_offsets" in self._file
+
+    def rejected(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rejected side of pair ``index`` (prompt and rejected answer): tokens and loss
+        mask. ``dataset[index]`` is the chosen side."""
+        if not self.has_rejected:
+            raise ValueError(f"{self.path}: not a dataset of preference pairs")
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"example {index} of {len(self)}")
+        index %= len(self)
+        if self._rejected_offsets is None:
+            self._rejected_offsets = self._file["rejected_offsets"][:]
+        start, end = int(self._rejected_offsets[index]), int(self._rejected_offsets[index + 1])
+        return self._file["rejected_tokens"][start:end], self._file["rejected_loss_mask"][start:end]
 
     def read_tokens(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         """Tokens and mask of the flat range ``[start, end)``, across example boundaries."""

@@ -31,7 +31,7 @@ from ft_data.hdf5 import PreparedWriter, read_attrs
 from ft_data.minhash import MinHasher, NearDuplicateIndex
 from ft_data.ngrams import word_ngrams
 from ft_data.quality import conversation_text, normalized_digest
-from ft_data.readers import BadUtf8, local_files, read_file
+from ft_data.readers import BadUtf8, Documents, Row, local_files, read_file
 from ft_data.templates import ChatTemplate, get_template
 from ft_data.tokenize import (
     TokenizedExample,
@@ -43,9 +43,12 @@ from ft_data.tokenize import (
 from ft_data.tokenizer import ModelTokenizer, load_tokenizer
 
 # Bump when a change here would tokenize the same input differently, so old caches rebuild.
-PIPELINE_VERSION = 2  # 2: exact dedup by normalized text
+PIPELINE_VERSION = 3  # 2: exact dedup by normalized text; 3: raw text split into blocks
 NEAR_NUM_PERM, NEAR_NGRAM = 64, 5  # find_duplicates' defaults, so stats and prepare agree
 KEPT_ISSUES = 1000  # issues of each kind listed one by one in the report; all are counted
+# Issues of rows that are kept all the same: cut to max_length, or their reasoning left out
+# because the chat template does not write it.
+KEPT_ROW_ISSUES = ("truncated", "reasoning_not_rendered")
 
 
 @dataclass(frozen=True)
@@ -69,13 +72,18 @@ class PrepareOptions:
     near_dup_threshold: float = 0.85
     # The column holding a class label (sequence classification): written as `labels`.
     label_column: str | None = None
+    # Raw text: how .txt/.md/.html files are cut into documents (each ends with eos), and how
+    # many tokens each block of a document longer than max_length repeats from the block
+    # before it, as context that is not trained again.
+    text_documents: Documents = "file"
+    text_overlap: int = 0
 
 
 @dataclass(frozen=True)
 class RowIssue:
-    """Why one row was left out (or truncated): ``kind`` is one of ``invalid``,
+    """Why one row was left out (or kept changed): ``kind`` is one of ``invalid``, ``media``,
     ``too_long``, ``truncated``, ``no_trained_tokens``, ``bad_utf8``, ``duplicate``,
-    ``near_duplicate``."""
+    ``near_duplicate``, ``reasoning_not_rendered`` (see :data:`KEPT_ROW_ISSUES`)."""
 
     kind: str
     file: str
@@ -98,6 +106,11 @@ class PrepareReport:
     counts: dict[str, int] = field(default_factory=dict)
     issues: list[RowIssue] = field(default_factory=list)
     label_names: list[str] | None = None  # with a label column: the classes, sorted
+    kind: str = "chat"  # the format's kind: "chat", "text" (examples are blocks), "preference"
+    split_rows: int = 0  # raw text: rows longer than max_length, split into several blocks
+    rejected_tokens: int = 0  # preference pairs: the tokens of the rejected sides (not in tokens)
+    # A mixture: per source, what it had and what the mix took (see ft_data.mixture).
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
     def add_issue(self, kind: str, file: str | Path, row: int, reason: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -106,12 +119,17 @@ class PrepareReport:
 
     @property
     def left_out(self) -> int:
-        return sum(n for kind, n in self.counts.items() if kind != "truncated")
+        return sum(n for kind, n in self.counts.items() if kind not in KEPT_ROW_ISSUES)
 
     def summary(self) -> str:
         """One paragraph for people: counts, then up to five issues."""
+        made = f"{self.examples} examples"
+        if self.kind == "text":
+            made = f"{self.examples} blocks"
+            if self.split_rows:
+                made += f" ({self.split_rows} long rows split into blocks)"
         text = (
-            f"{self.format_reason}; {self.rows_read} rows -> {self.examples} examples, "
+            f"{self.format_reason}; {self.rows_read} rows -> {made}, "
             f"{self.tokens} tokens ({self.trained_tokens} trained), longest {self.longest}"
         )
         if self.counts:
@@ -139,7 +157,7 @@ class PrepareResult:
 
 
 def prepare_dataset(
-    source: str | Path,
+    source: str | Path | Any,
     tokenizer: ModelTokenizer | str | Path,
     output: str | Path | Callable[[str], Path],
     options: PrepareOptions | None = None,
@@ -149,7 +167,8 @@ def prepare_dataset(
     progress: Callable[[int], None] | None = None,
     url_token: str | None = None,
 ) -> PrepareResult:
-    """Prepare ``source`` (file, folder, glob or URL) into the HDF5 file ``output``.
+    """Prepare ``source`` (file, folder, glob, URL, Hub dataset, or a
+    :class:`~ft_data.mixture.Mixture` of them) into the HDF5 file ``output``.
 
     ``output`` is a path, or a function from the cache key (64 hex digits) to a path. Reuses
     the file when its cache key matches, unless ``rebuild``. Raises
@@ -159,7 +178,14 @@ def prepare_dataset(
     :func:`ft_data.readers.download`. A URL's credentials are masked in everything recorded.
     """
     options = options or PrepareOptions()
+    check_options(options)
     tok = tokenizer if isinstance(tokenizer, ModelTokenizer) else load_tokenizer(tokenizer)
+    from ft_data.mixture import Mixture, prepare_mixture  # it prepares each source here
+
+    if isinstance(source, Mixture):
+        return prepare_mixture(
+            source, tok, output, options, rebuild=rebuild, progress=progress, url_token=url_token
+        )
     with local_files(source, token=url_token) as files:
         fmt, reason = choose_format(source, files, options)
         template = choose_template(fmt, tok, options)
@@ -170,7 +196,7 @@ def prepare_dataset(
             reused = PrepareReport.from_dict(old["stats"])
             _check_usable(source, reused)  # a file an earlier version wrote without examples
             return PrepareResult(output, True, reused)
-        report = PrepareReport(fmt.name, reason, template.name if template else None)
+        report = PrepareReport(fmt.name, reason, template.name if template else None, kind=fmt.kind)
         attrs = {
             "tokenizer_fingerprint": tok.fingerprint,
             "template_name": template.name if template else "",
@@ -179,6 +205,7 @@ def prepare_dataset(
             "source_hash": source_hash,
             "cache_key": key,
             "format": fmt.name,
+            "kind": fmt.kind,
             "train_on": options.train_on,
             "eos_token_id": _id(tok.eos_token_id),
             "pad_token_id": _id(tok.pad_token_id),
@@ -236,6 +263,28 @@ def _check_usable(source: str | Path, report: PrepareReport) -> None:
     )
 
 
+def check_options(options: PrepareOptions) -> None:
+    """:class:`DataError` for options that contradict each other."""
+    overlap = options.text_overlap
+    if overlap < 0 or (options.max_length and overlap >= options.max_length):
+        raise DataError(
+            f"text_overlap is {overlap}, it must be at least 0 and below max_seq_length "
+            f"({options.max_length})",
+            key="text_overlap",
+            hint="a block repeats that many tokens of the one before it; 0 repeats none",
+        )
+
+
+def read_rows_of(file: Path, options: PrepareOptions, on_skip: Any = None) -> Iterator[Row]:
+    """The rows of one file of the source, read as ``options`` say (UTF-8, text documents)."""
+    return read_file(
+        file,
+        on_bad_utf8=options.on_bad_utf8,
+        on_skip=on_skip or _ignore,
+        documents=options.text_documents,
+    )
+
+
 def hash_source(
     source: str | Path, files: list[Path], format_name: str, options: PrepareOptions
 ) -> str:
@@ -254,6 +303,7 @@ def hash_source(
         "format": format_name,
         "format_options": options.format_options,
         "on_bad_utf8": options.on_bad_utf8,
+        "text_documents": options.text_documents,
     }
     digest.update(json.dumps(read_options, sort_keys=True, default=str).encode())
     return digest.hexdigest()
@@ -282,11 +332,7 @@ def choose_format(
         return get_format(
             options.format, **options.format_options
         ), f"format: {options.format} (as configured)"
-    rows = (
-        row
-        for file in files
-        for _, row in read_file(file, on_bad_utf8=options.on_bad_utf8, on_skip=_ignore)
-    )
+    rows = (row for file in files for _, row in read_rows_of(file, options))
     detection = detect_format(
         itertools.islice(rows, options.detect_rows),
         sample=options.detect_rows,
@@ -313,14 +359,16 @@ def add_system_prompt(conversation: Conversation, prompt: str | None) -> Convers
     messages = conversation.messages
     if not prompt or (messages and messages[0].role == "system"):
         return conversation
-    return dataclasses.replace(conversation, messages=[Message("system", prompt), *messages])
+    system = Message("system", prompt)
+    rejected = [system, *conversation.rejected] if conversation.rejected is not None else None
+    return dataclasses.replace(conversation, messages=[system, *messages], rejected=rejected)
 
 
 def row_conversation(fmt: Format, row: Any, options: PrepareOptions) -> Conversation:
     """A row as the conversation prepare trains on: through its format, checked (chat), with the
     configured system prompt and label. Raises `RowProblem` for a row that cannot be used."""
     conversation = fmt.to_conversation(row)
-    if fmt.kind == "chat":
+    if fmt.kind != "text":  # chat, and both sides of a preference pair
         check_conversation(conversation)
         conversation = add_system_prompt(conversation, options.system_prompt)
     if options.label_column is not None:
@@ -337,7 +385,7 @@ def _conversations(
     # 8-byte digests of the conversations seen: about 60 bytes a row, enough for many millions.
     seen: set[int] | None = set() if options.dedup != "none" else None
     for file in files:
-        for row_number, row in read_file(file, on_bad_utf8=options.on_bad_utf8, on_skip=skipped):
+        for row_number, row in read_rows_of(file, options, skipped):
             report.rows_read += 1
             try:
                 conversation = row_conversation(fmt, row, options)
@@ -348,7 +396,7 @@ def _conversations(
                         row=row_number,
                         hint="fix the row, or prepare with on_invalid='skip'",
                     ) from None
-                report.add_issue("invalid", file, row_number, str(problem))
+                report.add_issue(problem.kind, file, row_number, str(problem))
                 continue
             if seen is not None:
                 digest = _digest(conversation)
@@ -438,10 +486,16 @@ def _write_chunk(
             except RowProblem as problem:
                 if options.on_invalid == "error":
                     raise problem.at(file=file, row=row) from None
-                report.add_issue("invalid", file, row, str(problem))
+                report.add_issue(problem.kind, file, row, str(problem))
                 examples.append(None)
     for ((file, row), conversation), example in zip(chunk, examples, strict=True):
-        if example is not None:
+        if example is None:
+            continue
+        if template is None:
+            _write_blocks(writer, example, options, report, conversation.label)
+        elif example.rejected is not None:
+            _write_pair(writer, file, row, example, example.rejected, options, report)
+        else:
             _write(writer, file, row, example, options, report, conversation.label)
 
 
@@ -455,18 +509,28 @@ def encode_conversations(
 ) -> list[TokenizedExample]:
     """Conversations as prepare tokenizes them: rendered with ``template`` (None: raw text),
     tokenized with their loss masks, each cut to ``options.max_length`` tokens' worth of
-    characters first (see :func:`~ft_data.tokenize.char_limit`) unless not ``cut``. The
-    examples are not yet fitted to ``max_length``: see :func:`fit_to_length`. Raises
+    characters first (see :func:`~ft_data.tokenize.char_limit`) unless not ``cut``; raw text
+    is tokenized whole. The examples are not yet fitted to ``max_length``: see
+    :func:`fit_to_length`, and :func:`text_blocks` for raw text. Raises
     :class:`RowProblem` for a conversation the template cannot render."""
+    if template is None:
+        # Raw text keeps every token: a long text becomes several blocks (text_blocks).
+        return tokenize_texts([c.text for c in conversations], tok)
     # Texts far longer than max_length are cut before tokenizing: tokenizing a 100 MB row
     # whole takes gigabytes, and all but its first max_length tokens are left out anyway.
     max_chars = char_limit(tok, options.max_length) if cut and options.max_length else None
-    if template is None:
-        examples = tokenize_texts([c.text for c in conversations], tok, max_chars=max_chars)
-    else:
-        examples = tokenize_conversations(
-            conversations, template, tok, train_on=options.train_on, max_chars=max_chars
+    examples = tokenize_conversations(
+        conversations, template, tok, train_on=options.train_on, max_chars=max_chars
+    )
+    # Preference pairs: the rejected sides, tokenized the same way, ride on the chosen ones.
+    pairs = [i for i, conversation in enumerate(conversations) if conversation.rejected]
+    if pairs:
+        rejected = [conversations[i].rejected_conversation for i in pairs]
+        encoded = encode_conversations(
+            [c for c in rejected if c is not None], template, tok, options, cut=cut
         )
+        for index, other in zip(pairs, encoded, strict=True):
+            examples[index] = dataclasses.replace(examples[index], rejected=other)
     for index, example in enumerate(examples):
         if example.uncut_chars and len(example) <= (options.max_length or 0):
             # The bound did not hold (a normalizer shortened the text): tokenize it whole.
@@ -540,12 +604,104 @@ def _write(
             + (" after truncation" if limit and len(example) > limit else ""),
         )
         return
+    if example.unrendered_reasoning:
+        report.add_issue(
+            "reasoning_not_rendered",
+            file,
+            row,
+            f"the chat template does not write the reasoning of {example.unrendered_reasoning} "
+            "assistant message(s): kept without it",
+        )
     trained = int(mask.sum())
     writer.add(tokens, mask, label=label if options.label_column is not None else None)
     report.examples += 1
     report.tokens += len(tokens)
     report.trained_tokens += trained
     report.longest = max(report.longest, len(tokens))
+
+
+def text_blocks(
+    example: TokenizedExample, options: PrepareOptions
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A raw text's tokens as blocks of at most ``max_length`` tokens, in order, each with its
+    loss mask. With ``text_overlap`` each block after the first starts with the last
+    ``text_overlap`` tokens of the block before it, masked out: context, not trained twice.
+    So every token of the text is trained exactly once, and the trained tokens of the blocks,
+    laid end to end, are the text's tokens."""
+    tokens, limit, overlap = example.tokens, options.max_length, options.text_overlap
+    if not limit or len(tokens) <= limit:
+        return [(tokens, example.loss_mask)]
+    blocks, start, trained_to = [], 0, 0
+    while True:
+        end = min(start + limit, len(tokens))
+        mask = np.ones(end - start, dtype=np.uint8)
+        mask[: trained_to - start] = 0
+        blocks.append((tokens[start:end], mask))
+        if end == len(tokens):
+            return blocks
+        start, trained_to = end - overlap, end
+
+
+def _write_blocks(
+    writer: PreparedWriter,
+    example: TokenizedExample,
+    options: PrepareOptions,
+    report: PrepareReport,
+    label: str | None = None,
+) -> None:
+    blocks = text_blocks(example, options)
+    report.split_rows += len(blocks) > 1
+    for tokens, mask in blocks:
+        writer.add(tokens, mask, label=label if options.label_column is not None else None)
+        report.examples += 1
+        report.tokens += len(tokens)
+        report.trained_tokens += int(mask.sum())
+        report.longest = max(report.longest, len(tokens))
+
+
+def _write_pair(
+    writer: PreparedWriter,
+    file: str,
+    row: int,
+    chosen: TokenizedExample,
+    rejected: TokenizedExample,
+    options: PrepareOptions,
+    report: PrepareReport,
+) -> None:
+    """A preference pair, both sides fitted to max_length together: if either is too long
+    the pair is left out, cut (both sides) or an error, as ``on_too_long`` says."""
+    limit = options.max_length
+    longest = max(len(chosen), len(rejected))
+    if limit and longest > limit:
+        what = f"{longest} tokens (the longer of chosen and rejected)"
+        if options.on_too_long == "error":
+            raise DataError(
+                f"the pair has {what}, more than max_length {limit}",
+                file=file,
+                row=row,
+                hint="raise max_length, or set on_too_long to 'truncate' or 'drop'",
+            )
+        if options.on_too_long == "drop":
+            report.add_issue("too_long", file, row, f"{what} > max_length {limit}")
+            return
+        report.add_issue("truncated", file, row, f"{what} cut to max_length {limit}")
+    (_, tokens, mask), (_, other, other_mask) = (
+        fit_to_length(side, dataclasses.replace(options, on_too_long="truncate"))
+        for side in (chosen, rejected)
+    )
+    if not mask.any() or not other_mask.any():
+        side = "chosen" if not mask.any() else "rejected"
+        cut = " after truncation" if limit and longest > limit else ""
+        report.add_issue(
+            "no_trained_tokens", file, row, f"no tokens of the {side} answer to train on{cut}"
+        )
+        return
+    writer.add(tokens, mask, rejected=(other, other_mask))
+    report.examples += 1
+    report.tokens += len(tokens)
+    report.trained_tokens += int(mask.sum())
+    report.rejected_tokens += len(other)
+    report.longest = max(report.longest, len(tokens), len(other))
 
 
 def _chunks(

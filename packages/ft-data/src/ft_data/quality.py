@@ -66,6 +66,14 @@ def conversation_text(conversation: Conversation) -> str:
         if message.tool_calls:
             line += " " + json.dumps(message.tool_calls, sort_keys=True, ensure_ascii=False)
         lines.append(line)
+    # A preference pair: the same prompt and answer with another rejected answer is another row.
+    rejected = conversation.rejected or []
+    shared = 0
+    while shared < min(len(rejected), len(conversation.messages)) and (
+        rejected[shared] == conversation.messages[shared]
+    ):
+        shared += 1
+    lines += [f"rejected {message.role}: {message.content}" for message in rejected[shared:]]
     return "\n".join(lines)
 
 

@@ -34,6 +34,9 @@ from ft_data.json_stream import JsonStream, check_depth, too_deep
 
 Row = tuple[int, dict[str, Any]]
 BadUtf8 = Literal["error", "replace", "drop"]
+Documents = Literal["file", "blank_line", "line"]
+"""How a text, Markdown or HTML file is cut into documents (rows): the whole file, the
+paragraphs between blank lines, or each line; empty documents are skipped."""
 SkipHook = Callable[[Path, int, str], None]
 """Called with (file, line or row, reason) for each row a reader leaves out."""
 
@@ -72,6 +75,7 @@ def read_rows(
     *,
     on_bad_utf8: BadUtf8 = "error",
     on_skip: SkipHook | None = None,
+    documents: Documents = "file",
 ) -> Iterator[Row]:
     """Yield every row of ``source`` (file, folder, glob or URL) as ``(row_number, dict)``.
 
@@ -83,7 +87,8 @@ def read_rows(
     with local_files(source) as files:
         for path in files:
             number = 0
-            for number, row in read_file(path, on_bad_utf8=on_bad_utf8, on_skip=on_skip):
+            rows = read_file(path, on_bad_utf8=on_bad_utf8, on_skip=on_skip, documents=documents)
+            for number, row in rows:
                 yield offset + number, row
             offset += number
 
@@ -94,12 +99,14 @@ def read_file(
     reader: str | None = None,
     on_bad_utf8: BadUtf8 = "error",
     on_skip: SkipHook | None = None,
+    documents: Documents = "file",
 ) -> Iterator[Row]:
     """Yield the rows of one local file, chosen by ``reader`` or else by the file's extension.
 
     Readers: json (a top-level array, or objects one after another), jsonl, csv, tsv, parquet,
-    text and markdown (the whole file as one ``{"text": ...}`` row), html (the page's main
-    text, extracted with trafilatura, as one ``{"text": ...}`` row).
+    text and markdown (``{"text": ...}`` rows: the whole file, or as ``documents`` says its
+    paragraphs or lines), html (the page's main text, extracted with trafilatura, cut the same
+    way).
     """
     path = Path(path)
     kind = reader or reader_for(path)
@@ -115,7 +122,9 @@ def read_file(
     elif kind in ("text", "markdown", "html"):
         text = _read_whole_text(path, on_bad_utf8, skip)
         if text is not None:
-            yield 1, {"text": _main_text(path, text) if kind == "html" else text}
+            text = _main_text(path, text) if kind == "html" else text
+            for number, document in enumerate(split_documents(text, documents), 1):
+                yield number, {"text": document}
     else:
         raise DataError(f"unknown reader {kind!r}", file=path, hint=_readers_hint())
 
@@ -165,10 +174,17 @@ def find_files(source: str | Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def local_files(source: str | Path, *, token: str | None = None) -> Iterator[list[Path]]:
+def local_files(source: str | Path | Any, *, token: str | None = None) -> Iterator[list[Path]]:
     """The local files of ``source``; an http(s) URL is downloaded to a temporary file that
     lives for the ``with`` block (with ``token``, passwords.yml's ``data_token``: see
-    :func:`download`)."""
+    :func:`download`). A Hugging Face dataset (``org/name``, ``hf://datasets/org/name``, or
+    an :class:`~ft_data.hub.HubDataset`) is its files in the huggingface_hub cache."""
+    from ft_data.hub import HubDataset, hub_files, looks_like_hub_id
+
+    if isinstance(source, HubDataset) or looks_like_hub_id(str(source)):
+        dataset = source if isinstance(source, HubDataset) else HubDataset.parse(str(source))
+        yield hub_files(dataset)
+        return
     text = str(source)
     if not text.startswith(("http://", "https://")):
         yield find_files(source)
@@ -433,6 +449,29 @@ def _read_whole_text(path: Path, on_bad_utf8: BadUtf8, skip: SkipHook) -> str | 
             skip(path, line, "invalid UTF-8 (the whole file is one row)")
             return None
         return data.decode("utf-8-sig", "replace")
+
+
+_BLANK_LINES = re.compile(r"\r?\n(?:[ \t\f\v]*\r?\n)+")
+
+
+def split_documents(text: str, documents: Documents) -> list[str]:
+    """``text`` cut into documents: itself (``file``), its paragraphs (``blank_line``: runs
+    of lines between blank lines) or its lines (``line``). Paragraphs and lines holding only
+    whitespace are left out; each keeps its text as written, without the line break that ends
+    it."""
+    if documents == "file":
+        return [text]  # an empty file is one empty row, which the text format reports
+    if documents == "line":
+        parts = text.splitlines()
+    elif documents == "blank_line":
+        parts = _BLANK_LINES.split(text)
+    else:
+        raise DataError(
+            f"unknown way to cut text into documents: {documents!r}",
+            key="text_documents",
+            hint="use file, blank_line or line",
+        )
+    return [part.rstrip("\r\n") for part in parts if part.strip()]
 
 
 def _main_text(path: Path, html: str) -> str:

@@ -28,9 +28,9 @@ from ft_data.contamination import ContaminationReport, find_contamination
 from ft_data.conversation import Conversation
 from ft_data.errors import RowProblem
 from ft_data.formats import Format
-from ft_data.prepare import PrepareOptions, choose_format, row_conversation
+from ft_data.prepare import PrepareOptions, choose_format, read_rows_of, row_conversation
 from ft_data.quality import DuplicateReport, conversation_text, find_duplicates
-from ft_data.readers import local_files, read_file
+from ft_data.readers import local_files
 from ft_data.stats import DatasetStats, dataset_stats
 from ft_data.tokenizer import ModelTokenizer
 
@@ -189,6 +189,7 @@ def _eval_texts(source: str | Path, options: PrepareOptions, rows: RowNumbers) -
     eval_options = PrepareOptions(
         format=None,
         on_bad_utf8=options.on_bad_utf8,
+        text_documents=options.text_documents,
         system_prompt=options.system_prompt,
         detect_rows=options.detect_rows,
     )
@@ -205,13 +206,9 @@ def _conversations(
     files: list[Path], fmt: Format, options: PrepareOptions
 ) -> Iterator[tuple[str, int, Conversation]]:
     for file in files:
-        for number, row in read_file(file, on_bad_utf8=options.on_bad_utf8, on_skip=_ignore):
+        for number, row in read_rows_of(file, options):
             try:
                 conversation = row_conversation(fmt, row, options)
             except RowProblem:
                 continue  # prepare's report names these rows
             yield str(file), number, conversation
-
-
-def _ignore(file: Path, line: int, reason: str) -> None:
-    return None

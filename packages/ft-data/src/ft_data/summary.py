@@ -34,9 +34,13 @@ def prepare_summary(
     """What preparing ``source`` with the tokenizer of ``model`` gave, in ``seconds``.
 
     Keys: source, output, reused, format, detected (the detection line), template, model,
-    max_seq_length, rows_read, examples, left_out, left_out_by_reason (reason -> count and
-    the first ``shown`` rows: file, row, reason), truncated (the same, for rows cut to
-    max_seq_length), tokens, trained_tokens, longest, label_names, seconds.
+    max_seq_length, kind (``chat``, or ``text``: examples are blocks of raw text), rows_read,
+    examples, split_rows (raw text rows longer than max_seq_length, kept as several blocks),
+    left_out, left_out_by_reason (reason -> count and the first ``shown`` rows: file, row,
+    reason), truncated (the same, for rows cut to max_seq_length), reasoning_not_rendered
+    (the same, for rows kept without the reasoning the chat template does not write), tokens,
+    trained_tokens,
+    longest, label_names, seconds.
     """
     report = result.report
     by_kind: dict[str, dict[str, Any]] = {}
@@ -49,6 +53,7 @@ def prepare_summary(
             ],
         }
     truncated = by_kind.pop("truncated", {"count": 0, "rows": []})
+    reasoning = by_kind.pop("reasoning_not_rendered", {"count": 0, "rows": []})
     return {
         "source": source,
         "output": str(result.path),
@@ -58,15 +63,19 @@ def prepare_summary(
         "template": report.template,
         "model": model,
         "max_seq_length": max_seq_length,
+        "kind": report.kind,
         "rows_read": report.rows_read,
         "examples": report.examples,
+        "split_rows": report.split_rows,
         "left_out": report.left_out,
         "left_out_by_reason": by_kind,
         "truncated": truncated,
+        "reasoning_not_rendered": reasoning,
         "tokens": report.tokens,
         "trained_tokens": report.trained_tokens,
         "longest": report.longest,
         "label_names": report.label_names,
+        "sources": report.sources,
         "seconds": round(seconds, 3),
     }
 
@@ -99,6 +108,7 @@ def stats_summary(result: PrepareResult, *, source: str, max_seq_length: int) ->
         "detected": prepared.format_reason,
         "template": prepared.template,
         "label_names": prepared.label_names,
+        "sources": prepared.sources,
         "rows": {
             "read": prepared.rows_read,
             "examples": prepared.examples,

@@ -14,7 +14,7 @@ When is that exact? A template qualifies when every ``content`` it reads goes st
 the output (only ``+``/``~`` between the read and ``{{ }}``: no filter, test, comparison,
 method call, assignment or ``{% set %}`` block), and each placeholder comes out exactly once
 and unescaped. A conversation qualifies when it has no tools or tool calls and no NUL or
-\\x01 characters in its contents (the placeholder and probe characters). The first
+\\x01 characters in its contents (the placeholder and probe characters), and no reasoning. The first
 conversation of each shape is also rendered the slow way and must agree, or the shape is
 rendered the slow way from then on. Everything else takes the slow path, unchanged.
 """
@@ -130,7 +130,12 @@ def shape_of(conversation: Conversation) -> Shape | None:
         return None
     shape = []
     for message in conversation.messages:
-        if message.tool_calls or "\x00" in message.content or "\x01" in message.content:
+        if (
+            message.tool_calls
+            or message.reasoning_content
+            or "\x00" in message.content
+            or "\x01" in message.content
+        ):
             return None
         shape.append((message.role, message.name))
     return tuple(shape)

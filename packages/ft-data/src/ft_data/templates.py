@@ -107,7 +107,10 @@ class ChatTemplate:
         # The turn ends where the text of messages[:index + 1] ends; it starts where that text
         # and the same with the answer swapped for a probe character part ways, which skips any
         # role header, whether or not the template has a generation prompt.
-        probe = [*messages[:index], {**messages[index], "content": "\x01"}]
+        # Without its reasoning, so that reasoning written before the answer (and the tags the
+        # template puts around it) is trained as part of the turn.
+        answer = {k: v for k, v in messages[index].items() if k != "reasoning_content"}
+        probe = [*messages[:index], {**answer, "content": "\x01"}]
         try:
             through = self._render(messages[: index + 1], tools, special, False).rstrip()
             probed = self._render(probe, tools, special, False)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ft_data.conversation import Conversation
+from ft_data.errors import RowProblem
 from ft_data.template_batch import render_batch
 from ft_data.templates import ChatTemplate, Span
 from ft_data.tokenizer import ModelTokenizer
@@ -33,6 +34,8 @@ class TokenizedExample:
     tokens: np.ndarray
     loss_mask: np.ndarray
     uncut_chars: int = 0
+    unrendered_reasoning: int = 0  # assistant turns whose reasoning the template left out
+    rejected: TokenizedExample | None = None  # a preference pair's rejected side
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -72,6 +75,10 @@ def tokenize_conversations(
     :class:`~ft_data.errors.RowProblem` for a conversation the template cannot render.
     """
     rendered = render_batch(template, conversations, tokenizer.special_tokens)
+    rendered = [
+        (text, trained_spans(conversation, spans))
+        for conversation, (text, spans) in zip(conversations, rendered, strict=True)
+    ]
     texts = [_cut(text, max_chars) for text, _ in rendered]
     backend = tokenizer.tokenizer
     byte_lengths = None if train_on == "all" else token_byte_lengths(tokenizer)
@@ -93,10 +100,42 @@ def tokenize_conversations(
         ]
     return [
         TokenizedExample(
-            np.asarray(row, dtype=np.int32), mask, len(full) if text is not full else 0
+            np.asarray(row, dtype=np.int32),
+            mask,
+            len(full) if text is not full else 0,
+            unrendered_reasoning(conversation, full),
         )
-        for row, mask, text, (full, _) in zip(ids, masks, texts, rendered, strict=True)
+        for row, mask, text, (full, _), conversation in zip(
+            ids, masks, texts, rendered, conversations, strict=True
+        )
     ]
+
+
+def trained_spans(conversation: Conversation, spans: list[Span]) -> list[Span]:
+    """The spans of the assistant turns to train on: all of them, but those of messages with
+    ``weight`` 0. Raises :class:`~ft_data.errors.RowProblem` when the template's spans cannot
+    be matched to the assistant messages one to one."""
+    messages = conversation.messages
+    if all(message.weight != 0 for message in messages):
+        return spans
+    assistants = [message for message in messages if message.role == "assistant"]
+    if len(assistants) != len(spans):
+        raise RowProblem(
+            f"a message has weight 0, but the template marks {len(spans)} assistant spans for "
+            f"{len(assistants)} assistant messages, so which one to leave out is unknown"
+        )
+    return [span for span, message in zip(spans, assistants, strict=True) if message.weight != 0]
+
+
+def unrendered_reasoning(conversation: Conversation, text: str) -> int:
+    """How many messages' reasoning does not appear in ``text``, the rendered conversation
+    (templates differ: some write ``reasoning_content``, some only in the last turn, most
+    not at all)."""
+    return sum(
+        1
+        for message in conversation.messages
+        if message.reasoning_content and message.reasoning_content.strip() not in text
+    )
 
 
 def token_byte_lengths(tokenizer: ModelTokenizer) -> np.ndarray | None:
@@ -219,19 +258,65 @@ def tokenize_texts(
 ) -> list[TokenizedExample]:
     """Raw text for continued pretraining: the tokenizer's own special tokens (e.g. BOS), the
     text, then eos (when the tokenizer has one and did not add it); every token trained.
-    A text longer than ``max_chars`` is cut there before tokenizing (see :func:`char_limit`)."""
+
+    Every character is tokenized; a text longer than a few million characters is tokenized
+    in pieces cut before a space or a line break (memory stays bounded; a token or two at a
+    cut may differ from tokenizing it whole, the text they decode to does not). With
+    ``max_chars`` only the text's first ``max_chars`` characters are (see :func:`char_limit`).
+    """
     eos = tokenizer.eos_token_id
     cut = [_cut(text, max_chars) for text in texts]
+    huge = [len(text) > _PIECE_CHARS for text in cut]
+    # No offsets asked of the tokenizer; the huge texts are tokenized piece by piece below.
+    encodings = tokenizer.tokenizer.encode_batch_fast(
+        ["" if big else text for text, big in zip(cut, huge, strict=True)],
+        add_special_tokens=True,
+    )
     examples = []
-    encodings = tokenizer.tokenizer.encode_batch_fast(cut, add_special_tokens=True)  # no offsets
-    for encoding, text, short in zip(encodings, texts, cut, strict=True):
-        ids = encoding.ids
+    for encoding, text, short, big in zip(encodings, texts, cut, huge, strict=True):
+        ids = _piecewise_ids(short, tokenizer) if big else encoding.ids
         if eos is not None and (not ids or ids[-1] != eos):
             ids = [*ids, eos]
         tokens = np.asarray(ids, dtype=np.int32)
         uncut = len(text) if short is not text else 0
         examples.append(TokenizedExample(tokens, np.ones(len(tokens), dtype=np.uint8), uncut))
     return examples
+
+
+_PIECE_CHARS = 1 << 22  # 4 M characters: about a million tokens, some 100 MB of encodings
+
+
+def _piecewise_ids(text: str, tokenizer: ModelTokenizer) -> list[int]:
+    """The ids of a huge ``text``, tokenized in pieces of at most ``_PIECE_CHARS`` characters,
+    with the special tokens the tokenizer adds around a text added once, around the whole."""
+    pieces, start = [], 0
+    while start < len(text):
+        end = min(start + _PIECE_CHARS, len(text))
+        if end < len(text):
+            # Cut before a space or line break that follows a word: byte-level BPE starts a
+            # token there anyway, so the pieces tokenize as the whole text would.
+            window = text[max(start + 1, end - 65536) : end]
+            at = max(window.rfind(" "), window.rfind("\n"))
+            if at > 0:
+                end = end - len(window) + at
+        pieces.append(text[start:end])
+        start = end
+    prefix, suffix = _special_edges(tokenizer)
+    ids = list(prefix)
+    for encoding in tokenizer.tokenizer.encode_batch_fast(pieces, add_special_tokens=False):
+        ids += encoding.ids
+    return ids + suffix
+
+
+def _special_edges(tokenizer: ModelTokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer's post-processor puts before and after a text (e.g. BOS)."""
+    backend = tokenizer.tokenizer
+    plain = backend.encode("a", add_special_tokens=False).ids
+    full = backend.encode("a", add_special_tokens=True).ids
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
+    return [], []
 
 
 def _cut(text: str, max_chars: int | None) -> str:

@@ -63,7 +63,7 @@ def prepare(
 
     train = one(settings.train, "training")
     summary: dict[str, Any] = {
-        "train_source": redact_url(settings.train),
+        "train_source": redact_url(str(settings.train)),
         "train_cache_key": result_key(train.path),
         "format": train.report.format,
         "format_reason": train.report.format_reason,
