@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from ft_cli import main as ft_main
 from ft_cli.main import cli
-from ft_config import load_config, plugins
+from ft_config import app_paths, load_config, plugins
 
 
 def run(*args: str, input: str | None = None, env: dict | None = None):
@@ -167,6 +167,7 @@ def test_config_validate_reports_file_line_key(tmp_path):
     assert result.output.splitlines() == [
         f"error: {path}:3: training.learning_rate: expected a number, got 'fast'",
         f"       {path}:5: method.rnak: unknown key (did you mean 'rank'?)",
+        f"       details in {app_paths().logs / 'ft.log'}",
     ]
 
 
@@ -181,6 +182,7 @@ def test_config_validate_ok_and_with_overrides(tmp_path):
     )
     assert result.output == (
         "error: --set training.epochs=lots: training.epochs: expected a number, got 'lots'\n"
+        f"       details in {app_paths().logs / 'ft.log'}\n"
     )
 
 

@@ -10,18 +10,22 @@ until a command runs or its help is shown, and command modules import their heav
 from __future__ import annotations
 
 import functools
+import logging
 import signal
 import sys
 import warnings
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import click
 
 from ft_cli import __version__
 from ft_config import plugins
+from ft_config.telemetry import switch_off_telemetry
 
 COMMANDS_GROUP = "ft.commands"
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1)
@@ -57,7 +61,11 @@ def quiet_libraries() -> None:
 
 
 class UserError(click.ClickException):
-    """An error the user can fix; printed as `error: ...` without a traceback."""
+    """An error the user can fix; printed as `error: ...` without a traceback, then where the
+    command's log is (`details in ...`)."""
+
+    log_file: Path | None = None
+    """The command's log (set by the `ft` group on the way out)."""
 
     def format_message(self) -> str:
         return self.message
@@ -66,6 +74,8 @@ class UserError(click.ClickException):
         for i, line in enumerate(self.format_message().splitlines()):
             prefix = click.style("error: ", fg="red", bold=True) if i == 0 else "       "
             click.echo(prefix + line, err=True)
+        if self.log_file is not None:
+            click.echo(f"       details in {self.log_file}", err=True)
 
 
 class LazyGroup(click.Group):
@@ -108,15 +118,50 @@ class LazyGroup(click.Group):
             raise click.UsageError(f"no command {name!r}.{hint} See 'ft --help'.", ctx)
         return super().resolve_command(ctx, args)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["ft.argv"] = ["ft", *args]  # for the log: the command as typed
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         # Errors from the libraries that a user can fix become `error: ...` lines, exit 1.
+        # Every command's log goes to the app's logs folder (ft_config.command_log).
         from ft_config import ConfigError, SecretsError
+        from ft_config.command_log import start_command_log
         from ft_runs.store import StoreError  # the job store's errors name its file
 
+        switch_off_telemetry()
+        command_log = start_command_log(ctx.meta.get("ft.argv", ["ft"]))
+        status = "exit 0"
         try:
             return super().invoke(ctx)
         except (ConfigError, SecretsError, StoreError) as exc:
-            raise UserError(str(exc)) from None
+            status = "exit 1"
+            log.error("error: %s", exc)
+            error = UserError(str(exc))
+            error.log_file = command_log.path if command_log else None
+            raise error from None
+        except click.exceptions.Exit as exc:
+            status = f"exit {exc.exit_code}"
+            raise
+        except click.ClickException as exc:
+            status = f"exit {exc.exit_code}"
+            log.error("error: %s", exc.format_message())
+            if isinstance(exc, UserError) and command_log is not None:
+                exc.log_file = command_log.path
+            raise
+        except SystemExit as exc:
+            status = f"exit {exc.code}"
+            raise
+        except (KeyboardInterrupt, click.Abort):
+            status = "stopped (Ctrl-C or SIGTERM)"
+            raise
+        except Exception:
+            status = "crashed"
+            log.exception("unexpected error")
+            raise
+        finally:
+            if command_log is not None:
+                command_log.close(status)
 
 
 def _ft_versions() -> str:
@@ -159,6 +204,7 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    switch_off_telemetry()  # before any command imports huggingface_hub
     # SIGTERM (a service manager, `kill`) stops a command as Ctrl-C does: at once, through the
     # same clean-up (temporary files removed, the run marked interrupted). `ft train` answers
     # both with its own handler (ft_runs.launching.StopFlag) once it runs.

@@ -93,6 +93,7 @@ def train(
     ft train --nproc 2 --strategy fsdp   # weights and optimizer sharded (FSDP2)
     """
     import json
+    import logging
 
     from rich.console import Console
 
@@ -110,6 +111,7 @@ def train(
     from ft_train_core.protocol import Launch
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
+    log = logging.getLogger("ft_cli.train")
     quiet_libraries()
     if config is None and Path("train.yml").exists():
         config = Path("train.yml")
@@ -126,8 +128,9 @@ def train(
 
     def say(text: str) -> None:
         # The library's messages are plain text: `pip install "ft-runs[wandb]"` must keep its
-        # brackets, which rich would read as markup.
+        # brackets, which rich would read as markup. What it decided and why goes to the log too.
         console.print(text, markup=False)
+        log.info("%s", text)
 
     launch = Launch(
         nproc=nproc,

@@ -1,4 +1,5 @@
-"""Where ft keeps its files: models, prepared datasets, checkpoints, configs and logs.
+"""Where ft keeps its files: models, prepared datasets, configs and logs (each command's log,
+see `ft_config.command_log`). Checkpoints live in each run's folder, beside its train.yml.
 
 macOS: everything under `~/Library/Application Support/FineTune`. Linux: the XDG base
 directories (`$XDG_DATA_HOME/FineTune` for data, `$XDG_CONFIG_HOME/FineTune` for configs,
@@ -30,7 +31,6 @@ class AppPaths:
     home: Path
     models: Path
     datasets: Path
-    checkpoints: Path
     configs: Path
     logs: Path
 
@@ -45,7 +45,6 @@ class AppPaths:
             self.home,
             self.models,
             self.datasets,
-            self.checkpoints,
             self.configs,
             self.logs,
         ):
@@ -56,7 +55,7 @@ class AppPaths:
         """The folders by name, as strings (for `ft doctor` and JSON output)."""
         return {
             name: str(getattr(self, name))
-            for name in ("home", "models", "datasets", "checkpoints", "configs", "logs")
+            for name in ("home", "models", "datasets", "configs", "logs")
         } | {"database": str(self.database)}
 
 
@@ -81,7 +80,6 @@ def app_paths(environ: Mapping[str, str] | None = None, platform: str | None = N
         home=data,
         models=data / "models",
         datasets=data / "datasets",
-        checkpoints=data / "checkpoints",
         configs=Path(xdg.user_config_dir),
         logs=Path(xdg.user_log_dir),
     )
@@ -92,7 +90,6 @@ def _under(home: Path) -> AppPaths:
         home=home,
         models=home / "models",
         datasets=home / "datasets",
-        checkpoints=home / "checkpoints",
         configs=home / "configs",
         logs=home / "logs",
     )
