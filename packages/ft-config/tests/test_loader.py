@@ -298,3 +298,18 @@ def test_section_shorthand_override_keeps_the_rest_of_the_section(tmp_path):
     path = write(tmp_path, "method:\n  rank: 32\n")
     config = load_config(path, overrides=["method=dora"])
     assert (config.method.name, config.method.rank) == ("dora", 32)
+
+
+def test_the_prompt_methods_are_named_for_what_they_are():
+    """`p-tuning` is peft's PromptEncoder, P-tuning v1 (input tokens only); the deep prompts of
+    P-tuning v2 are what `prefix` trains. The reference says so (issue 23)."""
+    from ft_config import json_schema
+
+    (method, *_) = json_schema()["properties"]["method"]["anyOf"]
+    help_text = method["properties"]["name"]["description"]
+    assert (
+        "`p-tuning` (P-tuning v1: virtual input tokens from a trained prompt encoder" in help_text
+    )
+    assert "`prefix` (prefix tuning: trained key/value prefixes in every layer, the deep " in (
+        help_text
+    )

@@ -232,7 +232,10 @@ class MethodConfig:
     name: MethodName = setting(
         "lora",
         "`lora`, `dora` (weight-decomposed LoRA), `qlora` (LoRA over a 4/8-bit quantized "
-        "base), `full` (every weight), `prefix` (prefix tuning) or `p-tuning` (P-tuning v2).",
+        "base), `full` (every weight), `prefix` (prefix tuning: trained key/value prefixes in "
+        "every layer, the deep prompts of P-tuning v2 without its reparameterization) or "
+        "`p-tuning` (P-tuning v1: virtual input tokens from a trained prompt encoder, peft's "
+        "PromptEncoder).",
         init=True,
     )
     rank: int = setting(8, "LoRA rank r: the adapter's width.", min=1, init=True)

@@ -3,8 +3,8 @@
 | method | what trains | saved as |
 | --- | --- | --- |
 | `lora`, `dora`, `qlora` | low-rank adapters on `target_modules` (DoRA adds a magnitude vector; QLoRA a 4/8-bit base) | PEFT layout |
-| `prefix` | prefix tuning: key/value prefixes in every layer | PEFT layout |
-| `p-tuning` | virtual tokens from a prompt encoder (peft's PromptEncoder) | PEFT layout |
+| `prefix` | prefix tuning: key/value prefixes in every layer (P-tuning v2's deep prompts, no reparameterization) | PEFT layout |
+| `p-tuning` | P-tuning v1: virtual input tokens from a prompt encoder (peft's PromptEncoder) | PEFT layout |
 | `full` | every weight | transformers layout (safetensors, config, tokenizer) |
 """
 
