@@ -1,4 +1,4 @@
-"""Benchmark: SmolLM2-135M-Instruct to GGUF (f16 and q8_0) with ft against llama.cpp's converter.
+"""Benchmark: SmolLM2-135M-Instruct to GGUF (f16, q8_0, q4_k_m) with ft against llama.cpp.
 
 The model: the embedded SmolLM2-135M-Instruct GGUF, imported by ft-models into a Hugging Face
 safetensors folder (bfloat16) once, before any timing. Both converters then read that folder.
@@ -9,6 +9,11 @@ safetensors folder (bfloat16) once, before any timing. Both converters then read
   llama-cpp-python source distribution on PyPI (vendor/llama.cpp, run with its own gguf-py),
   downloaded at bench time with `pip download --no-deps --no-binary :all: llama-cpp-python`.
   If it cannot be obtained or run, the reason is printed and ft's time is reported alone.
+- q4_k_m on llama.cpp's side is its usual two steps: `convert_hf_to_gguf.py --outtype bf16`
+  (lossless for this bf16 model), then `llama-quantize IN OUT Q4_K_M`, with a llama-quantize
+  built from the same llama.cpp (`--llama-quantize PATH`, else `llama.cpp/build/bin/` in the
+  cache). Both files are then compared tensor by tensor (type and bytes). Without the binary,
+  ft's time is reported alone.
 
 Each run is a fresh process, timed wall-clock from start to exit (what a user waits for,
 imports included); each is repeated `--repeat` times and the median is shown.
@@ -29,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TYPES = ("f16", "q8_0")
+TYPES = ("f16", "q8_0", "q4_k_m")
 
 
 def main() -> None:
@@ -39,6 +44,8 @@ def main() -> None:
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "ft-bench-export",
         help="where the sdist and the imported model are kept between runs",
     )  # fmt: skip
+    parser.add_argument("--llama-quantize", type=Path, default=None, help="llama.cpp's binary")
+    parser.add_argument("--types", nargs="+", default=list(TYPES), help="GGUF types to time")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -49,22 +56,38 @@ def main() -> None:
     if reference is None:
         print(f"llama.cpp's converter is not available: {why}; timing ft alone")
 
+    quantize = args.llama_quantize or (
+        args.cache / "llama.cpp" / "build" / "bin" / "llama-quantize"
+    )
+    if "q4_k_m" in args.types and not quantize.is_file():
+        print(f"llama-quantize not found ({quantize}): q4_k_m is timed for ft alone")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for gguf_type in TYPES:
+        for gguf_type in args.types:
             ft_times = [
-                timed(ft_command(model, Path(tmp) / f"ft-{gguf_type}-{i}", gguf_type))
+                timed(ft_command(model, Path(tmp) / f"ft-{gguf_type}-{i}.gguf", gguf_type))
                 for i in range(args.repeat)
             ]
             ref_times = []
-            if reference is not None:
+            two_step = gguf_type == "q4_k_m"
+            if reference is not None and (not two_step or quantize.is_file()):
                 for i in range(args.repeat):
                     out = Path(tmp) / f"ref-{gguf_type}-{i}.gguf"
-                    ref_times.append(timed(reference_command(reference, model, out, gguf_type)))
+                    if two_step:
+                        middle = Path(tmp) / f"ref-bf16-{i}.gguf"
+                        ref_times.append(
+                            timed(reference_command(reference, model, middle, "bf16"))
+                            + timed([str(quantize), str(middle), str(out), "Q4_K_M"])
+                        )
+                        middle.unlink()
+                    else:
+                        ref_times.append(timed(reference_command(reference, model, out, gguf_type)))
+                    if two_step and i == 0:
+                        print(same_tensors(Path(tmp) / f"ft-{gguf_type}-0.gguf", out))
                     out.unlink(missing_ok=True)
             rows.append((gguf_type, statistics.median(ft_times), ref_times))
-            shutil.rmtree(Path(tmp), ignore_errors=True)
-            Path(tmp).mkdir(exist_ok=True)
+            for made in Path(tmp).iterdir():
+                made.unlink()
 
     print(f"\n{'type':<6} {'ft (s)':>8} {'llama.cpp (s)':>14} {'ft / llama.cpp':>15}")
     for gguf_type, ft_s, ref_times in rows:
@@ -123,6 +146,24 @@ def llama_cpp_converter(cache: Path) -> tuple[Path | None, str]:
             return None, f"{sdists[-1].name} has no vendor/llama.cpp/convert_hf_to_gguf.py"
         tar.extractall(folder, members=members, filter="data")
     return folder, ""
+
+
+def same_tensors(ours: Path, theirs: Path) -> str:
+    """How many tensors of the two files have the same type and the same bytes."""
+    from gguf import GGUFReader
+
+    a = {t.name: t for t in GGUFReader(ours).tensors}
+    b = {t.name: t for t in GGUFReader(theirs).tensors}
+    same = [
+        n for n in a
+        if n in b and a[n].tensor_type == b[n].tensor_type
+        and bytes(a[n].data.tobytes()) == bytes(b[n].data.tobytes())
+    ]  # fmt: skip
+    differ = sorted((set(a) | set(b)) - set(same))
+    text = f"q4_k_m: {len(same)} of {len(a)} tensors identical to llama-quantize's (type and bytes)"
+    if differ:
+        text += f"; differ: {', '.join(differ[:5])}"
+    return text
 
 
 def ft_command(model: Path, out: Path, gguf_type: str) -> list[str]:

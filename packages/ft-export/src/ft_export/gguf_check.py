@@ -131,13 +131,19 @@ def check_gguf(
 def _reference(
     source: ExportSource, written: WrittenGGUF, progress: Progress
 ) -> tuple[Any, Any, list[str]]:
-    from ft_export.merge import load_tokenizer, merged_model
+    """ft's model of `source` in float32 and its tokenizer: the merge when adapters were merged
+    for writing, else the plain model, loaded without peft (whose import alone takes seconds)."""
+    import torch
+    import transformers
 
     if written.model is not None:
         return written.model, written.tokenizer, []
     progress("loading the source model for the check", 0, 0)
-    model, notes = merged_model(source)
-    return model, load_tokenizer(source), notes
+    model = transformers.AutoModelForCausalLM.from_pretrained(source.base, dtype=torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source.base)
+    if source.chat_template is not None:
+        tokenizer.chat_template = source.chat_template
+    return model.eval(), tokenizer, []
 
 
 def _check_quick(
@@ -204,7 +210,8 @@ def _check_quick(
     failed.extend(f"{name} is not a tensor of the model" for name in stored)
 
     progress("checking logits", 0, 1)
-    reloaded = _model_with(written.folder, state)
+    reloaded, unset = _model_with(written.folder, state)
+    failed.extend(f"{name} not in the file" for name in unset)
     logits = torch_logits(reloaded, ids)
     progress("checking logits", 1, 1)
     checks = {
@@ -229,16 +236,21 @@ def _check_quick(
     )
 
 
-def _model_with(folder: Path, state: dict[str, Any]) -> Any:
-    """The transformers model of `folder`'s config holding `state` (tied weights tied)."""
+def _model_with(folder: Path, state: dict[str, Any]) -> tuple[Any, list[str]]:
+    """The transformers model of `folder`'s config holding `state` (tied weights tied), and the
+    names of the weights `state` left unset."""
     import torch
     import transformers
+    from transformers.initialization import no_init_weights
 
     config = transformers.AutoConfig.from_pretrained(folder)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    model.load_state_dict(state, strict=False)
+    with no_init_weights():  # every weight is loaded next: random init would be wasted time
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    missing = set(model.load_state_dict(state, strict=False).missing_keys)
     model.tie_weights()
-    return model
+    if config.tie_word_embeddings:
+        missing -= {"lm_head.weight"}
+    return model, sorted(missing)
 
 
 def _field_text(file: Any, key: str) -> str | None:
@@ -311,7 +323,7 @@ def _check_full(
         ).eval()
         reader = "transformers (from_pretrained(gguf_file=...))"
     else:
-        reloaded = _model_from_gguf_reader(path, written.folder)
+        reloaded = model_from_gguf(path, written.folder)
         reader = "gguf-py GGUFReader + transformers model (transformers has no GGUF loader for it)"
     ids = reference.ids
     file = GGUFReader(path)
@@ -390,8 +402,9 @@ TRANSFORMERS_GGUF = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gp
 gemma3 loader does not take Gemma 3's text-only `gemma3_text`)."""
 
 
-def _model_from_gguf_reader(path: Path, folder: Path) -> Any:
-    """Read every tensor back with gguf-py, undo ft's writing changes, load into the model."""
+def model_from_gguf(path: Path, folder: Path) -> Any:
+    """The transformers model of `folder`'s config with every tensor of the GGUF `path` read by
+    gguf-py (dequantized) and ft's writing changes undone: an independent reader of the file."""
     import torch
     from gguf import GGUFReader
     from gguf.quants import dequantize
@@ -400,7 +413,7 @@ def _model_from_gguf_reader(path: Path, folder: Path) -> Any:
 
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     rules = tensor_rules(config)
-    model = _model_with(folder, {})
+    model, _ = _model_with(folder, {})
     hf_of = {}
     for hf_name in model.state_dict():
         gguf_name = rules.names.get_name(hf_name, try_suffixes=(".weight", ".bias"))

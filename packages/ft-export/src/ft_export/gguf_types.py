@@ -27,31 +27,29 @@ Q = GGMLQuantizationType
 
 @dataclass(frozen=True)
 class GGUFType:
-    """One `--quant` choice: the type of the 2-D weights, general.file_type, and a note on its
-    cost measured on the embedded SmolLM2-135M-Instruct (docs/export.md)."""
+    """One `--quant` choice: the type of the 2-D weights and general.file_type. What each costs
+    in size and quality is in `ft_export.quant_costs`."""
 
     weights: GGMLQuantizationType
     file_type: LlamaFileType
     recipe: str | None = None
     """llama.cpp's per-tensor mix (`q4_k_m`, `q5_k_m`, `q6_k`); None: one type for all."""
-    cost: str = ""
 
 
 GGUF_TYPES: dict[str, GGUFType] = {
-    "f32": GGUFType(Q.F32, LlamaFileType.ALL_F32, cost="538 MB, exact"),
-    "f16": GGUFType(Q.F16, LlamaFileType.MOSTLY_F16, cost="271 MB, error 0 (bf16 source)"),
-    "bf16": GGUFType(Q.BF16, LlamaFileType.MOSTLY_BF16, cost="271 MB, exact for bf16 models"),
-    "q8_0": GGUFType(Q.Q8_0, LlamaFileType.MOSTLY_Q8_0, cost="145 MB, error 2.9e-2"),
-    "q6_k": GGUFType(Q.Q6_K, LlamaFileType.MOSTLY_Q6_K, "q6_k", cost="138 MB, error 4.3e-2"),
-    "q5_k_m": GGUFType(Q.Q5_K, LlamaFileType.MOSTLY_Q5_K_M, "q5_k_m", cost="112 MB, error 7.5e-2"),
-    "q5_1": GGUFType(Q.Q5_1, LlamaFileType.MOSTLY_Q5_1, cost="106 MB, error 7.2e-2"),
-    "q5_0": GGUFType(Q.Q5_0, LlamaFileType.MOSTLY_Q5_0, cost="97 MB, error 8.2e-2"),
-    "q4_k_m": GGUFType(Q.Q4_K, LlamaFileType.MOSTLY_Q4_K_M, "q4_k_m", cost="105 MB, error 9.0e-2"),
-    "q4_1": GGUFType(Q.Q4_1, LlamaFileType.MOSTLY_Q4_1, cost="88 MB, error 0.15"),
-    "q4_0": GGUFType(Q.Q4_0, LlamaFileType.MOSTLY_Q4_0, cost="79 MB, error 0.17"),
+    "f32": GGUFType(Q.F32, LlamaFileType.ALL_F32),
+    "f16": GGUFType(Q.F16, LlamaFileType.MOSTLY_F16),
+    "bf16": GGUFType(Q.BF16, LlamaFileType.MOSTLY_BF16),
+    "q8_0": GGUFType(Q.Q8_0, LlamaFileType.MOSTLY_Q8_0),
+    "q6_k": GGUFType(Q.Q6_K, LlamaFileType.MOSTLY_Q6_K, "q6_k"),
+    "q5_k_m": GGUFType(Q.Q5_K, LlamaFileType.MOSTLY_Q5_K_M, "q5_k_m"),
+    "q5_1": GGUFType(Q.Q5_1, LlamaFileType.MOSTLY_Q5_1),
+    "q5_0": GGUFType(Q.Q5_0, LlamaFileType.MOSTLY_Q5_0),
+    "q4_k_m": GGUFType(Q.Q4_K, LlamaFileType.MOSTLY_Q4_K_M, "q4_k_m"),
+    "q4_1": GGUFType(Q.Q4_1, LlamaFileType.MOSTLY_Q4_1),
+    "q4_0": GGUFType(Q.Q4_0, LlamaFileType.MOSTLY_Q4_0),
 }
-"""The GGUF types ft writes, from largest to smallest. The costs are the file size and the
-relative logits error of the embedded SmolLM2-135M-Instruct (benchmarks/bench_quant_cost.py)."""
+"""The GGUF types ft writes, from largest to smallest."""
 
 _FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
 """llama.cpp's `tensor_type_fallback` for rows that are not whole 256-value super-blocks."""
@@ -59,11 +57,6 @@ _FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
 _K_TYPES = {Q.Q4_K: "q4_K", Q.Q5_K: "q5_K", Q.Q6_K: "q6_K"}
 
 _LAYER = re.compile(r"blk\.(\d+)\.")
-
-
-def quant_help() -> str:
-    """One line per type for `--quant`'s help: name, size and error on SmolLM2-135M."""
-    return "; ".join(f"{name} ({kind.cost})" for name, kind in GGUF_TYPES.items())
 
 
 def _block_size(qtype: GGMLQuantizationType) -> int:

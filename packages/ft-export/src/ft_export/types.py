@@ -108,7 +108,7 @@ class Verification:
         verdict = "passed" if self.passed else "FAILED"
         parts = [
             f"{verdict}: reloaded with {self.reader}; relative logits error {self.error:.2e} "
-            f"(tolerance {self.tolerance:.0e}), top-1 agreement {self.top1_agreement:.0%} "
+            f"(tolerance {self.tolerance:.2g}), top-1 agreement {self.top1_agreement:.0%} "
             f"over {self.prompt_tokens} tokens"
         ]
         if self.greedy_total is not None:

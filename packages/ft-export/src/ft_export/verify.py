@@ -25,13 +25,15 @@ TOLERANCES: dict[str, float] = {
     "bf16": 2e-2,
     "q8_0": 6e-2,
     "mlx-8": 6e-2,
-    "q6_k": 0.1,
-    "q5_k_m": 0.15,
-    "q4_k_m": 0.3,
-    "q5_1": 0.15,
-    "q5_0": 0.15,
-    "q4_1": 0.3,
-    "q4_0": 0.3,
+    # 5- and 4-bit GGUF: SmolLM2-135M's own error on the prompt reaches 0.43 (q5_1) and 0.56
+    # (q4_0); a conversion error is above 1, and every tensor is also checked on its own
+    "q6_k": 0.15,
+    "q5_k_m": 0.3,
+    "q5_1": 0.6,
+    "q5_0": 0.6,
+    "q4_k_m": 0.45,
+    "q4_1": 0.8,
+    "q4_0": 0.8,
     "mlx-4": 0.3,
 }
 """Relative logits error allowed per export type (measured errors are in docs/export.md)."""
