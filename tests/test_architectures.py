@@ -32,6 +32,7 @@ CELLS = [(family, capability) for family in ARCHITECTURES for capability in CAPA
 
 # What ft says for each missing cell (a regular expression of the error's message).
 REFUSALS: dict[tuple[str, str], str] = {
+    ("phi", "export gguf"): r"ft's GGUF converter does not write 'phi' models",
     ("gptj", "export gguf"): r"ft's GGUF converter does not write 'gptj' models",
     ("bert", "torch generate"): r"is a sequence classifier \(bert\): it labels text",
     ("bert", "mlx load"): r"bert models do not run on mlx: mlx-lm has no encoder",

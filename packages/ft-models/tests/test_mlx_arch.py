@@ -105,3 +105,19 @@ def test_the_multimodal_gemma3_is_not_loaded(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
     with pytest.raises(ModelLoadError, match="the multimodal Gemma 3, 4B and up"):
         load_mlx(tmp_path)
+
+
+def test_a_nested_partial_rotary_factor_reaches_mlx(
+    tiny_model_factory: TinyModelFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transformers 5 writes Phi-4-mini's partial_rotary_factor (0.75) inside rope_parameters;
+    mlx-lm's Phi-3 reads it top-level and would rotate every dimension (its default, 1.0)."""
+    shutil.copytree(tiny_model_factory("phi3"), tmp_path, dirs_exist_ok=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["rope_parameters"]["partial_rotary_factor"] = 0.75  # rotary over 12 of 16 dims
+    (tmp_path / "config.json").write_text(json.dumps(config))
+
+    assert mlx_config_overrides(config)["partial_rotary_factor"] == 0.75
+    assert check_logits(tmp_path).max_abs_diff < 2e-6
+    monkeypatch.setattr(mlx_arch, "mlx_config_overrides", lambda config: {})
+    assert not check_logits(tmp_path, raise_on_mismatch=False).ok

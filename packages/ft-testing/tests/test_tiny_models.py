@@ -22,6 +22,7 @@ BERT_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_c
 PARAMETERS = {
     "llama": 139_584,
     "mistral": 139_584,
+    "phi": 132_864,
     "phi3": 139_584,
     "qwen2": 139_840,
     "qwen3": 139_648,
@@ -44,7 +45,7 @@ def load(path: Path, arch: str):  # type: ignore[no-untyped-def]
 
 def test_architectures() -> None:
     assert ARCHITECTURES == (
-        "llama", "mistral", "phi3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gpt2",
+        "llama", "mistral", "phi", "phi3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gpt2",
         "gptj", "bert",
     )  # fmt: skip
     assert set(PARAMETERS) == set(ARCHITECTURES)

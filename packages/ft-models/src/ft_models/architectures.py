@@ -76,6 +76,21 @@ ARCHITECTURES: dict[str, Architecture] = {
             ("mistral",),
             notes="mlx-lm runs Mistral with its Llama definition.",
         ),
+        Architecture(
+            "phi",
+            "Phi-2 (Phi-1.5, Phi-2)",
+            ("phi",),
+            missing={
+                "export gguf": (
+                    "ft's GGUF writer does not write Phi-2 (llama.cpp's `phi2`): export `hf` "
+                    "and convert with llama.cpp's convert_hf_to_gguf.py"
+                ),
+            },
+            notes=(
+                "transformers 5 writes `partial_rotary_factor` inside `rope_parameters`; ft "
+                "passes it to mlx-lm (Phi-4-mini's 0.75 too), whose defaults differ."
+            ),
+        ),
         Architecture("phi3", "Phi-3 (Phi-3-mini, Phi-4-mini)", ("phi3",)),
         Architecture(
             "qwen2",

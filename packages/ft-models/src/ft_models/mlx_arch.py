@@ -7,7 +7,7 @@ ft fills in the config (`mlx_config_overrides`) or adapts the model class
 
 | model_type | what differs in mlx-lm 0.32 | what ft does |
 | --- | --- | --- |
-| any | `rope_theta` read top-level; transformers 5 nests it in `rope_parameters` | copies it up (Qwen2 falls back to 1e6 otherwise) |
+| any | `rope_theta`, `partial_rotary_factor` read top-level; transformers 5 nests them in `rope_parameters` | copies them up (Qwen2 falls back to 1e6 otherwise, Phi-2 to 0.4, Phi-3 to 1.0) |
 | gpt2 | weights expected without transformers' `transformer.` prefix; `n_ctx` required | strips the prefix; fills `n_ctx` from `n_positions` |
 | gpt2, gptj | `n_inner` ignored (MLP always 4 x width) | refuses other widths |
 | gemma2 | no sliding window: every layer attends to the whole context | the sliding layers get a banded causal mask |
@@ -43,6 +43,11 @@ def mlx_config_overrides(config: dict[str, Any]) -> dict[str, Any]:
         overrides["rope_theta"] = rope["rope_theta"]
         if rope.get("rope_type", "default") != "default" and not config.get("rope_scaling"):
             overrides["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    nested_partial = rope.get("partial_rotary_factor") if isinstance(rope, dict) else None
+    if nested_partial is not None and config.get("partial_rotary_factor") is None:
+        # Nested there too (Phi-2's 0.4, Phi-4-mini's 0.75); mlx-lm's defaults are 0.4 (phi)
+        # and 1.0 (phi3).
+        overrides["partial_rotary_factor"] = nested_partial
     model_type = config.get("model_type")
     if model_type in ("gpt2", "gptj"):
         width, inner = config.get("n_embd"), config.get("n_inner")

@@ -20,6 +20,7 @@ from typing import Any
 ARCHITECTURES: tuple[str, ...] = (
     "llama",
     "mistral",
+    "phi",
     "phi3",
     "qwen2",
     "qwen3",
@@ -230,6 +231,10 @@ def _config(arch: str, tokenizer: Any) -> Any:
         return transformers.LlamaConfig(**llama_like)
     if arch == "mistral":
         return transformers.MistralConfig(**llama_like, sliding_window=MAX_POSITIONS)
+    if arch == "phi":
+        # Phi-2's layout: one attention/MLP block in parallel, full multi-head attention,
+        # rotary embeddings over half of each head (transformers' default 0.5; Phi-2 has 0.4).
+        return transformers.PhiConfig(**{**llama_like, "num_key_value_heads": NUM_HEADS})
     if arch == "phi3":
         return transformers.Phi3Config(**llama_like, original_max_position_embeddings=MAX_POSITIONS)
     if arch == "qwen2":
