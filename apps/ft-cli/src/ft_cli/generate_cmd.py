@@ -10,7 +10,9 @@ torch, mlx, transformers and peft are imported inside the command, through ft_mo
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ from typing import Any
 import click
 
 from ft_cli.main import UserError
+
+log = logging.getLogger(__name__)
 
 
 def sampling_options(max_tokens: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -214,6 +218,7 @@ def load_for_generation(
         raise click.UsageError("give a MODEL (a folder, alias, Hub id or .gguf file) or --run RUN")
     dtype = None if params["dtype"] == "auto" else params["dtype"]
     quiet_libraries()
+    started = time.perf_counter()
     try:
         generator = Generator.load(
             model,
@@ -225,8 +230,12 @@ def load_for_generation(
         )
     except (GenerationError, ModelError, ModelLoadError, DeviceError, ImportError) as error:
         raise UserError(str(error)) from None
+    with_adapter = f" + adapter {generator.adapter}" if generator.adapter else ""
+    log.info(
+        "model: %s%s (loaded in %.1f s)", generator.reason, with_adapter,
+        time.perf_counter() - started,
+    )  # fmt: skip
     if not quiet:
-        with_adapter = f" + adapter {generator.adapter}" if generator.adapter else ""
         click.echo(f"model: {generator.reason}{with_adapter}", err=True)
     return generator, system
 
