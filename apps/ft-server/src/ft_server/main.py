@@ -1,0 +1,76 @@
+"""The `ft-server` command (and what `ft serve` calls): parse options, check the bind rule,
+run uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ft_server.settings import API_KEY_ENV, ServerSettings, SettingsError
+
+
+def serve(settings: ServerSettings, *, log_level: str = "info") -> None:
+    """Run the server until interrupted. Raises SettingsError when the bind is refused."""
+    import uvicorn
+
+    from ft_server.app import create_app
+
+    settings.check_bind()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        # The proxy headers would let a client pick its own address; the server trusts none.
+        proxy_headers=False,
+        server_header=False,
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ft-server",
+        description="ft's REST API and OpenAI-compatible inference server. "
+        f"Binds 127.0.0.1 unless an API key is set (passwords.yml api_key or ${API_KEY_ENV}).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--passwords", default=None, help="a passwords.yml holding api_key (default: none)"
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        help="a Host name clients may use besides loopback and --host (repeatable)",
+    )
+    p.add_argument(
+        "--cors-origin", action="append", default=[], help="an origin allowed by CORS (repeatable)"
+    )
+    p.add_argument(
+        "--max-concurrent-trainings", type=int, default=1, help="training jobs run at once"
+    )
+    p.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        settings = ServerSettings.from_environment(
+            passwords=args.passwords,
+            host=args.host,
+            port=args.port,
+            allowed_hosts=tuple(args.allowed_host),
+            cors_origins=tuple(args.cors_origin),
+            max_concurrent_trainings=args.max_concurrent_trainings,
+        )
+        serve(settings, log_level=args.log_level)
+    except SettingsError as exc:
+        print(f"ft-server: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
