@@ -12,7 +12,7 @@ from pathlib import Path
 import attrs
 
 from ft_config.paths import AppPaths, app_paths
-from ft_config.secrets import Secret, load_secrets
+from ft_config.secrets import Secret, SecretsError, load_secrets
 
 API_KEY_ENV = "FT_SERVER_API_KEY"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -91,7 +91,10 @@ class ServerSettings:
         """Settings with the API key from `passwords` (a passwords.yml), `$FT_SERVER_API_KEY`
         or `$FT_API_KEY`, in that order; `overrides` set the other fields."""
         env = os.environ if environ is None else environ
-        key = load_secrets(passwords, environ=env).get("api_key") if passwords else None
+        try:
+            key = load_secrets(passwords, environ=env).get("api_key") if passwords else None
+        except SecretsError as exc:
+            raise SettingsError(str(exc)) from None
         if key is None and env.get(API_KEY_ENV):
             key = Secret(env[API_KEY_ENV])
         if key is None:

@@ -1,0 +1,61 @@
+"""`ft serve`: start ft-server (the REST API and OpenAI-compatible inference), a separate
+package: when it is not installed, say how to install it."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import click
+
+INSTALL_HINT = (
+    "ft serve needs the ft-server package, which is not installed. Install it with\n"
+    "  pip install ft-server        (or: uv pip install ft-server)\n"
+    "and run `ft serve` again (or `ft-server`, its own command)."
+)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port.")
+@click.option(
+    "--passwords",
+    default="passwords.yml",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="passwords.yml holding api_key (used when it exists; $FT_SERVER_API_KEY works too).",
+)
+@click.option("--allowed-host", multiple=True, help="A Host name clients may use besides loopback.")
+@click.option("--cors-origin", multiple=True, help="An origin allowed by CORS (none by default).")
+@click.option(
+    "--max-concurrent-trainings", default=1, show_default=True, type=int, help="Jobs run at once."
+)
+def serve(
+    host: str,
+    port: int,
+    passwords: Path,
+    allowed_host: tuple[str, ...],
+    cors_origin: tuple[str, ...],
+    max_concurrent_trainings: int,
+) -> None:
+    """Serve the REST API and OpenAI-compatible inference (binds 127.0.0.1 by default;
+    binding anything else needs an API key)."""
+    if importlib.util.find_spec("ft_server") is None:
+        click.echo(INSTALL_HINT, err=True)
+        sys.exit(1)
+    from ft_server.main import serve as run_server
+    from ft_server.settings import ServerSettings, SettingsError
+
+    try:
+        settings = ServerSettings.from_environment(
+            passwords=passwords if passwords.exists() else None,
+            host=host,
+            port=port,
+            allowed_hosts=allowed_host,
+            cors_origins=cors_origin,
+            max_concurrent_trainings=max_concurrent_trainings,
+        )
+        run_server(settings)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
