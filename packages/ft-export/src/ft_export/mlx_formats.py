@@ -69,7 +69,8 @@ def _quiet() -> contextlib.AbstractContextManager[Any]:
 def _load_mlx(folder: Path) -> tuple[Any, Any]:
     """(model, tokenizer) of a Hugging Face folder with mlx-lm's definitions: through ft-models
     (which fixes transformers 5 configs and GPT-2's names), or for an architecture ft-models
-    does not train (Qwen3), mlx-lm's loader with the same config fixes."""
+    does not load (none of docs/architectures.md's), mlx-lm's loader with the same config
+    fixes."""
     from ft_models.load import ModelLoadError, load_mlx, mlx_config_overrides, read_config
 
     try:
