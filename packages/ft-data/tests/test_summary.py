@@ -41,6 +41,7 @@ def test_prepare_summary_groups_the_rows_left_out_by_reason(alpaca: PrepareResul
         "rows_read",
         "examples",
         "split_rows",
+        "rejected_tokens",
         "left_out",
         "left_out_by_reason",
         "truncated",

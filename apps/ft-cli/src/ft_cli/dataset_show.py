@@ -41,6 +41,11 @@ def print_prepare(summary: dict[str, Any]) -> None:
             )
             + f", {summary['left_out']:,} left out"
         )
+    elif summary.get("kind") == "preference":
+        click.echo(
+            f"rows:      {summary['rows_read']:,} read -> {summary['examples']:,} preference "
+            f"pairs (chosen and rejected), {summary['left_out']:,} left out"
+        )
     else:
         click.echo(
             f"rows:      {summary['rows_read']:,} read, {summary['examples']:,} kept, "
@@ -50,6 +55,11 @@ def print_prepare(summary: dict[str, Any]) -> None:
     click.echo(
         f"tokens:    {summary['tokens']:,} ({summary['trained_tokens']:,} trained, {share:.1%}), "
         f"longest {summary['longest']:,} of max {summary['max_seq_length']:,}"
+        + (
+            f"; the rejected sides {summary['rejected_tokens']:,} more"
+            if summary.get("kind") == "preference"
+            else ""
+        )
     )
     label = "left out:"
     for kind, group in summary["left_out_by_reason"].items():

@@ -67,6 +67,7 @@ def prepare_summary(
         "rows_read": report.rows_read,
         "examples": report.examples,
         "split_rows": report.split_rows,
+        "rejected_tokens": report.rejected_tokens,
         "left_out": report.left_out,
         "left_out_by_reason": by_kind,
         "truncated": truncated,

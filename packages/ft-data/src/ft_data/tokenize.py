@@ -259,7 +259,7 @@ def tokenize_texts(
     """Raw text for continued pretraining: the tokenizer's own special tokens (e.g. BOS), the
     text, then eos (when the tokenizer has one and did not add it); every token trained.
 
-    Every character is tokenized; a text longer than a few million characters is tokenized
+    Every character is tokenized; a text longer than a million characters is tokenized
     in pieces cut before a space or a line break (memory stays bounded; a token or two at a
     cut may differ from tokenizing it whole, the text they decode to does not). With
     ``max_chars`` only the text's first ``max_chars`` characters are (see :func:`char_limit`).
@@ -274,22 +274,29 @@ def tokenize_texts(
     )
     examples = []
     for encoding, text, short, big in zip(encodings, texts, cut, huge, strict=True):
-        ids = _piecewise_ids(short, tokenizer) if big else encoding.ids
-        if eos is not None and (not ids or ids[-1] != eos):
-            ids = [*ids, eos]
-        tokens = np.asarray(ids, dtype=np.int32)
+        if big:
+            tokens = _piecewise_ids(short, tokenizer)
+        else:
+            tokens = np.asarray(encoding.ids, dtype=np.int32)
+        if eos is not None and (not len(tokens) or tokens[-1] != eos):
+            tokens = np.append(tokens, np.int32(eos))
         uncut = len(text) if short is not text else 0
         examples.append(TokenizedExample(tokens, np.ones(len(tokens), dtype=np.uint8), uncut))
     return examples
 
 
-_PIECE_CHARS = 1 << 22  # 4 M characters: about a million tokens, some 100 MB of encodings
+_PIECE_CHARS = 1 << 20  # a million characters: some 250,000 tokens, tens of MB of encoding
 
 
-def _piecewise_ids(text: str, tokenizer: ModelTokenizer) -> list[int]:
-    """The ids of a huge ``text``, tokenized in pieces of at most ``_PIECE_CHARS`` characters,
-    with the special tokens the tokenizer adds around a text added once, around the whole."""
-    pieces, start = [], 0
+def _piecewise_ids(text: str, tokenizer: ModelTokenizer) -> np.ndarray:
+    """The ids (int32) of a huge ``text``, tokenized one piece of at most ``_PIECE_CHARS``
+    characters at a time (each piece's encoding freed before the next: a 100 MB text costs
+    its ids, 4 bytes a token, and one piece's encoding), with the special tokens the tokenizer
+    adds around a text added once, around the whole."""
+    backend = tokenizer.tokenizer
+    prefix, suffix = _special_edges(tokenizer)
+    parts = [np.asarray(prefix, dtype=np.int32)]
+    start = 0
     while start < len(text):
         end = min(start + _PIECE_CHARS, len(text))
         if end < len(text):
@@ -299,13 +306,12 @@ def _piecewise_ids(text: str, tokenizer: ModelTokenizer) -> list[int]:
             at = max(window.rfind(" "), window.rfind("\n"))
             if at > 0:
                 end = end - len(window) + at
-        pieces.append(text[start:end])
+        encoding = backend.encode_batch_fast([text[start:end]], add_special_tokens=False)[0]
+        parts.append(np.asarray(encoding.ids, dtype=np.int32))
+        del encoding
         start = end
-    prefix, suffix = _special_edges(tokenizer)
-    ids = list(prefix)
-    for encoding in tokenizer.tokenizer.encode_batch_fast(pieces, add_special_tokens=False):
-        ids += encoding.ids
-    return ids + suffix
+    parts.append(np.asarray(suffix, dtype=np.int32))
+    return np.concatenate(parts)
 
 
 def _special_edges(tokenizer: ModelTokenizer) -> tuple[list[int], list[int]]:
