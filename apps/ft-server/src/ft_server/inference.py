@@ -327,7 +327,9 @@ class Inference:
     def find(self, model_id: str) -> ServedModel:
         models = self.models()
         if model_id not in models:
-            served = ", ".join(sorted(models)) or "none (the server's inference allow-list is empty)"
+            served = (
+                ", ".join(sorted(models)) or "none (the server's inference allow-list is empty)"
+            )
             raise ApiError(
                 404,
                 f"The model `{model_id}` does not exist or is not served here. Served: {served}. "
@@ -348,9 +350,7 @@ class Inference:
             if entry.generator is None:
                 loop = asyncio.get_running_loop()
                 try:
-                    entry.generator = await loop.run_in_executor(
-                        entry.executor, self._load, served
-                    )
+                    entry.generator = await loop.run_in_executor(entry.executor, self._load, served)
                 except (GenerationError, OSError, ValueError, ImportError) as error:
                     raise ApiError(
                         500,

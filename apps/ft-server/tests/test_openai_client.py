@@ -1,0 +1,323 @@
+"""The OpenAI-compatible routes, driven by the official `openai` client against a live uvicorn
+on 127.0.0.1, serving a tiny random Llama and the LoRA adapter of a completed run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from ft_config.paths import app_paths
+from ft_runs.store import JobStore
+from ft_server import ServerSettings, create_app
+
+RUN_ID = "run-tiny-lora"
+CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def make_adapter(base: Path, folder: Path) -> Path:
+    """A PEFT LoRA adapter for the tiny Llama with random, non-zero A and B matrices."""
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)
+    model = transformers.AutoModelForCausalLM.from_pretrained(base)
+    config = LoraConfig(
+        r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    get_peft_model(model, config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def completed_run(home: Path, base: Path) -> None:
+    """A completed run of `base` in the store of the app folder `home`, with its adapter."""
+    run_dir = home / "runs" / RUN_ID
+    make_adapter(base, run_dir / "adapter")
+    (run_dir / "run.json").write_text(
+        json.dumps({"id": RUN_ID, "model": {"name": str(base), "path": str(base)}}),
+        encoding="utf-8",
+    )
+    store = JobStore(app_paths({"FT_HOME": str(home)}).database)
+    store.create_run(RUN_ID, run_dir=run_dir, config={}, model=str(base), method="lora")
+    store.finish_run(RUN_ID, "completed")
+    store.close()
+
+
+class LiveServer:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def serve(tmp: Path, base: Path, **settings: Any) -> LiveServer:
+    paths = app_paths({"FT_HOME": str(tmp)})
+    return LiveServer(ServerSettings(paths=paths, inference_allow=(str(base),), **settings))
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Path:
+    home = tmp_path_factory.mktemp("home")
+    completed_run(home, tiny_llama)
+    return home
+
+
+@pytest.fixture(scope="module")
+def live(home: Path, tiny_llama: Path) -> Iterator[LiveServer]:
+    server = serve(home, tiny_llama)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(live: LiveServer) -> openai.OpenAI:
+    return live.client()
+
+
+@pytest.fixture(scope="module")
+def base(tiny_llama: Path) -> str:
+    return str(tiny_llama)
+
+
+def test_models_lists_the_base_and_the_adapter_of_the_completed_run(client, base) -> None:
+    models = {m.id: m for m in client.models.list()}
+    assert set(models) == {base, RUN_ID}
+    assert models[RUN_ID].model_extra["parent"] == base
+    assert models[base].model_extra["parent"] is None
+    assert client.models.retrieve(RUN_ID).id == RUN_ID
+
+
+def test_an_unknown_model_is_a_404_in_openais_shape(client) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=CHAT)
+    assert caught.value.status_code == 404
+    assert caught.value.code == "model_not_found"
+    assert "GET /v1/models lists them" in caught.value.message
+
+
+def test_max_tokens_ends_with_length_and_usage_adds_up(client, base) -> None:
+    reply = client.chat.completions.create(model=base, messages=CHAT, max_tokens=5, temperature=0)
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 5
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + 5
+    assert reply.usage.prompt_tokens > 5
+
+
+def test_the_joined_stream_equals_the_whole_answer_and_usage_comes_last(client, base) -> None:
+    whole = client.chat.completions.create(model=base, messages=CHAT, max_tokens=24, temperature=0)
+    chunks = list(
+        client.chat.completions.create(
+            model=base,
+            messages=CHAT,
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content != ""
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage == whole.usage
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_a_stop_string_split_across_tokens_never_leaks(client, base) -> None:
+    # The tokens of the greedy answer, to pick a stop string that straddles two of them.
+    whole = client.chat.completions.create(
+        model=base, messages=CHAT, max_tokens=40, temperature=0, logprobs=True
+    )
+    tokens = [t.token for t in whole.choices[0].logprobs.content]
+    text = whole.choices[0].message.content
+    assert "".join(tokens) == text
+    position, stop = 0, None
+    for left, right in itertools.pairwise(tokens):
+        position += len(left)
+        candidate = left[-2:] + right[:2]
+        if len(left) >= 2 and len(right) >= 2 and text.find(candidate) == position - 2:
+            stop = candidate
+            break
+    assert stop is not None, tokens
+    chunks = list(
+        client.chat.completions.create(
+            model=base, messages=CHAT, max_tokens=40, temperature=0, stop=[stop], stream=True
+        )
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed == text[: position - 2]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    plain = client.chat.completions.create(
+        model=base, messages=CHAT, max_tokens=40, temperature=0, stop=stop
+    )
+    assert plain.choices[0].message.content == text[: position - 2]
+    assert plain.choices[0].finish_reason == "stop"
+
+
+def test_top_logprobs_rank_the_alternatives_of_each_token(client, base) -> None:
+    reply = client.chat.completions.create(
+        model=base, messages=CHAT, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3
+    )
+    content = reply.choices[0].logprobs.content
+    assert len(content) == 6
+    for entry in content:
+        ranked = [alt.logprob for alt in entry.top_logprobs]
+        assert len(ranked) == 3 and ranked == sorted(ranked, reverse=True)
+        # greedy: the chosen token is the most likely one
+        assert entry.top_logprobs[0].token == entry.token
+        assert entry.top_logprobs[0].logprob == entry.logprob <= 0
+        assert entry.bytes == list(entry.token.encode("utf-8"))
+
+
+def test_a_seed_repeats_under_concurrent_load(client, base) -> None:
+    def ask(seed: int) -> str:
+        reply = client.chat.completions.create(
+            model=base, messages=CHAT, max_tokens=12, temperature=1.0, seed=seed
+        )
+        return reply.choices[0].message.content
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(ask, [7, 7, 8, 7]))
+    assert answers[0] == answers[1] == answers[3] != answers[2]
+
+
+def test_n_gives_several_choices(client, base) -> None:
+    reply = client.chat.completions.create(
+        model=base, messages=CHAT, max_tokens=8, temperature=1.0, seed=3, n=2
+    )
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert reply.choices[0].message.content != reply.choices[1].message.content
+    assert reply.usage.completion_tokens == 16
+    with pytest.raises(openai.BadRequestError, match="n: at most 8"):
+        client.chat.completions.create(model=base, messages=CHAT, n=9)
+
+
+def test_json_schema_output_parses_and_validates(client, base) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"enum": ["Paris", "Rome"]}, "sunny": {"type": "boolean"}},
+        "required": ["city", "sunny"],
+        "additionalProperties": False,
+    }
+    for seed in (1, 2):
+        reply = client.chat.completions.create(
+            model=base,
+            messages=CHAT,
+            max_tokens=60,
+            temperature=1.0,
+            seed=seed,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "weather", "schema": schema},
+            },
+        )
+        value = json.loads(reply.choices[0].message.content)
+        assert set(value) == {"city", "sunny"}
+        assert value["city"] in ("Paris", "Rome") and isinstance(value["sunny"], bool)
+        assert reply.choices[0].finish_reason == "stop"
+    reply = client.chat.completions.create(
+        model=base, messages=CHAT, max_tokens=60, response_format={"type": "json_object"}, seed=1
+    )
+    if reply.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(reply.choices[0].message.content), dict)
+    else:
+        assert reply.choices[0].message.content.startswith("{")
+
+
+def test_parallel_requests_to_different_adapters_get_their_own_answers(client, base) -> None:
+    def ask(model: str) -> str:
+        reply = client.chat.completions.create(
+            model=model, messages=CHAT, max_tokens=16, temperature=0
+        )
+        return reply.choices[0].message.content
+
+    alone = {model: ask(model) for model in (base, RUN_ID)}
+    assert alone[base] != alone[RUN_ID]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(ask, [base, RUN_ID, base, RUN_ID]))
+    assert together == [alone[base], alone[RUN_ID]] * 2
+
+
+def test_prompts_and_max_tokens_past_the_context_are_400s(client, base) -> None:
+    long = [{"role": "user", "content": "The quick brown fox " * 200}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=base, messages=long)
+    assert caught.value.code == "context_length_exceeded"
+    assert "maximum context length is 512 tokens" in caught.value.message
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=base, messages=CHAT, max_tokens=600)
+    assert caught.value.code == "context_length_exceeded"
+    assert caught.value.param == "max_tokens"
+
+
+def test_text_completions_with_logprobs(client, base) -> None:
+    reply = client.completions.create(
+        model=base, prompt="The capital of France", max_tokens=5, temperature=0, logprobs=2
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "length" and reply.usage.completion_tokens == 5
+    assert "".join(choice.logprobs.tokens) == choice.text
+    assert all(len(top) <= 2 for top in choice.logprobs.top_logprobs)
+    streamed = client.completions.create(
+        model=base, prompt="The capital of France", max_tokens=5, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed) == choice.text
+
+
+def test_a_full_queue_is_a_429_and_a_client_that_leaves_stops_its_generation(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    server = serve(tmp_path, tiny_llama, max_inference_queue=0)
+    try:
+        body = {
+            "model": str(tiny_llama),
+            "messages": CHAT,
+            "max_tokens": 400,
+            "temperature": 1.0,
+            "stream": True,
+        }
+        with (
+            httpx.Client(base_url=server.url, timeout=60) as http,
+            http.stream("POST", "/v1/chat/completions", json=body) as stream,
+        ):
+            lines = stream.iter_lines()
+            assert next(lines).startswith("data: ")  # generating now
+            with pytest.raises(openai.RateLimitError) as caught:
+                server.client().chat.completions.create(model=str(tiny_llama), messages=CHAT)
+            assert caught.value.code == "queue_full"
+            # the stream is closed: the server stops within a step, long before 400 tokens
+        inference = server.app.state.inference
+        for _ in range(600):
+            if inference.last is not None:
+                break
+            time.sleep(0.05)
+        assert inference.last.finish_reason == "cancelled"
+        assert inference.last.completion_tokens < 400
+    finally:
+        server.stop()
