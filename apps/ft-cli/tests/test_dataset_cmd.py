@@ -335,6 +335,37 @@ def test_prepare_from_train_yml(
     assert shown["examples"][0]["trained_spans"] == [[0, len(text)]]  # train_on: all
 
 
+def test_a_mixture_from_train_yml(
+    alpaca_rows: list[dict[str, str]], model_dir: Path, tmp_path: Path
+) -> None:
+    """data.train as a list: prepare says what each source gave; inspect shows each source."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "a.json").write_text(json.dumps(alpaca_rows[:100]), encoding="utf-8")
+    with open(project / "b.jsonl", "w", encoding="utf-8") as out:
+        for row in alpaca_rows[100:150]:
+            chat = [
+                {"role": "user", "content": row["instruction"]},
+                {"role": "assistant", "content": row["output"]},
+            ]
+            out.write(json.dumps({"messages": chat}) + "\n")
+    (project / "train.yml").write_text(
+        "data:\n  train:\n    - {path: a.json, rows: 30}\n    - {path: b.jsonl, ratio: 2}\n",
+        encoding="utf-8",
+    )
+    report = run_json("prepare", "-c", project / "train.yml", "--model", model_dir)
+    assert (report["format"], report["examples"]) == ("mixture", 130)
+    assert [(s["source"], s["available"], s["taken"]) for s in report["sources"]] == [
+        (str(project / "a.json"), 100, 30),
+        (str(project / "b.jsonl"), 50, 100),
+    ]
+    shown = run_json("inspect", "-c", project / "train.yml", "--model", model_dir, "-n", "1")
+    assert [one["detected"].split(" (")[0] for one in shown["sources"]] == [
+        "detected: alpaca",
+        "detected: openai",
+    ]
+
+
 # inspect ----------------------------------------------------------------------------------------
 
 

@@ -195,15 +195,32 @@ def inspect(data: DataArgs, count: int, color: bool | None) -> None:
     """Show the first N rows of SRC as the model sees them: the template applied, and the
     tokens it learns (the loss mask) highlighted."""
     from ft_data import explain_rows
+    from ft_data.mixture import Mixture, source_of
 
     setup = data.setup()
-    explained = explain_rows(setup.source, setup.tokenizer, setup.settings.prepare, count)
+    # A mixture: the first rows of each of its sources.
+    sources = setup.source.sources if isinstance(setup.source, Mixture) else None
+    explained = [
+        explain_rows(
+            source_of(one) if sources else setup.source,
+            setup.tokenizer,
+            setup.settings.prepare,
+            count,
+        )
+        for one in (sources or [None])
+    ]
     if data.as_json:
-        _echo_json(explained.to_dict())
+        if sources:
+            _echo_json({"sources": [one.to_dict() for one in explained]})
+        else:
+            _echo_json(explained[0].to_dict())
         return
     if color is None:
         color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    print_rows(explained.detected, explained.rows, setup.settings.max_seq_length, color)
+    for index, one in enumerate(explained):
+        if sources:
+            click.echo(f"{'' if index == 0 else chr(10)}source {index + 1}: {sources[index].path}")
+        print_rows(one.detected, one.rows, setup.settings.max_seq_length, color)
 
 
 # stats ------------------------------------------------------------------------------------------
