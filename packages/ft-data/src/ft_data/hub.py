@@ -135,8 +135,9 @@ def hub_files(dataset: HubDataset, token: str | None = None) -> list[Path]:
             f"the Hub has no dataset {dataset.repo_id!r} this token can read "
             f"({type(error).__name__})",
             file=where,
-            hint="check the name; for a gated or private dataset put a token with access in "
-            "hf_token in passwords.yml (`ft secrets set hf_token`) or $HF_TOKEN",
+            hint="check the name (nothing of that name is on disk here either); for a gated "
+            "or private dataset put a token with access in hf_token in passwords.yml "
+            "(`ft secrets set hf_token`) or $HF_TOKEN",
         ) from None
     except RevisionNotFoundError:
         raise DataError(f"the dataset has no revision {dataset.revision!r}", file=where) from None
@@ -154,7 +155,8 @@ def hub_files(dataset: HubDataset, token: str | None = None) -> list[Path]:
             raise DataError(
                 f"cannot reach the Hugging Face Hub and the dataset is not cached ({error})",
                 file=where,
-                hint="connect once to download it; after that it prepares offline",
+                hint="connect once to download it; after that it prepares offline. If you "
+                "meant a local file or folder: nothing of that name is on disk here",
             ) from None
         root = Path(folder)
         names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
