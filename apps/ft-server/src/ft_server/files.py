@@ -41,3 +41,19 @@ def inside(root: Path, *parts: str, what: str = "path", param: str | None = None
             param=param or what,
         )
     return target
+
+
+def inside_any(roots: tuple[Path, ...], path: Path, *, what: str, param: str | None = None) -> Path:
+    """`path` resolved, if it lies under one of `roots`; else a 400 naming it."""
+    target = path.resolve()
+    for root in roots:
+        base = root.resolve()
+        if target == base or base in target.parents:
+            return target
+    raise ApiError(
+        400,
+        f"{what} {str(path)!r} is outside the server's folders; upload it, or start the server "
+        "with that folder allowed (--allow-root)",
+        code="path_outside",
+        param=param or what,
+    )

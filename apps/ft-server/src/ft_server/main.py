@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ft_server.settings import API_KEY_ENV, ServerSettings, SettingsError
 
@@ -51,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-concurrent-trainings", type=int, default=1, help="training jobs run at once"
     )
+    p.add_argument(
+        "--allow-root",
+        action="append",
+        default=[],
+        help="a folder besides the app home that clients may name (projects, data, models)",
+    )
     p.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
     return p
 
@@ -65,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             allowed_hosts=tuple(args.allowed_host),
             cors_origins=tuple(args.cors_origin),
             max_concurrent_trainings=args.max_concurrent_trainings,
+            allowed_roots=tuple(Path(p).resolve() for p in args.allow_root),
         )
         serve(settings, log_level=args.log_level)
     except SettingsError as exc:

@@ -48,6 +48,8 @@ class ServerSettings:
     max_inference_queue: int = 16
     # The app folders (models, datasets, database); FT_HOME moves them.
     paths: AppPaths = attrs.field(factory=app_paths)
+    # Folders besides the app home that clients may name (projects, data files, model folders).
+    allowed_roots: tuple[Path, ...] = ()
     # Seconds between SSE heartbeats while no metrics arrive.
     heartbeat_seconds: float = 15.0
 
@@ -60,6 +62,10 @@ class ServerSettings:
     def uploads_dir(self) -> Path:
         """Where uploaded datasets are stored (under the app's datasets folder)."""
         return self.paths.datasets / "uploads"
+
+    def roots(self) -> tuple[Path, ...]:
+        """Every folder a path sent by a client may lead into."""
+        return (self.paths.home, *self.allowed_roots)
 
     def host_allow_list(self) -> frozenset[str]:
         hosts = {h.lower().strip("[]") for h in (*LOOPBACK_HOSTS, *self.allowed_hosts)}

@@ -127,8 +127,63 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX evaluations_run ON evaluations(run_id, created_at);
     """,
+    # 3: the server's job queue (ft-server): training, export and evaluation jobs.
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        request_json TEXT NOT NULL,
+        run_id TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        ended_at REAL,
+        pid INTEGER,
+        host TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        result_json TEXT
+    );
+    CREATE INDEX jobs_status ON jobs(status, created_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+JOB_STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
+"""A job's life: queued -> running -> completed | failed | cancelled | interrupted (the process
+running it died, or the server stopped: resumable); interrupted or failed -> queued again."""
+
+
+@attrs.frozen
+class JobRecord:
+    """One row of the jobs table (the server's queue)."""
+
+    id: str
+    kind: str
+    status: str
+    request_json: str
+    run_id: str | None
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    pid: int | None
+    host: str | None
+    cancel_requested: int
+    error: str | None
+    result_json: str | None
+
+    @property
+    def request(self) -> dict[str, Any]:
+        return json.loads(self.request_json)
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        return json.loads(self.result_json) if self.result_json else None
+
+
+class JobNotFound(LookupError):
+    """No job with that id."""
 
 
 @attrs.frozen
@@ -571,6 +626,80 @@ class JobStore:
             (run_id,),
         )
         return [dict(r) for r in rows]
+
+    # --- jobs (the server's queue) ----------------------------------------------------------
+    @_names_the_file
+    def create_job(self, job_id: str, kind: str, request: Mapping[str, Any]) -> JobRecord:
+        """Queue a job (`kind`: train, export, evaluate) with its request (no secrets in it)."""
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO jobs (id, kind, status, request_json, created_at)"
+                " VALUES (?, ?, 'queued', ?, ?)",
+                (job_id, kind, json.dumps(dict(request)), time.time()),
+            )
+        return self.get_job(job_id)
+
+    @_names_the_file
+    def get_job(self, job_id: str) -> JobRecord:
+        row = self._connection().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        return JobRecord(**dict(row))
+
+    @_names_the_file
+    def list_jobs(
+        self, *, status: str | Iterable[str] | None = None, limit: int | None = None
+    ) -> list[JobRecord]:
+        """Jobs, oldest first (the queue's order)."""
+        query, params = "SELECT * FROM jobs", []
+        if status is not None:
+            wanted = [status] if isinstance(status, str) else list(status)
+            query += f" WHERE status IN ({', '.join('?' * len(wanted))})"
+            params += wanted
+        query += " ORDER BY created_at, rowid"
+        if limit:
+            query += " LIMIT ?"
+            params.append(limit)
+        return [JobRecord(**dict(r)) for r in self._connection().execute(query, params).fetchall()]
+
+    @_names_the_file
+    def claim_job(self, job_id: str) -> bool:
+        """Move a queued job to running (compare-and-set); False if it is no longer queued."""
+        with self._connect() as db:
+            return (
+                db.execute(
+                    "UPDATE jobs SET status='running', started_at=?, ended_at=NULL, error=NULL,"
+                    " cancel_requested=0, host=? WHERE id=? AND status='queued'",
+                    (time.time(), socket.gethostname(), job_id),
+                ).rowcount
+                == 1
+            )
+
+    @_names_the_file
+    def update_job(
+        self, job_id: str, *, expect: str | Iterable[str] | None = None, **fields: Any
+    ) -> bool:
+        """Set columns of a job; with `expect`, only if its status is one of those (returns
+        whether it changed). Finishing statuses set `ended_at`."""
+        allowed = {f.name for f in attrs.fields(JobRecord)} - {"id", "created_at"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown job fields: {', '.join(sorted(unknown))}")
+        if fields.get("status") not in (None, *JOB_STATUSES):
+            raise ValueError(f"job status must be one of {', '.join(JOB_STATUSES)}")
+        if fields.get("status") in ("completed", "failed", "cancelled", "interrupted"):
+            fields.setdefault("ended_at", time.time())
+        for name in ("request_json", "result_json"):
+            if name in fields and not isinstance(fields[name], str | None):
+                fields[name] = json.dumps(fields[name])
+        query = f"UPDATE jobs SET {', '.join(f'{n}=?' for n in fields)} WHERE id=?"
+        params: list[Any] = [*fields.values(), job_id]
+        if expect is not None:
+            wanted = [expect] if isinstance(expect, str) else list(expect)
+            query += f" AND status IN ({', '.join('?' * len(wanted))})"
+            params += wanted
+        with self._connect() as db:
+            return db.execute(query, params).rowcount == 1
 
     # --- datasets and models --------------------------------------------------------------
     @_names_the_file
