@@ -15,6 +15,8 @@ from ft_data.errors import DataError, RowProblem
 from ft_data.explain import ExplainedRow, Explanation, explain_rows
 from ft_data.formats import Detection, Format, available_formats, detect_format, get_format
 from ft_data.hdf5 import PreparedDataset, PreparedWriter
+from ft_data.hub import HubDataset
+from ft_data.mixture import MixSource, Mixture
 from ft_data.prepare import PrepareOptions, PrepareReport, PrepareResult, prepare_dataset
 from ft_data.quality import DuplicateReport, conversation_text, find_duplicates, normalize_text
 from ft_data.readers import find_files, local_files, read_file, read_rows
@@ -42,7 +44,10 @@ __all__ = [
     "ExplainedRow",
     "Explanation",
     "Format",
+    "HubDataset",
     "Message",
+    "MixSource",
+    "Mixture",
     "ModelTokenizer",
     "PrepareOptions",
     "PrepareReport",
