@@ -321,3 +321,36 @@ def test_a_full_queue_is_a_429_and_a_client_that_leaves_stops_its_generation(
         assert inference.last.completion_tokens < 400
     finally:
         server.stop()
+
+
+def test_mlx_serves_the_same_answers_as_torch(tmp_path: Path, tiny_llama: Path, client) -> None:
+    from ft_server.inference import Inference
+
+    server = serve(tmp_path, tiny_llama)
+    server.app.state.inference = Inference(server.app.state.settings, backend="mlx")
+    try:
+        mlx = server.client()
+        asked = {"model": str(tiny_llama), "messages": CHAT, "max_tokens": 12, "temperature": 0}
+        reply = mlx.chat.completions.create(**asked)
+        assert reply.system_fingerprint == "ft-mlx"
+        assert reply.choices[0].message.content == (
+            client.chat.completions.create(**asked).choices[0].message.content
+        )
+        streamed = mlx.chat.completions.create(**asked, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in streamed)
+        assert text == reply.choices[0].message.content
+        schema = {
+            "type": "object",
+            "properties": {"ok": {"type": "boolean"}},
+            "required": ["ok"],
+            "additionalProperties": False,
+        }
+        reply = mlx.chat.completions.create(
+            **{**asked, "max_tokens": 40, "temperature": 1.0},
+            seed=1,
+            response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}},
+        )
+        assert reply.choices[0].finish_reason == "stop"
+        assert isinstance(json.loads(reply.choices[0].message.content)["ok"], bool)
+    finally:
+        server.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import uuid
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ft_models.generate import GenerationError, GenerationOptions
-from ft_server.errors import ApiError
+from ft_server.errors import ApiError, error_body
 from ft_server.inference import (
     Delta,
     Finished,
@@ -34,6 +35,7 @@ from ft_server.inference import (
 from ft_server.inference import Request as Generation
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+log = logging.getLogger("ft_server.openai")
 
 MAX_N = 8
 """The most choices (`n`) one request may ask for; they are generated one after the other."""
@@ -384,7 +386,13 @@ class _Reply:
         cancel = threading.Event()
         events = inference.run(entry, generations, cancel)
         if self.body.stream:
-            first = await _first(events)  # a 429 or an error is still a plain JSON answer
+            # Wait for the first event (the queue, the prompt) before answering, so that a 429
+            # or an error is still a plain JSON answer; a client leaving meanwhile cancels.
+            watcher = asyncio.create_task(_watch_disconnect(request, cancel))
+            try:
+                first = await _first(events)
+            finally:
+                watcher.cancel()
             return StreamingResponse(
                 self._sse(first, events, cancel),
                 media_type="text/event-stream",
@@ -510,16 +518,28 @@ class _Reply:
                 async for item in events:
                     yield item
 
-            async for index, event in all_events():
-                if isinstance(event, Delta):
-                    item = self._event_choice(index, event.text, event.tokens, offsets[index])
-                    offsets[index] += len(event.text)
-                    yield self._chunk([item])
-                else:
-                    finished.append(event)
-                    item = self._event_choice(index, None, (), offsets[index])
-                    item["finish_reason"] = event.finish_reason
-                    yield self._chunk([item])
+            try:
+                async for index, event in all_events():
+                    if isinstance(event, Delta):
+                        item = self._event_choice(index, event.text, event.tokens, offsets[index])
+                        offsets[index] += len(event.text)
+                        yield self._chunk([item])
+                    else:
+                        finished.append(event)
+                        item = self._event_choice(index, None, (), offsets[index])
+                        item["finish_reason"] = event.finish_reason
+                        yield self._chunk([item])
+            except ApiError as error:  # the answer has begun: the error goes in the stream
+                body = error_body(error.status, error.message, code=error.code, param=error.param)
+                yield f"data: {json.dumps(body)}\n\n"
+                return
+            except Exception as error:
+                log.exception("generation failed in a stream")
+                body = error_body(
+                    500, f"internal error: {type(error).__name__}", code="internal_error"
+                )
+                yield f"data: {json.dumps(body)}\n\n"
+                return
             if self._include_usage:
                 yield self._chunk([], _usage(finished))
             yield "data: [DONE]\n\n"
