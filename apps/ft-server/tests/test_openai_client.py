@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -74,6 +75,15 @@ class LiveServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+def wait_for_end(inference: Any) -> Any:
+    """How the server's last generation ended, once it has (polled; at most a minute)."""
+    for _ in range(1200):
+        if inference.last is not None:
+            return inference.last
+        time.sleep(0.05)
+    raise AssertionError("the generation did not end")
 
 
 def serve(tmp: Path, base: Path, **settings: Any) -> LiveServer:
@@ -313,12 +323,22 @@ def test_a_full_queue_is_a_429_and_a_client_that_leaves_stops_its_generation(
             assert caught.value.code == "queue_full"
             # the stream is closed: the server stops within a step, long before 400 tokens
         inference = server.app.state.inference
-        for _ in range(600):
-            if inference.last is not None:
-                break
-            time.sleep(0.05)
-        assert inference.last.finish_reason == "cancelled"
-        assert inference.last.completion_tokens < 400
+        ended = wait_for_end(inference)
+        assert ended.finish_reason == "cancelled" and ended.completion_tokens < 400
+
+        # A plain (not streamed) request whose client hangs up at once is cancelled too.
+        inference.last = None
+        payload = json.dumps({**body, "stream": False}).encode()
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as raw:
+            raw.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\n"
+                + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+                + payload
+            )
+        ended = wait_for_end(inference)
+        assert ended.finish_reason == "cancelled" and ended.completion_tokens < 400
     finally:
         server.stop()
 
