@@ -49,33 +49,50 @@ def wait_for(client, job_id: str, statuses: tuple[str, ...], timeout: float = 24
     raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s: {job}")
 
 
-def test_a_training_job_runs_to_completion_as_an_ordinary_run(
+@pytest.mark.slow
+def test_a_training_job_cancelled_with_a_checkpoint_resumes_to_completion(
     make_client, tiny_llama, data_file, tmp_path
 ):
     client = make_client(allowed_roots=(tiny_llama.parent, tmp_path))
-    r = client.post("/api/training/start", json=train_body(tiny_llama, data_file))
+    body = train_body(tiny_llama, data_file, max_steps=40, eval_every=10, save_every=1000)
+    r = client.post("/api/training/start", json=body)
     assert r.status_code == 202, r.text
     job = r.json()
     assert job["status"] in ("queued", "running")
-    done = wait_for(client, job["id"], ("completed", "failed", "interrupted"))
-    log = (client.app.state.jobs.job_dir(job["id"]) / "job.log").read_text()
-    assert done["status"] == "completed", log
+    log = client.app.state.jobs.job_dir(job["id"]) / "job.log"
+    # Cancel once it trains: a checkpoint is saved, then it stops.
+    deadline = time.monotonic() + 240
+    while client.get(f"/api/metrics/{job['id']}").json()["points"] == []:
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    assert client.post(f"/api/jobs/{job['id']}/cancel").json()["cancel_requested"] is True
+    stopped = wait_for(client, job["id"], ("completed", "failed", "cancelled", "interrupted"))
+    assert stopped["status"] == "cancelled", log.read_text()
+    assert stopped["run"]["status"] == "interrupted"
+    [checkpoint] = stopped["run"]["checkpoints"]
+    assert 1 <= checkpoint < 40
+    # Resume: the same job, the same run folder, from that checkpoint.
+    assert client.post(f"/api/jobs/{job['id']}/resume").json()["status"] == "queued"
+    done = wait_for(client, job["id"], ("completed", "failed", "cancelled", "interrupted"))
+    assert done["status"] == "completed", log.read_text()
     run = done["run"]
-    assert run["status"] == "completed"
-    assert run["step"] == 2
-    assert run["checkpoints"] == [1, 2]
+    assert run["id"] == stopped["run"]["id"]
+    assert (run["status"], run["step"]) == ("completed", 40)
     assert Path(run["run_dir"]).parent == client.app.state.settings.runs_dir
     assert (Path(run["run_dir"]) / "config.yml").is_file()
+    assert f"from step {checkpoint} (" in log.read_text()
+    assert client.post(f"/api/jobs/{job['id']}/resume").status_code == 409
     metrics = client.get(f"/api/metrics/{job['id']}").json()
-    assert [p["step"] for p in metrics["points"]] == [1, 2]
-    assert {"train", "eval"} <= set(metrics["points"][0])
+    assert [p["step"] for p in metrics["points"]] == list(range(1, 41))
+    assert metrics["points"][9]["eval"]["eval_loss"] > 0
     assert metrics["points"][0]["train"]["loss"] > 0
-    since = client.get(f"/api/metrics/{job['id']}", params={"since": 1}).json()
-    assert [p["step"] for p in since["points"]] == [2]
+    since = client.get(f"/api/metrics/{job['id']}", params={"since": 38}).json()
+    assert [p["step"] for p in since["points"]] == [39, 40]
     # The same points as Server-Sent Events, id = step; a reconnect gets only what it missed.
-    assert sse_ids(client, job["id"]) == (["1", "2"], "completed")
-    assert sse_ids(client, job["id"], last_event_id="1") == (["2"], "completed")
-    assert sse_ids(client, job["id"], last_event_id="2") == ([], "completed")
+    all_ids = [str(step) for step in range(1, 41)]
+    assert sse_ids(client, job["id"]) == (all_ids, "completed")
+    assert sse_ids(client, job["id"], last_event_id="17") == (all_ids[17:], "completed")
+    assert sse_ids(client, job["id"], last_event_id="40") == ([], "completed")
 
 
 def sse_ids(client, job_id: str, last_event_id: str | None = None) -> tuple[list[str], str]:

@@ -58,6 +58,12 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         help="a folder besides the app home that clients may name (projects, data, models)",
     )
+    p.add_argument(
+        "--heartbeat-seconds",
+        type=float,
+        default=15.0,
+        help="seconds between SSE heartbeats while a stream is idle (default 15)",
+    )
     p.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
     return p
 
@@ -72,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             allowed_hosts=tuple(args.allowed_host),
             cors_origins=tuple(args.cors_origin),
             max_concurrent_trainings=args.max_concurrent_trainings,
+            heartbeat_seconds=args.heartbeat_seconds,
             allowed_roots=tuple(Path(p).resolve() for p in args.allow_root),
         )
         serve(settings, log_level=args.log_level)
