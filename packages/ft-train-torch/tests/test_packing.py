@@ -239,13 +239,18 @@ def test_memory_grows_linearly_with_the_row_length(tiny_model_factory) -> None:
     assert dense_bytes(4096) / dense_bytes(1024) > 6  # the L x L mask term takes over
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["selected", "chunked"])
 @pytest.mark.parametrize("arch", ["llama", "gemma"])
 def test_logits_at_targets_only_give_the_same_loss_and_gradients(
-    arch, tiny_model_factory, prepared_alpaca
+    arch, chunked, tiny_model_factory, prepared_alpaca, monkeypatch
 ) -> None:
     """Computing the output layer at the trained positions only (the training loss' shortcut)
     gives the loss and the gradients of the full logits, for a packed batch; Gemma's tied and
-    scaled output included."""
+    scaled output included. Chunked (16 targets a chunk here, so several chunks and a padded
+    last one), the logits are recomputed in the backward pass and the numbers stay the same."""
+    import ft_train_torch.packing as packing
+
+    monkeypatch.setattr(packing, "LOSS_CHUNK", 16)
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -264,11 +269,11 @@ def test_logits_at_targets_only_give_the_same_loss_and_gradients(
     def run(select: bool) -> tuple[float, dict[str, torch.Tensor], tuple[int, ...]]:
         model.zero_grad(set_to_none=True)
         if select:
-            output = OutputAtTargets(base)
+            output = OutputAtTargets(base, chunked=chunked)
             with output.at(positions, torch.device("cpu")):
                 logits = model(**inputs).logits
+            loss = output.chunked_loss(batch) if chunked else selected_lm_loss(logits, batch)
             output.remove()
-            loss = selected_lm_loss(logits, batch)
         else:
             logits = model(**inputs).logits
             loss = causal_lm_loss(logits, batch)
@@ -278,11 +283,57 @@ def test_logits_at_targets_only_give_the_same_loss_and_gradients(
 
     full_loss, full_grads, full_shape = run(select=False)
     loss, grads, shape = run(select=True)
-    # Rows rounded up to one of four sizes an octave (padding repeats the last position).
-    assert shape == (padded_count(trained_tokens(batch)), full_shape[-1])
+    # Rows rounded up to one of four sizes an octave (padding repeats the last position);
+    # chunked, the model's own logits are one row, the loss has its own.
+    rows = 1 if chunked else padded_count(trained_tokens(batch))
+    assert shape == (rows, full_shape[-1])
+    assert trained_tokens(batch) > 2 * 16  # several chunks
     assert loss == pytest.approx(full_loss, rel=1e-6)
     for name, grad in full_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6)
     # Outside `at`, the model gives every position's logits again.
     with torch.no_grad():
         assert model(**inputs).logits.shape == full_shape
+
+
+def test_chunked_loss_keeps_one_chunk_of_logits_for_the_backward_pass(
+    tiny_model_factory, prepared_alpaca, monkeypatch
+) -> None:
+    """What the backward pass keeps of the logits: every target's row when they are computed
+    at once, one chunk's at a time (recomputed) when chunked."""
+    from transformers import AutoModelForCausalLM
+
+    import ft_train_torch.packing as packing
+
+    monkeypatch.setattr(packing, "LOSS_CHUNK", 16)
+    base = AutoModelForCausalLM.from_pretrained(
+        tiny_model_factory("llama"), dtype=torch.float32, attn_implementation=register()
+    )
+    vocab = base.config.vocab_size
+    with PreparedDataset(prepared_alpaca("llama")[0]) as dataset:
+        batch = Batches(dataset, batch_size=2, max_seq_length=384, mode="pack").batch(0)
+    inputs = model_inputs(batch, torch.device("cpu"))
+    targets = trained_tokens(batch)
+
+    def largest_vocab_rows_saved(chunked: bool) -> int:
+        rows: list[int] = []
+
+        weights = {w.data_ptr() for w in base.parameters()}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            is_weight = tensor.data_ptr() in weights  # (a view of) the output layer's weight
+            if tensor.dim() == 2 and tensor.shape[-1] == vocab and not is_weight:
+                rows.append(tensor.shape[0])
+            return tensor
+
+        output = OutputAtTargets(base, chunked=chunked)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with output.at(trained_positions(batch), torch.device("cpu")):
+                logits = base(**inputs).logits
+            loss = output.chunked_loss(batch) if chunked else selected_lm_loss(logits, batch)
+        output.remove()
+        loss.backward()
+        return max(rows, default=0)
+
+    assert largest_vocab_rows_saved(chunked=False) >= targets > 16
+    assert largest_vocab_rows_saved(chunked=True) <= 16

@@ -121,6 +121,7 @@ def estimate_training_memory(
     weights_dtype: str | None = None,
     attention: str = "sdpa",
     attention_span: int | None = None,
+    logit_rows: int | None = None,
 ) -> MemoryEstimate:
     """Estimate the peak memory of one training step of a model of `shape`.
 
@@ -132,6 +133,8 @@ def estimate_training_memory(
     or 8 (qlora only). `target_fraction` is the share of the tokens that are trained: ft
     computes logits there only. `attention` "sdpa" keeps no score matrix; "eager" keeps
     heads x `attention_span` probabilities per token (the longest example, or `seq_len`).
+    `logit_rows`: the loss computes the logits of at most this many targets at once
+    (ft's torch trainer: a chunk, recomputed in the backward pass); None: all at once.
     Measured on the CPU with torch the estimate is within 25% of the peak RSS
     (docs/memory.md); MLX and CUDA follow the same terms but were not measured. Raises
     ValueError for an unknown method, dtype, optimizer or target, or a size below 1.
@@ -206,13 +209,12 @@ def estimate_training_memory(
             lora_dropout=lora_dropout,
         )
     )
-    logits = int(
-        ALLOCATOR_FACTOR
-        * tokens
-        * target_fraction
-        * shape.vocab_size
-        * logit_bytes_per_entry(dtype)
-    )
+    logit_tokens = tokens * target_fraction
+    if logit_rows is not None:
+        logit_tokens = min(logit_tokens, logit_rows)
+    logits = int(ALLOCATOR_FACTOR * logit_tokens * shape.vocab_size * logit_bytes_per_entry(dtype))
+    if logit_rows is not None and logit_tokens < tokens * target_fraction:
+        notes.append(f"the loss computes the logits {logit_rows:,} targets at a time")
     if gradient_checkpointing:
         notes.append("gradient checkpointing: one layer input kept per layer, one layer recomputed")
 

@@ -97,6 +97,11 @@ def memory_budget(config: TrainConfig, device: str, *, processes: int = 1) -> Me
     return MemoryBudget((info.available_bytes + held) // processes, f"{source}{share}")
 
 
+LOSS_CHUNK_ROWS = 1024
+"""Targets whose logits ft's torch trainer computes at once: the loss goes a chunk at a time,
+each chunk's logits recomputed in the backward pass (`ft_train_torch.packing`)."""
+
+
 def model_shape(model_path: Path) -> ModelShape | None:
     """The shape of the model at `model_path` (its config.json), or None for an architecture
     the estimator does not know."""
@@ -247,7 +252,7 @@ def make_plan(
     def estimate(batch: BatchPlan, checkpointing: bool | None = None) -> MemoryEstimate | None:
         if shape is None:
             return None
-        return _estimate(config, shape, data, batch, dtype, weights_dtype, checkpointing)
+        return _estimate(config, shape, data, batch, dtype, weights_dtype, checkpointing, device)
 
     usable = int(SAFETY * budget.limit_bytes)
     if resumed is not None:
@@ -368,6 +373,7 @@ def _estimate(
     dtype: str,
     weights_dtype: str,
     checkpointing: bool | None,
+    device: str,
 ) -> MemoryEstimate:
     method, settings = config.method, config.training
     targets = method.target_modules
@@ -394,6 +400,8 @@ def _estimate(
         if batch.mode == "pad"
         else share,
         attention_span=data.longest,
+        # ft's torch trainer computes the loss a chunk of targets at a time (not compiled).
+        logit_rows=None if device.startswith("mlx") or settings.compile else LOSS_CHUNK_ROWS,
     )
 
 

@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from ft_data.batches import IGNORE_INDEX, Batch, is_packed, shifted_targets, target_count
+from ft_train_core.plan import LOSS_CHUNK_ROWS
 from ft_train_torch.attention import Segments, register
 
 
@@ -99,17 +101,33 @@ def trained_positions(batch: Batch) -> np.ndarray:
     return positions
 
 
+LOSS_CHUNK = LOSS_CHUNK_ROWS
+"""Target rows whose logits `OutputAtTargets` computes at once in chunked mode (the plan's
+memory estimate counts the same, `ft_train_core.plan.LOSS_CHUNK_ROWS`)."""
+
+# Config attributes of architectures that transform the output layer's logits in ways the
+# chunked loss does not repeat (it repeats `final_logit_softcapping`): those keep the logits.
+_LOGIT_TRANSFORMS = ("logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
 class OutputAtTargets:
-    """Makes a causal LM compute logits only where they are trained.
+    """Makes a causal LM compute logits only where they are trained, a chunk at a time.
 
     The output layer (`get_output_embeddings()`, the `lm_head`) is the largest matrix of a
     small model (SmolLM2-135M: 49,152 x 576 of its 135M parameters), and its logits, fp32 and
     vocabulary-wide, the largest activation. Prompt tokens and padding have no target, so
     their logits are wasted work. While `at(positions)` is active, a forward pre-hook on the
-    output layer keeps only the hidden states at `positions` (row-major), so the model returns
-    logits of shape `(rows, vocab)` whose first rows are the targets', which
-    `selected_lm_loss` scores. The forward still goes through the model (and any DDP/FSDP
-    wrapper) as usual.
+    output layer keeps only the hidden states at `positions` (row-major).
+
+    Without `chunked`, the model then returns logits of shape `(rows, vocab)` whose first rows
+    are the targets', which `selected_lm_loss` scores. With `chunked`, the hook keeps those
+    hidden states (`hidden`) and lets the model compute one row of logits only; `chunked_loss`
+    then computes the loss `LOSS_CHUNK` rows at a time, each chunk's logits recomputed in the
+    backward pass (`torch.utils.checkpoint`) instead of kept: the logits of a step cost one
+    chunk's memory (SmolLM2: about 0.6 GB), not all its targets' (4 packed rows of 2,048
+    tokens: about 6 GB). The forward still goes through the model (and any DDP wrapper) as
+    usual. Chunking needs the output layer callable after the model's forward, so FSDP (whose
+    weights are sharded again by then) and `torch.compile` keep the logits.
 
     The number of rows is rounded up to one of four sizes per octave (`padded_count`), the
     extra rows repeating the last position: the CPU's bfloat16 matrix library (oneDNN) keeps a
@@ -117,23 +135,33 @@ class OutputAtTargets:
     changes at every step grew a run's memory by ~16 MB a step for SmolLM2's output layer.
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, *, chunked: bool = False) -> None:
         head = model.get_output_embeddings()
         if head is None:
             raise ValueError("the model has no output layer to select positions for")
+        config = getattr(model, "config", None)
+        self.head = head
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+        self.chunked = chunked and not any(getattr(config, a, None) for a in _LOGIT_TRANSFORMS)
         self.index: torch.Tensor | None = None
+        self.hidden: torch.Tensor | None = None
+        self._calling = False
         self.handle = head.register_forward_pre_hook(self._select)
 
     def _select(self, module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        if self.index is None:
+        if self.index is None or self._calling:
             return None
         hidden = args[0]
-        return (hidden.reshape(-1, hidden.shape[-1])[self.index], *args[1:])
+        selected = hidden.reshape(-1, hidden.shape[-1])[self.index]
+        if not self.chunked:
+            return (selected, *args[1:])
+        self.hidden = selected
+        return (selected[:1], *args[1:])
 
     @contextlib.contextmanager
     def at(self, positions: np.ndarray, device: torch.device) -> Iterator[None]:
         index = np.flatnonzero(positions)
-        if len(index):
+        if len(index) and not self.chunked:
             fill = np.full(padded_count(len(index)) - len(index), index[-1])
             index = np.concatenate([index, fill])
         self.index = torch.as_tensor(index, device=device)
@@ -141,6 +169,41 @@ class OutputAtTargets:
             yield
         finally:
             self.index = None
+
+    def chunked_loss(self, batch: Batch) -> torch.Tensor:
+        """The summed cross-entropy of the targets of `batch`, from the hidden states the
+        last forward pass under `at` kept, `LOSS_CHUNK` rows at a time."""
+        hidden, self.hidden = self.hidden, None
+        if hidden is None:
+            raise RuntimeError("chunked_loss needs a forward pass under OutputAtTargets.at")
+        targets = shifted_targets(batch)
+        wanted = torch.as_tensor(targets[targets != IGNORE_INDEX], device=hidden.device)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, len(wanted), LOSS_CHUNK):
+            rows = hidden[start : start + LOSS_CHUNK]
+            count = len(rows)
+            pad = min(padded_count(count), LOSS_CHUNK) - count
+            if pad:
+                rows = torch.cat([rows, rows[-1:].expand(pad, -1)])
+            chunk = wanted[start : start + count]
+            if torch.is_grad_enabled():
+                total = total + torch.utils.checkpoint.checkpoint(
+                    self._chunk_loss, rows, chunk, use_reentrant=False
+                )
+            else:
+                total = total + self._chunk_loss(rows, chunk)
+        return total
+
+    def _chunk_loss(self, rows: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+        self._calling = True
+        try:
+            logits = self.head(rows)
+        finally:
+            self._calling = False
+        logits = logits[: len(wanted)].float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return F.cross_entropy(logits, wanted, reduction="sum")
 
     def remove(self) -> None:
         self.handle.remove()

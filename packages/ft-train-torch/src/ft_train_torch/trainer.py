@@ -193,7 +193,12 @@ class _Objective:
     def __init__(self, run: TorchRun, stack: contextlib.ExitStack) -> None:
         self.run = run
         self.cast = autocast(run.precision, run.device)
-        self.output = None if run.classify or run.prompt else OutputAtTargets(run.base)
+        # The loss is computed a chunk of targets at a time where the output layer can be
+        # called after the forward pass (not under FSDP or torch.compile).
+        chunked = not run.fsdp and not run.settings.compile
+        self.output = (
+            None if run.classify or run.prompt else OutputAtTargets(run.base, chunked=chunked)
+        )
         if self.output is not None:
             stack.callback(self.output.remove)
 
@@ -209,7 +214,11 @@ class _Objective:
         if self.output is None:
             return causal_lm_loss(self.logits(module, batch), batch)
         with self.output.at(trained_positions(batch), self.run.device):
-            return selected_lm_loss(self.logits(module, batch), batch)
+            logits = self.logits(module, batch)
+        if self.output.chunked:
+            with self.cast():
+                return self.output.chunked_loss(batch)
+        return selected_lm_loss(logits, batch)
 
     def count(self, batch: dict[str, np.ndarray]) -> int:
         return trained_tokens(batch, self.run.task)
