@@ -57,14 +57,15 @@ class ServedModel:
     """A chat template's source (the one the run was trained with); None: the tokenizer's."""
 
 
-def served_models(settings: ServerSettings) -> dict[str, ServedModel]:
-    """The models `settings.inference_allow` lets the server load, by id (see module doc)."""
+def served_models(settings: ServerSettings, store: Any = None) -> dict[str, ServedModel]:
+    """The models `settings.inference_allow` lets the server load, by id (see module doc).
+    `store`: the JobStore to read runs from (None: the one of `settings.paths`)."""
     allow = tuple(settings.inference_allow)
     models: dict[str, ServedModel] = {}
     for entry in allow:
         if not _GLOB & set(entry):
             models[entry] = ServedModel(id=entry, base=entry)
-    for run in _completed_runs(settings):
+    for run in _completed_runs(settings, store):
         if not (
             "*" in allow
             or run.parent in allow
@@ -78,16 +79,17 @@ def served_models(settings: ServerSettings) -> dict[str, ServedModel]:
     return models
 
 
-def _completed_runs(settings: ServerSettings) -> list[ServedModel]:
+def _completed_runs(settings: ServerSettings, store: Any = None) -> list[ServedModel]:
     from ft_runs.exports import RunExportError, run_source
     from ft_runs.run_folder import RunFolder
     from ft_runs.store import JobStore
 
-    database = settings.paths.database
-    if not database.is_file():
-        return []
+    if store is None:
+        if not settings.paths.database.is_file():
+            return []
+        store = JobStore(settings.paths.database)
     runs = []
-    for record in JobStore(database).list_runs(status="completed"):
+    for record in store.list_runs(status="completed"):
         folder = RunFolder(Path(record.run_dir))
         adapter = Path(record.adapter_path) if record.adapter_path else folder.adapter
         if not (adapter / "adapter_config.json").is_file():
@@ -318,11 +320,20 @@ class Inference:
         self.backend = backend
         self.max_queue = settings.max_inference_queue
         self._loaded: dict[str, LoadedModel] = {}
+        self._store: Any = None
         self.last: Finished | None = None
         """How the last generation ended (tests and the log read it)."""
 
     def models(self) -> dict[str, ServedModel]:
-        return served_models(self.settings)
+        """The served models, read afresh (a run that just completed is there). Blocking: call
+        it off the event loop."""
+        if self._store is None and self.settings.paths.database.is_file():
+            from ft_runs.store import JobStore
+
+            self._store = JobStore(self.settings.paths.database)
+        if self._store is None:
+            return served_models(self.settings, _NoRuns())
+        return served_models(self.settings, self._store)
 
     def find(self, model_id: str) -> ServedModel:
         models = self.models()
@@ -333,8 +344,8 @@ class Inference:
             raise ApiError(
                 404,
                 f"The model `{model_id}` does not exist or is not served here. Served: {served}. "
-                "GET /v1/models lists them; the allow-list (--allow-model) decides what may be "
-                "loaded.",
+                "GET /v1/models lists them; the server's allow-list (inference_allow) decides "
+                "what may be loaded.",
                 code="model_not_found",
                 param="model",
             )
@@ -342,7 +353,7 @@ class Inference:
 
     async def loaded(self, model_id: str) -> LoadedModel:
         """The model, loaded on its worker thread on first use (ApiError when it cannot be)."""
-        served = self.find(model_id)
+        served = await asyncio.to_thread(self.find, model_id)
         entry = self._loaded.get(model_id)
         if entry is None or entry.model != served:
             entry = self._loaded[model_id] = LoadedModel(served)
@@ -424,6 +435,11 @@ class Inference:
         for entry in self._loaded.values():
             entry.executor.shutdown(wait=False, cancel_futures=True)
         self._loaded.clear()
+
+
+class _NoRuns:
+    def list_runs(self, **_: Any) -> list[Any]:
+        return []
 
 
 def now() -> int:

@@ -147,6 +147,7 @@ def _check_common(body: _Common) -> None:
             "(> 1 repeats less)",
             param="frequency_penalty" if body.frequency_penalty else "presence_penalty",
         )
+    _stops(body.stop)
     if body.stream_options is not None and not body.stream:
         raise ApiError(400, "stream_options: only with stream: true", param="stream_options")
 
@@ -314,7 +315,7 @@ async def chat_completions(request: Request) -> Any:
         grammar=grammar,
     )
     reply = _Reply("chat", body, entry, logprobs=body.logprobs)
-    return await reply.respond(request, inference, generations)
+    return await reply.respond(request, inference, entry, generations)
 
 
 @router.post(
@@ -351,7 +352,7 @@ async def completions(request: Request) -> Any:
         top_logprobs=body.logprobs or 0,
     )
     reply = _Reply("text", body, entry, logprobs=body.logprobs is not None)
-    return await reply.respond(request, inference, generations)
+    return await reply.respond(request, inference, entry, generations)
 
 
 # -- responses -------------------------------------------------------------------------------
@@ -380,9 +381,12 @@ class _Reply:
         self.fingerprint = f"ft-{entry.generator.backend}"
 
     async def respond(
-        self, request: Request, inference: Inference, generations: list[Generation]
+        self,
+        request: Request,
+        inference: Inference,
+        entry: LoadedModel,
+        generations: list[Generation],
     ) -> Any:
-        entry = await inference.loaded(self.body.model)
         cancel = threading.Event()
         events = inference.run(entry, generations, cancel)
         if self.body.stream:
