@@ -126,7 +126,7 @@ def locked_message(folder: Path) -> str:
     info = _read(Path(folder) / LOCK_FILE)
     pid, host = info.get("pid"), info.get("host") or "an unknown host"
     launched = [p for p in info.get("launched") or [] if isinstance(p, int)]
-    if host == socket.gethostname() and pid is not None and not _alive(pid) and launched:
+    if host == socket.gethostname() and pid is not None and not pid_alive(pid) and launched:
         # `ft train` was killed; the trainer processes it launched still hold the run.
         pid = launched[0]
     who = f"process {pid}" if pid is not None else "another process"
@@ -154,7 +154,8 @@ def _read(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (one another user owns counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

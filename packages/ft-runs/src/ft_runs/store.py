@@ -490,7 +490,11 @@ class JobStore:
             .fetchall()
         )
         for row in rows:
-            dead_pid = row["host"] == host and row["pid"] is not None and not _pid_alive(row["pid"])
+            dead_pid = (
+                row["host"] == host
+                and row["pid"] is not None
+                and not run_lock.pid_alive(row["pid"])
+            )
             stale = row["heartbeat_at"] is None or now - row["heartbeat_at"] > stale_after_s
             # A run folder still locked has a live trainer (launched processes can outlive
             # the `ft train` whose pid the row holds).
@@ -810,16 +814,6 @@ class Heartbeat:
                     log.warning("heartbeat not recorded: %s", exc)
         finally:
             store.close()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _finite_json(values: Mapping[str, Any]) -> dict[str, Any]:
