@@ -48,7 +48,11 @@ SECRET_SPECS: tuple[SecretSpec, ...] = (
     SecretSpec(
         "wandb_api_key", "WANDB_API_KEY", "Weights & Biases API key, for `logging.wandb: true`"
     ),
-    SecretSpec("api_key", "FT_API_KEY", "the key clients will send to ft-server (not built yet)"),
+    SecretSpec(
+        "api_key",
+        "FT_API_KEY",
+        "the key clients send to ft-server; without one it binds only 127.0.0.1",
+    ),
     SecretSpec(
         "data_token",
         "FT_DATA_TOKEN",
