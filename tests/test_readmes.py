@@ -122,6 +122,7 @@ SETUPS: dict[str, Setup] = {
     "ft-runs": Setup(needs=("smollm2_gguf",)),
     "ft-testing": Setup(_my_plugin, runner="pytest"),
     "ft-cli": Setup(slow=False),
+    "ft-server": Setup(slow=False),
 }
 
 
