@@ -78,11 +78,25 @@ def test_export_a_run_to_gguf(run: Path) -> None:
     assert code == 0, out
     path = run / "exports" / "gguf-q8_0" / "20261126-000000-llama-lora-q8_0.gguf"
     assert f"wrote gguf export: {path.parent}" in out
-    assert "check: passed: reloaded with transformers (from_pretrained(gguf_file=...))" in out
+    assert "check: passed: reloaded with gguf-py GGUFReader + dequantize" in out
+    assert "every tensor within its type's error: yes" in out
     assert "chat template kept: yes" in out
+    assert "time: export " in out and " s, check " in out  # the check timed apart
     # the template the run's data was prepared with (chatml), not the tokenizer's own
     field = GGUFReader(path).fields["tokenizer.chat_template"]
     assert bytes(field.parts[field.data[0]]).decode() == get_template("chatml").source
+
+
+def test_output_ending_in_gguf_is_the_file_and_full_check(run: Path, tmp_path: Path) -> None:
+    target = tmp_path / "model.gguf"
+    code, out = ft("export", str(run), "--format", "gguf", "-o", str(target), "--check", "full")
+    assert code == 0, out
+    assert target.is_file()
+    assert f"wrote gguf export: {target}\n  model.gguf  " in out
+    assert "check: passed: reloaded with transformers (from_pretrained(gguf_file=...))" in out
+    assert "greedy tokens 8/8 identical" in out
+    code, out = ft("export", str(run), "--format", "gguf", "-o", str(target))
+    assert code == 1 and "model.gguf already exists: choose another -o/--output" in out
 
 
 def test_a_checkpoint_of_a_run(run: Path, tiny_llama: Path, adapters: list[Path]) -> None:
@@ -176,7 +190,7 @@ def test_a_full_fine_tune_run_is_the_model(
     shutil.copytree(tiny_model_factory("qwen2"), run / "adapter")
     code, out = ft("export", str(run), "--format", "gguf", "--quant", "f32")
     assert code == 0, out
-    assert "greedy tokens 8/8 identical" in out
+    assert "check: passed: reloaded with gguf-py" in out and "error 0.00e+00" in out
     from gguf import GGUFReader
 
     [path] = (run / "exports" / "gguf-f32").iterdir()

@@ -193,3 +193,12 @@ def test_full_check_reloads_with_transformers(tiny_model: Model, tmp_path: Path)
     assert check.greedy_matched == check.greedy_total == 8
     with pytest.raises(ExportError, match="--check deep: choose quick or full"):
         export(tiny_model("llama"), tmp_path / "n.gguf", check="deep")
+
+
+def test_every_gguf_type_says_what_it_costs() -> None:
+    """`ft export --help` lists each type with its size and error on SmolLM2 (quant_costs)."""
+    from ft_export.gguf_types import GGUF_TYPES
+    from ft_export.quant_costs import QUANT_COSTS, quant_help
+
+    assert list(QUANT_COSTS) == list(GGUF_TYPES)
+    assert quant_help().startswith("f32 (540 MB, exact); f16 (271 MB")

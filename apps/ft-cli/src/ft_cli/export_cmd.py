@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from ft_cli.main import UserError, quiet_libraries
+from ft_export.quant_costs import quant_help
 
 FORMATS = ("peft", "hf", "gguf", "gguf-lora", "mlx", "mlx-adapter", "ollama")
 
@@ -29,7 +30,9 @@ FORMATS = ("peft", "hf", "gguf", "gguf-lora", "mlx", "mlx-adapter", "ollama")
     "--quant",
     "-q",
     default=None,
-    help="gguf: f32, f16 (default), bf16, q8_0, q5_1, q5_0, q4_1, q4_0; mlx: 4 or 8 bits.",
+    help="gguf (default f16; size and relative logits error on SmolLM2-135M): "
+    + quant_help()
+    + ". mlx: 4 or 8 bits.",
 )
 @click.option(
     "--dtype",
@@ -37,7 +40,12 @@ FORMATS = ("peft", "hf", "gguf", "gguf-lora", "mlx", "mlx-adapter", "ollama")
     type=click.Choice(["float32", "float16", "bfloat16"]),
     help="Weights of hf/mlx exports (default: the dtype the base model is saved in).",
 )
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="The folder to write.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="The folder to write; for gguf and gguf-lora a path ending in .gguf is the file.",
+)
 @click.option(
     "--adapter",
     "adapters",
@@ -69,6 +77,15 @@ FORMATS = ("peft", "hf", "gguf", "gguf-lora", "mlx", "mlx-adapter", "ollama")
 )
 @click.option("--name", default=None, help="The model's name in the export's metadata.")
 @click.option("--no-verify", is_flag=True, help="Skip reloading and checking the export.")
+@click.option(
+    "--check",
+    "check",
+    default="quick",
+    show_default=True,
+    type=click.Choice(["quick", "full"]),
+    help="gguf/ollama: quick reads every tensor back and runs one forward pass; full reloads "
+    "the file with transformers' GGUF loader and compares greedy tokens too.",
+)
 @click.option("--push-to-hub", "push_repo", default=None, help="Upload the export to this repo.")
 @click.option("--private", is_flag=True, help="With --push-to-hub: create the repo private.")
 def export(
@@ -87,6 +104,7 @@ def export(
     template: str | None,
     name: str | None,
     no_verify: bool,
+    check: str,
     push_repo: str | None,
     private: bool,
 ) -> None:
@@ -95,6 +113,7 @@ def export(
 
     \b
     ft export last --format gguf --quant q8_0
+    ft export smollm2-135m --format gguf --quant q4_k_m -o smollm2.gguf
     ft export 20261125-2030 --checkpoint best --format hf --dtype bfloat16
     ft export smollm2-135m --adapter runs/x/adapter --format ollama
     ft export --merge-adapters runA runB --weights 0.7,0.3 --combination ties --format peft
@@ -143,7 +162,7 @@ def export(
     label = quant or ("f16" if fmt in ("gguf", "gguf-lora") else dtype or saved_dtype(source.base))
     label = "q8_0" if fmt == "ollama" and not quant else label
     out = output or (first.exports / f"{fmt}-{label}")
-    options = ExportOptions(dtype=dtype, quant=quant, verify=not no_verify)
+    options = ExportOptions(dtype=dtype, quant=quant, verify=not no_verify, check=check)
 
     click.echo(f"exporting {source.display_name} as {fmt} ({label}) to {out}", err=True)
     if options.verify or source.adapters or fmt != "gguf":
@@ -270,16 +289,22 @@ def _report(result: Any) -> None:
     click.echo(f"wrote {result.format} export: {result.path}")
     for file in result.files:
         size = file.stat().st_size
-        click.echo(f"  {file.relative_to(result.path)}  {_size(size)}")
+        shown = file.name if file == result.path else file.relative_to(result.path)
+        click.echo(f"  {shown}  {_size(size)}")
     for note in result.notes:
         click.echo(f"  note: {note}")
     verification = result.verification
     if verification is None:
         click.echo("check: skipped (--no-verify)")
-        return
-    click.echo(f"check: {verification.summary()}")
-    for note in verification.notes:
-        click.echo(f"  note: {note}")
+    else:
+        click.echo(f"check: {verification.summary()}")
+        for note in verification.notes:
+            click.echo(f"  note: {note}")
+    check_s = verification.seconds if verification is not None else None
+    if result.seconds is not None and check_s is not None:
+        click.echo(f"time: export {result.seconds:.1f} s, check {check_s:.1f} s")
+    elif result.seconds is not None:
+        click.echo(f"time: export {result.seconds:.1f} s")
 
 
 def _size(n: int) -> str:

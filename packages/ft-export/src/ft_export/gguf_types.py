@@ -49,7 +49,7 @@ GGUF_TYPES: dict[str, GGUFType] = {
     "q4_1": GGUFType(Q.Q4_1, LlamaFileType.MOSTLY_Q4_1),
     "q4_0": GGUFType(Q.Q4_0, LlamaFileType.MOSTLY_Q4_0),
 }
-"""The GGUF types ft writes, from largest to smallest."""
+"""The GGUF types ft writes, from most to fewest bits per weight."""
 
 _FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
 """llama.cpp's `tensor_type_fallback` for rows that are not whole 256-value super-blocks."""
