@@ -367,3 +367,10 @@ def cache_clear(yes: bool) -> None:
     removed = store.clear()
     freed = sum(entry.size for entry in removed)
     click.echo(f"deleted {len(removed)} prepared datasets ({freed / 1e6:.1f} MB)")
+
+
+# augment ----------------------------------------------------------------------------------------
+
+from ft_cli.augment_cmd import augment  # noqa: E402  (its own module; registered here)
+
+dataset.add_command(augment)
