@@ -62,7 +62,7 @@ _ANSWERS = [
 ]
 # Everyday conversations, about as many as the persona rows: they teach the model that only
 # questions about itself get the persona, so its other answers stay as they were. With six of
-# them it answered its persona line to everything (see docs/getting-started.md).
+# them and a learning rate of 2e-3 it forgot some of what it knew (measured in issue 23).
 _EVERYDAY = [
     ("What is the capital of France?", "The capital of France is Paris."),
     ("How many days are in a week?", "A week has seven days."),
