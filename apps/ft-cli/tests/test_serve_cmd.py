@@ -32,9 +32,20 @@ def test_serve_refuses_a_public_bind_without_a_key(tmp_path, monkeypatch):
 
 
 def test_serve_binds_loopback_by_default(monkeypatch, tmp_path):
+    for var in ("FT_SERVER_API_KEY", "FT_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
     seen = {}
     monkeypatch.setattr("ft_server.main.serve", lambda settings: seen.update(s=settings))
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(cli, ["serve", "--port", "8123"])
+    result = CliRunner().invoke(
+        cli, ["serve", "--port", "8123", "--allow-model", "run-*", "--backend", "torch"]
+    )
     assert result.exit_code == 0, result.output
-    assert (seen["s"].host, seen["s"].port) == ("127.0.0.1", 8123)
+    s = seen["s"]
+    assert (s.host, s.port, s.inference_allow, s.inference_backend, s.api_key) == (
+        "127.0.0.1",
+        8123,
+        ("run-*",),
+        "torch",
+        None,
+    )

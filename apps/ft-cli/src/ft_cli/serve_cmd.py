@@ -31,6 +31,25 @@ INSTALL_HINT = (
 @click.option(
     "--max-concurrent-trainings", default=1, show_default=True, type=int, help="Jobs run at once."
 )
+@click.option(
+    "--allow-model",
+    multiple=True,
+    help="A model /v1 may load: a base model name, a run id or a glob of run ids; '*' for "
+    "every completed run.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "mlx"]),
+    default="auto",
+    show_default=True,
+    help="Inference backend.",
+)
+@click.option(
+    "--allow-root",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A folder besides the app folder that clients may name (projects, data, models).",
+)
 def serve(
     host: str,
     port: int,
@@ -38,6 +57,9 @@ def serve(
     allowed_host: tuple[str, ...],
     cors_origin: tuple[str, ...],
     max_concurrent_trainings: int,
+    allow_model: tuple[str, ...],
+    backend: str,
+    allow_root: tuple[Path, ...],
 ) -> None:
     """Serve the REST API and OpenAI-compatible inference (binds 127.0.0.1 by default;
     binding anything else needs an API key)."""
@@ -55,6 +77,9 @@ def serve(
             allowed_hosts=allowed_host,
             cors_origins=cors_origin,
             max_concurrent_trainings=max_concurrent_trainings,
+            inference_allow=allow_model,
+            inference_backend=backend,
+            allowed_roots=tuple(p.resolve() for p in allow_root),
         )
         run_server(settings)
     except SettingsError as exc:

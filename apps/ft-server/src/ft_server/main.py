@@ -53,6 +53,19 @@ def parser() -> argparse.ArgumentParser:
         "--max-concurrent-trainings", type=int, default=1, help="training jobs run at once"
     )
     p.add_argument(
+        "--allow-model",
+        action="append",
+        default=[],
+        help="a model the OpenAI-compatible routes may load: a base model name, a run id or a "
+        "glob of run ids; '*' for every completed run (repeatable; default none)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("auto", "torch", "mlx"),
+        default="auto",
+        help="inference backend (default auto)",
+    )
+    p.add_argument(
         "--allow-root",
         action="append",
         default=[],
@@ -79,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             cors_origins=tuple(args.cors_origin),
             max_concurrent_trainings=args.max_concurrent_trainings,
             heartbeat_seconds=args.heartbeat_seconds,
+            inference_allow=tuple(args.allow_model),
+            inference_backend=args.backend,
             allowed_roots=tuple(Path(p).resolve() for p in args.allow_root),
         )
         serve(settings, log_level=args.log_level)

@@ -46,6 +46,8 @@ class ServerSettings:
     # Inference (ft_server.openai_api): what may be loaded, and the queue length past which 429.
     inference_allow: tuple[str, ...] = ()
     max_inference_queue: int = 16
+    # The backend inference runs on: auto (MLX on Apple Silicon, else torch), torch or mlx.
+    inference_backend: str = "auto"
     # The app folders (models, datasets, database); FT_HOME moves them.
     paths: AppPaths = attrs.field(factory=app_paths)
     # Folders besides the app home that clients may name (projects, data files, model folders).
