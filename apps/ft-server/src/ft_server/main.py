@@ -15,8 +15,10 @@ def serve(settings: ServerSettings, *, log_level: str = "info") -> None:
     """Run the server until interrupted. Raises SettingsError when the bind is refused."""
     import uvicorn
 
+    from ft_config.telemetry import switch_off_telemetry
     from ft_server.app import create_app
 
+    switch_off_telemetry()  # ft sends none; nor may the libraries it loads (workers inherit it)
     settings.check_bind()
     uvicorn.run(
         create_app(settings),
