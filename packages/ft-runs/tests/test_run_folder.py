@@ -116,3 +116,28 @@ def test_a_failing_sink_is_turned_off_not_fatal(tmp_path, caplog):
     emit({"type": "step", "step": 2})
     assert len(calls) == 1 and "turning off broken" in caplog.text
     assert len(folder.events()) == 2
+
+
+def test_last_is_the_last_run_of_the_project_here(tmp_path, monkeypatch):
+    """`ft generate --run last` in a project means that project's newest run, even when a run
+    of another project started later; outside any project, the newest of all."""
+    import time
+
+    from ft_runs.run_folder import find_run
+
+    store = JobStore(tmp_path / "ft.db")
+    folders = {}
+    for name in ("mine-old", "mine", "theirs"):
+        project = tmp_path / ("theirs" if name == "theirs" else "mine")
+        folder = project / "runs" / name
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text("{}", encoding="utf-8")
+        store.create_run(name, run_dir=folder, config={}, model="tiny", method="lora")
+        folders[name] = folder.resolve()
+        time.sleep(0.01)  # created_at orders them
+    monkeypatch.chdir(tmp_path / "mine")
+    assert find_run("last", store).path.resolve() == folders["mine"]
+    monkeypatch.chdir(tmp_path / "theirs")
+    assert find_run("last", store).path.resolve() == folders["theirs"]
+    monkeypatch.chdir(tmp_path)
+    assert find_run("last", store).path.resolve() == folders["theirs"]

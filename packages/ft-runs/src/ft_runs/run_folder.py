@@ -293,7 +293,9 @@ class RunNotFoundError(LookupError):
 
 
 def find_run(ref: str | Path, store: Any = None) -> RunFolder:
-    """A run by folder path, by id or unique id prefix in the job store, or `last`."""
+    """A run by folder path, by id or unique id prefix in the job store, or `last`: the newest
+    run of the project in the working directory (a run folder below it), else the newest run
+    of all."""
     path = Path(ref).expanduser()
     if (path / "run.json").is_file():
         return RunFolder(path.resolve())
@@ -301,12 +303,21 @@ def find_run(ref: str | Path, store: Any = None) -> RunFolder:
 
     store = store or JobStore()
     if str(ref) in ("last", "latest"):
-        records = store.list_runs(limit=1)
-        if not records:
-            raise RunNotFoundError("no runs yet: `ft train` starts one")
-        return RunFolder(Path(records[0].run_dir))
+        return RunFolder(Path(_latest(store.list_runs()).run_dir))
     try:
         record = store.get_run(str(ref))
     except RunNotFound as exc:
         raise RunNotFoundError(str(exc)) from None
     return RunFolder(Path(record.run_dir))
+
+
+def _latest(records: list[Any], here: Path | None = None) -> Any:
+    """The newest of `records` (newest first) whose folder is below `here` (the working
+    directory), else the newest of all: `last` in a project means that project's last run."""
+    if not records:
+        raise RunNotFoundError("no runs yet: `ft train` starts one")
+    here = (here or Path.cwd()).resolve()
+    for record in records:
+        if Path(record.run_dir).resolve().is_relative_to(here):
+            return record
+    return records[0]
