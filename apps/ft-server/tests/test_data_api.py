@@ -132,3 +132,24 @@ def test_runs_and_evaluations(client):
     assert [(e["checkpoint"], e["metrics"]) for e in evaluations] == [("final", {"loss": 1.5})]
     r = client.get("/api/runs/nope")
     assert (r.status_code, r.json()["error"]["code"]) == (404, "run_not_found")
+
+
+def test_a_model_pull_runs_as_a_job_into_the_local_cache(make_client, hub_env):
+    import time
+
+    client = make_client()
+    r = client.post("/api/models/pull", json={"model": "ft-test/tiny-llama"})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    deadline = time.monotonic() + 240
+    while (job := client.get(f"/api/jobs/{job_id}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert job["status"] == "completed", job
+    assert job["result"]["repo_id"] == "ft-test/tiny-llama"
+    assert job["result"]["bytes"] > 0
+    local = client.get("/api/models/search", params={"q": "tiny", "hub": False}).json()["local"]
+    assert [m["repo_id"] for m in local] == ["ft-test/tiny-llama"]
+    for bad in ("../etc", "/abs/path", "a/b/c"):
+        r = client.post("/api/models/pull", json={"model": bad})
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_name")

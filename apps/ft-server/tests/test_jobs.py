@@ -94,6 +94,23 @@ def test_a_training_job_cancelled_with_a_checkpoint_resumes_to_completion(
     assert sse_ids(client, job["id"], last_event_id="17") == (all_ids[17:], "completed")
     assert sse_ids(client, job["id"], last_event_id="40") == ([], "completed")
 
+    # Export and evaluate the run as jobs.
+    r = client.post(f"/api/runs/{run['id']}/export", json={"format": "peft"})
+    assert r.status_code == 202, r.text
+    exported = wait_for(client, r.json()["id"], ("completed", "failed", "interrupted"))
+    assert exported["status"] == "completed", exported
+    assert Path(exported["result"]["path"]).parent == Path(run["run_dir"]) / "exports"
+    assert (Path(exported["result"]["path"]) / "adapter_model.safetensors").is_file()
+    body = {"max_examples": 2, "max_tokens": 4, "samples": 1, "compare_base": False}
+    r = client.post(f"/api/runs/{run['id']}/evaluate", json=body)
+    evaluated = wait_for(client, r.json()["id"], ("completed", "failed", "interrupted"))
+    assert evaluated["status"] == "completed", evaluated
+    [evaluation] = client.get(f"/api/runs/{run['id']}/evaluations").json()["evaluations"]
+    assert evaluation["metrics"]["eval_loss"] > 0
+    assert evaluated["result"]["metrics"] == evaluation["metrics"]
+    r = client.post("/api/runs/nope/export", json={"format": "peft"})
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "run_not_found")
+
 
 def sse_ids(client, job_id: str, last_event_id: str | None = None) -> tuple[list[str], str]:
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 
 from ft_config import ModelConfig
 from ft_runs.store import JobStore, RunNotFound
@@ -310,6 +311,36 @@ def search_models(
         "hub": found,
         "hub_error": hub_error,
     }
+
+
+class PullStart(BaseModel):
+    """Download a model into the local cache, as `ft models pull NAME` does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., description="a catalog alias or a Hugging Face repo id")
+    revision: str | None = None
+
+
+@router.post("/api/models/pull", status_code=202, tags=["models"])
+def pull_model(body: PullStart, request: Request) -> dict[str, Any]:
+    """Queue a download; the job's `result` shows `bytes` so far, then where the model is.
+    Names only (an alias or `org/name`): a client cannot point the server at a path."""
+    from ft_server.jobs_api import job_json
+
+    name = body.model
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?", name) or (
+        ".." in name
+    ):
+        raise ApiError(
+            400,
+            f"model {name!r}: give a catalog alias or a Hub repo id (org/name)",
+            code="invalid_name",
+            param="model",
+        )
+    jobs = request.app.state.jobs
+    job = jobs.submit("pull", {"model": name, "revision": body.revision})
+    return job_json(job, jobs)
 
 
 def _cached(needle: str) -> list[dict[str, Any]]:

@@ -117,10 +117,14 @@ class JobManager:
     def _reaped(self, job_id: str, code: int | None) -> None:
         """A worker exited: if it did not record the end itself (killed), record it here."""
         why = f"its process ended (exit code {code}) without recording how" if code else None
+        try:
+            cancelled = bool(self.store.get_job(job_id).cancel_requested)
+        except LookupError:
+            return
         self.store.update_job(
             job_id,
             expect="running",
-            status="interrupted",
+            status="cancelled" if cancelled else "interrupted",
             pid=None,
             error=why or "its process ended without recording how",
         )
@@ -186,7 +190,7 @@ class JobManager:
         from its newest checkpoint (or starts again, if it never made a run folder)."""
         job = self.store.get_job(job_id)
         request = dict(job.request)
-        if job.run_id:
+        if job.run_id and job.kind == "train":
             request["resume"] = job.run_id
         if not self.store.update_job(
             job_id,

@@ -111,6 +111,72 @@ def resume_job(job_id: str, request: Request) -> dict[str, Any]:
         raise ApiError(409, str(exc), code="job_state") from None
 
 
+class ExportStart(BaseModel):
+    """Export a run, as `ft export RUN --format ...` does (into the run's exports/ folder)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: str = Field(..., description="peft, hf, gguf, gguf-lora, mlx, mlx-adapter, ollama")
+    checkpoint: str | None = Field(None, description="best, last, a step; default the final")
+    quant: str | None = None
+    dtype: str | None = None
+
+
+class EvaluateStart(BaseModel):
+    """Evaluate a run, as `ft evaluate RUN` does (results stored with the run)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str | None = None
+    dataset: str | None = Field(None, description="an uploaded dataset's name (default: the run's)")
+    max_examples: int = Field(50, ge=1, le=10_000)
+    max_tokens: int = Field(128, ge=1, le=4096)
+    samples: int = Field(5, ge=0, le=100)
+    compare_base: bool = True
+
+
+@router.post("/api/runs/{run_id}/export", status_code=202, tags=["runs"])
+def export_run(run_id: str, body: ExportStart, request: Request) -> dict[str, Any]:
+    """Queue an export of the run; the job's `result` names the files when it completes."""
+    jobs = manager(request)
+    run = _known_run(jobs, run_id)
+    job = jobs.submit("export", {"run_id": run.id, **body.model_dump()})
+    jobs.store.update_job(job.id, run_id=run.id)
+    return job_json(jobs.store.get_job(job.id), jobs)
+
+
+@router.post("/api/runs/{run_id}/evaluate", status_code=202, tags=["runs"])
+def evaluate_run(run_id: str, body: EvaluateStart, request: Request) -> dict[str, Any]:
+    """Queue an evaluation of the run; GET /api/runs/{run_id}/evaluations lists the results."""
+    settings: ServerSettings = request.app.state.settings
+    jobs = manager(request)
+    run = _known_run(jobs, run_id)
+    fields = body.model_dump(exclude={"dataset"})
+    if body.dataset is not None:
+        name = safe_name(body.dataset, what="dataset", param="dataset")
+        data = inside(settings.uploads_dir, name, what="dataset", param="dataset")
+        if not data.is_file():
+            raise ApiError(
+                404,
+                f"no uploaded dataset {name!r}; GET /api/datasets lists them",
+                code="dataset_not_found",
+                param="dataset",
+            )
+        fields["data"] = str(data)
+    job = jobs.submit("evaluate", {"run_id": run.id, **fields})
+    jobs.store.update_job(job.id, run_id=run.id)
+    return job_json(jobs.store.get_job(job.id), jobs)
+
+
+def _known_run(jobs: JobManager, run_id: str) -> Any:
+    try:
+        return jobs.store.get_run(run_id)
+    except RunNotFound as exc:
+        raise ApiError(
+            404, str(exc).replace("`ft runs list`", "GET /api/runs"), code="run_not_found"
+        ) from None
+
+
 # --- metrics ------------------------------------------------------------------------------
 
 

@@ -51,8 +51,6 @@ def _watch_parent(parent: int) -> None:
 
 def run_job(store: _JobRunStore, job_id: str, log: Path) -> str:
     """Run the job; record how it ended on the job; return that status."""
-    from ft_runs.training import train
-
     job = store.get_job(job_id)
     request = job.request
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -63,28 +61,16 @@ def run_job(store: _JobRunStore, job_id: str, log: Path) -> str:
 
         status, error, result = "failed", None, None
         try:
-            if job.kind != "train":
+            if job.kind == "pull":
+                result = _pull(store, job_id, request, say)
+                status = "completed"
+            elif job.kind in ("export", "evaluate"):
+                result = _run_other(store, job.kind, request, say)
+                status = "completed"
+            elif job.kind != "train":
                 raise ValueError(f"unknown job kind {job.kind!r}")
-            resume = request.get("resume") or None
-            config = request.get("config_path")
-            outcome = train(
-                Path(config) if config else None,
-                overrides=request.get("overrides", []),
-                profile=request.get("profile"),
-                resume=resume,
-                force=bool(request.get("force")),
-                say=say,
-                store=store,
-            )
-            result = {
-                "run_id": outcome.run_id,
-                "run_dir": str(outcome.folder.path),
-                "reason": outcome.result.reason,
-                "step": getattr(outcome.result, "step", None),
-            }
-            status = {"completed": "completed", "failed": "failed"}.get(
-                outcome.status, "interrupted"
-            )
+            else:
+                result, status = _train(store, request, say)
         except KeyboardInterrupt:  # a second signal, or one before the training loop started
             status = "interrupted"
             say("stopped")
@@ -98,6 +84,114 @@ def run_job(store: _JobRunStore, job_id: str, log: Path) -> str:
         )
         say(f"job {job_id}: {status}")
     return status
+
+
+def _train(store: _JobRunStore, request: dict[str, Any], say: Any) -> tuple[dict[str, Any], str]:
+    """A training job: `ft train` (or `ft train --resume RUN`) of the request's config."""
+    from ft_runs.training import train
+
+    resume = request.get("resume") or None
+    config = request.get("config_path")
+    outcome = train(
+        Path(config) if config else None,
+        overrides=request.get("overrides", []),
+        profile=request.get("profile"),
+        resume=resume,
+        force=bool(request.get("force")),
+        say=say,
+        store=store,
+    )
+    result = {
+        "run_id": outcome.run_id,
+        "run_dir": str(outcome.folder.path),
+        "reason": outcome.result.reason,
+        "step": getattr(outcome.result, "step", None),
+    }
+    status = {"completed": "completed", "failed": "failed"}.get(outcome.status, "interrupted")
+    return result, status
+
+
+def _pull(store: _JobRunStore, job_id: str, request: dict[str, Any], say: Any) -> dict[str, Any]:
+    """A model pull (`ft models pull NAME`): into the Hugging Face cache (or a GGUF import).
+    While it downloads, the job's `result` holds `{"bytes": N}`, what the cache holds so far."""
+    from ft_models.hub import cache_folder
+    from ft_models.resolve import resolve_model
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    name = request["model"]
+    folder = cache_folder(name) if name.count("/") == 1 else None
+    done = threading.Event()
+
+    def report() -> None:
+        while not done.wait(0.5):
+            if folder is not None and folder.is_dir():
+                size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+                store.update_job(job_id, expect="running", result_json={"bytes": size})
+
+    watcher = threading.Thread(target=report, name="pull-progress", daemon=True)
+    watcher.start()
+    try:
+        resolved = resolve_model(name, revision=request.get("revision"), progress=False)
+    finally:
+        done.set()
+        watcher.join()
+    say(f"model: {name} -> {resolved.path} ({resolved.reason})")
+    size = sum(p.stat().st_size for p in Path(resolved.path).rglob("*") if p.is_file())
+    return {
+        "model": name,
+        "path": str(resolved.path),
+        "kind": resolved.kind,
+        "repo_id": resolved.repo_id,
+        "revision": resolved.commit or resolved.revision,
+        "bytes": size,
+    }
+
+
+def _run_other(store: _JobRunStore, kind: str, request: dict[str, Any], say: Any) -> dict[str, Any]:
+    """An export (`ft export RUN --format ...`) or evaluation (`ft evaluate RUN`) job. SIGTERM
+    (cancel) stops it at once: there is nothing to checkpoint."""
+    from ft_runs.run_folder import RunFolder
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    folder = RunFolder(Path(store.get_run(request["run_id"]).run_dir))
+    if kind == "export":
+        from ft_runs.exports import export_run
+
+        out = export_run(
+            folder,
+            request["format"],
+            checkpoint=request.get("checkpoint"),
+            quant=request.get("quant"),
+            dtype=request.get("dtype"),
+            say=say,
+        )
+        return {
+            "format": out.format,
+            "path": str(out.path),
+            "files": [str(f) for f in out.files],
+            "verified": out.verification is not None,
+            "notes": list(out.notes),
+        }
+    from ft_runs.evaluate import evaluate_run
+
+    evaluation = evaluate_run(
+        folder,
+        checkpoint=request.get("checkpoint"),
+        data=request.get("data"),
+        samples=request.get("samples", 5),
+        max_examples=request.get("max_examples", 50),
+        max_tokens=request.get("max_tokens", 128),
+        compare_base=request.get("compare_base", True),
+        store=store,
+        say=say,
+    )
+    return {**evaluation.to_dict(), "file": str(evaluation.file) if evaluation.file else None}
 
 
 def main(argv: list[str] | None = None) -> None:
