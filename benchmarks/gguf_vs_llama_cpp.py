@@ -14,7 +14,7 @@ Llama 3 rope scaling, YaRN, Phi-3 LongRoPE, Gemma 2, Gemma 3, a Llama wide enoug
 
 llama.cpp's folder is the llama-cpp-python sdist's vendor/llama.cpp (see bench_export.py), with
 `build/bin/llama-quantize` for the K-quant part (`cmake -B build && cmake --build build
---target llama-quantize`).
+--target llama-quantize`, or benchmarks/llama_quantize_min.cpp built against libllama).
 """
 
 from __future__ import annotations
