@@ -344,10 +344,7 @@ def test_a_full_queue_is_a_429_and_a_client_that_leaves_stops_its_generation(
 
 
 def test_mlx_serves_the_same_answers_as_torch(tmp_path: Path, tiny_llama: Path, client) -> None:
-    from ft_server.inference import Inference
-
-    server = serve(tmp_path, tiny_llama)
-    server.app.state.inference = Inference(server.app.state.settings, backend="mlx")
+    server = serve(tmp_path, tiny_llama, inference_backend="mlx")
     try:
         mlx = server.client()
         asked = {"model": str(tiny_llama), "messages": CHAT, "max_tokens": 12, "temperature": 0}

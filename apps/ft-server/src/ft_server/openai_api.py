@@ -44,9 +44,7 @@ MAX_N = 8
 def setup(app: FastAPI) -> None:
     """Called by create_app: the inference state and its shutdown."""
     settings = app.state.settings
-    app.state.inference = Inference(
-        settings, backend=getattr(settings, "inference_backend", "auto")
-    )
+    app.state.inference = Inference(settings, backend=settings.inference_backend)
 
     async def close(app: FastAPI) -> None:
         await app.state.inference.close()
