@@ -73,7 +73,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
 # Modules with a `router` (an APIRouter) and optionally `setup(app)`; a missing module is skipped,
 # so the server starts while a part is still being built.
-_ROUTERS = ("ft_server.jobs_api", "ft_server.data_api", "ft_server.openai_api")
+_ROUTERS = (
+    "ft_server.jobs_api",
+    "ft_server.data_api",
+    "ft_server.generate_api",
+    "ft_server.openai_api",
+)
 
 
 def _include(app: FastAPI, name: str) -> None:
