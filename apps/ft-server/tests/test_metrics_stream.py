@@ -1,0 +1,64 @@
+"""The metrics stream while a job runs: a step is sent once complete (its eval included), a
+reconnect with Last-Event-ID gets exactly what it missed. Driven through the store, no training."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from ft_runs.store import JobStore
+from ft_server.jobs_api import _events
+
+
+class _Jobs:
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+
+class _Request:
+    async def is_disconnected(self) -> bool:
+        return False
+
+
+def _take(loop, stream, count: int) -> list[str]:
+    async def take() -> list[str]:
+        out = []
+        while len(out) < count:
+            chunk = await asyncio.wait_for(anext(stream), 10)
+            if chunk.startswith(("id:", "event: end")):
+                out.append(chunk)
+        return out
+
+    return loop.run_until_complete(take())
+
+
+def _step(chunk: str) -> tuple[int, dict]:
+    lines = dict(line.split(": ", 1) for line in chunk.strip().splitlines())
+    return int(lines["id"]), json.loads(lines["data"])
+
+
+def test_steps_are_sent_complete_and_resumed_exactly(tmp_path):
+    store = JobStore(tmp_path / "ft.db")
+    store.create_run("r", run_dir=tmp_path / "r", config={}, model="m", method="lora")
+    store.create_job("j", "train", {})
+    store.claim_job("j")
+    store.update_job("j", run_id="r")
+    store.add_metrics("r", "train", 1, {"loss": 2.0})
+    store.add_metrics("r", "train", 2, {"loss": 1.5})
+    loop = asyncio.new_event_loop()
+    stream = _events(_Jobs(store), "j", -1, _Request(), heartbeat=60)
+    [first] = _take(loop, stream, 1)
+    assert _step(first) == (1, {"step": 1, "train": {"loss": 2.0}})
+    # Step 2 waits for its evaluation, which comes before step 3 starts.
+    store.add_metrics("r", "eval", 2, {"eval_loss": 1.7})
+    store.add_metrics("r", "train", 3, {"loss": 1.2})
+    [second] = _take(loop, stream, 1)
+    assert _step(second) == (2, {"step": 2, "train": {"loss": 1.5}, "eval": {"eval_loss": 1.7}})
+    store.update_job("j", status="completed")
+    third, end = _take(loop, stream, 2)
+    assert _step(third)[0] == 3
+    assert json.loads(end.split("data: ", 1)[1])["status"] == "completed"
+    # A client that saw step 1 reconnects (Last-Event-ID: 1): steps 2 and 3, then the end.
+    again = _events(_Jobs(store), "j", 1, _Request(), heartbeat=60)
+    assert [c.split("\n")[0] for c in _take(loop, again, 3)] == ["id: 2", "id: 3", "event: end"]
+    loop.close()
