@@ -202,7 +202,8 @@ def test_top_logprobs_rank_the_alternatives_of_each_token(client, base) -> None:
         # greedy: the chosen token is the most likely one
         assert entry.top_logprobs[0].token == entry.token
         assert entry.top_logprobs[0].logprob == entry.logprob <= 0
-        assert entry.bytes == list(entry.token.encode("utf-8"))
+    joined = b"".join(bytes(entry.bytes) for entry in content)
+    assert joined.decode("utf-8", errors="replace") == reply.choices[0].message.content
 
 
 def test_a_seed_repeats_under_concurrent_load(client, base) -> None:
@@ -371,3 +372,16 @@ def test_mlx_serves_the_same_answers_as_torch(tmp_path: Path, tiny_llama: Path, 
         assert isinstance(json.loads(reply.choices[0].message.content)["ok"], bool)
     finally:
         server.stop()
+
+
+def test_logprob_bytes_are_each_tokens_own_bytes(tiny_llama: Path) -> None:
+    import transformers
+
+    from ft_server.inference import _token
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_llama)
+    text = "Bonjour, ça va? 東京 🌱"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    pieces = [_token(tokenizer, i, 0.0) for i in ids]
+    assert any("\ufffd" in p.token for p in pieces)  # some tokens are parts of a character
+    assert b"".join(bytes(p.bytes) for p in pieces) == text.encode("utf-8")

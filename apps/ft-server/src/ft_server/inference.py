@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import fnmatch
+import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -117,8 +118,11 @@ def _completed_runs(settings: ServerSettings, store: Any = None) -> list[ServedM
 @attrs.frozen
 class TokenLogprob:
     token: str
+    """The token's text (a token that is part of a character decodes to U+FFFD)."""
     logprob: float
-    top: tuple[tuple[str, float], ...] = ()
+    bytes: tuple[int, ...] = ()
+    """The token's own bytes (of a byte-level BPE token: exact, even for part of a character)."""
+    top: tuple[TokenLogprob, ...] = ()
 
 
 @attrs.frozen
@@ -149,8 +153,35 @@ class Request:
     """An llguidance grammar the answer must follow (response_format)."""
 
 
-def _token_text(tokenizer: Any, token: int) -> str:
-    return str(tokenizer.decode([token], skip_special_tokens=False))
+@functools.cache
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, character -> byte (the inverse of bytes_to_unicode)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    chars, extra = list(printable), 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+def _byte_level(tokenizer: Any) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return type(getattr(backend, "decoder", None)).__name__ == "ByteLevel"
+
+
+def _token(
+    tokenizer: Any, token: int, logprob: float, top: tuple[TokenLogprob, ...] = ()
+) -> TokenLogprob:
+    text = str(tokenizer.decode([token], skip_special_tokens=False))
+    raw = text.encode("utf-8")
+    if _byte_level(tokenizer) and token not in getattr(tokenizer, "all_special_ids", ()):
+        piece = tokenizer.convert_ids_to_tokens(token)
+        table = _byte_decoder()
+        if isinstance(piece, str) and all(c in table for c in piece):
+            raw = bytes(table[c] for c in piece)
+    return TokenLogprob(text, logprob, tuple(raw), top)
 
 
 def _logprobs(tokenizer: Any, logits: np.ndarray, token: int, top: int) -> TokenLogprob:
@@ -158,11 +189,13 @@ def _logprobs(tokenizer: Any, logits: np.ndarray, token: int, top: int) -> Token
     finite = scores[np.isfinite(scores)]
     peak = finite.max() if finite.size else 0.0
     logz = peak + np.log(np.sum(np.exp(finite - peak)))
-    best: tuple[tuple[str, float], ...] = ()
+    best: tuple[TokenLogprob, ...] = ()
     if top > 0:
-        ids = np.argsort(-scores, kind="stable")[:top]
-        best = tuple((_token_text(tokenizer, int(i)), float(scores[i] - logz)) for i in ids)
-    return TokenLogprob(_token_text(tokenizer, token), float(scores[token] - logz), best)
+        top = min(top, scores.shape[0])
+        ids = np.argpartition(-scores, top - 1)[:top]
+        ids = ids[np.lexsort((ids, -scores[ids]))]  # most likely first, ties by id
+        best = tuple(_token(tokenizer, int(i), float(scores[i] - logz)) for i in ids)
+    return _token(tokenizer, token, float(scores[token] - logz), best)
 
 
 def generation_steps(

@@ -448,10 +448,10 @@ class _Reply:
                     {
                         "token": t.token,
                         "logprob": t.logprob,
-                        "bytes": list(t.token.encode("utf-8")),
+                        "bytes": list(t.bytes),
                         "top_logprobs": [
-                            {"token": s, "logprob": p, "bytes": list(s.encode("utf-8"))}
-                            for s, p in t.top
+                            {"token": a.token, "logprob": a.logprob, "bytes": list(a.bytes)}
+                            for a in t.top
                         ],
                     }
                     for t in tokens
@@ -465,7 +465,7 @@ class _Reply:
         return {
             "tokens": [t.token for t in tokens],
             "token_logprobs": [t.logprob for t in tokens],
-            "top_logprobs": [dict(t.top) for t in tokens],
+            "top_logprobs": [{a.token: a.logprob for a in t.top} for t in tokens],
             "text_offset": offsets,
         }
 
