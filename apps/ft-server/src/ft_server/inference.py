@@ -377,7 +377,7 @@ class Inference:
             raise ApiError(
                 404,
                 f"The model `{model_id}` does not exist or is not served here. Served: {served}. "
-                "GET /v1/models lists them; the server's allow-list (inference_allow) decides "
+                "GET /v1/models lists them; the server's allow-list (--allow-model) decides "
                 "what may be loaded.",
                 code="model_not_found",
                 param="model",
