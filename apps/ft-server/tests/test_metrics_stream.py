@@ -40,6 +40,7 @@ def _step(chunk: str) -> tuple[int, dict]:
 def test_steps_are_sent_complete_and_resumed_exactly(tmp_path):
     store = JobStore(tmp_path / "ft.db")
     store.create_run("r", run_dir=tmp_path / "r", config={}, model="m", method="lora")
+    store.update_run("r", total_steps=3)
     store.create_job("j", "train", {})
     store.claim_job("j")
     store.update_job("j", run_id="r")
@@ -48,12 +49,15 @@ def test_steps_are_sent_complete_and_resumed_exactly(tmp_path):
     loop = asyncio.new_event_loop()
     stream = _events(_Jobs(store), "j", -1, _Request(), heartbeat=60)
     [first] = _take(loop, stream, 1)
-    assert _step(first) == (1, {"step": 1, "train": {"loss": 2.0}})
+    assert _step(first) == (1, {"step": 1, "train": {"loss": 2.0}})  # no pace yet: no ETA
     # Step 2 waits for its evaluation, which comes before step 3 starts.
     store.add_metrics("r", "eval", 2, {"eval_loss": 1.7})
     store.add_metrics("r", "train", 3, {"loss": 1.2})
     [second] = _take(loop, stream, 1)
-    assert _step(second) == (2, {"step": 2, "train": {"loss": 1.5}, "eval": {"eval_loss": 1.7}})
+    step, point = _step(second)
+    eta = point["train"].pop("eta_s")  # 1 step left at the pace of step 1 -> 2
+    assert (step, point) == (2, {"step": 2, "train": {"loss": 1.5}, "eval": {"eval_loss": 1.7}})
+    assert 0 <= eta < 10
     store.update_job("j", status="completed")
     third, end = _take(loop, stream, 2)
     assert _step(third)[0] == 3

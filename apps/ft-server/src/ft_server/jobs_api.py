@@ -253,15 +253,27 @@ async def _events(
 
 
 def _points(jobs: JobManager, job: JobRecord, since: int) -> list[dict[str, Any]]:
+    """The run's metrics after `since`, one point per step. A train point also gets `eta_s`:
+    the seconds the remaining steps take at the run's average pace so far."""
     if not job.run_id:
         return []
+    rows = jobs.store.metrics(job.run_id)
+    try:
+        total = jobs.store.get_run(job.run_id).total_steps
+    except RunNotFound:
+        total = None
+    trains = [(r["step"], r["time"]) for r in rows if r["kind"] == "train"]
+    first_step, first_time = trains[0] if trains else (None, None)
     by_step: dict[int, dict[str, Any]] = {}
-    for row in jobs.store.metrics(job.run_id):
+    for row in rows:
         step = row.pop("step")
         if step <= since:
             continue
         kind = row.pop("kind")
-        row.pop("time", None)
+        at = row.pop("time", None)
+        if kind == "train" and total and first_step is not None and step > first_step and at:
+            pace = (at - first_time) / (step - first_step)
+            row["eta_s"] = round(max(total - step, 0) * pace, 1)
         by_step.setdefault(step, {"step": step})[kind] = row
     return [by_step[s] for s in sorted(by_step)]
 
