@@ -66,3 +66,15 @@ def test_steps_are_sent_complete_and_resumed_exactly(tmp_path):
     again = _events(_Jobs(store), "j", 1, _Request(), heartbeat=60)
     assert [c.split("\n")[0] for c in _take(loop, again, 3)] == ["id: 2", "id: 3", "event: end"]
     loop.close()
+
+
+def test_a_job_log_is_read_from_its_folder(make_client):
+    client = make_client(max_concurrent_trainings=0)  # the queue paused: nothing runs
+    jobs = client.app.state.jobs
+    jobs.store.create_job("job-1", "train", {})
+    folder = jobs.job_dir("job-1")
+    folder.mkdir(parents=True)
+    (folder / "job.log").write_text("backend: torch\nrun r: /x\njob job-1: completed\n")
+    r = client.get("/api/jobs/job-1/log", params={"tail": 2})
+    assert r.json() == {"job_id": "job-1", "lines": ["run r: /x", "job job-1: completed"]}
+    assert client.get("/api/jobs/job-2/log").status_code == 404

@@ -90,6 +90,20 @@ def get_job(job_id: str, request: Request) -> dict[str, Any]:
     return job_json(_job(jobs, job_id), jobs)
 
 
+@router.get("/api/jobs/{job_id}/log", tags=["jobs"])
+def job_log(
+    job_id: str, request: Request, tail: int = Query(200, ge=1, le=10_000)
+) -> dict[str, Any]:
+    """The last `tail` lines of what the job said (what `ft train` would have printed)."""
+    jobs = manager(request)
+    _job(jobs, job_id)
+    path = jobs.job_dir(job_id) / "job.log"
+    lines = (
+        path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
+    )
+    return {"job_id": job_id, "lines": lines[-tail:]}
+
+
 @router.post("/api/jobs/{job_id}/cancel", tags=["jobs"])
 def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
     """Queued: cancelled at once. Running: a checkpoint is saved, then it stops (the status
