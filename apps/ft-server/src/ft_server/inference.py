@@ -389,6 +389,8 @@ class Inference:
         served = await asyncio.to_thread(self.find, model_id)
         entry = self._loaded.get(model_id)
         if entry is None or entry.model != served:
+            if entry is not None:  # the id now means another model (a run was redone): let go
+                entry.executor.shutdown(wait=False)
             entry = self._loaded[model_id] = LoadedModel(served)
         async with entry.loading:
             if entry.generator is None:
