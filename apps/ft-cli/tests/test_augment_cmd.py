@@ -46,7 +46,7 @@ def test_preview_shows_rows_and_writes_nothing(
 ) -> None:
     code, out = run_ft(
         "dataset", "augment", str(data), "--model", str(tiny_llama), "--preview", "2",
-        "--max-tokens", "3", "--method", "qa", cwd=tmp_path,
+        "--max-tokens", "3", "--method", "qa", "--keep-cut", cwd=tmp_path,
     )  # fmt: skip
     assert code == 0, out
     assert "--- qa #0 of row 1 (" in out and "--- qa #0 of row 2 (" in out

@@ -63,6 +63,7 @@ def test_every_method_writes_tagged_rows_once(
         max_tokens=3,
         seed_examples=2,
         batch_size=3,
+        keep_cut=True,  # 3 tokens cut every text
     )
     sources = read_sources(alpaca)[:2]
     augmenter = Augmenter(
@@ -99,7 +100,9 @@ def test_qa_and_paraphrase_of_raw_text(tiny_generator: Any, tmp_path: Path) -> N
     text = write_jsonl(tmp_path / "notes.jsonl", [{"text": "The river floods every spring."}])
     sources = read_sources(text)
     assert sources == [Source(1, None, "The river floods every spring.")]
-    settings = AugmentSettings(methods=("paraphrase", "qa"), max_tokens=3, max_similarity=1.0)
+    settings = AugmentSettings(
+        methods=("paraphrase", "qa"), max_tokens=3, max_similarity=1.0, keep_cut=True
+    )
     outcomes = Augmenter(tiny_generator, sources, settings, origin="notes").preview(5)
     assert [(o.unit.method, sorted(o.record)) for o in outcomes] == [
         ("paraphrase", ["augment", "text"]),
@@ -113,13 +116,13 @@ class Scripted:
     """A model that answers each prompt by a rule: `echo` gives back the text being rewritten;
     `fixed` always the same words."""
 
-    def __init__(self, mode: str, words: str = "") -> None:
-        self.mode, self.words = mode, words
+    def __init__(self, mode: str, words: str = "", finish: str = "stop") -> None:
+        self.mode, self.words, self.finish = mode, words, finish
 
     def generate(self, prompt: Any, options: Any = None) -> Any:
         content = prompt[0]["content"]
         text = content.split("Text:\n", 1)[1] if self.mode == "echo" else self.words
-        return type("Result", (), {"text": text})()
+        return type("Result", (), {"text": text, "finish_reason": self.finish})()
 
 
 def test_filters_drop_with_the_reason(alpaca: Path, tmp_path: Path) -> None:
@@ -145,6 +148,10 @@ def test_filters_drop_with_the_reason(alpaca: Path, tmp_path: Path) -> None:
         "user: a completely new sentence about the weather in spring time\n"
         "assistant: a completely new sentence about the weather in spring time"
     ]
+    cut = Augmenter(Scripted("fixed", "half a", "length"), sources[:1], para, origin="a")
+    assert cut.preview(1)[0].reason == (
+        "cut: the model reached max_tokens (512) before it finished a text"
+    )
     dirty = Augmenter(fixed, sources[:1], para, origin="a", eval_texts=evaluation).preview(1)
     assert dirty[0].kind == "contamination"
     assert dirty[0].reason == "overlaps evaluation row 0 (100% of its 8-grams; contamination)"

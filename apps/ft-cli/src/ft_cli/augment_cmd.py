@@ -82,6 +82,11 @@ METHOD_NAMES = ("paraphrase", "backtranslate", "qa", "self-instruct")
     help="Jaccard similarity from which a row is a near duplicate of a source or kept row.",
 )  # fmt: skip
 @click.option(
+    "--keep-cut",
+    is_flag=True,
+    help="Keep rows whose text the model had not finished at --max-tokens (dropped by default).",
+)
+@click.option(
     "--eval",
     "eval_source",
     metavar="PATH",
@@ -112,6 +117,7 @@ def augment(
     batch_size: int,
     max_similarity: float,
     near_threshold: float,
+    keep_cut: bool,
     eval_source: str | None,
     preview: int | None,
     backend: str,
@@ -149,6 +155,7 @@ def augment(
         batch_size=batch_size,
         max_similarity=max_similarity,
         near_threshold=near_threshold,
+        keep_cut=keep_cut,
     )
     sources = read_sources(source, format=format_name)
     if rows is not None:

@@ -17,11 +17,11 @@ rows) and to ``<output>.rejected.jsonl`` (dropped rows with the reason), flushed
 A unit found in either file is done, so a run killed at any point resumes where it stopped
 and no unit is written twice; a torn last line (the kill came mid-write) is cut off first.
 
-Filters, in order: empty output; too similar to its source (character n-gram Jaccard of the
-two rows' texts at or above ``max_similarity``: a paraphrase that changed nothing); overlap
-with evaluation data (ft-data's contamination rule, `ft_data.contamination`); an exact or
-near duplicate (ft-data's dedup: `ft_data.quality`, `ft_data.minhash`) of a source row or an
-earlier kept output row.
+Filters, in order: a text cut at max_tokens (unless keep_cut); empty output; too similar to its
+source (character n-gram Jaccard of the two rows' texts at or above ``max_similarity``: a
+paraphrase that changed nothing); overlap with evaluation data (ft-data's contamination rule,
+`ft_data.contamination`); an exact or near duplicate (ft-data's dedup: `ft_data.quality`,
+`ft_data.minhash`) of a source row or an earlier kept output row.
 
 Each unit's sampling seed is derived from (seed, row, method, variant), so a unit generates
 the same text whether it runs in the first try or after a resume.
@@ -101,6 +101,9 @@ class AugmentSettings:
     char_ngram: int = 5
     near_threshold: float = 0.85
     """ft-data's near-duplicate threshold (MinHash Jaccard of word 5-grams)."""
+    keep_cut: bool = False
+    """Keep rows with a text the model did not finish (it reached max_tokens); by default they
+    are dropped, since a paraphrase cut short loses the end of its answer."""
 
     def __attrs_post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -148,7 +151,7 @@ class Outcome:
     text: str
     reason: str | None = None
     kind: str | None = None
-    """The filter that dropped it: empty, too similar, contamination, exact duplicate,
+    """The filter that dropped it: cut, empty, too similar, contamination, exact duplicate,
     near duplicate."""
 
     def drop(self, kind: str, reason: str) -> None:
@@ -295,6 +298,7 @@ class Augmenter:
         self.eval_texts = list(eval_texts)
         self.units = plan(self.sources, settings)
         self._dedup = _Dedup(settings.near_threshold, [s.text for s in self.sources])
+        self._cut = False
 
     # -- one unit ---------------------------------------------------------------------------
 
@@ -308,12 +312,15 @@ class Augmenter:
             seed=seed,
         )
         result = self.model.generate([{"role": "user", "content": prompt}], options)
+        if getattr(result, "finish_reason", "stop") == "length":
+            self._cut = True
         return str(result.text).strip()
 
     def generate(self, unit: Unit) -> Outcome:
         """The unit's row (not yet filtered)."""
         source = self.by_row[unit.row]
         seed = unit_seed(self.settings.seed, unit)
+        self._cut = False
         tag: dict[str, Any] = {
             "origin": {"source": self.origin, "row": unit.row},
             "method": unit.method,
@@ -377,13 +384,22 @@ class Augmenter:
                 ]
             }
         record[AUGMENT_KEY] = tag
-        return Outcome(unit, record, row_text(record))
+        outcome = Outcome(unit, record, row_text(record))
+        if self._cut and not self.settings.keep_cut:
+            outcome.drop(
+                "cut",
+                f"cut: the model reached max_tokens ({self.settings.max_tokens}) before it "
+                "finished a text",
+            )
+        return outcome
 
     # -- filters ----------------------------------------------------------------------------
 
     def filter(self, outcomes: list[Outcome]) -> list[Outcome]:
         """Set each outcome's `reason` when a filter drops it; kept ones join the dedup index."""
         for outcome in outcomes:
+            if outcome.reason is not None:
+                continue
             record = outcome.record
             contents = (
                 [record["text"]]
