@@ -148,6 +148,12 @@ def test_filters_drop_with_the_reason(alpaca: Path, tmp_path: Path) -> None:
         "user: a completely new sentence about the weather in spring time\n"
         "assistant: a completely new sentence about the weather in spring time"
     ]
+    drifted = AugmentSettings(methods=("paraphrase", "qa"), min_similarity=0.2)
+    verdicts = Augmenter(fixed, sources[:1], drifted, origin="a").preview(2)
+    assert [o.kind for o in verdicts] == ["too different", None]  # qa is new text by design
+    assert verdicts[0].reason == (
+        "too different from its source row 1 (character 5-gram Jaccard 0.08 < 0.2)"
+    )
     cut = Augmenter(Scripted("fixed", "half a", "length"), sources[:1], para, origin="a")
     assert cut.preview(1)[0].reason == (
         "cut: the model reached max_tokens (512) before it finished a text"

@@ -78,6 +78,11 @@ METHOD_NAMES = ("paraphrase", "backtranslate", "qa", "self-instruct")
     "least this.",
 )  # fmt: skip
 @click.option(
+    "--min-similarity", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+    help="Drop a paraphrase or back-translation whose similarity to its source row is below "
+    "this (it drifted); 0 is off.",
+)  # fmt: skip
+@click.option(
     "--near-threshold", default=0.85, show_default=True, type=click.FloatRange(0, 1),
     help="Jaccard similarity from which a row is a near duplicate of a source or kept row.",
 )  # fmt: skip
@@ -116,6 +121,7 @@ def augment(
     seed: int,
     batch_size: int,
     max_similarity: float,
+    min_similarity: float,
     near_threshold: float,
     keep_cut: bool,
     eval_source: str | None,
@@ -154,6 +160,7 @@ def augment(
         seed=seed,
         batch_size=batch_size,
         max_similarity=max_similarity,
+        min_similarity=min_similarity,
         near_threshold=near_threshold,
         keep_cut=keep_cut,
     )

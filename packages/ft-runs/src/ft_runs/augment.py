@@ -19,9 +19,10 @@ and no unit is written twice; a torn last line (the kill came mid-write) is cut 
 
 Filters, in order: a text cut at max_tokens (unless keep_cut); empty output; too similar to its
 source (character n-gram Jaccard of the two rows' texts at or above ``max_similarity``: a
-paraphrase that changed nothing); overlap with evaluation data (ft-data's contamination rule,
-`ft_data.contamination`); an exact or near duplicate (ft-data's dedup: `ft_data.quality`,
-`ft_data.minhash`) of a source row or an earlier kept output row.
+paraphrase that changed nothing) or, for paraphrases and back-translations, too different
+(below ``min_similarity``, off by default: it drifted); overlap with evaluation data (ft-data's
+contamination rule, `ft_data.contamination`); an exact or near duplicate (ft-data's dedup:
+`ft_data.quality`, `ft_data.minhash`) of a source row or an earlier kept output row.
 
 Each unit's sampling seed is derived from (seed, row, method, variant), so a unit generates
 the same text whether it runs in the first try or after a resume.
@@ -98,6 +99,9 @@ class AugmentSettings:
     max_similarity: float = 0.9
     """A row whose character n-gram Jaccard similarity to its source is at or above this is
     dropped (1.0 drops only rows equal to their source in n-grams)."""
+    min_similarity: float = 0.0
+    """A paraphrase or back-translation less similar than this to its source is dropped (it
+    drifted from the meaning, or the model wrote about the task instead); 0 is off."""
     char_ngram: int = 5
     near_threshold: float = 0.85
     """ft-data's near-duplicate threshold (MinHash Jaccard of word 5-grams)."""
@@ -151,7 +155,7 @@ class Outcome:
     text: str
     reason: str | None = None
     kind: str | None = None
-    """The filter that dropped it: cut, empty, too similar, contamination, exact duplicate,
+    """The filter that dropped it: cut, empty, too similar, too different, contamination, exact duplicate,
     near duplicate."""
 
     def drop(self, kind: str, reason: str) -> None:
@@ -417,6 +421,16 @@ class Augmenter:
                     f"too similar to its source row {source.row} "
                     f"(character {self.settings.char_ngram}-gram Jaccard {share:.2f} >= "
                     f"{self.settings.max_similarity})",
+                )
+            elif (
+                outcome.unit.method in ("paraphrase", "backtranslate")
+                and share < self.settings.min_similarity
+            ):
+                outcome.drop(
+                    "too different",
+                    f"too different from its source row {source.row} "
+                    f"(character {self.settings.char_ngram}-gram Jaccard {share:.2f} < "
+                    f"{self.settings.min_similarity})",
                 )
         if self.eval_texts:
             from ft_data.contamination import find_contamination
