@@ -178,7 +178,9 @@ class OutputAtTargets:
             raise RuntimeError("chunked_loss needs a forward pass under OutputAtTargets.at")
         targets = shifted_targets(batch)
         wanted = torch.as_tensor(targets[targets != IGNORE_INDEX], device=hidden.device)
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        # Zero, but through the graph: a process whose share of the batch has no targets still
+        # gives every trainable weight its (zero) gradient, as DDP expects of each process.
+        total = hidden.sum(dtype=torch.float32) * 0.0
         for start in range(0, len(wanted), LOSS_CHUNK):
             rows = hidden[start : start + LOSS_CHUNK]
             count = len(rows)
