@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ft_runs.run_lock import pid_alive
 from ft_runs.store import JobRecord, JobStore
 from ft_server.settings import ServerSettings
 
@@ -48,7 +49,7 @@ class JobManager:
     def recover(self) -> None:
         """After a restart: running jobs whose worker died are interrupted; live ones adopted."""
         for job in self.store.list_jobs(status="running"):
-            if job.pid and _alive(job.pid):
+            if job.pid and pid_alive(job.pid):
                 self.adopted[job.id] = job.pid
             else:
                 self.store.update_job(
@@ -104,7 +105,7 @@ class JobManager:
                 del self.children[job_id]
                 self._reaped(job_id, code)
         for job_id, pid in list(self.adopted.items()):
-            if not _alive(pid):
+            if not pid_alive(pid):
                 del self.adopted[job_id]
                 self._reaped(job_id, None)
         free = self.settings.max_concurrent_trainings - len(self.children) - len(self.adopted)
@@ -181,7 +182,7 @@ class JobManager:
                 if child is not None:
                     if child.poll() is None:
                         child.send_signal(signal.SIGTERM)
-                elif job.pid and _alive(job.pid):
+                elif job.pid and pid_alive(job.pid):
                     os.kill(job.pid, signal.SIGTERM)
         return self.store.get_job(job_id)
 
@@ -217,13 +218,3 @@ class JobManager:
 
 class JobStateError(Exception):
     """The job is not in a state that allows what was asked."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
