@@ -97,7 +97,7 @@ def test_a_private_hub_model_with_the_token_of_passwords_yml(
         passwords.read_text().replace("hf_token:\n", f"hf_token: {HUB_TOKEN}\n"), encoding="utf-8"
     )
     prepared, said = ft_json("dataset", "prepare", "data/train.jsonl")
-    assert f"\nmodel: {PRIVATE_LLAMA_REPO} -> " in said  # after the download bar
+    assert f"\nmodel: {PRIVATE_LLAMA_REPO} -> " in "\n" + said  # a line of its own
     assert f"(model.name of train.yml; Hub repo {PRIVATE_LLAMA_REPO} (downloaded " in said
     assert prepared["model"] == PRIVATE_LLAMA_REPO
     assert fingerprint(prepared["output"]) == load_tokenizer(tiny_llama).fingerprint
@@ -114,7 +114,7 @@ def test_without_train_yml_the_default_model_is_the_embedded_smollm2(
 
     prepared, said = ft_json("dataset", "prepare", "data.jsonl")
     folder = gguf_import_folder(smollm2_gguf)
-    assert f"\nmodel: {DEFAULT_MODEL} -> {folder} (" in said  # after the import's bar
+    assert f"\nmodel: {DEFAULT_MODEL} -> {folder} (" in "\n" + said  # a line of its own
     assert "(the default: no --model, and no train.yml here; catalog alias" in said
     assert "embedded GGUF (offline: HF_HUB_OFFLINE is set)" in said
     assert (prepared["model"], prepared["examples"]) == (DEFAULT_MODEL, 1)

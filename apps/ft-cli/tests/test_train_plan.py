@@ -171,6 +171,13 @@ def test_the_watchdog_interrupts_a_step_past_the_hard_limit(project, monkeypatch
         return selected(logits, batch)
 
     monkeypatch.setattr("ft_train_torch.trainer.selected_lm_loss", slow)
+    chunked = ft_train_torch.packing.OutputAtTargets.chunked_loss
+
+    def slow_chunked(self, batch):
+        time.sleep(0.3)
+        return chunked(self, batch)
+
+    monkeypatch.setattr(ft_train_torch.packing.OutputAtTargets, "chunked_loss", slow_chunked)
     code, out = run("train", *FAST, *limit, "--set", "training.max_steps=200", cwd=project)
     assert code != 0
     assert "49.5 GB of the 50.0 GB this process may use (resources.max_memory_gb)" in out
