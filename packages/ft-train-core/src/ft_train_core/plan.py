@@ -31,6 +31,7 @@ import attrs
 import numpy as np
 
 from ft_config import TrainConfig
+from ft_data.batches import Batches
 from ft_models.memory import MemoryEstimate, estimate_training_memory
 from ft_models.shape import ModelShape
 from ft_train_core.batch_plan import (
@@ -513,3 +514,52 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{round(seconds / 60)} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def job_batches(
+    job: Any,
+    train_set: Any,
+    eval_set: Any,
+    *,
+    device: str,
+    precision: str,
+    weights_dtype: str,
+    processes: int = 1,
+    **options: Any,
+) -> tuple[BatchPlan, Batches, Batches | None, list[str]]:
+    """What every trainer's setup does with a job's data: the batch plan (`ft train`'s,
+    `job.plan`, else `batch_plan_for`'s, with what was decided), and the training and
+    validation `Batches` it makes. Each global batch holds a micro-batch for every one of
+    `processes`; validation rows are as long as its longest example. `options` go to
+    `Batches` (`pad_id`, `pad_multiple`)."""
+    plan, decided = (
+        (job.plan, [])
+        if job.plan
+        else batch_plan_for(
+            job,
+            device=device,
+            precision=precision,
+            weights_dtype=weights_dtype,
+            processes=processes,
+        )
+    )
+    seed = job.config.training.seed
+
+    def batches(dataset: Any, row_length: int, shuffle: bool) -> Batches:
+        return Batches(
+            dataset,
+            batch_size=processes * plan.micro_batch,
+            max_seq_length=row_length,
+            mode=plan.mode,
+            seed=seed,
+            shuffle=shuffle,
+            **options,
+        )
+
+    train = batches(train_set, plan.row_length, True)
+    evaluation = (
+        batches(eval_set, max(plan.row_length, int(eval_set.lengths.max())), False)
+        if eval_set is not None and len(eval_set)
+        else None
+    )
+    return plan, train, evaluation, decided

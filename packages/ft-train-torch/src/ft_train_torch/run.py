@@ -21,7 +21,7 @@ from ft_data.batches import Batches
 from ft_data.hdf5 import PreparedDataset
 from ft_models.checkpoint import read_manifest
 from ft_train_core.batch_plan import BatchPlan
-from ft_train_core.plan import batch_plan_for
+from ft_train_core.plan import job_batches
 from ft_train_core.protocol import StartEvent
 from ft_train_core.schedule import run_length
 from ft_train_core.state import compare_fingerprints, fingerprint, read_trainer_state
@@ -168,43 +168,21 @@ class TorchRun:
     def setup_batches(self) -> None:
         """The batch plan, and the training and validation batches it makes: each global
         batch holds a micro-batch for every process."""
-        job = self.job
         # Planned (and checked against memory) by `ft train`, else made here the same way
         # (ft_train_core.plan); a resumed run keeps its own.
-        self.batch, decided = (
-            (job.plan, [])
-            if job.plan
-            else batch_plan_for(
-                job,
-                device=device_name(self.device),
-                precision=self.precision,
-                weights_dtype=str(self.dtype).removeprefix("torch."),
-                processes=self.world.size,
-            )
-        )
-        for text in decided:
-            self.note("info", text)
-        self.batches = self._batches(self.train_set, self.batch.row_length, shuffle=True)
-        eval_set = self.eval_set
-        self.eval_batches = (
-            self._batches(
-                eval_set, max(self.batch.row_length, int(eval_set.lengths.max())), shuffle=False
-            )
-            if eval_set is not None and len(eval_set)
-            else None
-        )
-
-    def _batches(self, dataset: PreparedDataset, row_length: int, *, shuffle: bool) -> Batches:
-        return Batches(
-            dataset,
-            batch_size=self.world.size * self.batch.micro_batch,
-            max_seq_length=row_length,
-            mode=self.batch.mode,
-            seed=self.settings.seed,
-            shuffle=shuffle,
+        self.batch, self.batches, self.eval_batches, decided = job_batches(
+            self.job,
+            self.train_set,
+            self.eval_set,
+            device=device_name(self.device),
+            precision=self.precision,
+            weights_dtype=str(self.dtype).removeprefix("torch."),
+            processes=self.world.size,
             pad_id=self.pad_id,
             pad_multiple=PAD_MULTIPLE,
         )
+        for text in decided:
+            self.note("info", text)
 
     def restore_weights(self) -> None:
         """A resumed run's trained weights, from its checkpoint."""
