@@ -244,10 +244,8 @@ def generation_steps(
             return
         logits = generator.lm.step(token)
     if stops.matched is None:
-        tail = stops.push(decoder.flush())
-        if stops.matched is None:
-            tail += stops.flush()
-        else:
+        tail = stops.finish(decoder)
+        if stops.matched is not None:
             finish = "stop"
         if tail:
             yield Delta(tail, tuple(pending))

@@ -306,10 +306,8 @@ class Generator:
                 break
             logits = self.lm.step(token)
         if stops.matched is None:
-            tail = stops.push(decoder.flush())
-            if stops.matched is None:
-                tail += stops.flush()
-            else:
+            tail = stops.finish(decoder)
+            if stops.matched is not None:
                 finish = "stop"
             if tail:
                 yield tail

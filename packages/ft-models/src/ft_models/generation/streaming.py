@@ -76,6 +76,16 @@ class StopFilter:
         """The rest of the text, at the end of generation."""
         return self._emit(len(self.text))
 
+    def finish(self, decoder: Any) -> str:
+        """At the end of generation: the decoder's held bytes, then the rest of the text,
+        still cut at a stop string they complete (`matched` says so)."""
+        if self.matched is not None:
+            return ""
+        tail = self.push(decoder.flush())
+        if self.matched is None:
+            tail += self.flush()
+        return tail
+
     def _held_back(self) -> int:
         longest = 0
         pending = len(self.text) - self.emitted
