@@ -257,6 +257,12 @@ class Generator:
     def stream(self, prompt: Prompt, options: GenerationOptions | None = None) -> GenerationStream:
         """Generate, yielding text deltas as they are decided; the deltas join to the result's
         text, and none of them holds any part of a stop string."""
+        ids, options = self._prepare(prompt, options)
+        return GenerationStream(self._steps(ids, options))
+
+    def _prepare(
+        self, prompt: Prompt, options: GenerationOptions | None
+    ) -> tuple[list[int], GenerationOptions]:
         ids = self.encode(prompt)
         options = options or GenerationOptions()
         limit = self.context_length
@@ -268,7 +274,40 @@ class Generator:
                 )
             # The answer stops at the end of the context ('length'), not in an error.
             options = attrs.evolve(options, max_tokens=min(options.max_tokens, limit - len(ids)))
-        return GenerationStream(self._steps(ids, options))
+        return ids, options
+
+    def generate_many(
+        self,
+        prompts: Sequence[Prompt],
+        options: GenerationOptions | Sequence[GenerationOptions] | None = None,
+    ) -> list[GenerationResult]:
+        """Answer every prompt, decoded together: one forward pass per step over the answers
+        not yet finished (`lm.batch()`: each prompt is read alone, then joins the batch). Each
+        answer is the one `generate` gives alone: the same tokens at temperature 0, the same
+        draws for the same seed. `options`: one for all, or one per prompt."""
+        if options is None or isinstance(options, GenerationOptions):
+            options = [options or GenerationOptions()] * len(prompts)
+        if len(options) != len(prompts):
+            raise GenerationError(f"{len(prompts)} prompts but {len(options)} options")
+        rows = [_Row(self, *self._prepare(p, o)) for p, o in zip(prompts, options, strict=True)]
+        batch = self.lm.batch()
+        logits = {}
+        for index, row in enumerate(rows):
+            if index and not batch.can_join():  # a model whose cache cannot be batched
+                return [self.generate(r.ids, r.options) for r in rows]
+            logits[index] = batch.add(index, row.ids)
+            row.read = time.perf_counter()
+        while len(batch):
+            feed = {}
+            for index in list(batch.keys):
+                token = rows[index].advance(logits[index])
+                if token is None:
+                    batch.remove(index)
+                else:
+                    feed[index] = token
+            if feed:
+                logits = batch.step(feed)
+        return [row.result() for row in rows]
 
     def generate(
         self, prompt: Prompt, options: GenerationOptions | None = None
@@ -322,6 +361,54 @@ class Generator:
             prompt_tokens_per_s=len(prompt_ids) / (read - started) if read > started else 0.0,
             elapsed_s=done - started,
             stop=stops.matched,
+        )
+
+
+class _Row:
+    """One answer of `generate_many`: `Generator._steps`' rule, one token at a time."""
+
+    def __init__(self, generator: Generator, ids: list[int], options: GenerationOptions) -> None:
+        self.eos_ids = generator.eos_ids
+        self.ids, self.options = ids, options
+        self.sampler = Sampler(options, ids)
+        self.decoder = IncrementalDecoder(generator.tokenizer)
+        self.stops = StopFilter(options.stop)
+        self.tokens: list[int] = []
+        self.finish: FinishReason = "length"
+        self.started = self.read = time.perf_counter()
+        self.done = self.started
+
+    def advance(self, logits: Any) -> int | None:
+        """Pick the next token; it, or None when the answer is finished."""
+        token = self.sampler(logits)
+        self.tokens.append(token)
+        if token in self.eos_ids:
+            self.finish = "stop"
+        else:
+            self.stops.push(self.decoder.push(token))
+            if self.stops.matched is not None:
+                self.finish = "stop"
+            elif len(self.tokens) < self.options.max_tokens:
+                return token
+        if self.stops.matched is None:
+            self.stops.finish(self.decoder)
+            if self.stops.matched is not None:
+                self.finish = "stop"
+        self.done = time.perf_counter()
+        return None
+
+    def result(self) -> GenerationResult:
+        decode_s = self.done - self.read
+        count = len(self.tokens)
+        return GenerationResult(
+            text=self.stops.text,
+            tokens=tuple(self.tokens),
+            finish_reason=self.finish,
+            prompt_tokens=len(self.ids),
+            tokens_per_s=(count - 1) / decode_s if count > 1 and decode_s > 0 else 0.0,
+            prompt_tokens_per_s=0.0,
+            elapsed_s=self.done - self.started,
+            stop=self.stops.matched,
         )
 
 

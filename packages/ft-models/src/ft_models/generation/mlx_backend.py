@@ -4,7 +4,7 @@ peft merges them). mlx and mlx-lm are imported inside the functions."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,86 @@ class MlxLM:
 
     def step(self, token: int) -> np.ndarray:
         return self._forward([token])
+
+    def batch(self) -> MlxBatch:
+        """An empty batch of sequences decoded together (continuous batching)."""
+        return MlxBatch(self)
+
+
+class MlxBatch:
+    """Sequences decoded together, one forward pass per step over all of them (mlx-lm's
+    batch caches: `BatchKVCache.merge`, `extend`, `filter`, `extract`, as its BatchGenerator
+    uses them).
+
+    Each prompt is read alone, exactly as `MlxLM.start` reads it; its cache then joins the
+    batch's (left-padded, with per-row offsets and a mask). A batch of one keeps the plain
+    cache and runs exactly as `MlxLM.step` does. Rows are named by the caller's keys.
+    """
+
+    def __init__(self, lm: MlxLM) -> None:
+        self.lm = lm
+        self.keys: list[Any] = []
+        self.cache: list[Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def can_join(self) -> bool:
+        """Whether another row may join: every layer's cache must be one mlx-lm can batch."""
+        from mlx_lm.models.cache import BatchKVCache, KVCache
+
+        return self.cache is None or all(isinstance(c, (KVCache, BatchKVCache)) for c in self.cache)
+
+    def add(self, key: Any, prompt_ids: Sequence[int]) -> np.ndarray:
+        """Read `prompt_ids` alone and join the batch as row `key`; the logits after it."""
+        from mlx_lm.models.cache import BatchKVCache
+
+        if key in self.keys:
+            raise ValueError(f"row {key!r} is already in the batch")
+        if self.keys and not self.can_join():
+            raise GenerationError("this model's cache cannot be batched: decode one at a time")
+        single = self.lm.cache  # the lm's own cache (single generations) is left as it was
+        logits = self.lm.start(prompt_ids)
+        cache, self.lm.cache = self.lm.cache, single
+        if self.cache is None:
+            self.cache = cache
+        elif len(self.keys) == 1:
+            self.cache = [
+                BatchKVCache.merge([a, b]) for a, b in zip(self.cache, cache, strict=True)
+            ]
+        else:
+            for mine, theirs in zip(self.cache, cache, strict=True):
+                mine.extend(BatchKVCache.merge([theirs]))
+        self.keys.append(key)
+        return logits
+
+    def remove(self, key: Any) -> None:
+        """Drop row `key` (finished, or its client left)."""
+        index = self.keys.index(key)
+        self.keys.pop(index)
+        if not self.keys:
+            self.cache = None
+        elif len(self.keys) == 1:
+            # back to a plain cache: a batch of one runs as MlxLM.step does
+            assert self.cache is not None
+            self.cache = [c.extract(1 - index) for c in self.cache]
+        else:
+            assert self.cache is not None
+            keep = [i for i in range(len(self.keys) + 1) if i != index]
+            for c in self.cache:
+                c.filter(keep)
+
+    def step(self, tokens: Mapping[Any, int]) -> dict[Any, np.ndarray]:
+        """Feed each row its next token (every row, by key) in one forward pass; the logits
+        after it, by key."""
+        import mlx.core as mx
+
+        if set(tokens) != set(self.keys):
+            raise ValueError("step needs one token for every row of the batch, and no other")
+        inputs = mx.array([[tokens[k]] for k in self.keys])
+        logits = self.lm.model(inputs, cache=self.cache)[:, -1]
+        out = np.array(logits.astype(mx.float32))
+        return {key: out[row] for row, key in enumerate(self.keys)}
 
 
 def merge_adapter_mlx(model: Any, folder: Path) -> int:
@@ -102,4 +182,4 @@ def merge_adapter_mlx(model: Any, folder: Path) -> int:
     return len(updates)
 
 
-__all__ = ["PREFILL_CHUNK", "MlxLM", "merge_adapter_mlx"]
+__all__ = ["PREFILL_CHUNK", "MlxBatch", "MlxLM", "merge_adapter_mlx"]

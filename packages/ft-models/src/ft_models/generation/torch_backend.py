@@ -4,7 +4,7 @@ has no place for). torch, transformers and peft are imported inside the function
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,20 @@ class TorchLM:
 
         device = next(self.model.parameters()).device
         inputs = torch.tensor([list(ids)], dtype=torch.long, device=device)
+        logits, self.cache = self.run(inputs, self.cache)
+        return logits[0]
+
+    def run(self, inputs: Any, cache: Any, **extra: Any) -> tuple[np.ndarray, Any]:
+        """One forward pass of `inputs` (batch x tokens) against `cache`: the last position's
+        logits of each row (batch x vocabulary, float32) and the grown cache."""
+        import torch
+
         with torch.inference_mode():
             out = self.model(
-                input_ids=inputs, use_cache=True, **{self._cache_arg: self.cache}, **self._extra
+                input_ids=inputs, use_cache=True, **{self._cache_arg: cache}, **self._extra, **extra
             )
-        self.cache = getattr(out, self._cache_arg)
-        return out.logits[0, -1].float().cpu().numpy()  # type: ignore[no-any-return]
+        logits = out.logits[:, -1].float().cpu().numpy()
+        return logits, getattr(out, self._cache_arg)
 
     def start(self, prompt_ids: Sequence[int]) -> np.ndarray:
         """Read the prompt into a fresh cache; the logits of the token after it."""
@@ -50,6 +58,125 @@ class TorchLM:
     def step(self, token: int) -> np.ndarray:
         """Feed one token; the logits of the token after it."""
         return self._forward([token])
+
+    def batch(self) -> TorchBatch:
+        """An empty batch of sequences decoded together (continuous batching)."""
+        return TorchBatch(self)
+
+
+class TorchBatch:
+    """Sequences decoded together, one forward pass per step over all of them.
+
+    Each sequence's prompt is read alone, exactly as `TorchLM.start` reads it, into a cache of
+    its own; that cache then joins the batch's: the shorter side is padded on the left, and an
+    attention mask and per-row positions keep the padding out of every row's attention. A row
+    that leaves is dropped from the cache, and padding every row has is cut off, so a batch of
+    one runs exactly as `TorchLM.step` does (no mask, no padding). Rows are named by the
+    caller's keys.
+    """
+
+    def __init__(self, lm: TorchLM) -> None:
+        self.lm = lm
+        self.keys: list[Any] = []
+        self.cache: Any = None
+        self.pad: list[int] = []
+        """Each row's left padding in the cache."""
+        self.length = 0
+        """The cache's length (padding included)."""
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def can_join(self) -> bool:
+        """Whether another row may join: the cache must be one a batch can be built from
+        (plain per-layer key/value tensors; sliding-window or recurrent layers cannot)."""
+        if self.cache is None:
+            return True
+        from transformers.cache_utils import DynamicLayer
+
+        layers = getattr(self.cache, "layers", None)
+        return layers is not None and all(type(layer) is DynamicLayer for layer in layers)
+
+    def add(self, key: Any, prompt_ids: Sequence[int]) -> np.ndarray:
+        """Read `prompt_ids` alone and join the batch as row `key`; the logits after it."""
+        import torch
+
+        if key in self.keys:
+            raise ValueError(f"row {key!r} is already in the batch")
+        if self.keys and not self.can_join():
+            raise GenerationError("this model's cache cannot be batched: decode one at a time")
+        device = next(self.lm.model.parameters()).device
+        inputs = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+        logits, cache = self.lm.run(inputs, None)
+        size = len(prompt_ids)
+        if not self.keys:
+            self.cache, self.pad, self.length = cache, [0], size
+        else:
+            total = max(self.length, size)
+            for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+                mine.keys = torch.cat(
+                    [_left_pad(mine.keys, total), _left_pad(theirs.keys, total)], dim=0
+                )
+                mine.values = torch.cat(
+                    [_left_pad(mine.values, total), _left_pad(theirs.values, total)], dim=0
+                )
+            self.pad = [p + total - self.length for p in self.pad] + [total - size]
+            self.length = total
+        self.keys.append(key)
+        return logits[0]
+
+    def remove(self, key: Any) -> None:
+        """Drop row `key` (finished, or its client left)."""
+        import torch
+
+        index = self.keys.index(key)
+        keep = [i for i in range(len(self.keys)) if i != index]
+        self.keys.pop(index)
+        self.pad.pop(index)
+        if not self.keys:
+            self.cache, self.pad, self.length = None, [], 0
+            return
+        rows = torch.tensor(keep, dtype=torch.long, device=self.cache.layers[0].keys.device)
+        cut = min(self.pad)
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[rows, :, cut:]
+            layer.values = layer.values[rows, :, cut:]
+        self.pad = [p - cut for p in self.pad]
+        self.length -= cut
+
+    def step(self, tokens: Mapping[Any, int]) -> dict[Any, np.ndarray]:
+        """Feed each row its next token (every row, by key) in one forward pass; the logits
+        after it, by key."""
+        import torch
+
+        if set(tokens) != set(self.keys):
+            raise ValueError("step needs one token for every row of the batch, and no other")
+        device = next(self.lm.model.parameters()).device
+        inputs = torch.tensor([[tokens[k]] for k in self.keys], dtype=torch.long, device=device)
+        extra: dict[str, Any] = {}
+        if any(self.pad):
+            mask = torch.ones((len(self.keys), self.length + 1), dtype=torch.long, device=device)
+            for row, pad in enumerate(self.pad):
+                mask[row, :pad] = 0
+            positions = [[self.length - pad] for pad in self.pad]
+            extra = {
+                "attention_mask": mask,
+                "position_ids": torch.tensor(positions, dtype=torch.long, device=device),
+            }
+        logits, self.cache = self.lm.run(inputs, self.cache, **extra)
+        self.length += 1
+        return {key: logits[row] for row, key in enumerate(self.keys)}
+
+
+def _left_pad(tensor: Any, length: int) -> Any:
+    """`tensor` (batch, heads, positions, dim) padded with zeros on the left to `length`."""
+    import torch
+
+    missing = length - tensor.shape[2]
+    if missing == 0:
+        return tensor
+    shape = (tensor.shape[0], tensor.shape[1], missing, tensor.shape[3])
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=2)
 
 
 def torch_generation_dtype(device: str) -> str:
@@ -117,4 +244,4 @@ def apply_adapter_torch(model: Any, folder: Path) -> Any:
     return wrapped.merge_and_unload()
 
 
-__all__ = ["TorchLM", "apply_adapter_torch", "torch_generation_dtype"]
+__all__ = ["TorchBatch", "TorchLM", "apply_adapter_torch", "torch_generation_dtype"]
