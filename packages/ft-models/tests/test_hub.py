@@ -309,3 +309,21 @@ def test_search(hub_env: LocalHub) -> None:
 
     small = search_models("ft-test", task=None, max_parameters=138_000)  # bert: 137,026
     assert [r.repo_id for r in small] == [TINY_BERT_REPO]
+
+
+def test_a_download_shows_the_hub_progress_bars_even_after_transformers_hid_them(
+    hub_env: LocalHub, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Commands call transformers' `disable_progress_bar` to hide its loading bars, which turns
+    the Hub's off too; a download still shows its own, and leaves them as they were."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+    from huggingface_hub.utils import enable_progress_bars as restore
+
+    disable_progress_bars()
+    try:
+        download_model(TINY_LLAMA_REPO, progress=True)
+        assert are_progress_bars_disabled()
+    finally:
+        restore()
+    bars = capfd.readouterr().err
+    assert "Fetching 6 files" in bars and "100%" in bars

@@ -658,18 +658,28 @@ def _hub_errors(
 
 @contextmanager
 def _progress_bars(enabled: bool) -> Iterator[None]:
-    """huggingface_hub's own progress bars, on or off for one call."""
+    """huggingface_hub's own progress bars, on or off for one call, whatever they were before
+    (transformers' `disable_progress_bar`, which commands call to hide its loading bars, turns
+    the Hub's off too). `HF_HUB_DISABLE_PROGRESS_BARS=1` keeps them off."""
+    from huggingface_hub import constants
     from huggingface_hub.utils import (
         are_progress_bars_disabled,
         disable_progress_bars,
         enable_progress_bars,
     )
 
-    if enabled or are_progress_bars_disabled():
+    was_disabled = are_progress_bars_disabled()
+    if enabled == (not was_disabled) or (enabled and constants.HF_HUB_DISABLE_PROGRESS_BARS):
         yield
         return
-    disable_progress_bars()
+    if enabled:
+        enable_progress_bars()
+    else:
+        disable_progress_bars()
     try:
         yield
     finally:
-        enable_progress_bars()
+        if was_disabled:
+            disable_progress_bars()
+        else:
+            enable_progress_bars()
