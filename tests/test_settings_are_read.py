@@ -13,13 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFINITIONS = {"schema.py", "reference.py", "structure.py", "loader.py", "yamlfile.py"}
 # Read by name through a generic path rather than as an attribute (each says where).
 READ_ELSEWHERE = {
-    "tune.trials": "ft tune (issue #20): the tune section is kept for it",
-    "tune.metric": "ft tune (issue #20)",
-    "tune.direction": "ft tune (issue #20)",
-    "tune.sampler": "ft tune (issue #20)",
     "tune.search_space": "checked against the settings by ft_config.structure.check_bounds",
-    "tune.timeout_minutes": "ft tune (issue #20)",
-    "tune.pruning": "ft tune (issue #20)",
 }
 
 

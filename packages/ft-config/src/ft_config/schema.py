@@ -453,24 +453,44 @@ class LoggingConfig:
 
 @attrs.define(kw_only=True)
 class TuneConfig:
-    """Hyper-parameter search (read by `ft tune`, which is not built yet: nothing uses this
-    section today)."""
+    """Hyper-parameter search with `ft tune` (docs/tune.md): each trial is an ordinary run."""
 
-    trials: int = setting(10, "Training runs to try.", min=1)
-    metric: str = setting("eval_loss", "The metric to optimise.")
+    trials: int = setting(10, "Finished trials (completed or pruned) the study runs to.", min=1)
+    metric: str = setting(
+        "eval_loss",
+        "The metric to optimise, from the runs' evaluations: `eval_loss` (the run's best), "
+        "`perplexity` or `accuracy` (the last evaluation's).",
+    )
     direction: Literal["minimize", "maximize"] = setting(
         "minimize", "Whether lower or higher `metric` is better."
     )
-    sampler: Literal["tpe", "random", "grid"] = setting("tpe", "How trials are chosen.")
+    sampler: Literal["tpe", "random", "grid"] = setting(
+        "tpe",
+        "How trials are chosen: `tpe` (multivariate TPE, Bayesian), `random`, or `grid` "
+        "(every combination of `choices`; ranges need a `step`).",
+    )
     search_space: dict[str, dict[str, Any]] = setting(
         {},
         "Settings to vary, by dotted name: `{training.learning_rate: {low: 1e-5, high: 1e-3, "
-        "log: true}, method.rank: {choices: [8, 16, 32]}}`.",
+        "log: true}, method.rank: {choices: [8, 16, 32]}}`; `when: {method.rslora: false}` "
+        "makes one conditional, `{same_as: method.rank, times: 2}` ties it to another. Empty: "
+        "ft's default LoRA space (docs/tune.md).",
     )
     timeout_minutes: float | None = setting(
         None, "Stop starting new trials after this long.", min=0.0, exclusive_min=True
     )
-    pruning: bool = setting(True, "Stop unpromising trials early.")
+    pruning: bool = setting(True, "Stop unpromising trials early (needs evaluations).")
+    pruner: Literal["median", "hyperband"] = setting(
+        "median",
+        "How a trial is judged at each evaluation: `median` (worse than the median of earlier "
+        "trials at that step) or `hyperband` (successive halving brackets).",
+    )
+    keep_adapters: int = setting(
+        3, "Keep the adapters and checkpoints of this many best trials; others are deleted.", min=1
+    )
+    max_retries: int = setting(
+        2, "Times a trial whose process died (killed, crashed) is tried again.", min=0
+    )
 
 
 @attrs.define(kw_only=True)

@@ -146,6 +146,24 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX jobs_status ON jobs(status, created_at);
     """,
+    # 4: `ft tune`: each trial of a study, linked to the run that trained it.
+    """
+    CREATE TABLE tune_trials (
+        study_dir TEXT NOT NULL,
+        study TEXT NOT NULL,
+        trial INTEGER NOT NULL,
+        run_id TEXT REFERENCES runs(id) ON DELETE SET NULL,
+        state TEXT NOT NULL,
+        params_json TEXT NOT NULL,
+        value REAL,
+        pruned_at INTEGER,
+        adapter_kept INTEGER NOT NULL DEFAULT 1,
+        note TEXT,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (study_dir, trial)
+    );
+    CREATE INDEX tune_trials_run ON tune_trials(run_id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -704,6 +722,48 @@ class JobStore:
             params += wanted
         with self._connect() as db:
             return db.execute(query, params).rowcount == 1
+
+    # --- tune studies (`ft tune`) ----------------------------------------------------------
+    @_names_the_file
+    def record_trial(self, study_dir: Path, study: str, trial: int, **fields: Any) -> None:
+        """Create or update a study's trial row: `run_id`, `state`, `params` (a dict), `value`,
+        `pruned_at`, `adapter_kept`, `note`."""
+        allowed = {"run_id", "state", "params", "value", "pruned_at", "adapter_kept", "note"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown trial fields: {', '.join(sorted(unknown))}")
+        if "params" in fields:
+            fields["params_json"] = json.dumps(fields.pop("params"))
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO tune_trials (study_dir, study, trial, state, params_json, updated_at)"
+                " VALUES (?, ?, ?, 'running', '{}', ?) ON CONFLICT(study_dir, trial) DO NOTHING",
+                (str(study_dir), study, trial, time.time()),
+            )
+            if fields:
+                assignments = ", ".join(f"{name}=?" for name in fields)
+                db.execute(
+                    f"UPDATE tune_trials SET {assignments}, updated_at=? WHERE study_dir=? AND trial=?",
+                    (*fields.values(), time.time(), str(study_dir), trial),
+                )
+
+    @_names_the_file
+    def trials(self, study_dir: Path) -> list[dict[str, Any]]:
+        """A study's trials in order, with `params` decoded."""
+        rows = self._connection().execute(
+            "SELECT * FROM tune_trials WHERE study_dir=? ORDER BY trial", (str(study_dir),)
+        )
+        return [{**dict(r), "params": json.loads(r["params_json"])} for r in rows.fetchall()]
+
+    @_names_the_file
+    def trial_of_run(self, run_id: str) -> dict[str, Any] | None:
+        """The study trial that trained `run_id`, or None for a run of its own."""
+        row = (
+            self._connection()
+            .execute("SELECT * FROM tune_trials WHERE run_id=?", (run_id,))
+            .fetchone()
+        )
+        return None if row is None else {**dict(row), "params": json.loads(row["params_json"])}
 
     # --- datasets and models --------------------------------------------------------------
     @_names_the_file

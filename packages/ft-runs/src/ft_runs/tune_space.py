@@ -1,0 +1,242 @@
+"""The search space of `ft tune`: `tune.search_space` read into parameters, each trial's
+settings drawn from them, and those settings as `--set` overrides of the project's train.yml.
+
+An entry is keyed by a setting's dotted name and takes one of these shapes:
+
+| shape | what the trial gets |
+| --- | --- |
+| `{low: 3e-5, high: 5e-4, log: true}` | a float in the range (log-uniform with `log`); `step` makes it discrete |
+| `{low: 1, high: 8, int: true}` | an integer in the range |
+| `{choices: [8, 16, 32]}` | one of the values (lists allowed: `[[q_proj, v_proj], all-linear]`) |
+| `{same_as: method.rank, times: 2}` | derived, not searched: another parameter's value times `times` |
+
+Any entry may add `when: {setting: value}`: it is drawn only when the named (earlier) parameter
+took that value; otherwise the setting keeps its train.yml value. Parameters are drawn in the
+order written, so a condition names one above it.
+
+An empty `search_space` is `DEFAULT_SPACE`, which follows what published LoRA studies found
+matters: the learning rate first (log-uniform 3e-5..5e-4), the rank in {8, 16, 32, 64} with
+alpha = 2r (or rank-stabilised scaling), attention-only or all-linear targets, dropout, warmup.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+DEFAULT_SPACE: dict[str, dict[str, Any]] = {
+    # Biderman et al. 2024 ("LoRA learns less and forgets less") and the QLoRA/Unsloth sweeps:
+    # the learning rate matters most, and LoRA wants a higher one than full fine-tuning.
+    "training.learning_rate": {"low": 3e-5, "high": 5e-4, "log": True},
+    "method.rank": {"choices": [8, 16, 32, 64]},
+    # Kalajdzievski 2023 (rsLoRA): alpha/sqrt(r) keeps the update's scale as r grows; the
+    # common rule otherwise is alpha = 2r.
+    "method.rslora": {"choices": [False, True]},
+    "method.alpha": {"same_as": "method.rank", "times": 2, "when": {"method.rslora": False}},
+    # Hu et al. 2021 adapted attention only; QLoRA (Dettmers et al. 2023) found every linear
+    # layer needed to match full fine-tuning.
+    "method.target_modules": {"choices": [ATTENTION, "all-linear"]},
+    "method.dropout": {"choices": [0.0, 0.05, 0.1]},
+    "training.warmup_ratio": {"choices": [0.0, 0.03, 0.1]},
+}
+
+
+class SearchSpaceError(ValueError):
+    """`tune.search_space` has an entry ft cannot use; the message names it and what to write."""
+
+
+@attrs.frozen
+class Parameter:
+    """One entry of the search space."""
+
+    name: str
+    kind: str  # "float", "int", "choice", "derived"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+    same_as: str | None = None
+    times: float = 1.0
+    when: tuple[tuple[str, Any], ...] = ()
+
+    def active(self, drawn: Mapping[str, Any]) -> bool:
+        return all(name in drawn and drawn[name] == value for name, value in self.when)
+
+    def grid_values(self) -> list[Any]:
+        """Every value of the parameter, for the grid sampler."""
+        if self.kind == "choice":
+            return [_label(c) for c in self.choices]
+        assert self.low is not None and self.high is not None
+        if self.step is None:
+            if self.kind == "int":
+                return list(range(int(self.low), int(self.high) + 1))
+            raise SearchSpaceError(
+                f"tune.search_space.{self.name}: a range needs `step` (or `choices`) for "
+                "`sampler: grid`, which tries every value"
+            )
+        count = math.floor((self.high - self.low) / self.step + 1e-9) + 1
+        values = [self.low + i * self.step for i in range(count)]
+        return [int(v) for v in values] if self.kind == "int" else values
+
+
+def _label(choice: Any) -> Any:
+    """Optuna's categorical values are scalars: a list choice is stored as its JSON text."""
+    return json.dumps(choice) if isinstance(choice, list | dict) else choice
+
+
+def _unlabel(value: Any, choices: tuple[Any, ...]) -> Any:
+    for choice in choices:
+        if _label(choice) == value:
+            return choice
+    return value
+
+
+_KEYS = {"low", "high", "log", "step", "int", "choices", "same_as", "times", "when"}
+
+
+def parse_space(space: Mapping[str, Mapping[str, Any]] | None) -> list[Parameter]:
+    """The parameters of `tune.search_space` (the default LoRA space when it is empty), in the
+    order written. Raises SearchSpaceError for an entry ft cannot use."""
+    space = space or DEFAULT_SPACE
+    parameters: list[Parameter] = []
+    seen: set[str] = set()
+    for name, entry in space.items():
+        where = f"tune.search_space.{name}"
+        if not isinstance(entry, Mapping):
+            raise SearchSpaceError(
+                f"{where}: expected a mapping such as {{low: 1e-5, high: 1e-3, log: true}} or "
+                f"{{choices: [8, 16]}}, got {entry!r}"
+            )
+        unknown = sorted(set(entry) - _KEYS)
+        if unknown:
+            raise SearchSpaceError(
+                f"{where}: unknown key {unknown[0]!r}; an entry takes {', '.join(sorted(_KEYS))}"
+            )
+        when = entry.get("when") or {}
+        if not isinstance(when, Mapping):
+            raise SearchSpaceError(f"{where}.when: expected {{setting: value}}, got {when!r}")
+        for other in when:
+            if other not in seen:
+                raise SearchSpaceError(
+                    f"{where}.when: {other!r} is not a parameter above this one; a condition "
+                    "names a parameter drawn earlier"
+                )
+        conditions = tuple((str(k), v) for k, v in when.items())
+        if "same_as" in entry:
+            if entry["same_as"] not in seen:
+                raise SearchSpaceError(
+                    f"{where}.same_as: {entry['same_as']!r} is not a parameter above this one"
+                )
+            parameters.append(
+                Parameter(
+                    name,
+                    "derived",
+                    same_as=str(entry["same_as"]),
+                    times=float(entry.get("times", 1.0)),
+                    when=conditions,
+                )
+            )
+        elif "choices" in entry:
+            choices = entry["choices"]
+            if not isinstance(choices, list) or not choices:
+                raise SearchSpaceError(f"{where}.choices: expected a non-empty list")
+            parameters.append(Parameter(name, "choice", choices=tuple(choices), when=conditions))
+        elif "low" in entry and "high" in entry:
+            low, high = entry["low"], entry["high"]
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
+                raise SearchSpaceError(f"{where}: `low` and `high` must be numbers")
+            if low >= high:
+                raise SearchSpaceError(f"{where}: `low` ({low}) must be below `high` ({high})")
+            log = bool(entry.get("log", False))
+            if log and low <= 0:
+                raise SearchSpaceError(f"{where}: `log: true` needs `low` above 0, got {low}")
+            kind = "int" if entry.get("int") else "float"
+            parameters.append(
+                Parameter(
+                    name,
+                    kind,
+                    low=low,
+                    high=high,
+                    log=log,
+                    step=entry.get("step"),
+                    when=conditions,
+                )
+            )
+        else:
+            raise SearchSpaceError(
+                f"{where}: give a range ({{low: ..., high: ...}}), `choices: [...]` or "
+                "`same_as: <parameter>`"
+            )
+        seen.add(name)
+    return parameters
+
+
+def suggest(trial: Any, parameters: list[Parameter]) -> dict[str, Any]:
+    """Draw a trial's settings (an optuna Trial); derived and inactive ones included or left
+    out as their conditions say. Returns {dotted setting: value}."""
+    drawn: dict[str, Any] = {}
+    for p in parameters:
+        if not p.active(drawn):
+            continue
+        if p.kind == "derived":
+            base = drawn.get(p.same_as or "")
+            if base is None:
+                continue
+            value = base * p.times
+            drawn[p.name] = int(value) if float(value).is_integer() else value
+        elif p.kind == "choice":
+            label = trial.suggest_categorical(p.name, [_label(c) for c in p.choices])
+            drawn[p.name] = _unlabel(label, p.choices)
+        elif p.kind == "int":
+            drawn[p.name] = trial.suggest_int(
+                p.name, int(p.low or 0), int(p.high or 0), step=int(p.step or 1), log=p.log
+            )
+        else:
+            drawn[p.name] = trial.suggest_float(
+                p.name, float(p.low or 0), float(p.high or 0), step=p.step, log=p.log
+            )
+    return drawn
+
+
+def grid(parameters: list[Parameter]) -> dict[str, list[Any]]:
+    """The grid sampler's space: every searched parameter's values. Conditional parameters
+    cannot be gridded (a combination would name values that are never drawn)."""
+    space = {}
+    for p in parameters:
+        if p.kind == "derived":
+            continue
+        if p.when:
+            raise SearchSpaceError(
+                f"tune.search_space.{p.name}: `sampler: grid` tries every combination and "
+                "cannot skip a conditional parameter; drop its `when`, or use `sampler: tpe`"
+            )
+        space[p.name] = p.grid_values()
+    return space
+
+
+def grid_size(parameters: list[Parameter]) -> int:
+    return math.prod(len(v) for v in grid(parameters).values())
+
+
+def overrides(settings: Mapping[str, Any]) -> list[str]:
+    """A trial's settings as `--set` overrides (`ft train --set ...` reproduces it)."""
+    return [f"{name}={_yaml(value)}" for name, value in settings.items()]
+
+
+def _yaml(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
