@@ -256,6 +256,35 @@ class MethodConfig:
     rslora: bool = setting(False, "Rank-stabilized LoRA scaling (alpha/sqrt(r)).")
     quant_bits: Literal[4, 8] = setting(4, "Bits of the quantized base for `qlora`.")
     num_virtual_tokens: int = setting(20, "Virtual tokens for `prefix` and `p-tuning`.", min=1)
+    objective: Literal["sft", "dpo", "orpo"] = setting(
+        "sft",
+        "What the model learns from: `sft` (supervised: the answers' tokens), `dpo` (Direct "
+        "Preference Optimization: preference pairs, against a reference model: the base with "
+        "the adapter off, or for `full` the base's log-probabilities computed once before "
+        "training) or `orpo` (Odds Ratio Preference Optimization: preference pairs, no "
+        "reference model). `dpo` and `orpo` need data prepared from preference pairs "
+        "(docs/preference.md).",
+    )
+    beta: float = setting(
+        0.1,
+        "`dpo`: how far the model may move from the reference: a higher beta keeps it closer "
+        "(the rewards are beta times the log-probability ratios).",
+        min=0.0,
+        exclusive_min=True,
+    )
+    label_smoothing: float = setting(
+        0.0,
+        "`dpo`: the share of pairs assumed mislabelled (conservative DPO); 0 is plain DPO.",
+        min=0.0,
+        max=0.49,
+    )
+    orpo_lambda: float = setting(
+        0.1,
+        "`orpo`: the weight of the odds-ratio term against the chosen answers' own loss "
+        "(TRL's ORPOConfig.beta).",
+        min=0.0,
+        exclusive_min=True,
+    )
 
 
 @attrs.define(kw_only=True)

@@ -378,6 +378,14 @@ def check_bounds(config: TrainConfig) -> list[Problem]:
         problems.append(
             (("method", "name"), f"{config.method.name!r} works with `task: causal-lm` only")
         )
+    if config.method.objective != "sft" and config.model.task != "causal-lm":
+        problems.append(
+            (
+                ("method", "objective"),
+                f"{config.method.objective!r} trains causal language models on preference "
+                "pairs: set `task: causal-lm`, or `objective: sft`",
+            )
+        )
     settings = all_setting_paths()
     for key in config.tune.search_space:
         if key not in settings:

@@ -271,6 +271,15 @@ class PreparedDataset:
         """Whether this is a dataset of preference pairs (see :meth:`rejected`)."""
         return "rejected_offsets" in self._file
 
+    @property
+    def rejected_lengths(self) -> np.ndarray:
+        """The length of each pair's rejected side (prompt and rejected answer)."""
+        if not self.has_rejected:
+            raise ValueError(f"{self.path}: not a dataset of preference pairs")
+        if self._rejected_offsets is None:
+            self._rejected_offsets = self._file["rejected_offsets"][:]
+        return np.diff(self._rejected_offsets)
+
     def rejected(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The rejected side of pair ``index`` (prompt and rejected answer): tokens and loss
         mask. ``dataset[index]`` is the chosen side."""

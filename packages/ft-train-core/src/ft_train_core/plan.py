@@ -544,9 +544,16 @@ def job_batches(
         )
     )
     seed = job.config.training.seed
+    from ft_train_core.preference import PairBatches, PairView, is_preference
+
+    # Preference pairs: a pair's two sides share a row (ft_train_core.preference), so its rows
+    # are twice as long as one side may be.
+    pairs = is_preference(job.config)
+    kind = PairBatches if pairs else Batches
+    row_length = plan.row_length * (2 if pairs else 1)
 
     def batches(dataset: Any, row_length: int, shuffle: bool) -> Batches:
-        return Batches(
+        return kind(
             dataset,
             batch_size=processes * plan.micro_batch,
             max_seq_length=row_length,
@@ -556,10 +563,9 @@ def job_batches(
             **options,
         )
 
-    train = batches(train_set, plan.row_length, True)
-    evaluation = (
-        batches(eval_set, max(plan.row_length, int(eval_set.lengths.max())), False)
-        if eval_set is not None and len(eval_set)
-        else None
-    )
+    train = batches(train_set, row_length, True)
+    evaluation = None
+    if eval_set is not None and len(eval_set):
+        lengths = PairView(eval_set).lengths if pairs else eval_set.lengths
+        evaluation = batches(eval_set, max(row_length, int(lengths.max())), False)
     return plan, train, evaluation, decided

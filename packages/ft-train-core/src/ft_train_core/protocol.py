@@ -14,8 +14,8 @@ planned with. The trainer reports progress as events, plain dicts with a `type` 
 | type | keys (besides `type`) |
 | --- | --- |
 | `start` | `total_steps`, `trainable_params`, `total_params`, `device`, `dtype`, `resumed_from_step` |
-| `step` | `step`, `epoch` (float), `loss`, `learning_rate`, `grad_norm`, `tokens` (non-padding tokens this step), `tokens_per_s`, `elapsed_s`, `memory_bytes` (peak so far, or null) |
-| `eval` | `step`, `eval_loss`, `perplexity`, `is_best`; classification runs add `accuracy` |
+| `step` | `step`, `epoch` (float), `loss`, `learning_rate`, `grad_norm`, `tokens` (non-padding tokens this step), `tokens_per_s`, `elapsed_s`, `memory_bytes` (peak so far, or null); preference runs add `rewards_chosen`, `rewards_rejected`, `margin`, `accuracy` |
+| `eval` | `step`, `eval_loss`, `perplexity`, `is_best`; classification runs add `accuracy`; preference runs `rewards_chosen`, `rewards_rejected`, `margin`, `accuracy` |
 | `checkpoint` | `step`, `path`, `is_best` |
 | `message` | `level` (`info`/`warning`/`error`), `text` |
 | `end` | `step`, `reason` (`completed`/`early_stopping`/`interrupted`/`nan`/`max_steps`), `adapter_path`, `best_checkpoint` |
@@ -60,6 +60,11 @@ class StepEvent(TypedDict):
     tokens_per_s: float
     elapsed_s: float
     memory_bytes: int | None
+    # Preference runs (`ft_train_core.preference.PREFERENCE_METRICS`): over the step's pairs.
+    rewards_chosen: NotRequired[float]
+    rewards_rejected: NotRequired[float]
+    margin: NotRequired[float]
+    accuracy: NotRequired[float]
 
 
 class EvalEvent(TypedDict):
@@ -68,7 +73,10 @@ class EvalEvent(TypedDict):
     eval_loss: float
     perplexity: float
     is_best: bool
-    accuracy: NotRequired[float]
+    accuracy: NotRequired[float]  # classification: right classes; preference: right pairs
+    rewards_chosen: NotRequired[float]
+    rewards_rejected: NotRequired[float]
+    margin: NotRequired[float]
 
 
 class CheckpointEvent(TypedDict):
@@ -110,6 +118,8 @@ class Capabilities:
     sharded_methods: tuple[str, ...] = ()
     # Tasks it trains and evaluates (`model.task`).
     tasks: tuple[str, ...] = ("causal-lm",)
+    # What it trains on (`method.objective`): `sft`, and the preference objectives `dpo`, `orpo`.
+    objectives: tuple[str, ...] = ("sft",)
 
 
 @attrs.frozen

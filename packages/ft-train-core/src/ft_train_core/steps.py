@@ -178,9 +178,11 @@ class Steps:
         last: int,
         started: float,
         memory_bytes: int,
+        extra: dict[str, float] | None = None,
     ) -> None:
         """Count the optimizer step just taken (ending at micro-batch `last`, begun at
-        `time.perf_counter()` value `started`) and emit its `step` event."""
+        `time.perf_counter()` value `started`) and emit its `step` event; `extra`: the
+        objective's own metrics (a preference run's `PREFERENCE_METRICS`)."""
         self.state.step += 1
         seconds = time.perf_counter() - started
         self.metrics["loss"] = loss
@@ -196,6 +198,7 @@ class Steps:
                 "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
                 "elapsed_s": self.elapsed(),
                 "memory_bytes": memory_bytes,
+                **(extra or {}),
             }
         )
 

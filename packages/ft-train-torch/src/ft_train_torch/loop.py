@@ -26,6 +26,7 @@ import torch
 from ft_config import TrainingConfig
 from ft_data.batches import Batch, Batches, real_tokens
 from ft_models.memory_watchdog import GATE, MemoryLimitReached
+from ft_train_core.preference import PreferenceTotals, preference_metrics
 from ft_train_core.steps import Outcome, Steps
 from ft_train_torch.device import peak_memory_bytes
 from ft_train_torch.distributed import World, barrier, gradient_sync
@@ -65,6 +66,8 @@ class Loop:
     # Called on every process before a checkpoint; its result goes to `save` (FSDP gathers the
     # sharded weights and optimizer state here). None: nothing to gather.
     gather: Callable[[], Any] | None = None
+    # A preference objective's rewards, added up by `loss`: the step's and evaluation's metrics.
+    metrics: PreferenceTotals | None = None
 
 
 def run(
@@ -123,6 +126,7 @@ def run(
             steps.ensure_saved(checkpoint)
             raise stop from None
         loss = world.sum(float(loss_sum), device) / max(targets, 1.0)
+        extra = _metrics(loop)
 
         if loop.scaler is not None:
             loop.scaler.unscale_(loop.optimizer)
@@ -148,10 +152,19 @@ def run(
             last=last,
             started=step_started,
             memory_bytes=peak_memory_bytes(device),
+            extra=extra,
         )
         if steps.between_steps(last, evaluate, checkpoint):
             return steps.finish("early_stopping")
     return steps.end(checkpoint)
+
+
+def _metrics(loop: Loop) -> dict[str, float] | None:
+    """A preference objective's metrics over what `loss` saw since the last call, all
+    processes together; None for other objectives."""
+    if loop.metrics is None:
+        return None
+    return preference_metrics([loop.world.sum(v, loop.device) for v in loop.metrics.take()])
 
 
 def _accumulate(loop: Loop, shards: list[Batch], targets: float) -> torch.Tensor:
@@ -184,6 +197,8 @@ def evaluate_scores(loop: Loop) -> dict[str, float]:
     assert loop.eval_batches is not None
     loop.model.eval()
     total, count, correct = 0.0, 0, 0
+    if loop.metrics is not None:
+        loop.metrics.take()  # the evaluation's own pairs only
     with torch.no_grad():
         for batch in loop.eval_batches.iter_from(0, epochs=1):
             shard = loop.world.shard(batch)
@@ -200,4 +215,5 @@ def evaluate_scores(loop: Loop) -> dict[str, float]:
     if loop.score is not None:
         right = loop.world.sum(correct, loop.device)
         scores["accuracy"] = right / count if count else float("nan")
+    scores.update(_metrics(loop) or {})
     return scores

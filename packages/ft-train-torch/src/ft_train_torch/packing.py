@@ -170,9 +170,10 @@ class OutputAtTargets:
         finally:
             self.index = None
 
-    def chunked_loss(self, batch: Batch) -> torch.Tensor:
+    def chunked_loss(self, batch: Batch, *, per_token: bool = False) -> torch.Tensor:
         """The summed cross-entropy of the targets of `batch`, from the hidden states the
-        last forward pass under `at` kept, `LOSS_CHUNK` rows at a time."""
+        last forward pass under `at` kept, `LOSS_CHUNK` rows at a time; with `per_token`, each
+        target's cross-entropy (row-major), as preference losses need."""
         hidden, self.hidden = self.hidden, None
         if hidden is None:
             raise RuntimeError("chunked_loss needs a forward pass under OutputAtTargets.at")
@@ -181,6 +182,7 @@ class OutputAtTargets:
         # Zero, but through the graph: a process whose share of the batch has no targets still
         # gives every trainable weight its (zero) gradient, as DDP expects of each process.
         total = hidden.sum(dtype=torch.float32) * 0.0
+        pieces = []
         for start in range(0, len(wanted), LOSS_CHUNK):
             rows = hidden[start : start + LOSS_CHUNK]
             count = len(rows)
@@ -189,14 +191,22 @@ class OutputAtTargets:
                 rows = torch.cat([rows, rows[-1:].expand(pad, -1)])
             chunk = wanted[start : start + count]
             if torch.is_grad_enabled():
-                total = total + torch.utils.checkpoint.checkpoint(
-                    self._chunk_loss, rows, chunk, use_reentrant=False
+                piece = torch.utils.checkpoint.checkpoint(
+                    self._chunk_loss, rows, chunk, per_token, use_reentrant=False
                 )
             else:
-                total = total + self._chunk_loss(rows, chunk)
+                piece = self._chunk_loss(rows, chunk, per_token)
+            if per_token:
+                pieces.append(piece)
+            else:
+                total = total + piece
+        if per_token:
+            return torch.cat(pieces) + total if pieces else total.reshape(1)[:0]
         return total
 
-    def _chunk_loss(self, rows: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    def _chunk_loss(
+        self, rows: torch.Tensor, wanted: torch.Tensor, per_token: bool = False
+    ) -> torch.Tensor:
         self._calling = True
         try:
             logits = self.head(rows)
@@ -205,7 +215,7 @@ class OutputAtTargets:
         logits = logits[: len(wanted)].float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
-        return F.cross_entropy(logits, wanted, reduction="sum")
+        return F.cross_entropy(logits, wanted, reduction="none" if per_token else "sum")
 
     def remove(self) -> None:
         self.handle.remove()
@@ -226,6 +236,27 @@ def selected_lm_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     targets = shifted_targets(batch)
     wanted = torch.as_tensor(targets[targets != IGNORE_INDEX], device=logits.device)
     return F.cross_entropy(logits[: len(wanted)].float(), wanted, reduction="sum")
+
+
+def selected_token_losses(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Each target's cross-entropy (row-major), from logits computed at
+    `trained_positions(batch)` only, as `selected_lm_loss` sums them."""
+    targets = shifted_targets(batch)
+    wanted = torch.as_tensor(targets[targets != IGNORE_INDEX], device=logits.device)
+    return F.cross_entropy(logits[: len(wanted)].float(), wanted, reduction="none")
+
+
+def causal_token_losses(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Each target's cross-entropy (row-major), from logits at every position (prompt
+    learning's virtual tokens cut off), as `causal_lm_loss` sums them."""
+    targets = shifted_targets(batch)
+    length = batch["input_ids"].shape[1]
+    if logits.shape[1] > length:
+        logits = logits[:, -length:]
+    rows, columns = np.nonzero(targets != IGNORE_INDEX)
+    picked = logits[:, :-1][torch.as_tensor(rows), torch.as_tensor(columns)].float()
+    wanted = torch.as_tensor(targets[rows, columns], device=logits.device)
+    return F.cross_entropy(picked, wanted, reduction="none")
 
 
 def classification_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -22,6 +22,7 @@ from ft_data.hdf5 import PreparedDataset
 from ft_models.checkpoint import read_manifest
 from ft_train_core.batch_plan import BatchPlan
 from ft_train_core.plan import job_batches
+from ft_train_core.preference import PreferenceTotals, check_preference_data
 from ft_train_core.protocol import StartEvent
 from ft_train_core.schedule import run_length
 from ft_train_core.state import compare_fingerprints, fingerprint, read_trainer_state
@@ -129,6 +130,9 @@ class TorchRun:
             if job.validation_data
             else None
         )
+        check_preference_data(self.config, self.train_set, "training")
+        if self.eval_set is not None:
+            check_preference_data(self.config, self.eval_set, "validation")
         self.label_names = (
             label_names(self.train_set, job.train_data, self.config.model.num_labels)
             if self.classify
@@ -299,9 +303,16 @@ class TorchRun:
             "resumed_from_step": self.state.step if self.job.resume_from is not None else None,
         }
 
-    def loop_inputs(self, loss: loop.LossFn, count: loop.CountFn, score: loop.ScoreFn) -> loop.Loop:
+    def loop_inputs(
+        self,
+        loss: loop.LossFn,
+        count: loop.CountFn,
+        score: loop.ScoreFn,
+        totals: PreferenceTotals | None = None,
+    ) -> loop.Loop:
         """What `loop.run` works with: what the steps built, `save`, and the functions that
-        score a batch (`score` for a classifier only)."""
+        score a batch (`score` for a classifier only; `totals`, a preference objective's
+        rewards, for its metrics)."""
         return loop.Loop(
             model=self.wrapped,
             optimizer=self.optimizer,
@@ -322,4 +333,5 @@ class TorchRun:
             offload=self.offload,
             score=score if self.classify else None,
             gather=self.gather if self.fsdp else None,
+            metrics=totals,
         )

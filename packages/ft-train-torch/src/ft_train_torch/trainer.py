@@ -18,6 +18,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from ft_train_core.preference import (
+    OBJECTIVES,
+    PairBatches,
+    PreferenceTotals,
+    compute_reference,
+    dataset_source,
+    is_preference,
+    load_reference,
+    pair_count,
+    pair_layout,
+    reference_file,
+    save_reference,
+)
 from ft_train_core.protocol import (
     Capabilities,
     ClassificationResult,
@@ -33,13 +46,16 @@ from ft_train_torch.methods import METHODS
 from ft_train_torch.packing import (
     OutputAtTargets,
     causal_lm_loss,
+    causal_token_losses,
     classification_correct,
     classification_loss,
     model_inputs,
     selected_lm_loss,
+    selected_token_losses,
     trained_positions,
     trained_tokens,
 )
+from ft_train_torch.preference import dpo_loss, orpo_loss, pair_logps
 from ft_train_torch.run import PAD_MULTIPLE as PAD_MULTIPLE  # where callers find it
 from ft_train_torch.run import TorchRun
 
@@ -72,6 +88,7 @@ class TorchTrainer:
             notes=notes,
             sharded_methods=SHARDED_METHODS,
             tasks=("causal-lm", "sequence-classification"),
+            objectives=OBJECTIVES,
         )
 
     def launch_command(self, job_file: Path, launch: Launch) -> list[str]:
@@ -165,7 +182,9 @@ class TorchTrainer:
             say(run.start_event())
             for event in run.notes:  # what the steps found, told once `start` opened the run
                 say(event)
-            inputs = run.loop_inputs(objective.loss, objective.count, objective.score)
+            inputs = run.loop_inputs(
+                objective.loss, objective.count, objective.score, objective.totals
+            )
             outcome = loop.run(inputs, run.state, emit=say, should_stop=should_stop)
             adapter = run.save_final(outcome)
             say(outcome.end_event(adapter))
@@ -201,6 +220,14 @@ class _Objective:
         )
         if self.output is not None:
             stack.callback(self.output.remove)
+        # Preference objectives (ft_train_core.preference): the rewards of every batch are
+        # added up here for the step's and the evaluation's metrics.
+        method = run.method
+        self.objective = method.objective
+        self.totals = PreferenceTotals() if is_preference(run.config) else None
+        self.tables: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.objective == "dpo" and method.name == "full":
+            self.tables = self._stored_reference()
 
     def logits(self, module: torch.nn.Module, batch: dict[str, np.ndarray]) -> torch.Tensor:
         run = self.run
@@ -209,6 +236,8 @@ class _Objective:
             return (run.forward if module is run.wrapped else module)(**inputs).logits
 
     def loss(self, module: torch.nn.Module, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        if self.totals is not None:
+            return self.preference_loss(module, batch)
         if self.run.classify:
             return classification_loss(self.logits(module, batch), batch)
         if self.output is None:
@@ -221,7 +250,112 @@ class _Objective:
         return selected_lm_loss(logits, batch)
 
     def count(self, batch: dict[str, np.ndarray]) -> int:
+        if self.totals is not None:
+            return pair_count(batch)
         return trained_tokens(batch, self.run.task)
+
+    # -- preference objectives ----------------------------------------------------------------
+
+    def token_losses(self, module: torch.nn.Module, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        """Each target's cross-entropy (row-major): what `loss` sums, one by one."""
+        if self.output is None:
+            return causal_token_losses(self.logits(module, batch), batch)
+        with self.output.at(trained_positions(batch), self.run.device):
+            logits = self.logits(module, batch)
+        if self.output.chunked:
+            with self.cast():
+                return self.output.chunked_loss(batch, per_token=True)
+        return selected_token_losses(logits, batch)
+
+    def preference_loss(
+        self, module: torch.nn.Module, batch: dict[str, np.ndarray]
+    ) -> torch.Tensor:
+        """DPO's or ORPO's loss summed over the batch's pairs (the loop divides by the pairs
+        of the step); their rewards go to `totals`."""
+        method = self.run.method
+        layout = pair_layout(batch)
+        chosen, rejected = pair_logps(-self.token_losses(module, batch), layout)
+        if self.objective == "dpo":
+            ref_chosen, ref_rejected = self.reference(module, batch)
+            summed, chosen_rewards, rejected_rewards = dpo_loss(
+                chosen,
+                rejected,
+                ref_chosen,
+                ref_rejected,
+                beta=method.beta,
+                label_smoothing=method.label_smoothing,
+            )
+        else:
+            summed, chosen_rewards, rejected_rewards = orpo_loss(
+                chosen,
+                rejected,
+                layout.chosen_tokens,
+                layout.rejected_tokens,
+                lam=method.orpo_lambda,
+            )
+        assert self.totals is not None
+        self.totals.add(chosen_rewards.cpu().numpy(), rejected_rewards.cpu().numpy())
+        return summed
+
+    def reference(
+        self, module: torch.nn.Module, batch: dict[str, np.ndarray]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference log-probabilities of the batch's pairs: for full fine-tuning the
+        stored ones (the training or validation table, as the model trains or evaluates); for
+        adapter methods the model's own with the adapter off: the base, no second copy."""
+        layout = pair_layout(batch)
+        if self.tables:
+            chosen, rejected = self.tables[module.training]
+            ids = torch.as_tensor(layout.pair_ids)
+            return chosen[ids].to(self.run.device), rejected[ids].to(self.run.device)
+        with torch.no_grad(), self.run.model.disable_adapter():
+            return pair_logps(-self.token_losses(self.run.model, batch), layout)
+
+    def _stored_reference(self) -> dict[bool, tuple[torch.Tensor, torch.Tensor]]:
+        """Full fine-tuning's reference: every pair's log-probabilities under the base,
+        computed once before the first step and stored in the run folder; read back on resume
+        (the weights are no longer the base's then)."""
+        run = self.run
+        tables: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
+        for training, dataset, batches in (
+            (True, run.train_set, run.batches),
+            (False, run.eval_set, run.eval_batches),
+        ):
+            if dataset is None or batches is None:
+                continue
+            role = "training" if training else "validation"
+            path, source = reference_file(run.job.run_dir, role), dataset_source(dataset)
+            found = load_reference(path, len(dataset), source)
+            if found is None and run.job.resume_from is not None:
+                raise ValueError(
+                    f"{path}: the reference log-probabilities of this run's {role} pairs are "
+                    "missing or for other data; a full fine-tune resumes in its own run "
+                    "folder, with the data it started with"
+                )
+            if found is None:
+                found = self._compute_reference(batches)
+                if run.world.is_main:
+                    save_reference(path, *found, source=source)
+                run.note("info", f"reference log-probabilities of the {role} pairs: {path}")
+            tables[training] = (torch.as_tensor(found[0]), torch.as_tensor(found[1]))
+        return tables
+
+    def _compute_reference(self, batches: PairBatches) -> tuple[np.ndarray, np.ndarray]:
+        from ft_train_core.preference import pair_batches
+
+        model = self.run.model
+        model.eval()
+        ordered = pair_batches(batches.dataset.dataset, batches)  # type: ignore[attr-defined]
+        ordered.shuffle = False
+
+        def logps(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            chosen, rejected = pair_logps(-self.token_losses(model, batch), pair_layout(batch))
+            return chosen.double().cpu().numpy(), rejected.double().cpu().numpy()
+
+        with torch.no_grad():
+            found = compute_reference(ordered, len(ordered.dataset), logps)
+        model.train()
+        return found
 
     def score(
         self, module: torch.nn.Module, batch: dict[str, np.ndarray]
