@@ -78,6 +78,8 @@ _ROUTERS = (
     "ft_server.data_api",
     "ft_server.generate_api",
     "ft_server.openai_api",
+    "ft_server.dashboard_api",
+    "ft_server.dashboard",  # the web pages at / (last: its routes are the catch-all names)
 )
 
 

@@ -28,6 +28,9 @@ def serve(settings: ServerSettings, *, log_level: str = "info") -> None:
         # The proxy headers would let a client pick its own address; the server trusts none.
         proxy_headers=False,
         server_header=False,
+        # Behind a proxy serving the app under a prefix: uvicorn puts it in each request's
+        # root_path (and path), so links, the dashboard and the OpenAPI page carry it.
+        root_path=settings.root_path,
     )
 
 
@@ -68,6 +71,25 @@ def parser() -> argparse.ArgumentParser:
         help="inference backend (default auto)",
     )
     p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=8,
+        help="requests to one model decoded together (continuous batching; default 8)",
+    )
+    p.add_argument(
+        "--max-inference-queue",
+        type=int,
+        default=16,
+        help="requests that may wait for a place in a batch; past it, 429 (default 16)",
+    )
+    p.add_argument(
+        "--max-loaded-adapters",
+        type=int,
+        default=4,
+        help="adapters kept loaded on their base model; the least recently used is unloaded "
+        "past it (default 4)",
+    )
+    p.add_argument(
         "--allow-root",
         action="append",
         default=[],
@@ -78,6 +100,11 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=15.0,
         help="seconds between SSE heartbeats while a stream is idle (default 15)",
+    )
+    p.add_argument(
+        "--root-path",
+        default="",
+        help="the path prefix a reverse proxy serves the server under, e.g. /ft (default: none)",
     )
     p.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
     return p
@@ -96,7 +123,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             heartbeat_seconds=args.heartbeat_seconds,
             inference_allow=tuple(args.allow_model),
             inference_backend=args.backend,
+            max_batch_size=args.max_batch_size,
+            max_inference_queue=args.max_inference_queue,
+            max_loaded_adapters=args.max_loaded_adapters,
             allowed_roots=tuple(Path(p).resolve() for p in args.allow_root),
+            root_path=args.root_path,
         )
         serve(settings, log_level=args.log_level)
     except SettingsError as exc:

@@ -2,7 +2,8 @@
 covers every router, streaming responses included):
 
 1. Host header in the allow-list (against DNS rebinding), else 400.
-2. The API key, when one is set, on every path but /health (constant-time compare), else 401.
+2. The API key, when one is set, on every path but /health and the dashboard's pages and static
+   files (they hold no data: the browser fetches it from the API with the key), else 401.
    Sent as `Authorization: Bearer KEY` (what OpenAI clients send) or `X-API-Key: KEY`.
 3. The body size: a Content-Length past the limit is 413 before a byte is read; a chunked body
    is counted as it arrives and cut off at the limit with 413.
@@ -18,6 +19,11 @@ from ft_server.errors import error_body
 from ft_server.settings import ServerSettings
 
 OPEN_PATHS = frozenset({"/health"})
+# The dashboard (ft_server.dashboard): page shells and their scripts, no data.
+DASHBOARD_PATHS = frozenset(
+    {"/", "/jobs", "/models", "/datasets", "/config", "/exports", "/runs", "/chat"}
+)
+DASHBOARD_PREFIXES = ("/static/", "/monitor/")
 UPLOAD_PATHS = frozenset({"/api/datasets/upload"})
 
 Scope = dict[str, Any]
@@ -53,11 +59,11 @@ class SecurityMiddleware:
                 "host_not_allowed",
             )
             return
-        path = scope.get("path", "")
+        path = _route_path(scope)
         if scope.get("method") == "OPTIONS" and self._cors():
             await self.app(scope, receive, send)  # CORS preflight carries no credentials
             return
-        if self.key is not None and path not in OPEN_PATHS and not self._authorized(headers):
+        if self.key is not None and not _is_open(scope, path) and not self._authorized(headers):
             await _reject(
                 send,
                 401,
@@ -116,6 +122,22 @@ class SecurityMiddleware:
         except BodyTooLarge:
             if not started:
                 await _reject(send, 413, _too_large(limit), "body_too_large")
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the routes see: without the root path (--root-path) when it is there."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root) :] or "/"
+    return path
+
+
+def _is_open(scope: Scope, path: str) -> bool:
+    if path in OPEN_PATHS:
+        return True
+    return scope.get("method") in ("GET", "HEAD") and (
+        path in DASHBOARD_PATHS or path.startswith(DASHBOARD_PREFIXES)
+    )
 
 
 def _too_large(limit: int) -> str:

@@ -46,6 +46,10 @@ class ServerSettings:
     # Inference (ft_server.openai_api): what may be loaded, and the queue length past which 429.
     inference_allow: tuple[str, ...] = ()
     max_inference_queue: int = 16
+    # Requests to one base model decoded together (continuous batching); more wait in the queue.
+    max_batch_size: int = 8
+    # Adapters kept loaded on their base model; past it the least recently used is unloaded.
+    max_loaded_adapters: int = 4
     # The backend inference runs on: auto (MLX on Apple Silicon, else torch), torch or mlx.
     inference_backend: str = "auto"
     # The app folders (models, datasets, database); FT_HOME moves them.
@@ -54,6 +58,10 @@ class ServerSettings:
     allowed_roots: tuple[Path, ...] = ()
     # Seconds between SSE heartbeats while no metrics arrive.
     heartbeat_seconds: float = 15.0
+    # The path prefix a reverse proxy serves the app under ("/ft"); "" when served at /.
+    root_path: str = attrs.field(
+        default="", converter=lambda p: "/" + p.strip("/") if p.strip("/") else ""
+    )
 
     @property
     def runs_dir(self) -> Path:

@@ -1,0 +1,793 @@
+/* ft's dashboard: every page fetches its data from the server's public API (/api, /v1) with
+   the user's API key, as any client does. No build step; uPlot draws the charts and htmx sends
+   the job actions' requests. */
+"use strict";
+
+const FT = (() => {
+  const base = document.body.dataset.base || "";
+  const KEY = "ft_api_key";
+  const key = () => localStorage.getItem(KEY) || "";
+  const authHeaders = () => (key() ? { Authorization: "Bearer " + key() } : {});
+
+  function notice(text) {
+    document.getElementById("notice").textContent = text || "";
+  }
+
+  async function api(path, { method = "GET", json, body, headers = {}, raw = false } = {}) {
+    const init = { method, headers: { ...authHeaders(), ...headers } };
+    if (json !== undefined) {
+      init.body = JSON.stringify(json);
+      init.headers["Content-Type"] = "application/json";
+    } else if (body !== undefined) {
+      init.body = body;
+    }
+    const r = await fetch(base + path, init);
+    if (r.status === 401) notice("The server needs an API key: enter it at the top of the page.");
+    if (!r.ok) {
+      let message = r.status + " " + r.statusText;
+      try { message = (await r.json()).error.message; } catch (e) { /* not JSON */ }
+      const err = new Error(message);
+      err.status = r.status;
+      throw err;
+    }
+    return raw ? r : r.json();
+  }
+
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === "class") node.className = v;
+      else if (k === "text") node.textContent = v;
+      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v === true ? "" : v);
+    }
+    for (const c of children.flat()) {
+      if (c === null || c === undefined) continue;
+      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  }
+
+  const fmtBytes = (n) => {
+    if (n === null || n === undefined) return "?";
+    const units = ["B", "KB", "MB", "GB", "TB"];
+    let i = 0;
+    while (Math.abs(n) >= 1000 && i < units.length - 1) { n /= 1000; i++; }
+    return (i ? n.toFixed(n < 10 ? 2 : 1) : n) + " " + units[i];
+  };
+  const fmtNum = (v, digits = 4) =>
+    v === null || v === undefined || Number.isNaN(v) ? "–" : typeof v === "number" ? (Math.abs(v) >= 1000 ? Math.round(v).toLocaleString() : +v.toPrecision(digits)) : String(v);
+  const fmtTime = (t) => (t ? new Date(t * 1000).toLocaleString() : "–");
+  const fmtDuration = (s) => {
+    if (s === null || s === undefined) return "–";
+    s = Math.round(s);
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+    return (h ? h + " h " : "") + (h || m ? m + " min " : "") + sec + " s";
+  };
+
+  function setRows(tbody, rows) {
+    tbody.replaceChildren(...rows);
+  }
+
+  function poll(fn, ms) {
+    let stopped = false;
+    const tick = async () => {
+      if (stopped) return;
+      try { await fn(); } catch (e) { notice(e.message); }
+      if (!stopped) setTimeout(tick, ms);
+    };
+    tick();
+    return () => { stopped = true; };
+  }
+
+  /* Server-Sent Events over fetch (so the key travels in a header), resuming with
+     Last-Event-ID after a dropped connection: no step is lost or repeated. */
+  function stream(path, { onEvent, onEnd, lastId = null }) {
+    let closed = false;
+    let last = lastId;
+    async function connect() {
+      while (!closed) {
+        try {
+          const headers = { ...authHeaders(), Accept: "text/event-stream" };
+          if (last !== null) headers["Last-Event-ID"] = String(last);
+          const r = await fetch(base + path, { headers });
+          if (!r.ok) throw new Error((await r.json()).error.message);
+          const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+          let buffer = "";
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            buffer += value;
+            let cut;
+            while ((cut = buffer.indexOf("\n\n")) >= 0) {
+              const block = buffer.slice(0, cut);
+              buffer = buffer.slice(cut + 2);
+              const ev = { event: "message", data: "", id: null };
+              for (const line of block.split("\n")) {
+                if (line.startsWith("id: ")) ev.id = line.slice(4);
+                else if (line.startsWith("event: ")) ev.event = line.slice(7);
+                else if (line.startsWith("data: ")) ev.data += line.slice(6);
+              }
+              if (!ev.data) continue;
+              if (ev.id !== null) last = ev.id;
+              const data = JSON.parse(ev.data);
+              if (ev.event === "end") { closed = true; onEnd && onEnd(data); return; }
+              onEvent(ev.event, data);
+            }
+          }
+        } catch (e) {
+          if (!closed) notice("Metrics stream: " + e.message + " (reconnecting)");
+        }
+        if (!closed) await new Promise((res) => setTimeout(res, 1000));
+      }
+    }
+    connect();
+    return { close: () => { closed = true; }, get lastId() { return last; } };
+  }
+
+  /* A uPlot line chart; `series` names the lines. Data arrive with push(); the chart is
+     redrawn at most once per animation frame however many points came. */
+  function lineChart(target, series, { yLog = false } = {}) {
+    const colors = ["#0550ae", "#cf222e", "#1a7f37", "#8250df", "#bc4c00", "#0a7ea4"];
+    const data = [[], ...series.map(() => [])];
+    const width = () => Math.max(300, target.clientWidth || 440);
+    const opts = {
+      width: width(),
+      height: 220,
+      scales: { x: { time: false }, y: yLog ? { distr: 3 } : {} },
+      axes: [{ label: "step" }, {}],
+      series: [{ label: "step" }, ...series.map((s, i) => ({ label: s, stroke: colors[i % colors.length], width: 1.5, spanGaps: true, points: { show: false } }))],
+      legend: { live: true },
+    };
+    const plot = new uPlot(opts, data, target);
+    let pending = false;
+    const redraw = () => {
+      pending = false;
+      plot.setData(data);
+      target.dataset.points = String(data[0].length);
+    };
+    new ResizeObserver(() => plot.setSize({ width: width(), height: 220 })).observe(target);
+    return {
+      plot, data,
+      push(x, ys) {
+        data[0].push(x);
+        ys.forEach((y, i) => data[i + 1].push(y === undefined ? null : y));
+        if (!pending) { pending = true; requestAnimationFrame(redraw); }
+      },
+      set(columns) { columns.forEach((c, i) => (data[i] = c)); redraw(); },
+    };
+  }
+
+  async function download(path, filename) {
+    const r = await api(path, { raw: true });
+    const url = URL.createObjectURL(await r.blob());
+    const a = el("a", { href: url, download: filename });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 5000);
+  }
+
+  return { base, key, KEY, authHeaders, api, el, notice, fmtBytes, fmtNum, fmtTime, fmtDuration, setRows, poll, stream, lineChart, download };
+})();
+
+/* ---- every page: the key form, htmx's requests carry the key ----------------------------- */
+
+(() => {
+  const form = document.getElementById("key-form");
+  const input = document.getElementById("api-key");
+  input.value = FT.key();
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    localStorage.setItem(FT.KEY, input.value.trim());
+    FT.notice("");
+    location.reload();
+  });
+  document.body.addEventListener("htmx:configRequest", (e) => Object.assign(e.detail.headers, FT.authHeaders()));
+  document.body.addEventListener("htmx:responseError", (e) => {
+    let message = e.detail.xhr.status + "";
+    try { message = JSON.parse(e.detail.xhr.responseText).error.message; } catch (err) { /* keep */ }
+    FT.notice(message);
+  });
+})();
+
+const { el, api } = FT;
+
+function statusCell(status) {
+  return el("td", { class: "status-" + status, text: status });
+}
+
+function progressText(job) {
+  const run = job.run;
+  if (job.kind === "pull" && job.result && job.result.bytes !== undefined) return FT.fmtBytes(job.result.bytes) + " downloaded";
+  if (!run) return "–";
+  return run.total_steps ? `step ${run.step} / ${run.total_steps}` : `step ${run.step}`;
+}
+
+/* An htmx button that posts to an API route and refreshes the page's table afterwards. */
+function actionButton(label, path, refresh) {
+  const b = el("button", { type: "button", "hx-post": FT.base + path, "hx-swap": "none", text: label });
+  b.addEventListener("htmx:afterRequest", () => refresh());
+  if (window.htmx) htmx.process(b);
+  return b;
+}
+
+/* ---- Dashboard ------------------------------------------------------------------------------ */
+
+function pageHome() {
+  const counts = document.getElementById("status-counts");
+  const tbody = document.querySelector("#queue-table tbody");
+  const system = document.getElementById("system");
+  FT.poll(async () => {
+    const { jobs } = await api("/api/jobs");
+    const by = {};
+    for (const s of ["running", "queued", "completed", "failed", "cancelled", "interrupted"]) by[s] = 0;
+    jobs.forEach((j) => (by[j.status] = (by[j.status] || 0) + 1));
+    counts.replaceChildren(...Object.entries(by).map(([s, n]) => el("li", { class: "status-" + s }, el("b", { text: n }), s)));
+    const active = jobs.filter((j) => j.status === "running" || j.status === "queued")
+      .sort((a, b) => (a.queue_position ?? -1) - (b.queue_position ?? -1));
+    FT.setRows(tbody, active.map((j) => el("tr", {},
+      el("td", {}, el("a", { href: FT.base + "/monitor/" + j.id, text: j.id })),
+      el("td", { text: j.kind }), statusCell(j.status),
+      el("td", { text: j.queue_position ?? "–" }), el("td", { text: progressText(j) }))));
+    document.getElementById("queue-empty").hidden = active.length > 0;
+  }, 2000);
+  FT.poll(async () => {
+    const s = await api("/api/system");
+    const used = s.ram_total_bytes - s.ram_available_bytes;
+    const facts = [
+      ["CPU", `${s.cpu_percent ?? "?"} % of ${s.cpu_count} cores` + (s.load_average ? ` (load ${s.load_average.map((x) => x.toFixed(2)).join(" ")})` : "")],
+      ["RAM", `${FT.fmtBytes(used)} used of ${FT.fmtBytes(s.ram_total_bytes)}`],
+      ["Training memory", `${s.memory_kind}: ${FT.fmtBytes(s.memory_budget_bytes)}`],
+    ];
+    for (const g of s.gpus) facts.push([g.name, `${FT.fmtBytes(g.memory_used_bytes)} of ${FT.fmtBytes(g.memory_total_bytes)}, ${g.utilization_percent ?? "?"} % busy`]);
+    if (!s.gpus.length) facts.push(["GPU", "none found"]);
+    system.replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+  }, 3000);
+}
+
+/* ---- Job queue ------------------------------------------------------------------------------ */
+
+function pageJobs() {
+  const tbody = document.querySelector("#jobs-table tbody");
+  const filter = document.getElementById("jobs-status");
+  async function showLog(job) {
+    const { lines } = await api(`/api/jobs/${job.id}/log?tail=40`);
+    document.getElementById("job-log").hidden = false;
+    document.getElementById("log-job").textContent = job.id;
+    document.getElementById("log-text").textContent = lines.join("\n") + (job.error ? "\n\n" + job.error : "");
+  }
+  async function refresh() {
+    const q = filter.value ? "?status=" + filter.value : "";
+    const { jobs } = await api("/api/jobs" + q);
+    jobs.reverse();
+    FT.setRows(tbody, jobs.map((j) => {
+      const actions = el("td", {});
+      if (j.status === "queued" || j.status === "running") actions.append(actionButton(j.cancel_requested ? "Cancelling…" : "Cancel", `/api/jobs/${j.id}/cancel`, refresh));
+      if (j.status === "interrupted" || j.status === "cancelled") actions.append(actionButton("Resume", `/api/jobs/${j.id}/resume`, refresh));
+      if (j.status === "failed") actions.append(actionButton("Retry", `/api/jobs/${j.id}/resume`, refresh));
+      actions.append(el("button", { type: "button", text: j.status === "failed" ? "Error log" : "Log", onclick: () => showLog(j) }));
+      return el("tr", { "data-job": j.id },
+        el("td", {}, el("a", { href: FT.base + "/monitor/" + j.id, text: j.id })),
+        el("td", { text: j.kind }), statusCell(j.status),
+        el("td", { text: j.run_id || "–" }), el("td", { text: progressText(j) }),
+        el("td", { text: FT.fmtTime(j.created_at) }), actions);
+    }));
+    const failed = jobs.find((j) => j.status === "failed");
+    if (failed && document.getElementById("job-log").hidden) await showLog(failed);
+  }
+  filter.addEventListener("change", refresh);
+  FT.poll(refresh, 3000);
+}
+
+/* ---- Training monitor ----------------------------------------------------------------------- */
+
+function pageMonitor() {
+  const jobId = document.body.dataset.job;
+  const state = document.getElementById("job-state");
+  const bar = document.getElementById("step-progress");
+  const latest = document.getElementById("latest");
+  const charts = {
+    loss: FT.lineChart(document.getElementById("chart-loss"), ["train loss", "eval loss"]),
+    lr: FT.lineChart(document.getElementById("chart-lr"), ["learning rate"]),
+    grad: FT.lineChart(document.getElementById("chart-grad"), ["grad norm"]),
+    tps: FT.lineChart(document.getElementById("chart-tps"), ["tokens/s"]),
+    mem: FT.lineChart(document.getElementById("chart-mem"), ["memory GB"]),
+  };
+  const steps = [];
+  window.ftMonitor = { steps, charts };
+  let job = null;
+  let last = {};
+
+  function showLatest() {
+    const t = last.train || {};
+    const facts = [
+      ["Step", last.step ?? "–"], ["Loss", FT.fmtNum(t.loss)], ["Eval loss", FT.fmtNum(last.evalLoss)],
+      ["Learning rate", FT.fmtNum(t.learning_rate, 3)], ["Grad norm", FT.fmtNum(t.grad_norm)],
+      ["Tokens/s", FT.fmtNum(t.tokens_per_s, 3)], ["ETA", FT.fmtDuration(t.eta_s)],
+      ["Memory", t.memory_bytes ? FT.fmtBytes(t.memory_bytes) : "–"],
+    ];
+    latest.replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+  }
+
+  function onPoint(p) {
+    if (steps.length && p.step <= steps[steps.length - 1]) return; // never twice
+    steps.push(p.step);
+    const t = p.train || {}, e = p.eval || {};
+    charts.loss.push(p.step, [t.loss, e.eval_loss]);
+    charts.lr.push(p.step, [t.learning_rate]);
+    charts.grad.push(p.step, [t.grad_norm]);
+    charts.tps.push(p.step, [t.tokens_per_s]);
+    charts.mem.push(p.step, [t.memory_bytes ? t.memory_bytes / 1e9 : null]);
+    last = { step: p.step, train: p.train || last.train, evalLoss: e.eval_loss ?? last.evalLoss };
+    if (job && job.run && job.run.total_steps) { bar.max = job.run.total_steps; bar.value = p.step; }
+    showLatest();
+  }
+
+  async function refreshJob() {
+    job = await api(`/api/jobs/${jobId}`);
+    const run = job.run;
+    state.textContent = `${job.kind} job ${job.id}: ${job.status}` + (job.cancel_requested && job.status === "running" ? " (cancelling: saving a checkpoint)" : "") + (run ? ` · run ${run.id}, step ${run.step}` + (run.total_steps ? ` of ${run.total_steps}` : "") : "") + (job.error ? ` · ${job.error}` : "");
+    state.className = "status-" + job.status;
+    document.getElementById("cancel-job").disabled = !(job.status === "running" || job.status === "queued");
+    document.getElementById("resume-job").disabled = !["interrupted", "cancelled", "failed"].includes(job.status);
+    document.getElementById("evaluate-run").disabled = !(run && run.status === "completed");
+    const link = document.getElementById("run-link");
+    if (run) { link.hidden = false; link.textContent = "Run " + run.id; link.href = FT.base + "/runs#" + run.id; }
+    if (run && run.total_steps) { bar.max = run.total_steps; bar.value = run.step; }
+    const { lines } = await api(`/api/jobs/${jobId}/log?tail=30`);
+    document.getElementById("monitor-log").textContent = lines.join("\n");
+    if (run) await showSamples(run.id);
+    return job;
+  }
+
+  async function showSamples(runId) {
+    const { evaluations } = await api(`/api/runs/${runId}/evaluations`);
+    const withSamples = evaluations.filter((e) => e.metrics && e.metrics.samples && e.metrics.samples.length);
+    if (!withSamples.length) return;
+    const latestEval = withSamples[withSamples.length - 1];
+    document.getElementById("samples").replaceChildren(...latestEval.metrics.samples.map((s) =>
+      el("div", { class: "sample" }, el("b", { text: "Prompt: " }), s.prompt ?? "", "\n", el("b", { text: "Answer: " }), s.output ?? s.prediction ?? s.answer ?? "", s.reference ? ["\n", el("b", { text: "Reference: " }), s.reference] : null)));
+  }
+
+  let sse = null;
+  function connect() {
+    sse = FT.stream(`/api/metrics/${jobId}/stream`, {
+      lastId: steps.length ? steps[steps.length - 1] : null,
+      onEvent: (type, data) => { if (type === "metrics") onPoint(data); },
+      onEnd: () => { refreshJob(); },
+    });
+  }
+  // Reconnect when the job starts again (resume): the stream picks up after the last step seen.
+  let wasActive = false;
+  FT.poll(async () => {
+    const j = await refreshJob();
+    const active = j.status === "running" || j.status === "queued";
+    if (active && !wasActive && sse) { sse.close(); connect(); }
+    wasActive = active;
+  }, 2000);
+  connect();
+  document.getElementById("cancel-job").addEventListener("click", async () => { await api(`/api/jobs/${jobId}/cancel`, { method: "POST" }); refreshJob(); });
+  document.getElementById("resume-job").addEventListener("click", async () => { await api(`/api/jobs/${jobId}/resume`, { method: "POST" }); refreshJob(); });
+  document.getElementById("evaluate-run").addEventListener("click", async () => {
+    const ev = await api(`/api/runs/${job.run.id}/evaluate`, { method: "POST", json: { max_examples: 5, samples: 3, max_tokens: 48, compare_base: false } });
+    location.href = FT.base + "/monitor/" + ev.id;
+  });
+}
+
+/* ---- Models --------------------------------------------------------------------------------- */
+
+function pageModels() {
+  const form = document.getElementById("model-search");
+  const pulls = document.getElementById("m-pulls");
+  async function search(e) {
+    if (e) e.preventDefault();
+    const p = new URLSearchParams({ q: document.getElementById("m-q").value.trim(), hub: document.getElementById("m-hub").checked, fits_memory: document.getElementById("m-fits").checked });
+    const max = document.getElementById("m-max").value.trim();
+    if (max) p.set("max_params", max);
+    const r = await api("/api/models/search?" + p);
+    document.getElementById("m-budget").textContent = `This machine: ${r.memory.source ?? ""} ${FT.fmtBytes(r.memory.usable_bytes ?? r.memory.total_bytes)} usable for training.`;
+    FT.setRows(document.querySelector("#m-catalog tbody"), r.catalog.map((m) => el("tr", {},
+      el("td", { text: m.alias }), el("td", { text: m.repo_id }), el("td", { text: FT.fmtNum(m.parameters, 3) }),
+      el("td", { text: FT.fmtBytes(m.memory.lora) }), el("td", { text: FT.fmtBytes(m.memory.qlora) }), el("td", { text: FT.fmtBytes(m.memory.full) }),
+      el("td", { class: m.fits ? "status-completed" : "bad", text: m.fits ? "yes" : "no" }))));
+    FT.setRows(document.querySelector("#m-local tbody"), r.local.map((m) => el("tr", {},
+      el("td", { text: m.repo_id }), el("td", { text: m.alias || "–" }), el("td", { text: FT.fmtBytes(m.size) }), el("td", { text: m.kind }))));
+    const err = document.getElementById("m-hub-error");
+    err.hidden = !r.hub_error;
+    err.textContent = r.hub_error || "";
+    FT.setRows(document.querySelector("#m-hubt tbody"), r.hub.map((m) => el("tr", {},
+      el("td", { text: m.repo_id + (m.alias ? ` (${m.alias})` : "") }), el("td", { text: m.parameters ? FT.fmtNum(m.parameters, 3) : "?" }),
+      el("td", { text: m.downloads ?? "–" }),
+      el("td", {}, el("button", { type: "button", text: "Pull " + m.repo_id, onclick: () => pull(m.repo_id) })))));
+  }
+  async function pull(name) {
+    const job = await api("/api/models/pull", { method: "POST", json: { model: name } });
+    const prog = el("progress", { "aria-label": "Download of " + name });
+    const text = el("span", { text: " queued" });
+    const item = el("li", { "data-pull": name }, name + " ", prog, text);
+    pulls.prepend(item);
+    const stop = FT.poll(async () => {
+      const j = await api("/api/jobs/" + job.id);
+      const res = j.result || {};
+      if (res.bytes !== undefined) text.textContent = " " + FT.fmtBytes(res.bytes) + " downloaded";
+      if (j.status === "completed") {
+        stop();
+        prog.max = 1; prog.value = 1;
+        text.textContent = ` done: ${res.repo_id || name}` + (res.revision ? ` @ ${res.revision.slice(0, 8)}` : "") + (res.bytes ? `, ${FT.fmtBytes(res.bytes)}` : "");
+        item.dataset.done = "1";
+        search();
+      } else if (["failed", "cancelled", "interrupted"].includes(j.status)) {
+        stop();
+        text.textContent = " " + j.status + (j.error ? ": " + j.error : "");
+        text.className = "bad";
+      }
+    }, 500);
+  }
+  form.addEventListener("submit", (e) => search(e).catch((err) => FT.notice(err.message)));
+  search().catch((err) => FT.notice(err.message));
+}
+
+/* ---- Datasets ------------------------------------------------------------------------------- */
+
+function pageDatasets() {
+  const select = document.getElementById("ds-name");
+  const evalSelect = document.getElementById("ds-eval");
+  const model = () => document.getElementById("ds-model").value.trim();
+  const edits = new Map();
+  async function list(chosen) {
+    const { datasets } = await api("/api/datasets");
+    select.replaceChildren(...datasets.map((d) => el("option", { value: d.name, text: `${d.name} (${FT.fmtBytes(d.size)})` })));
+    evalSelect.replaceChildren(el("option", { value: "", text: "(no evaluation set)" }), ...datasets.map((d) => el("option", { value: d.name, text: d.name })));
+    if (chosen) select.value = chosen;
+    if (select.value) await show();
+  }
+  async function show() {
+    const name = select.value;
+    edits.clear();
+    const q = model() ? "&model=" + encodeURIComponent(model()) : "";
+    const preview = document.getElementById("ds-preview");
+    preview.textContent = "Rendering…";
+    const r = await api(`/api/datasets/${name}/rendered?rows=3${q}`);
+    preview.replaceChildren(el("p", { text: `${r.detected} Template of ${r.model}.` }), ...r.rows.map((row) => {
+      if (row.status === "invalid") return el("div", { class: "sample bad", text: `row ${row.row}: ${row.problem}` });
+      const spans = row.pieces.map((p) => p.trained ? el("mark", { class: "trained", text: p.text }) : p.kept ? document.createTextNode(p.text) : el("span", { class: "cut", text: p.text }));
+      return el("div", { class: "sample", "data-row": row.row }, el("small", { text: `row ${row.row}: ${row.tokens} tokens, ${row.trained_tokens} trained (${row.status})` }), el("br"), ...spans);
+    }));
+    const rows = await api(`/api/datasets/${name}/rows?limit=20`);
+    document.getElementById("ds-rows").replaceChildren(el("p", { text: `${rows.total} rows; the first ${rows.rows.length} shown.` }), ...rows.rows.map(({ index, row }) => {
+      const id = "ds-row-" + index;
+      const area = el("textarea", { id, rows: 2, spellcheck: "false" });
+      area.value = JSON.stringify(row);
+      area.addEventListener("input", () => edits.set(index, area));
+      const del = el("input", { type: "checkbox", id: id + "-del" });
+      return el("div", { class: "row-edit" }, el("label", { for: id, text: "Row " + index }), area, el("label", { for: id + "-del" }, del, " Delete"));
+    }));
+  }
+  document.getElementById("ds-upload").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const file = document.getElementById("ds-file").files[0];
+    const out = document.getElementById("ds-upload-result");
+    out.textContent = "Uploading and checking " + file.name + "…";
+    try {
+      const p = new URLSearchParams({ filename: file.name });
+      if (model()) p.set("model", model());
+      const r = await api("/api/datasets/upload?" + p, { method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" } });
+      const rep = r.report;
+      out.textContent = `Saved as ${r.name}: ${rep.examples} examples, ${FT.fmtNum(rep.tokens)} tokens (${FT.fmtNum(rep.trained_tokens)} trained), format ${rep.format}.`;
+      await list(r.name);
+    } catch (err) { out.textContent = "Refused: " + err.message; out.className = "bad"; }
+  });
+  select.addEventListener("change", () => show().catch((err) => FT.notice(err.message)));
+  document.getElementById("ds-delete").addEventListener("click", async () => {
+    if (!select.value || !confirm("Delete " + select.value + "?")) return;
+    await api("/api/datasets/" + select.value, { method: "DELETE" });
+    await list();
+  });
+  document.getElementById("ds-quality-run").addEventListener("click", async () => {
+    const box = document.getElementById("ds-quality");
+    box.textContent = "Checking…";
+    const p = new URLSearchParams();
+    if (model()) p.set("model", model());
+    if (evalSelect.value) p.set("eval", evalSelect.value);
+    const { quality: q } = await api(`/api/datasets/${select.value}/quality?` + p);
+    const facts = [];
+    const walk = (obj, prefix) => {
+      for (const [k, v] of Object.entries(obj)) {
+        if (v && typeof v === "object" && !Array.isArray(v)) walk(v, prefix + k + " ");
+        else if (!Array.isArray(v)) facts.push([prefix + k, FT.fmtNum(v)]);
+      }
+    };
+    walk(q, "");
+    const hist = (q.lengths && (q.lengths.histogram || q.lengths.tokens_histogram)) || q.histogram;
+    const counts = hist ? hist.counts || hist : null;
+    const bars = Array.isArray(counts) ? el("div", { class: "hist", role: "img", "aria-label": "lengths histogram" }, ...counts.map((c) => el("span", { style: `height:${(100 * c) / Math.max(...counts, 1)}%`, title: String(c) }))) : null;
+    box.replaceChildren(el("dl", { class: "facts" }, ...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])), bars || "");
+  });
+  document.getElementById("ds-save").addEventListener("click", async () => {
+    const out = document.getElementById("ds-save-result");
+    const replace = {};
+    try {
+      for (const [index, area] of edits) replace[index] = JSON.parse(area.value);
+    } catch (err) { out.textContent = "A row is not valid JSON: " + err.message; out.className = "bad"; return; }
+    const del = [...document.querySelectorAll("#ds-rows input[type=checkbox]:checked")].map((c) => +c.id.split("-")[2]);
+    try {
+      const r = await api(`/api/datasets/${select.value}/versions`, { method: "POST", json: { replace, delete: del } });
+      out.className = "";
+      out.textContent = `Saved ${r.name}: ${r.rows} rows (${r.replaced} edited, ${r.deleted} deleted); ${r.previous} is kept.`;
+      await list(r.name);
+    } catch (err) { out.textContent = err.message; out.className = "bad"; }
+  });
+  list().catch((err) => FT.notice(err.message));
+}
+
+/* ---- Configuration builder ------------------------------------------------------------------ */
+
+function pageConfig() {
+  const form = document.getElementById("config-form");
+  const fields = [...form.querySelectorAll("[data-kind]")];
+  const yaml = document.getElementById("config-yaml");
+  const status = document.getElementById("config-status");
+  const problems = document.getElementById("config-problems");
+
+  function valueOf(f) {
+    const kind = f.dataset.kind;
+    if (kind === "boolean") return f.checked === (f.dataset.default === "true") ? undefined : f.checked;
+    const text = f.value.trim();
+    if (kind === "enum") return text === f.dataset.default ? undefined : text === "" ? null : text;
+    if (text === "") return undefined;
+    if (kind === "number") return /^-?(\d+\.?\d*|\.\d+)(e-?\d+)?$/i.test(text) ? Number(text) : text;
+    if (kind === "json") { try { return JSON.parse(text); } catch (e) { return text; } }
+    return text;
+  }
+  function collect() {
+    const config = {};
+    for (const f of fields) {
+      const v = valueOf(f);
+      if (v === undefined) continue;
+      const path = f.name.split(".");
+      let node = config;
+      for (const part of path.slice(0, -1)) node = node[part] = node[part] || {};
+      node[path[path.length - 1]] = v;
+    }
+    return config;
+  }
+  function fill(values) {
+    for (const f of fields) {
+      let v = values;
+      for (const part of f.name.split(".")) v = v && typeof v === "object" ? v[part] : undefined;
+      if (f.dataset.kind === "boolean") f.checked = v === undefined ? f.dataset.default === "true" : !!v;
+      else if (f.dataset.kind === "enum") f.value = v === undefined ? f.dataset.default : v === null ? "" : String(v);
+      else if (v === undefined || v === null) f.value = "";
+      else f.value = typeof v === "object" ? JSON.stringify(v) : String(v);
+    }
+  }
+  function showProblems(r) {
+    status.textContent = r.valid ? r.message : `${r.problems.length} problem(s):`;
+    status.className = r.valid ? "status-completed" : "bad";
+    problems.replaceChildren(...r.problems.map((p) => el("li", { text: p.text })));
+    for (const f of fields) {
+      const mine = r.problems.filter((p) => p.key === f.name || p.key.startsWith(f.name + "."));
+      const out = document.getElementById(f.id + "-problem");
+      out.hidden = !mine.length;
+      out.textContent = mine.map((p) => p.message).join("; ");
+      if (mine.length) { f.setAttribute("aria-invalid", "true"); f.setAttribute("aria-errormessage", f.id + "-problem"); }
+      else { f.removeAttribute("aria-invalid"); f.removeAttribute("aria-errormessage"); }
+    }
+  }
+  let timer = null, seq = 0;
+  async function check() {
+    const mine = ++seq;
+    const config = collect();
+    const r = await api("/api/config/validate", { method: "POST", json: { config } });
+    if (mine !== seq) return r;
+    showProblems(r);
+    yaml.value = r.yaml;
+    const mem = document.getElementById("config-memory");
+    if (r.valid) {
+      try {
+        const e = await api("/api/config/estimate", { method: "POST", json: { config } });
+        mem.textContent = `About ${FT.fmtBytes(e.total_bytes)} at the peak (${e.method}, batch ${e.batch_size} × ${e.seq_len} tokens, ${e.dtype}); ${e.fits ? "fits" : "does NOT fit"} this machine's ${FT.fmtBytes(e.budget.usable_bytes)}.`;
+        mem.className = e.fits ? "" : "bad";
+      } catch (err) { mem.textContent = err.message; mem.className = ""; }
+    }
+    form.dataset.checked = String(mine);
+    return r;
+  }
+  const later = () => { clearTimeout(timer); timer = setTimeout(() => check().catch((e) => FT.notice(e.message)), 250); };
+  form.addEventListener("input", later);
+  form.addEventListener("change", later);
+  async function importYaml(text) {
+    const r = await api("/api/config/validate", { method: "POST", json: { config_yaml: text } });
+    if (r.values) fill(r.values);
+    showProblems(r);
+    if (r.values) await check();
+  }
+  document.getElementById("config-import").addEventListener("click", () => importYaml(yaml.value).catch((e) => FT.notice(e.message)));
+  document.getElementById("config-file").addEventListener("change", async (e) => {
+    const file = e.target.files[0];
+    if (file) { yaml.value = await file.text(); await importYaml(yaml.value); }
+  });
+  document.getElementById("config-export").addEventListener("click", () => {
+    const url = URL.createObjectURL(new Blob([yaml.value], { type: "application/yaml" }));
+    const a = el("a", { href: url, download: "train.yml" });
+    document.body.append(a); a.click(); a.remove();
+  });
+  document.getElementById("config-start").addEventListener("click", async () => {
+    const out = document.getElementById("config-start-result");
+    const r = await check();
+    if (!r.valid) { out.textContent = "Fix the problems first."; return; }
+    const body = { config: collect() };
+    const ds = document.getElementById("config-dataset").value;
+    if (ds) body.dataset = ds;
+    try {
+      const job = await api("/api/training/start", { method: "POST", json: body });
+      out.textContent = "Started job " + job.id;
+      location.href = FT.base + "/monitor/" + job.id;
+    } catch (err) { out.textContent = err.message; out.className = "bad"; }
+  });
+  api("/api/datasets").then(({ datasets }) => {
+    document.getElementById("config-dataset").append(...datasets.map((d) => el("option", { value: d.name, text: d.name })));
+  }).catch((e) => FT.notice(e.message));
+  check().catch((e) => FT.notice(e.message));
+}
+
+/* ---- Exports -------------------------------------------------------------------------------- */
+
+function pageExports() {
+  const runSelect = document.getElementById("ex-run");
+  async function files() {
+    if (!runSelect.value) return;
+    const r = await api(`/api/runs/${runSelect.value}/exports`);
+    FT.setRows(document.querySelector("#ex-files tbody"), r.files.map((f) => el("tr", {},
+      el("td", { text: f.path }), el("td", { text: FT.fmtBytes(f.size) }),
+      el("td", {}, el("button", { type: "button", text: "Download " + f.path, onclick: () => FT.download(`/api/runs/${r.run_id}/exports/${f.path}`, f.path.split("/").pop()) })))));
+  }
+  async function jobs() {
+    const { jobs } = await api("/api/jobs");
+    const ex = jobs.filter((j) => j.kind === "export").reverse();
+    FT.setRows(document.querySelector("#ex-jobs tbody"), ex.map((j) => el("tr", { "data-job": j.id },
+      el("td", {}, el("a", { href: FT.base + "/monitor/" + j.id, text: j.id })), el("td", { text: j.run_id || "–" }), statusCell(j.status),
+      el("td", { text: (j.result && j.result.format) || "–" }),
+      el("td", { text: j.result ? (j.result.verified ? "checked" : "not checked") : j.error || "–" }),
+      el("td", { text: j.result && j.result.notes ? j.result.notes.join("; ") : "" }))));
+    if (ex.some((j) => j.status === "completed")) await files();
+  }
+  api("/api/runs?status=completed").then(({ runs }) => {
+    runSelect.replaceChildren(...runs.map((r) => el("option", { value: r.id, text: `${r.id} (${r.model}, ${r.method})` })));
+    const wanted = location.hash.slice(1);
+    if (wanted) runSelect.value = wanted;
+    files();
+  }).catch((e) => FT.notice(e.message));
+  runSelect.addEventListener("change", files);
+  document.getElementById("export-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const body = { format: document.getElementById("ex-format").value };
+    const quant = document.getElementById("ex-quant").value, cp = document.getElementById("ex-checkpoint").value.trim();
+    if (quant) body.quant = quant;
+    if (cp) body.checkpoint = cp;
+    try { await api(`/api/runs/${runSelect.value}/export`, { method: "POST", json: body }); await jobs(); } catch (err) { FT.notice(err.message); }
+  });
+  FT.poll(jobs, 2000);
+}
+
+/* ---- Runs ----------------------------------------------------------------------------------- */
+
+function flatten(obj, prefix = "", out = {}) {
+  for (const [k, v] of Object.entries(obj || {})) {
+    if (v && typeof v === "object" && !Array.isArray(v)) flatten(v, prefix + k + ".", out);
+    else out[prefix + k] = JSON.stringify(v);
+  }
+  return out;
+}
+
+function pageRuns() {
+  const tbody = document.querySelector("#runs-table tbody");
+  async function report(id) {
+    const r = await api(`/api/runs/${id}/summary`);
+    document.getElementById("report").hidden = false;
+    document.getElementById("rep-run").textContent = id;
+    const facts = [];
+    const walk = (obj, prefix) => {
+      for (const [k, v] of Object.entries(obj || {})) {
+        if (v && typeof v === "object" && !Array.isArray(v)) walk(v, prefix + k + " ");
+        else if (!Array.isArray(v)) facts.push([prefix + k, FT.fmtNum(v)]);
+      }
+    };
+    walk(r.summary, "");
+    if (r.evaluation) walk(r.evaluation.metrics || r.evaluation, "evaluation ");
+    document.getElementById("rep-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+    document.getElementById("rep-settings").textContent = JSON.stringify(r.settings, null, 2);
+    const { points } = await api(`/api/runs/${id}/metrics`);
+    const box = document.getElementById("rep-chart");
+    box.replaceChildren();
+    const chart = FT.lineChart(box, ["train loss", "eval loss"]);
+    chart.set([points.map((p) => p.step), points.map((p) => (p.train ? p.train.loss : null)), points.map((p) => (p.eval ? p.eval.eval_loss : null))]);
+    document.getElementById("report").scrollIntoView();
+  }
+  async function compare() {
+    const ids = [...tbody.querySelectorAll("input:checked")].map((c) => c.value);
+    if (ids.length < 2) { FT.notice("Tick two or more runs to compare."); return; }
+    FT.notice("");
+    const runs = await Promise.all(ids.map((id) => api("/api/runs/" + id)));
+    const metrics = await Promise.all(ids.map((id) => api(`/api/runs/${id}/metrics`)));
+    const flat = runs.map((r) => flatten(r.config));
+    const keys = [...new Set(flat.flatMap(Object.keys))].sort().filter((k) => new Set(flat.map((f) => f[k])).size > 1 && !k.startsWith("output.") && k !== "data.train");
+    const head = el("tr", {}, el("th", { text: "setting" }), ...ids.map((id) => el("th", { text: id })));
+    document.querySelector("#cmp-settings thead").replaceChildren(head);
+    FT.setRows(document.querySelector("#cmp-settings tbody"), keys.length ? keys.map((k) => el("tr", {}, el("th", { text: k }), ...flat.map((f) => el("td", { text: f[k] ?? "–" })))) : [el("tr", {}, el("td", { colspan: ids.length + 1, text: "The runs' settings are the same." }))]);
+    const last = (pts, fn) => { for (let i = pts.length - 1; i >= 0; i--) { const v = fn(pts[i]); if (v !== undefined && v !== null) return v; } return null; };
+    const rows = [
+      ["status", runs.map((r) => r.status)], ["model", runs.map((r) => r.model)], ["steps", runs.map((r) => `${r.step} / ${r.total_steps ?? "?"}`)],
+      ["final train loss", metrics.map((m) => FT.fmtNum(last(m.points, (p) => p.train && p.train.loss)))],
+      ["final eval loss", metrics.map((m) => FT.fmtNum(last(m.points, (p) => p.eval && p.eval.eval_loss)))],
+      ["best eval loss", runs.map((r) => FT.fmtNum(r.best_eval_loss))],
+      ["tokens/s (last)", metrics.map((m) => FT.fmtNum(last(m.points, (p) => p.train && p.train.tokens_per_s), 3))],
+    ];
+    document.querySelector("#cmp-metrics thead").replaceChildren(head.cloneNode(true));
+    FT.setRows(document.querySelector("#cmp-metrics tbody"), rows.map(([k, vs]) => el("tr", {}, el("th", { text: k }), ...vs.map((v) => el("td", { text: v ?? "–" })))));
+    const steps = [...new Set(metrics.flatMap((m) => m.points.map((p) => p.step)))].sort((a, b) => a - b);
+    const box = document.getElementById("cmp-chart");
+    document.getElementById("compare").hidden = false;
+    box.replaceChildren();
+    const chart = FT.lineChart(box, ids.map((id) => id + " loss"));
+    chart.set([steps, ...metrics.map((m) => { const by = new Map(m.points.map((p) => [p.step, p.train ? p.train.loss : null])); return steps.map((s) => by.get(s) ?? null); })]);
+  }
+  api("/api/runs").then(({ runs }) => {
+    FT.setRows(tbody, runs.map((r) => el("tr", { id: r.id },
+      el("td", {}, el("input", { type: "checkbox", value: r.id, id: "cmp-" + r.id, "aria-label": "Compare " + r.id })),
+      el("td", {}, el("label", { for: "cmp-" + r.id, text: r.id })), statusCell(r.status), el("td", { text: r.model }), el("td", { text: r.method }),
+      el("td", { text: `${r.step} / ${r.total_steps ?? "?"}` }), el("td", { text: FT.fmtNum(r.best_eval_loss) }),
+      el("td", {}, el("button", { type: "button", text: "Report", "aria-label": "Report of " + r.id, onclick: () => report(r.id).catch((e) => FT.notice(e.message)) })))));
+    if (location.hash.length > 1) report(location.hash.slice(1)).catch((e) => FT.notice(e.message));
+  }).catch((e) => FT.notice(e.message));
+  document.getElementById("runs-compare").addEventListener("click", () => compare().catch((e) => FT.notice(e.message)));
+}
+
+/* ---- Chat playground ------------------------------------------------------------------------ */
+
+function pageChat() {
+  const model = document.getElementById("chat-model"), other = document.getElementById("chat-other");
+  const history = { main: [], other: [] };
+  api("/v1/models").then(({ data }) => {
+    const options = (sel) => data.map((m) => el("option", { value: m.id, text: m.parent ? `${m.id} (adapter on ${m.parent})` : `${m.id} (base)` }));
+    model.replaceChildren(...options());
+    other.append(...options());
+    if (!data.length) FT.notice("The server serves no model: start it with --allow-model NAME (a base model, a run id or '*').");
+  }).catch((e) => FT.notice(e.message));
+  async function ask(which, modelId, log) {
+    const messages = history[which];
+    const item = el("li", { class: "assistant" }, el("small", { text: modelId }), "…");
+    log.append(item);
+    try {
+      const r = await api("/v1/chat/completions", { method: "POST", json: { model: modelId, messages, temperature: Number(document.getElementById("chat-temp").value || 0), max_tokens: Number(document.getElementById("chat-max").value || 64) } });
+      const text = r.choices[0].message.content;
+      messages.push({ role: "assistant", content: text });
+      item.replaceChildren(el("small", { text: `${modelId} · ${r.usage.completion_tokens} tokens · ${r.choices[0].finish_reason}` }), text);
+    } catch (err) { item.replaceChildren(el("small", { text: modelId }), err.message); item.classList.add("bad"); messages.pop(); }
+  }
+  document.getElementById("chat-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const input = document.getElementById("chat-input");
+    const text = input.value.trim();
+    if (!text) return;
+    input.value = "";
+    const jobs = [];
+    for (const [which, sel, log] of [["main", model, "chat-log"], ["other", other, "chat-log-other"]]) {
+      if (!sel.value) continue;
+      history[which].push({ role: "user", content: text });
+      document.getElementById(log).append(el("li", { class: "user", text }));
+      jobs.push(ask(which, sel.value, document.getElementById(log)));
+    }
+    await Promise.all(jobs);
+  });
+  document.getElementById("chat-clear").addEventListener("click", () => {
+    history.main = []; history.other = [];
+    document.getElementById("chat-log").replaceChildren();
+    document.getElementById("chat-log-other").replaceChildren();
+  });
+}
+
+const PAGES = { home: pageHome, jobs: pageJobs, monitor: pageMonitor, models: pageModels, datasets: pageDatasets, config: pageConfig, exports: pageExports, runs: pageRuns, chat: pageChat };
+(PAGES[document.body.dataset.page] || (() => {}))();
