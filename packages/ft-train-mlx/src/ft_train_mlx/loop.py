@@ -28,10 +28,12 @@ from ft_config import TrainingConfig
 from ft_data.batches import Batches, real_tokens
 from ft_data.batches import target_count as trained_tokens
 from ft_models.memory_watchdog import GATE, MemoryLimitReached
+from ft_train_core.preference import preference_metrics
 from ft_train_core.steps import Outcome, Steps
 from ft_train_mlx.distributed import World
 from ft_train_mlx.optim import learning_rate, set_learning_rate
 from ft_train_mlx.packing import model_inputs, summed_loss
+from ft_train_mlx.preference import Preference
 from ft_train_mlx.state import LoopState, seed_micro_batch
 
 Event = dict[str, Any]
@@ -54,6 +56,9 @@ class Loop:
     world: World = field(default_factory=World)
     eval_batches: Batches | None = None
     compile: bool = False
+    # A preference objective (DPO, ORPO): its loss, gradients, pair counts and metrics in place
+    # of the supervised loss's.
+    preference: Preference | None = None
 
 
 def gradient_function(model: nn.Module, compiled: bool) -> Callable[..., Any]:
@@ -100,6 +105,7 @@ def run(
         barrier=world.barrier,
     )
     grads_of = gradient_function(model, loop.compile)
+    count = loop.preference.count if loop.preference is not None else trained_tokens
     micro_batches = loop.batches.iter_from(state.step * loop.accumulation)
 
     def checkpoint(is_best: bool = False) -> Path:
@@ -108,9 +114,7 @@ def run(
 
         return steps.save(is_best, write if world.is_main else None)
 
-    evaluate = (
-        (lambda: {"eval_loss": evaluate_loss(loop)}) if loop.eval_batches is not None else None
-    )
+    evaluate = (lambda: evaluate_scores(loop)) if loop.eval_batches is not None else None
     model.train()
     while steps.running():
         if world.agree(should_stop()):
@@ -121,11 +125,13 @@ def run(
         first, last = steps.window()
         shards = [world.shard(next(micro_batches)) for _ in range(last - first)]
         # Normalise by the targets of the whole step, on every process, before any backward.
-        targets = world.sum(float(sum(trained_tokens(b) for b in shards)))
+        targets = world.sum(float(sum(count(b) for b in shards)))
         tokens = int(world.sum(float(sum(real_tokens(b) for b in shards))))
         try:
             with GATE:  # the memory watchdog may interrupt here, and only here
-                accumulated, loss_sum = _accumulate(grads_of, shards, settings.seed, world, first)
+                accumulated, loss_sum = _accumulate(
+                    grads_of, shards, settings.seed, world, first, loop.preference
+                )
         except MemoryLimitReached as stop:
             # The memory watchdog interrupted this step: its arrays die with the traceback's
             # frames, the weights are the last complete step's (micro-batches are seeded by
@@ -137,6 +143,7 @@ def run(
         scale = 1.0 / max(targets, 1.0)
         accumulated = tree_map(lambda g, s=scale: g * s, accumulated)
         loss = world.sum(float(loss_sum.item())) / max(targets, 1.0)
+        extra = _metrics(loop)
 
         if settings.max_grad_norm:
             accumulated, norm = optim.clip_grad_norm(accumulated, settings.max_grad_norm)
@@ -159,14 +166,28 @@ def run(
             last=last,
             started=step_started,
             memory_bytes=int(mx.get_peak_memory()),
+            extra=extra,
         )
         if steps.between_steps(last, evaluate, checkpoint):
             return steps.finish("early_stopping")
     return steps.end(checkpoint)
 
 
+def _metrics(loop: Loop) -> dict[str, float] | None:
+    """A preference objective's metrics over the pairs seen since the last call, all
+    processes together; None for supervised runs."""
+    if loop.preference is None:
+        return None
+    return preference_metrics([loop.world.sum(v) for v in loop.preference.totals.take()])
+
+
 def _accumulate(
-    grads_of: Callable[..., Any], shards: list[Any], seed: int, world: World, first: int
+    grads_of: Callable[..., Any],
+    shards: list[Any],
+    seed: int,
+    world: World,
+    first: int,
+    preference: Preference | None = None,
 ) -> tuple[Any, mx.array]:
     """Gradients summed over a step's micro-batches, and their summed loss. Its own frame,
     so an interrupted step's arrays go with it."""
@@ -174,7 +195,10 @@ def _accumulate(
     accumulated: Any = None
     for index, batch in enumerate(shards):
         seed_micro_batch(seed + 1_000_003 * world.rank, first + index)
-        summed, grads = grads_of(*model_inputs(batch))
+        if preference is not None:
+            summed, grads = preference.grads(batch)
+        else:
+            summed, grads = grads_of(*model_inputs(batch))
         accumulated = grads if accumulated is None else tree_map(mx.add, accumulated, grads)
         loss_sum = loss_sum + summed
         # Evaluate now: one micro-batch's graph at a time, not the whole step's.
@@ -184,13 +208,28 @@ def _accumulate(
 
 def evaluate_loss(loop: Loop) -> float:
     """Mean loss per target over the validation batches (all processes together)."""
+    return evaluate_scores(loop)["eval_loss"]
+
+
+def evaluate_scores(loop: Loop) -> dict[str, float]:
+    """`eval_loss` over the validation batches, all processes together: the mean loss per
+    target, or per pair for a preference objective, which adds its metrics."""
     assert loop.eval_batches is not None
+    preference = loop.preference
     loop.model.eval()
     total, count = 0.0, 0
+    if preference is not None:
+        preference.totals.take()  # the evaluation's own pairs only
     for batch in loop.eval_batches.iter_from(0, epochs=1):
         shard = loop.world.shard(batch)
-        total += float(summed_loss(loop.model, *model_inputs(shard)).item())
-        count += trained_tokens(shard)
+        if preference is not None:
+            total += preference.loss(shard)
+            count += preference.count(shard)
+        else:
+            total += float(summed_loss(loop.model, *model_inputs(shard)).item())
+            count += trained_tokens(shard)
     loop.model.train()
     total, count = loop.world.sum(total), loop.world.sum(float(count))
-    return total / count if count else float("nan")
+    scores = {"eval_loss": total / count if count else float("nan")}
+    scores.update(_metrics(loop) or {})
+    return scores

@@ -169,7 +169,18 @@ def summed_loss(
     weights: mx.array,
     mask: PackedSegments | None,
 ) -> mx.array:
-    """The summed cross-entropy of the targets (fp32, whatever the logits' dtype).
+    """The summed cross-entropy of the targets (fp32, whatever the logits' dtype)."""
+    return (token_losses(model, ids, index, targets, mask) * weights).sum()
+
+
+def token_losses(
+    model: nn.Module,
+    ids: mx.array,
+    index: mx.array,
+    targets: mx.array,
+    mask: PackedSegments | None,
+) -> mx.array:
+    """Each target's cross-entropy (fp32), in the order of `index`.
 
     The output head runs on the target positions only: over a large vocabulary it is most of a
     small model's work, and prompts and padding (often half the tokens) need no logits.
@@ -178,5 +189,4 @@ def summed_loss(
     picked = outputs.reshape(-1, outputs.shape[-1])[index]
     if hidden:
         picked = _head(model)(picked)
-    losses = nn.losses.cross_entropy(picked.astype(mx.float32), targets, reduction="none")
-    return (losses * weights).sum()
+    return nn.losses.cross_entropy(picked.astype(mx.float32), targets, reduction="none")

@@ -25,6 +25,7 @@ from ft_models.checkpoint import read_manifest
 from ft_models.load import load_mlx, read_config
 from ft_train_core.batch_plan import BatchPlan
 from ft_train_core.plan import job_batches
+from ft_train_core.preference import OBJECTIVES, check_preference_data, is_preference
 from ft_train_core.protocol import (
     Capabilities,
     ClassificationResult,
@@ -60,6 +61,7 @@ from ft_train_mlx.methods import (
 )
 from ft_train_mlx.optim import build_optimizer
 from ft_train_mlx.packing import ABSOLUTE_POSITIONS
+from ft_train_mlx.preference import Preference
 from ft_train_mlx.state import LoopState, load_training_state, save_training_state
 
 Event = dict[str, Any]
@@ -85,6 +87,7 @@ class MLXTrainer:
             devices=("gpu", "cpu") if gpu else ("cpu",),
             dtypes=("fp32", "bf16", "fp16"),
             distributed=True,
+            objectives=OBJECTIVES,
             notes=()
             if gpu
             else ("MLX runs on the CPU here (mlx[cpu]): correct but slow; see docs/mlx.md",),
@@ -154,6 +157,9 @@ class MLXTrainer:
             # The batches after the model: a plan made here reads the memory left (and held)
             # once the weights are loaded (ft_train_core.plan.memory_budget).
             run.setup_batches()
+            # Full fine-tuning with DPO: the base's log-probabilities, before any saved
+            # weights replace them (on resume they are read back from the run folder).
+            run.setup_preference()
             run.restore_weights()
             # The peak memory of training, not of loading or probing: counted from here.
             run.reset_peak_memory()
@@ -201,6 +207,7 @@ class _MLXRun:
     total_micro: int | None  # None: `max_steps` decides, the data cycles
     prints: dict[str, Any]
     state: LoopState
+    preference: Preference | None  # DPO or ORPO (`method.objective`); None: supervised
 
     def __init__(self, job: Any, initial_adapter: Path | None) -> None:
         """The method and task checked for MLX, this process' place among the processes, the
@@ -252,6 +259,9 @@ class _MLXRun:
             if job.validation_data
             else None
         )
+        check_preference_data(self.config, self.train_set, "training")
+        if self.eval_set is not None:
+            check_preference_data(self.config, self.eval_set, "validation")
 
     def setup_model(self) -> None:
         """mlx-lm's model in its load dtype, adapted for the method, with gradient checkpointing
@@ -297,6 +307,26 @@ class _MLXRun:
         )
         for text in decided:
             self.note("info", text)
+
+    def setup_preference(self) -> None:
+        """A preference objective (`method.objective` dpo or orpo) over the model; for full
+        fine-tuning with DPO, the reference computed and stored (or read back)."""
+        self.preference = None
+        if not is_preference(self.config):
+            return
+        self.preference = Preference(self.model, self.method, self.paths)
+        if self.method.objective == "dpo" and self.method.name == "full":
+            told = self.preference.store_reference(
+                self.job.run_dir,
+                [
+                    (True, self.train_set, self.batches),  # type: ignore[list-item]
+                    (False, self.eval_set, self.eval_batches),  # type: ignore[list-item]
+                ],
+                resumed=self.job.resume_from is not None,
+                is_main=self.world.is_main,
+            )
+            for text in told:
+                self.note("info", text)
 
     def restore_weights(self) -> None:
         """A resumed run's trained weights, from its checkpoint."""
@@ -374,6 +404,7 @@ class _MLXRun:
             # gradient checkpointing reads a seed in Python at every block (see
             # checkpoint_layers), which a compiled function cannot
             compile=settings.compile and not settings.gradient_checkpointing,
+            preference=self.preference,
         )
 
     def save_final(self, outcome: loop.Outcome) -> Path | None:

@@ -337,7 +337,10 @@ class _Objective:
                 if run.world.is_main:
                     save_reference(path, *found, source=source)
                 run.note("info", f"reference log-probabilities of the {role} pairs: {path}")
-            tables[training] = (torch.as_tensor(found[0]), torch.as_tensor(found[1]))
+            tables[training] = (
+                torch.as_tensor(found[0], dtype=torch.float32),
+                torch.as_tensor(found[1], dtype=torch.float32),
+            )
         return tables
 
     def _compute_reference(self, batches: PairBatches) -> tuple[np.ndarray, np.ndarray]:
