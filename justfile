@@ -28,11 +28,17 @@ fmt:
 bench:
     for script in benchmarks/bench_*.py; do echo "== $script"; uv run --locked python "$script"; done
 
-# Regenerate the generated docs (config reference, catalog, architectures) from the code.
+# Regenerate the generated docs (config, CLI and REST references, catalog, architectures) from
+# the code.
 docs:
     uv run --locked ft config schema --markdown -o docs/config-reference.md
     uv run --locked python -c "from pathlib import Path; from ft_models.architectures import architectures_markdown as a; Path('docs/architectures.md').write_text(a())"
     uv run --locked python -c "from pathlib import Path; from ft_models.catalog import update_docs_section as u; p = Path('docs/models.md'); p.write_text(u(p.read_text()))"
+    uv run --locked python scripts/docs_reference.py
+
+# Build the docs site into site/ as CI does (strict: every link and anchor checked).
+site:
+    NO_MKDOCS_2_WARNING=1 uv run --locked mkdocs build --strict
 
 # The main job on the embedded default model: fine-tune it offline and compare (README's first command).
 demo:
