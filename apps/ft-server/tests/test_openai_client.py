@@ -218,6 +218,68 @@ def test_a_seed_repeats_under_concurrent_load(client, base) -> None:
     assert answers[0] == answers[1] == answers[3] != answers[2]
 
 
+def test_concurrent_requests_are_decoded_together_and_each_gets_its_answer_alone(
+    live, client, base
+) -> None:
+    def ask(kw: dict[str, Any]) -> tuple[str, str, list[float]]:
+        if kw.get("stream"):
+            chunks = list(client.chat.completions.create(model=base, **kw))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks)
+            return text, chunks[-1].choices[0].finish_reason, []
+        choice = client.chat.completions.create(model=base, **kw).choices[0]
+        logprobs = [t.logprob for t in choice.logprobs.content] if choice.logprobs else []
+        return choice.message.content, choice.finish_reason, logprobs
+
+    def leave_early() -> None:
+        body = {"model": base, "messages": CHAT, "max_tokens": 400, "temperature": 1.0}
+        with (
+            httpx.Client(base_url=live.url, timeout=60) as http,
+            http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as stream,
+        ):
+            lines = stream.iter_lines()
+            assert next(lines).startswith("data: ")  # generating now, in the batch
+
+    def user(text: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": text}]
+
+    # Mixed prompt lengths, greedy and sampled, plain and streamed, with and without logprobs.
+    asks: list[dict[str, Any]] = [
+        {"messages": user("Hi"), "max_tokens": 8, "temperature": 0, "logprobs": True},
+        {"messages": user("Name the capital of France, in one word, please."), "max_tokens": 20},
+        {"messages": user("A story: " + "once upon a time " * 12), "max_tokens": 14, "stop": "e"},
+        {"messages": CHAT, "max_tokens": 12, "temperature": 1.0, "seed": 5},
+        {"messages": user("Count with me: one, two,"), "max_tokens": 16, "stream": True},
+    ]
+    for kw in asks:
+        kw.setdefault("temperature", 0)
+    alone = [ask(kw) for kw in asks]
+    inference = live.app.state.inference
+    worker = inference._workers[base]
+    worker.largest_batch = 0
+    gate = threading.Event()
+    worker.between_steps(gate.wait)  # hold the model until every request is in, so they meet
+    with ThreadPoolExecutor(len(asks) + 1) as pool:
+        futures = [pool.submit(ask, kw) for kw in asks]
+        leaving = pool.submit(leave_early)
+        for _ in range(600):
+            if worker.admitted == len(asks) + 1:
+                break
+            time.sleep(0.05)
+        gate.set()
+        together = [f.result() for f in futures]
+        leaving.result()
+    assert worker.largest_batch == len(asks) + 1
+    for (text, finish, logprobs), (text_alone, finish_alone, logprobs_alone) in zip(
+        together, alone, strict=True
+    ):
+        assert (text, finish) == (text_alone, finish_alone)
+        assert logprobs == pytest.approx(logprobs_alone, abs=1e-4)
+    assert alone[2][1] == "stop" and "e" not in alone[2][0]
+    # the stream closed after its first chunk left the batch long before its 400 tokens
+    ended = [f for f in list(inference.ended) if f.finish_reason == "cancelled"]
+    assert ended and ended[-1].completion_tokens < 400
+
+
 def test_n_gives_several_choices(client, base) -> None:
     reply = client.chat.completions.create(
         model=base, messages=CHAT, max_tokens=8, temperature=1.0, seed=3, n=2
@@ -304,7 +366,7 @@ def test_text_completions_with_logprobs(client, base) -> None:
 def test_a_full_queue_is_a_429_and_a_client_that_leaves_stops_its_generation(
     tmp_path: Path, tiny_llama: Path
 ) -> None:
-    server = serve(tmp_path, tiny_llama, max_inference_queue=0)
+    server = serve(tmp_path, tiny_llama, max_inference_queue=0, max_batch_size=1)
     try:
         body = {
             "model": str(tiny_llama),

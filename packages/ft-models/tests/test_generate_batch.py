@@ -85,3 +85,61 @@ def test_a_row_that_leaves_does_not_disturb_the_others(generators) -> None:
         logits = batch.step(feed)
     assert tuple(got) == alone
     assert batch.pad == [0]
+
+
+def make_adapter(base: Path, folder: Path, seed: int, targets: list[str], dora: bool = False):
+    """A PEFT LoRA (or DoRA) adapter for the tiny Llama with random, non-zero A and B."""
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_pretrained(base)
+    config = LoraConfig(
+        r=4, lora_alpha=16, target_modules=targets, init_lora_weights=False, use_dora=dora
+    )
+    peft_model = get_peft_model(model, config)
+    if dora:  # DoRA starts at the weight's own norm: move it so it changes the answer
+        with torch.no_grad():
+            for name, param in peft_model.named_parameters():
+                if "magnitude" in name:
+                    param.mul_(1.5)
+    peft_model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        "one": make_adapter(tiny_llama, root / "one", 1, ["q_proj", "v_proj"]),
+        "two": make_adapter(tiny_llama, root / "two", 2, ["k_proj", "down_proj"], dora=True),
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unmerged_adapters_on_one_base_answer_as_merged_copies(
+    tiny_llama: Path, generators, adapters, backend
+) -> None:
+    options = GenerationOptions(max_tokens=10)
+    merged = {
+        name: Generator.load(tiny_llama, backend=backend, dtype="float32", adapter=folder)
+        .generate(PROMPTS[0], options)
+        .tokens
+        for name, folder in adapters.items()
+    }
+    shared = Generator.load(tiny_llama, backend=backend, dtype="float32")
+    base = shared.generate(PROMPTS[0], options).tokens
+    assert len({base, *merged.values()}) == 3  # each adapter changes the answer
+    loaded = shared.lm.adapters()
+    for name, folder in adapters.items():
+        loaded.load(name, folder)
+    for name in ("two", None, "one", "two"):
+        loaded.activate(name)
+        assert shared.generate(PROMPTS[0], options).tokens == (merged[name] if name else base)
+    loaded.unload("two")
+    assert loaded.names == ["one"]
+    loaded.activate(None)
+    assert shared.generate(PROMPTS[0], options).tokens == base
+    loaded.activate("one")
+    assert shared.generate(PROMPTS[0], options).tokens == merged["one"]

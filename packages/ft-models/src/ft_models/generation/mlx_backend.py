@@ -24,6 +24,7 @@ class MlxLM:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.cache: Any = None
+        self._adapters: MlxAdapters | None = None
 
     def _forward(self, ids: Sequence[int]) -> np.ndarray:
         import mlx.core as mx
@@ -49,6 +50,12 @@ class MlxLM:
     def batch(self) -> MlxBatch:
         """An empty batch of sequences decoded together (continuous batching)."""
         return MlxBatch(self)
+
+    def adapters(self) -> MlxAdapters:
+        """This model's unmerged adapters (one set per model)."""
+        if self._adapters is None:
+            self._adapters = MlxAdapters(self)
+        return self._adapters
 
 
 class MlxBatch:
@@ -127,16 +134,15 @@ class MlxBatch:
         return {key: out[row] for row, key in enumerate(self.keys)}
 
 
-def merge_adapter_mlx(model: Any, folder: Path) -> int:
-    """Merge the PEFT LoRA or DoRA adapter in `folder` into an mlx-lm model's weights, in
-    float32 (`ft_models.adapters.merged_weight`, each module at its own scale); return how many
-    weight matrices changed. Raises GenerationError for a tensor it has no place for."""
-    import mlx.core as mx
+def _adapter_updates(
+    model: Any, folder: Path
+) -> list[tuple[str, np.ndarray, np.ndarray, float, np.ndarray | None, Any]]:
+    """Each module the PEFT LoRA or DoRA adapter in `folder` adapts, checked against the mlx-lm
+    model: (module path, A, B, scale, DoRA magnitude or None, the model's weight)."""
     from mlx.utils import tree_flatten
 
     from ft_models.adapters import (
         adapted_modules,
-        merged_weight,
         mlx_module_path,
         read_adapter_config,
         read_adapter_tensors,
@@ -155,9 +161,10 @@ def merge_adapter_mlx(model: Any, folder: Path) -> int:
         modules = adapted_modules(tensors, folder, strict=True)
     params = dict(tree_flatten(model.parameters()))
     model_type = str(getattr(model, "model_type", ""))
-    updates = []
+    out = []
     for module, roles in sorted(modules.items()):
-        target = f"{mlx_module_path(module, model_type)}.weight"
+        path = mlx_module_path(module, model_type)
+        target = f"{path}.weight"
         if target not in params:
             raise GenerationError(
                 f"adapter {folder} adapts {module}, which this model does not have: "
@@ -173,13 +180,117 @@ def merge_adapter_mlx(model: Any, folder: Path) -> int:
                 f"{tuple(weight.shape)} in the model: was it trained on another base model?"
             )
         magnitude = tensors[roles["magnitude"]] if "magnitude" in roles else None
-        merged = merged_weight(
-            np.array(weight.astype(mx.float32)), a, b, config.scale_of(module), magnitude
-        )
-        updates.append((target, mx.array(merged).astype(weight.dtype)))
+        out.append((path, a, b, config.scale_of(module), magnitude, weight))
+    return out
+
+
+def merge_adapter_mlx(model: Any, folder: Path) -> int:
+    """Merge the PEFT LoRA or DoRA adapter in `folder` into an mlx-lm model's weights, in
+    float32 (`ft_models.adapters.merged_weight`, each module at its own scale); return how many
+    weight matrices changed. Raises GenerationError for a tensor it has no place for."""
+    import mlx.core as mx
+
+    from ft_models.adapters import merged_weight
+
+    updates = []
+    for path, a, b, scale, magnitude, weight in _adapter_updates(model, folder):
+        merged = merged_weight(np.array(weight.astype(mx.float32)), a, b, scale, magnitude)
+        updates.append((f"{path}.weight", mx.array(merged).astype(weight.dtype)))
     model.load_weights(updates, strict=False)
     mx.eval(model.parameters())
     return len(updates)
 
 
-__all__ = ["PREFILL_CHUNK", "MlxBatch", "MlxLM", "merge_adapter_mlx"]
+class _Slots:
+    """An adapted layer's adapters by name and the active one (a plain object, so mlx does
+    not count them among the model's parameters)."""
+
+    def __init__(self) -> None:
+        self.adapters: dict[str, tuple[str, Any, Any]] = {}
+        self.active: tuple[str, Any, Any] | None = None
+
+
+def _adapted_linear(base: Any) -> Any:
+    import mlx.nn as nn
+
+    class AdaptedLinear(nn.Module):
+        """A Linear layer and the LoRA adapters that may be added to it, one active at a time:
+        LoRA as x A^T (s B)^T added to the layer's output; DoRA as its merged weight."""
+
+        def __init__(self, base: Any) -> None:
+            super().__init__()
+            self.base = base
+            self.slots = _Slots()
+
+        def __call__(self, x: Any) -> Any:
+            active = self.slots.active
+            if active is None:
+                return self.base(x)
+            kind, first, second = active
+            if kind == "lora":
+                return self.base(x) + (x @ first) @ second
+            y = x @ first
+            return y + self.base.bias if "bias" in self.base else y
+
+    return AdaptedLinear(base)
+
+
+class MlxAdapters:
+    """PEFT LoRA/DoRA adapters kept unmerged on one shared mlx-lm model, loaded and unloaded by
+    name; `activate(name)` chooses the one the next forward passes use (None: the base alone).
+    An adapted Linear is wrapped once; each adapter adds its low-rank pair to it (a DoRA
+    adapter, whose rows are rescaled, its merged matrix)."""
+
+    def __init__(self, lm: MlxLM) -> None:
+        self.lm = lm
+        self.layers: dict[str, Any] = {}
+        self.names: list[str] = []
+        self.active: str | None = None
+
+    def load(self, name: str, folder: Path) -> None:
+        import mlx.core as mx
+        from mlx.utils import tree_unflatten
+
+        from ft_models.adapters import merged_weight
+
+        model = self.lm.model
+        updates = _adapter_updates(model, folder)
+        modules = dict(model.named_modules())
+        wrapped = []
+        for path, a, b, scale, magnitude, weight in updates:
+            layer = self.layers.get(path)
+            if layer is None:
+                layer = self.layers[path] = _adapted_linear(modules[path])
+                wrapped.append((path, layer))
+            dtype = weight.dtype
+            if magnitude is None:
+                entry = (
+                    "lora",
+                    mx.array(a.T).astype(dtype),
+                    mx.array((np.float32(scale) * b.astype(np.float32)).T).astype(dtype),
+                )
+            else:
+                merged = merged_weight(np.array(weight.astype(mx.float32)), a, b, scale, magnitude)
+                entry = ("merged", mx.array(merged.T).astype(dtype), None)
+            mx.eval([x for x in entry[1:] if x is not None])
+            layer.slots.adapters[name] = entry
+        if wrapped:
+            model.update_modules(tree_unflatten(wrapped))
+        self.names.append(name)
+        self.activate(self.active)
+
+    def unload(self, name: str) -> None:
+        for layer in self.layers.values():
+            layer.slots.adapters.pop(name, None)
+        self.names.remove(name)
+        if self.active == name:
+            self.active = None
+        self.activate(self.active)
+
+    def activate(self, name: str | None) -> None:
+        for layer in self.layers.values():
+            layer.slots.active = layer.slots.adapters.get(name) if name is not None else None
+        self.active = name
+
+
+__all__ = ["PREFILL_CHUNK", "MlxAdapters", "MlxBatch", "MlxLM", "merge_adapter_mlx"]

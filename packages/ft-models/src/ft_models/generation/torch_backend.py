@@ -23,6 +23,7 @@ class TorchLM:
 
         self.model = model
         self.cache: Any = None
+        self._adapters: TorchAdapters | None = None
         accepted = inspect.signature(model.forward).parameters
         # transformers 5.24 renamed `past_key_values` to `cache` (the old name is deprecated).
         self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
@@ -62,6 +63,12 @@ class TorchLM:
     def batch(self) -> TorchBatch:
         """An empty batch of sequences decoded together (continuous batching)."""
         return TorchBatch(self)
+
+    def adapters(self) -> TorchAdapters:
+        """This model's unmerged adapters (one set per model: peft changes it in place)."""
+        if self._adapters is None:
+            self._adapters = TorchAdapters(self)
+        return self._adapters
 
 
 class TorchBatch:
@@ -168,6 +175,64 @@ class TorchBatch:
         return {key: logits[row] for row, key in enumerate(self.keys)}
 
 
+class TorchAdapters:
+    """PEFT LoRA/DoRA adapters kept unmerged on one shared base model, loaded and unloaded by
+    name; `activate(name)` chooses the one the next forward passes use (None: the base alone).
+    Generation keeps calling the base model: peft puts its adapter layers into it in place."""
+
+    def __init__(self, lm: TorchLM) -> None:
+        self.lm = lm
+        self.peft: Any = None
+        self.names: list[str] = []
+        self.active: str | None = None
+
+    def load(self, name: str, folder: Path) -> None:
+        """Load the adapter in `folder` under `name` (checked to fit the base model first)."""
+        folder = Path(folder)
+        _check_lora(self.lm.model, folder)
+        try:
+            from peft import PeftModel
+        except ImportError as error:
+            raise ImportError("serving an adapter on torch needs peft: pip install peft") from error
+        try:
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.lm.model, str(folder), adapter_name=name)
+            else:
+                self.peft.load_adapter(str(folder), adapter_name=name)
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise GenerationError(
+                f"adapter {folder} does not fit this model (was it trained on another base "
+                f"model?): {str(error).strip().splitlines()[0][:300]}"
+            ) from error
+        self.names.append(name)
+        self.active = None
+        self.activate(None)
+
+    def unload(self, name: str) -> None:
+        """Delete the adapter `name` from the model (its memory is freed)."""
+        import warnings
+
+        with warnings.catch_warnings():  # peft warns when the active adapter goes: ours says
+            warnings.simplefilter("ignore", UserWarning)
+            self.peft.delete_adapter(name)
+        self.names.remove(name)
+        if self.active == name:
+            self.active = None
+        self.activate(self.active)
+
+    def activate(self, name: str | None) -> None:
+        """The adapter the next forward passes use; None: the base model alone."""
+        if self.peft is None:
+            return
+        tuner = self.peft.base_model
+        if name is None:
+            tuner._enable_adapter_layers(enabled=False)
+        else:
+            tuner._enable_adapter_layers(enabled=True)
+            tuner.set_adapter(name, inference_mode=True)
+        self.active = name
+
+
 def _left_pad(tensor: Any, length: int) -> Any:
     """`tensor` (batch, heads, positions, dim) padded with zeros on the left to `length`."""
     import torch
@@ -215,11 +280,9 @@ def _check_fits(model: Any, folder: Path) -> None:
             )
 
 
-def apply_adapter_torch(model: Any, folder: Path) -> Any:
-    """The transformers model with the PEFT adapter in `folder` (LoRA or DoRA) merged in."""
+def _check_lora(model: Any, folder: Path) -> None:
     from ft_models.adapters import read_adapter_config
 
-    folder = Path(folder)
     with adapter_errors():
         config = read_adapter_config(folder)
         if not config.is_lora:
@@ -229,6 +292,12 @@ def apply_adapter_torch(model: Any, folder: Path) -> Any:
                 "`ft export`."
             )
         _check_fits(model, folder)
+
+
+def apply_adapter_torch(model: Any, folder: Path) -> Any:
+    """The transformers model with the PEFT adapter in `folder` (LoRA or DoRA) merged in."""
+    folder = Path(folder)
+    _check_lora(model, folder)
     try:
         from peft import PeftModel
     except ImportError as error:
@@ -244,4 +313,10 @@ def apply_adapter_torch(model: Any, folder: Path) -> Any:
     return wrapped.merge_and_unload()
 
 
-__all__ = ["TorchBatch", "TorchLM", "apply_adapter_torch", "torch_generation_dtype"]
+__all__ = [
+    "TorchAdapters",
+    "TorchBatch",
+    "TorchLM",
+    "apply_adapter_torch",
+    "torch_generation_dtype",
+]
