@@ -26,13 +26,13 @@ RUN_ID = "run-tiny-lora"
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def make_adapter(base: Path, folder: Path) -> Path:
+def make_adapter(base: Path, folder: Path, seed: int = 1) -> Path:
     """A PEFT LoRA adapter for the tiny Llama with random, non-zero A and B matrices."""
     import torch
     import transformers
     from peft import LoraConfig, get_peft_model
 
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_pretrained(base)
     config = LoraConfig(
         r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False
@@ -41,17 +41,17 @@ def make_adapter(base: Path, folder: Path) -> Path:
     return folder
 
 
-def completed_run(home: Path, base: Path) -> None:
+def completed_run(home: Path, base: Path, run_id: str = RUN_ID, seed: int = 1) -> None:
     """A completed run of `base` in the store of the app folder `home`, with its adapter."""
-    run_dir = home / "runs" / RUN_ID
-    make_adapter(base, run_dir / "adapter")
+    run_dir = home / "runs" / run_id
+    make_adapter(base, run_dir / "adapter", seed)
     (run_dir / "run.json").write_text(
-        json.dumps({"id": RUN_ID, "model": {"name": str(base), "path": str(base)}}),
+        json.dumps({"id": run_id, "model": {"name": str(base), "path": str(base)}}),
         encoding="utf-8",
     )
     store = JobStore(app_paths({"FT_HOME": str(home)}).database)
-    store.create_run(RUN_ID, run_dir=run_dir, config={}, model=str(base), method="lora")
-    store.finish_run(RUN_ID, "completed")
+    store.create_run(run_id, run_dir=run_dir, config={}, model=str(base), method="lora")
+    store.finish_run(run_id, "completed")
     store.close()
 
 
@@ -419,6 +419,23 @@ def test_mlx_serves_the_same_answers_as_torch(tmp_path: Path, tiny_llama: Path, 
         streamed = mlx.chat.completions.create(**asked, stream=True)
         text = "".join(c.choices[0].delta.content or "" for c in streamed)
         assert text == reply.choices[0].message.content
+        # batched on MLX too: concurrent prompts of other lengths get their answers alone
+        prompts = ["Hi", "Name three colours of the rainbow, please, in order."]
+        mine = [{**asked, "messages": [{"role": "user", "content": p}]} for p in prompts]
+        alone = [mlx.chat.completions.create(**kw).choices[0].message.content for kw in mine]
+        worker = server.app.state.inference._workers[str(tiny_llama)]
+        gate = threading.Event()
+        worker.between_steps(gate.wait)
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(mlx.chat.completions.create, **kw) for kw in [asked, *mine]]
+            for _ in range(600):
+                if worker.admitted == 3:
+                    break
+                time.sleep(0.05)
+            gate.set()
+            together = [f.result().choices[0].message.content for f in futures]
+        assert together == [reply.choices[0].message.content, *alone]
+        assert worker.largest_batch == 3
         schema = {
             "type": "object",
             "properties": {"ok": {"type": "boolean"}},
@@ -432,6 +449,41 @@ def test_mlx_serves_the_same_answers_as_torch(tmp_path: Path, tiny_llama: Path, 
         )
         assert reply.choices[0].finish_reason == "stop"
         assert isinstance(json.loads(reply.choices[0].message.content)["ok"], bool)
+    finally:
+        server.stop()
+
+
+def test_adapters_share_the_base_and_the_least_recently_used_is_unloaded(
+    tmp_path: Path, tiny_llama: Path
+) -> None:
+    runs = ("run-a", "run-b", "run-c")
+    for seed, run in enumerate(runs, start=2):
+        completed_run(tmp_path, tiny_llama, run, seed=seed)
+    server = serve(tmp_path, tiny_llama, max_loaded_adapters=2)
+    try:
+        client = server.client()
+
+        def ask(model: str) -> str:
+            reply = client.chat.completions.create(
+                model=model, messages=CHAT, max_tokens=10, temperature=0
+            )
+            return reply.choices[0].message.content
+
+        alone = {model: ask(model) for model in (str(tiny_llama), *runs)}
+        assert len(set(alone.values())) == 4  # each adapter answers its own way
+        worker = server.app.state.inference._workers[str(tiny_llama)]
+        assert list(worker.adapters) == ["run-b", "run-c"]  # run-a, least recently used, went
+        assert ask("run-a") == alone["run-a"]  # loaded again on use
+        assert list(worker.adapters) == ["run-c", "run-a"]
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(ask, [*runs, str(tiny_llama)] * 2))
+        assert together == [alone[m] for m in (*runs, str(tiny_llama))] * 2
+        for _ in range(200):  # past the limit while all three generated; back to it after
+            if len(worker.adapters) <= 2:
+                break
+            time.sleep(0.05)
+        assert len(worker.adapters) == 2
+        assert len(server.app.state.inference._workers) == 1  # one copy of the base model
     finally:
         server.stop()
 
