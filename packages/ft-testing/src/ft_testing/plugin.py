@@ -9,9 +9,9 @@ Fixtures:
 - `shared_datasets`: the folder of real datasets (`shared/datasets` above the working
   directory or this package, or `$FT_TEST_DATASETS`), or a skip.
 - `local_hub`, `hub_env`: a local Hugging Face Hub serving the tiny models, and a test pointed at it.
-- `job_settings`, `alpaca_short_rows`, `prepared_alpaca`, `make_job`: tiny training jobs on
-  real Alpaca rows, for trainer tests and the conformance suite (`ft_testing.conformance`);
-  they need `ft-testing[conformance]`.
+- `job_settings`, `alpaca_short_rows`, `prepared_alpaca`, `prepared_pairs`, `make_job`: tiny
+  training jobs on real Alpaca rows (as preference pairs for DPO and ORPO), for trainer tests
+  and the conformance suite (`ft_testing.conformance`); they need `ft-testing[conformance]`.
 
 Markers: `gpu` tests are skipped without CUDA, `mlx_metal` tests without MLX on Apple Silicon.
 
@@ -228,18 +228,52 @@ def prepared_alpaca(
     return build
 
 
+@pytest.fixture(scope="session")
+def prepared_pairs(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model_factory: TinyModelFactory,
+    alpaca_short_rows: list[dict[str, str]],
+) -> Callable[..., tuple[Path, Path]]:
+    """`prepared_pairs(arch="llama", max_length=128) -> (train.h5, validation.h5)`: the rows
+    of `prepared_alpaca` as preference pairs (`ft_testing.training.preference_rows`: the
+    row's own answer chosen, another row's rejected), 32 to train on and 8 to validate,
+    prepared with the tiny `arch` model's tokenizer. Each built once per session."""
+    training = _training()
+    root = tmp_path_factory.mktemp("prepared_pairs")
+    built: dict[tuple[str, int], tuple[Path, Path]] = {}
+
+    def build(arch: str = "llama", max_length: int | None = None) -> tuple[Path, Path]:
+        length = max_length or training.max_seq_length()
+        if (arch, length) not in built:
+            model = tiny_model_factory(arch)
+            train = training.preference_rows(alpaca_short_rows[:32])
+            val = training.preference_rows(alpaca_short_rows[32:40], shift=3)
+            name = f"{arch}-{length}"
+            built[arch, length] = (
+                training.prepare_rows(train, model, root / f"{name}-train.h5", max_length=length),
+                training.prepare_rows(val, model, root / f"{name}-val.h5", max_length=length),
+            )
+        return built[arch, length]
+
+    return build
+
+
 @pytest.fixture
 def make_job(
     tmp_path: Path,
     tiny_model_factory: TinyModelFactory,
     prepared_alpaca: Callable[..., tuple[Path, Path]],
+    prepared_pairs: Callable[..., tuple[Path, Path]],
     job_settings: dict[str, Any],
 ) -> JobMaker:
     """`make_job(arch="llama", run="run", validation=True, resume_from=None, **overrides)`:
-    a TrainJob on the tiny `arch` model and `prepared_alpaca` (at `job_settings`'
-    `max_seq_length`), in `tmp_path / run`, with `TINY_SETTINGS`, then `job_settings`, then
-    `overrides` (`training__max_steps=3`)."""
-    return _training().JobMaker(tmp_path, tiny_model_factory, prepared_alpaca, job_settings)
+    a TrainJob on the tiny `arch` model and `prepared_alpaca` (`prepared_pairs` for
+    `method__objective="dpo"` or `"orpo"`), at `job_settings`' `max_seq_length`, in
+    `tmp_path / run`, with `TINY_SETTINGS`, then `job_settings`, then `overrides`
+    (`training__max_steps=3`)."""
+    return _training().JobMaker(
+        tmp_path, tiny_model_factory, prepared_alpaca, job_settings, prepared_pairs
+    )
 
 
 # -- the local Hub ----------------------------------------------------------------------------

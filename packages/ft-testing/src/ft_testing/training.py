@@ -91,12 +91,26 @@ def prepare_rows(rows: list[dict[str, str]], model: Path, output: Path, *, max_l
     return output
 
 
+def preference_rows(rows: list[dict[str, str]], shift: int = 7) -> list[dict[str, str]]:
+    """Preference pairs from Alpaca rows: the instruction as the prompt, its own output
+    chosen, and the output of the row `shift` places on (another task's answer) rejected."""
+    return [
+        {
+            "prompt": row["instruction"],
+            "chosen": row["output"],
+            "rejected": rows[(i + shift) % len(rows)]["output"],
+        }
+        for i, row in enumerate(rows)
+    ]
+
+
 class JobMaker:
     """`make_job(arch="llama", run="run", validation=True, resume_from=None, **overrides)`: a
     TrainJob on the tiny `arch` model and the prepared Alpaca rows, in the run folder
     `root / run` (made on first use; the same `run` is the same folder, for resuming).
     `datasets(arch, max_length)` gives the (train, validation) files, prepared at the
-    `max_seq_length` of `base`."""
+    `max_seq_length` of `base`; `pairs(arch, max_length)` the same rows as preference pairs
+    (`preference_rows`), which jobs with `method__objective="dpo"` or `"orpo"` train on."""
 
     def __init__(
         self,
@@ -104,9 +118,11 @@ class JobMaker:
         models: Callable[[str], Path],
         datasets: Callable[[str, int], tuple[Path, Path]],
         base: Mapping[str, Any] | None = None,
+        pairs: Callable[[str, int], tuple[Path, Path]] | None = None,
     ) -> None:
         self.root, self.models, self.datasets = root, models, datasets
         self.base = dict(base or {})
+        self.pairs = pairs
 
     def __call__(
         self,
@@ -118,7 +134,9 @@ class JobMaker:
     ) -> TrainJob:
         config, problems = structure_config(job_settings(self.base, **overrides))
         assert config is not None and not problems, problems
-        train, val = self.datasets(arch, max_seq_length(self.base))
+        preference = {**self.base, **overrides}.get("method__objective", "sft") != "sft"
+        source = self.pairs if preference and self.pairs is not None else self.datasets
+        train, val = source(arch, max_seq_length(self.base))
         run_dir = self.root / run
         run_dir.mkdir(parents=True, exist_ok=True)
         return TrainJob(

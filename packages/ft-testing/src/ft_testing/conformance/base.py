@@ -35,6 +35,18 @@ EARLY_STOPPING = {
     "training__early_stopping_patience": 3,
     "training__early_stopping_threshold": 10.0,
 }
+# DPO on preference pairs (`prepared_pairs`), with what a resume must restore: dropout, packed
+# pairs, accumulation, evaluations; a checkpoint every step, for the kills to land between.
+DPO = {
+    "method__objective": "dpo",
+    "method__dropout": 0.1,
+    "data__packing": True,
+    "training__batch_size": 2,
+    "training__gradient_accumulation_steps": 2,
+    "training__max_steps": 6,
+    "training__eval_every": 3,
+    "training__save_every": 1,
+}
 # LoRA r=4 on q_proj (64 -> 64) and v_proj (64 -> 32: 2 key/value heads of 16) in 2 layers
 LORA_PARAMS = 2 * (4 * (64 + 64) + 4 * (64 + 32))
 
@@ -78,11 +90,12 @@ class ConformanceBase:
         tmp_path_factory: pytest.TempPathFactory,
         tiny_model_factory: Callable[[str], Path],
         prepared_alpaca: Callable[[str, int], tuple[Path, Path]],
+        prepared_pairs: Callable[[str, int], tuple[Path, Path]],
         job_settings: dict[str, Any],
     ) -> JobMaker:
         """`make_job` for runs that several tests compare with."""
         root = tmp_path_factory.mktemp("conformance")
-        return JobMaker(root, tiny_model_factory, prepared_alpaca, job_settings)
+        return JobMaker(root, tiny_model_factory, prepared_alpaca, job_settings, prepared_pairs)
 
     @pytest.fixture(scope="class")
     @classmethod

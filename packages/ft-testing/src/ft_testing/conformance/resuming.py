@@ -11,6 +11,7 @@ import pytest
 
 from ft_models.checkpoint import CorruptCheckpoint, latest_valid_checkpoint, read_manifest
 from ft_testing.conformance.base import (
+    DPO,
     EARLY_STOPPING,
     RESUME,
     ConformanceBase,
@@ -148,6 +149,36 @@ class ResumeTests(ConformanceBase):
         assert tensors_sha256(job.adapter_dir, "model.safetensors") == tensors_sha256(
             reference.job.adapter_dir, "model.safetensors"
         )
+
+    @pytest.mark.slow
+    def test_dpo_sigkill_and_resume_is_bit_identical(
+        self, children: Launcher, make_job: JobMaker, tmp_path: Path
+    ) -> None:
+        """DPO (`method.objective: dpo`) on packed preference pairs, with dropout, accumulation
+        and evaluations, SIGKILLed while a checkpoint is written and once more, restarted each
+        time: the same losses and preference metrics, step for step, and the same adapter."""
+        if "dpo" not in self.new_trainer().capabilities().objectives:
+            pytest.skip("this trainer has no DPO")
+        reference = self.train(make_job(run="dpo-straight", **DPO))
+        assert reference.result.reason == "max_steps", reference.result
+        metrics = ("rewards_chosen", "rewards_rejected", "margin", "accuracy")
+        for event in reference.events:
+            if event["type"] in ("step", "eval"):
+                assert all(key in event for key in metrics), event
+        job = make_job(run="dpo-killed", **DPO)
+        events, starts, mid_write = self.crash(children, job, tmp_path, 2, like=reference)
+        assert mid_write and starts[0] is None and starts[1], (mid_write, starts)
+        assert events[-1]["reason"] == "max_steps", events[-1]
+
+        def rewards(stream: list[dict[str, Any]]) -> dict[tuple[str, int], list[float]]:
+            return {
+                (e["type"], e["step"]): [e[key] for key in metrics]
+                for e in stream
+                if e["type"] in ("step", "eval")
+            }
+
+        assert rewards(events) == rewards(reference.events)
+        assert tensors_sha256(job.adapter_dir) == reference.adapter_sha256
 
     def test_a_corrupt_checkpoint_is_refused(self, make_job: JobMaker, tmp_path: Path) -> None:
         """A checkpoint whose bytes changed after its manifest was written: resuming from it
