@@ -29,12 +29,13 @@ bench:
     for script in benchmarks/bench_*.py; do echo "== $script"; uv run --locked python "$script"; done
 
 # Regenerate the generated docs (config, CLI and REST references, catalog, architectures) from
-# the code.
+# the code, and the Homebrew formula (Formula/ft.rb) from uv.lock.
 docs:
     uv run --locked ft config schema --markdown -o docs/config-reference.md
     uv run --locked python -c "from pathlib import Path; from ft_models.architectures import architectures_markdown as a; Path('docs/architectures.md').write_text(a())"
     uv run --locked python -c "from pathlib import Path; from ft_models.catalog import update_docs_section as u; p = Path('docs/models.md'); p.write_text(u(p.read_text()))"
     uv run --locked python scripts/docs_reference.py
+    uv run --locked python scripts/homebrew_formula.py
 
 # Build the docs site into site/ as CI does (strict: every link and anchor checked).
 site:

