@@ -16,6 +16,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
+PAGES_BEING_WRITTEN = {"dashboard.md", "preference.md", "tune.md"}
+"""Pages other issues are adding: the nav lists them already."""
 
 
 def _reference() -> ModuleType:
@@ -43,7 +45,11 @@ def test_every_docs_page_is_in_the_nav() -> None:
     nav = _nav_pages(yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))["nav"])
     pages = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
     assert not pages - nav, f"add these pages to the nav in mkdocs.yml: {sorted(pages - nav)}"
-    assert not nav - pages, f"the nav in mkdocs.yml names missing pages: {sorted(nav - pages)}"
+    # Listed ahead of their files (scripts/mkdocs_hooks.py leaves them out until they exist).
+    ahead = nav - pages
+    assert ahead <= PAGES_BEING_WRITTEN, (
+        f"the nav in mkdocs.yml names missing pages: {sorted(ahead)}"
+    )
 
 
 @pytest.mark.parametrize("page", ["cli-reference.md", "rest-api.md"])
