@@ -177,13 +177,13 @@ def recover_dead_trials(study: Any, store: JobStore, max_retries: int, say: Say)
         if not _trial_is_dead(attrs_, host, store):
             continue
         try:
+            study._storage.set_trial_user_attr(trial._trial_id, "failed", "its process died")
             if not study._storage.set_trial_state_values(
                 trial._trial_id, state=optuna.trial.TrialState.FAIL
             ):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another process got there first
-        study._storage.set_trial_user_attr(trial._trial_id, "failed", "its process died")
         failed = study._storage.get_trial(trial._trial_id)
         history = failed.system_attrs.get("retry_history", [])
         retry(study, failed)

@@ -86,6 +86,16 @@ class Parameter:
         return [int(v) for v in values] if self.kind == "int" else values
 
 
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads `1e-5` (no dot) as text: a value that reads as a number is one."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _label(choice: Any) -> Any:
     """Optuna's categorical values are scalars: a list choice is stored as its JSON text."""
     return json.dumps(choice) if isinstance(choice, list | dict) else choice
@@ -147,9 +157,10 @@ def parse_space(space: Mapping[str, Mapping[str, Any]] | None) -> list[Parameter
             choices = entry["choices"]
             if not isinstance(choices, list) or not choices:
                 raise SearchSpaceError(f"{where}.choices: expected a non-empty list")
+            choices = [_number(c) for c in choices]
             parameters.append(Parameter(name, "choice", choices=tuple(choices), when=conditions))
         elif "low" in entry and "high" in entry:
-            low, high = entry["low"], entry["high"]
+            low, high = _number(entry["low"]), _number(entry["high"])
             if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
                 raise SearchSpaceError(f"{where}: `low` and `high` must be numbers")
             if low >= high:

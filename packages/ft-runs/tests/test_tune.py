@@ -1,0 +1,255 @@
+"""`ft tune` (ft_runs.tune): studies of real training runs on the tiny Llama, both backends.
+
+What a user relies on: a trial that falls behind is stopped early (pruned) through the trainer's
+own stop; a study SIGKILLed mid-trial resumes to the number of finished trials asked for, the
+killed trial retried once and nothing counted twice; the best trial trained again with its
+settings and seed gives the same metric; `promote` makes it the project's.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import re
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ft_config import load_config
+from ft_runs import tune, tune_space
+from ft_runs.store import JobStore
+from ft_runs.training import train
+
+GOOD, ALSO_GOOD, HOPELESS = 3e-3, 1e-3, 1e-7
+
+
+def write_project(
+    root: Path,
+    model: Path,
+    rows: list[dict[str, str]],
+    backend: str,
+    trials: int = 3,
+    **tune_extra: Any,
+) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    extra = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in tune_extra.items())
+    (root / "train.yml").write_text(
+        f"model: {model}\n"
+        "data: {train: data.jsonl, max_seq_length: 48, validation_split: 0.25}\n"
+        "method: {name: lora, rank: 4, alpha: 8, target_modules: [q_proj, v_proj]}\n"
+        f"training: {{backend: {backend}, max_steps: 3, eval_every: 1, batch_size: 4,"
+        " precision: fp32, seed: 0, lr_scheduler: constant}\n"
+        "logging: {tensorboard: false}\n"
+        "resources: {device: cpu, num_threads: 1}\n"
+        "tune:\n"
+        f"  trials: {trials}\n"
+        "  keep_adapters: 1\n"
+        "  search_space:\n"
+        f"    training.learning_rate: {{choices: [{GOOD}, {ALSO_GOOD}, {HOPELESS}]}}\n" + extra,
+        "utf-8",
+    )
+    return root / "train.yml"
+
+
+# --- the search space ---------------------------------------------------------------------------
+
+
+def test_default_space_ties_alpha_to_rank_unless_rslora() -> None:
+    import optuna
+
+    parameters = tune_space.parse_space({})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    drawn = [tune_space.suggest(study.ask(), parameters) for _ in range(40)]
+    for settings in drawn:
+        assert 3e-5 <= settings["training.learning_rate"] <= 5e-4
+        assert settings["method.rank"] in (8, 16, 32, 64)
+        if settings["method.rslora"]:
+            assert "method.alpha" not in settings  # train.yml's alpha, over sqrt(r)
+        else:
+            assert settings["method.alpha"] == 2 * settings["method.rank"]
+        assert settings["method.target_modules"] in (tune_space.ATTENTION, "all-linear")
+    assert {s["method.rslora"] for s in drawn} == {False, True}
+    one = {
+        "training.learning_rate": 1e-4,
+        "method.target_modules": ["q_proj", "v_proj"],
+        "method.rslora": False,
+    }
+    assert tune_space.overrides(one) == [
+        "training.learning_rate=0.0001",
+        "method.target_modules=[q_proj, v_proj]",
+        "method.rslora=false",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        (
+            {"method.alpha": {"same_as": "method.rank"}},
+            "tune.search_space.method.alpha.same_as: 'method.rank' is not a parameter above this one",
+        ),
+        (
+            {"training.learning_rate": {"low": 1e-3, "high": 1e-5}},
+            "tune.search_space.training.learning_rate: `low` (0.001) must be below `high` (1e-05)",
+        ),
+        (
+            {"method.rank": {"choice": [8]}},
+            "tune.search_space.method.rank: unknown key 'choice'; an entry takes choices, high, "
+            "int, log, low, same_as, step, times, when",
+        ),
+    ],
+)
+def test_a_bad_search_space_entry_says_which_and_what_to_write(
+    space: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(tune_space.SearchSpaceError) as caught:
+        tune_space.parse_space(space)
+    assert str(caught.value) == message
+
+
+def test_grid_refuses_what_it_cannot_enumerate() -> None:
+    parameters = tune_space.parse_space(
+        {"method.rslora": {"choices": [False, True]}, "method.rank": {"low": 4, "high": 8}}
+    )
+    with pytest.raises(
+        tune_space.SearchSpaceError, match=re.escape("method.rank: a range needs `step`")
+    ):
+        tune_space.grid(parameters)
+    space = tune_space.grid(
+        tune_space.parse_space({"method.rank": {"low": 4, "high": 8, "step": 2, "int": True}})
+    )
+    assert space == {"method.rank": [4, 6, 8]}
+
+
+# --- studies of real runs --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_pruning_stops_a_trial_early_and_the_best_trial_reproduces(
+    backend: str, tmp_path: Path, tiny_llama: Path, alpaca_short_rows: list[dict[str, str]]
+) -> None:
+    if backend == "mlx":
+        pytest.importorskip("mlx.core")
+    config = write_project(tmp_path / "project", tiny_llama, alpaca_short_rows[:24], backend)
+    files = tune.start_study(config, name="lr")
+    store = JobStore()
+    # In this order: two trials that learn, then one that cannot (the median pruner judges
+    # from the third trial on).
+    result = tune.run_study(
+        files,
+        say=lambda text: None,
+        store=store,
+        enqueue=[{"training.learning_rate": lr} for lr in (GOOD, ALSO_GOOD, HOPELESS)],
+    )
+    states = [(r["number"], r["state"]) for r in result.trials]
+    assert states == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "PRUNED")]
+    # Stopped at an evaluation before its last step (3), through the trainer's own stop.
+    pruned_at = result.trials[2]["pruned_at"]
+    assert pruned_at in (1, 2)
+    pruned = store.get_run(result.trials[2]["run_id"])
+    assert (pruned.status, pruned.reason, pruned.step) == ("stopped", "pruned", pruned_at)
+    assert result.best is not None and result.best["number"] == 0
+    # Only the best trial keeps its adapter (keep_adapters: 1).
+    kept = {
+        r["number"]: (Path(store.get_run(r["run_id"]).run_dir) / "adapter").is_dir()
+        for r in result.trials
+    }
+    assert kept == {0: True, 1: False, 2: False}
+    assert [r["trial"] for r in store.trials(files.dir)] == [0, 1, 2]
+    assert store.trial_of_run(result.trials[0]["run_id"])["study"] == "lr"
+    report = files.report.read_text("utf-8")
+    assert "Best: trial 0" in report and (files.dir / "importances.png").is_file()
+
+    # The best trial again, as a plain `ft train` with its settings: the same metric.
+    again = train(config, overrides=tune.trial_overrides(files), say=lambda text: None, store=store)
+    assert store.get_run(again.run_id).best_eval_loss == result.best["value"]
+
+
+def run_in_child(files: tune.StudyFiles) -> None:
+    tune.run_study(files, say=lambda text: None)
+
+
+@pytest.mark.slow
+def test_a_study_killed_mid_trial_resumes_to_the_trials_asked_for(
+    tmp_path: Path, tiny_llama: Path, alpaca_short_rows: list[dict[str, str]]
+) -> None:
+    config = write_project(
+        tmp_path / "project", tiny_llama, alpaca_short_rows[:24], "torch", 2, pruning=False
+    )
+    # Long enough trials to be caught in the middle of one.
+    text = config.read_text("utf-8").replace("max_steps: 3", "max_steps: 12")
+    config.write_text(text.replace("eval_every: 1", "eval_every: 6"), "utf-8")
+    files = tune.start_study(config, name="killed")
+    store = JobStore()
+    # A forked process: the study's own process, without importing torch again (minutes on a
+    # busy machine).
+    child = multiprocessing.get_context("fork").Process(target=run_in_child, args=(files,))
+    child.start()
+    # SIGKILL once the second trial's run has trained a few steps.
+    killed_run = None
+    for _ in range(30000):
+        if not child.is_alive():
+            break
+        runs = {r["trial"]: r["run_id"] for r in store.trials(files.dir) if r["run_id"]}
+        if 1 in runs and store.get_run(runs[1]).step >= 2:
+            killed_run = runs[1]
+            os.kill(child.pid, signal.SIGKILL)
+            break
+        threading.Event().wait(0.02)
+    child.join()
+    assert killed_run is not None and child.exitcode == -signal.SIGKILL
+
+    said: list[str] = []
+    result = tune.run_study(files, say=said.append, store=store)
+    assert said[0] == "trial 1: its process died; queued again with the same settings"
+    rows = {r["number"]: r for r in result.trials}
+    assert [(n, r["state"]) for n, r in rows.items()] == [
+        (0, "COMPLETE"),
+        (1, "FAIL"),
+        (2, "COMPLETE"),  # trial 1 again
+    ]
+    assert rows[2]["retry_of"] == 1 and rows[2]["settings"] == rows[1]["settings"]
+    assert rows[1]["note"] == "its process died" and rows[1]["run_id"] == killed_run
+    assert store.get_run(killed_run).status == "interrupted"
+    finished = [r for r in result.trials if r["state"] in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 2 and len({r["run_id"] for r in finished}) == 2
+    # Every finished trial trained all of its steps once, in a run of its own.
+    assert [store.get_run(r["run_id"]).step for r in finished] == [12, 12]
+
+
+@pytest.mark.slow
+def test_promote_writes_the_best_settings_and_commits_them(
+    tmp_path: Path, tiny_llama: Path, alpaca_short_rows: list[dict[str, str]]
+) -> None:
+    project = tmp_path / "project"
+    config = write_project(project, tiny_llama, alpaca_short_rows[:24], "torch", trials=2)
+    for args in (["init", "-q"], ["add", "train.yml"], ["commit", "-qm", "start"]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=project, check=True
+        )
+    files = tune.start_study(config, name="p")
+    result = tune.run_study(
+        files,
+        say=lambda text: None,
+        enqueue=[{"training.learning_rate": ALSO_GOOD}, {"training.learning_rate": GOOD}],
+    )
+    assert result.best is not None and result.best["number"] == 1
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t"}
+    os.environ.update({**env, "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+    promoted = tune.promote(files, say=lambda text: None)
+    assert load_config(config).training.learning_rate == GOOD
+    log = subprocess.run(
+        ["git", "log", "--format=%s", "-1"], cwd=project, capture_output=True, text=True
+    ).stdout
+    assert log.startswith("ft tune promote: study p trial 1 (learning_rate=0.003")
+    assert promoted.commit is not None
+    assert (project / "model" / "adapter_config.json").is_file()
+    info = json.loads((project / "model" / "promoted.json").read_text("utf-8"))
+    assert (info["study"], info["trial"]) == ("p", 1)
