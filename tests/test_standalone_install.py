@@ -36,13 +36,11 @@ MEMBERS = sorted(
 )
 HEAVY = ("torch", "mlx", "mlx_lm", "transformers", "peft")
 # What each package must do once installed alone, besides importing (the longer real things,
-# training and serving, have tests of their own below).
+# preparing, downloading, training and serving, have tests of their own below).
 SMOKE = {
     "ft-config": "from ft_config import load_config; print(load_config(profile='chat').method.rank)",
     "ft-models": "from ft_models.embedded import EMBEDDED_ALIAS; print(EMBEDDED_ALIAS)",
     "ft-testing": "import ft_testing.plugin",
-    "ft-train-torch": "import ft_train_torch.trainer",
-    "ft-train-mlx": "import ft_train_mlx.trainer",
 }
 LIGHT = {"ft-config", "ft-data", "ft-models"}
 EMBEDDED_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
