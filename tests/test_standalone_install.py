@@ -162,6 +162,20 @@ def test_every_package_has_a_wheel_an_sdist_and_a_changelog_that_pass_twine_chec
     assert checked.stdout.count("PASSED") == len(files)
 
 
+def test_the_versions_written_in_the_code_are_the_packages_versions():
+    """A `__version__` (or ft-server's VERSION) is the version in its pyproject.toml: a release
+    bumps both."""
+    found = 0
+    for member in MEMBERS:
+        for source in sorted((member / "src").rglob("*.py")):
+            for line in source.read_text(encoding="utf-8").splitlines():
+                if line.startswith(("__version__ = ", "VERSION = ")):
+                    found += 1
+                    written = line.split("=", 1)[1].strip().strip('"')
+                    assert written == _version(member), f"{source}: {line}"
+    assert found >= 7
+
+
 # -- each package alone -----------------------------------------------------------------------
 
 
