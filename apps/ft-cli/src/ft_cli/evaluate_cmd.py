@@ -127,10 +127,13 @@ def evaluate(
         if result.base_metrics:
             answers.add_column("base model", ratio=3)
         answers.add_column("predicted" if classify else "fine-tuned", ratio=3)
-        answers.add_column("label" if classify else "reference", ratio=3)
+        pairs = "rejected" in result.samples[0]  # preference pairs: chosen and rejected
+        answers.add_column("label" if classify else "chosen" if pairs else "reference", ratio=3)
+        if pairs:
+            answers.add_column("rejected", ratio=3)
         for s in result.samples:
             row = [s["prompt"]] + ([s["base"] or ""] if result.base_metrics else [])
-            answers.add_row(*row, s["tuned"], s["reference"])
+            answers.add_row(*row, s["tuned"], s["reference"], *([s["rejected"]] if pairs else []))
         out.print(answers)
     out.print(f"saved: {result.file}")
 

@@ -17,6 +17,14 @@ For a run and one of its checkpoints (best, last, a step, or the final adapter):
 4. the results go to `<run>/evaluations/<time>-<checkpoint>.json` and the job store's
    evaluations table, so `ft runs compare` can put runs side by side.
 
+On preference pairs (data prepared with rejected answers: a DPO or ORPO run's validation set),
+the answers are scored as above against the chosen answers, and the pairs too, by the trainer's
+`evaluate_preference` on the fine-tuned and the base model: `preference_accuracy`, the share of
+pairs whose chosen answer the model finds more likely than the rejected one (summed
+log-probabilities), and, for the fine-tuned model, `reward_accuracy` and `reward_margin`: DPO's
+implicit reward (beta x the log-probability ratio to the base) of the chosen answer against the
+rejected one's. The samples show the chosen and the rejected answer next to the generated ones.
+
 A classification run (`model.task: sequence-classification`) is scored instead by its loss per
 example, accuracy and macro F1 against the data's labels, with a few examples' predicted and
 true classes as samples; nothing is generated, and the base model is skipped (its
@@ -47,6 +55,7 @@ class Example:
     prompt_ids: list[int]
     prompt: str
     reference: str
+    index: int = 0  # the example's place in the dataset
 
 
 @attrs.frozen
@@ -120,6 +129,7 @@ def examples_from(dataset: Path, tokenizer: Any, limit: int) -> list[Example]:
                     reference=tokenizer.decode(
                         [int(t) for t in tokens[start:end]], skip_special_tokens=True
                     ).strip(),
+                    index=i,
                 )
             )
             if len(found) >= limit:
@@ -236,6 +246,14 @@ def evaluate_run(
             f"validation loss {loss.loss:.4f} (perplexity {loss.perplexity:.2f}) on {loss.tokens} tokens"
             + (f"; base model {base_metrics['eval_loss']:.4f}" if base_metrics else "")
         )
+        rejected = _rejected_answers(dataset, model_path)
+        if rejected is not None:
+            scored, base_scored = _preference(
+                trainer, model_path, adapter, dataset, config.method.beta, say
+            )
+            metrics.update(scored)
+            if compare_base:
+                base_metrics.update(base_scored)
 
         template = info.get("data", {}).get("template")
         tuned = Generator.load(model_path, backend=backend, adapter=adapter, template=template)
@@ -265,11 +283,60 @@ def evaluate_run(
                 "base": base_answers[i] if base_answers else None,
                 "tuned": answers[i],
                 "reference": e.reference,
+                **({"rejected": rejected[e.index]} if rejected is not None else {}),
             }
             for i, e in enumerate(examples[:samples])
         ]
         result = Evaluation(folder.id, label, adapter, data_label, metrics, base_metrics, shown)
         return _save(folder, result, store)
+
+
+def _rejected_answers(dataset: Path, model_path: Path) -> list[str] | None:
+    """Each pair's rejected answer as text (its first trained span), for a dataset of
+    preference pairs; None for other data."""
+    from ft_data.hdf5 import PreparedDataset
+
+    with PreparedDataset(dataset) as data:
+        if not data.has_rejected:
+            return None
+        from ft_data.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(model_path).tokenizer
+        answers = []
+        for i in range(len(data)):
+            tokens, mask = data.rejected(i)
+            trained = np.flatnonzero(np.asarray(mask))
+            start = end = int(trained[0]) if len(trained) else len(mask)
+            while end < len(mask) and mask[end]:
+                end += 1
+            ids = [int(t) for t in tokens[start:end]]
+            answers.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+        return answers
+
+
+def _preference(
+    trainer: Any, model_path: Path, adapter: Path, dataset: Path, beta: float, say: Say
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(fine-tuned, base) metrics of preference pairs (see the module docstring)."""
+    score = getattr(trainer, "evaluate_preference", None)
+    if score is None:
+        say(f"preference accuracy not scored: the {trainer.name} trainer does not compute it")
+        return {}, {}
+    tuned = score(model_path, adapter, dataset)
+    base = score(model_path, None, dataset)
+    margins = (np.asarray(tuned.chosen_logps) - base.chosen_logps) - (
+        np.asarray(tuned.rejected_logps) - base.rejected_logps
+    )
+    metrics = {
+        "preference_accuracy": tuned.accuracy,
+        "reward_accuracy": float(np.mean(margins > 0)) if len(margins) else float("nan"),
+        "reward_margin": float(beta * np.mean(margins)) if len(margins) else float("nan"),
+    }
+    say(
+        f"preference accuracy {tuned.accuracy:.4f} on {len(margins)} pairs (base model "
+        f"{base.accuracy:.4f}); DPO reward accuracy {metrics['reward_accuracy']:.4f}"
+    )
+    return metrics, {"preference_accuracy": base.accuracy}
 
 
 def _save(folder: RunFolder, result: Evaluation, store: Any) -> Evaluation:

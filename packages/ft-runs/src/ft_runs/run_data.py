@@ -62,6 +62,7 @@ def prepare(
         return result
 
     train = one(settings.train, "training")
+    _check_pairs(config, train, settings.train, "data.train")
     summary: dict[str, Any] = {
         "train_source": redact_url(str(settings.train)),
         "train_cache_key": result_key(train.path),
@@ -76,6 +77,7 @@ def prepare(
     }
     if settings.validation:
         validation = one(settings.validation, "validation")
+        _check_pairs(config, validation, settings.validation, "data.validation")
         summary.update(
             validation_source=redact_url(settings.validation),
             validation_cache_key=result_key(validation.path),
@@ -88,6 +90,26 @@ def prepare(
         say("validation: off (validation_split is 0 and no validation file)")
         return PreparedData(train.path, None, summary, split=None)
     return PreparedData(train.path, None, summary, split=(fraction, config.training.seed))
+
+
+def _check_pairs(config: TrainConfig, result: Any, source: str, key: str) -> None:
+    """`method.objective: dpo | orpo` trains on preference pairs: refuse other data before
+    any model is loaded, naming the file and what to do."""
+    from ft_data.hdf5 import PreparedDataset
+
+    objective = config.method.objective
+    if objective == "sft":
+        return
+    with PreparedDataset(result.path) as prepared:
+        if prepared.has_rejected:
+            return
+    raise ValueError(
+        f"method.objective: {objective} trains on preference pairs, and {key} "
+        f"({redact_url(str(source))}) has none: it was read as {result.report.format} data "
+        f"({result.report.kind}). Give rows with a prompt, a chosen and a rejected answer "
+        "(`prompt`/`chosen`/`rejected`, sharegpt_preference or openai_preference: "
+        "docs/preference.md), or set method.objective: sft"
+    )
 
 
 def without_url_credentials(config: TrainConfig) -> TrainConfig:
@@ -141,10 +163,13 @@ def materialize_split(data: PreparedData, folder: Path, say: Say) -> PreparedDat
                 subset = {**attrs, "cache_key": key, "subset_of": parent, "subset": role}
                 names = source.label_names
                 with PreparedWriter(path, subset, label_names=names) as w:
+                    pairs = source.has_rejected
                     for row in rows:
                         tokens, mask = source[int(row)]
                         label = None if labels is None else names[int(labels[int(row)])]
-                        w.add(tokens, mask, label=label)
+                        # Preference pairs keep their rejected side (DPO, ORPO train on both).
+                        rejected = source.rejected(int(row)) if pairs else None
+                        w.add(tokens, mask, label=label, rejected=rejected)
                     if labels is not None:
                         w.finish_labels()
         say(

@@ -212,6 +212,27 @@ class ClassificationResult:
         return right / len(self.labels) if self.labels else float("nan")
 
 
+@attrs.frozen
+class PreferenceResult:
+    """A model's log-probabilities of the answers of preference pairs (a prepared dataset with
+    rejected answers): each pair's summed log-probability of its chosen and of its rejected
+    answer, and their trained tokens, in the dataset's order. What a trainer's optional
+    `evaluate_preference(model_path, adapter, dataset, *, batch_size=4, device="auto")` gives
+    (`ft evaluate` scores preference accuracy with it)."""
+
+    chosen_logps: list[float]
+    rejected_logps: list[float]
+    chosen_tokens: list[int]
+    rejected_tokens: list[int]
+
+    @property
+    def accuracy(self) -> float:
+        """The share of pairs whose chosen answer the model finds the more likely."""
+        pairs = zip(self.chosen_logps, self.rejected_logps, strict=True)
+        right = sum(c > r for c, r in pairs)
+        return right / len(self.chosen_logps) if self.chosen_logps else float("nan")
+
+
 @runtime_checkable
 class Trainer(Protocol):
     """A training backend: trains jobs, says how to launch them on several processes, and

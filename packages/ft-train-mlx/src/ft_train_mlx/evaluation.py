@@ -11,7 +11,7 @@ import mlx.core as mx
 
 from ft_data.batches import Batches, target_count
 from ft_data.hdf5 import PreparedDataset
-from ft_train_core.protocol import LossResult
+from ft_train_core.protocol import LossResult, PreferenceResult
 from ft_train_mlx.packing import ABSOLUTE_POSITIONS, model_inputs, summed_loss
 
 
@@ -61,3 +61,57 @@ def evaluate_loss(
             examples = len(data)
     loss = total / count if count else math.nan
     return LossResult(loss, math.exp(min(loss, 50.0)), count, examples)
+
+
+def evaluate_preference(
+    model_path: Path,
+    adapter: Path | None,
+    dataset: Path,
+    *,
+    batch_size: int = 4,
+    device: str = "auto",
+) -> PreferenceResult:
+    """Each pair's summed log-probability of its chosen and of its rejected answer under the
+    model at `model_path` (with the adapter, or a full fine-tune's folder), over the preference
+    pairs of `dataset`, batched as the trainer batches pairs."""
+    import numpy as np
+
+    from ft_models.load import load_mlx
+    from ft_train_core.preference import PairBatches, PairView, pair_layout
+    from ft_train_mlx.api import load_adapted
+    from ft_train_mlx.device import on_device, pick_device
+    from ft_train_mlx.preference import pair_inputs, pair_logps
+
+    with on_device(pick_device(device)):
+        if adapter is not None and (Path(adapter) / "adapter_config.json").is_file():
+            model, _ = load_adapted(model_path, adapter)
+        else:
+            model, _ = load_mlx(Path(adapter or model_path), dtype="float32")
+        model.eval()
+        with PreparedDataset(dataset) as data:
+            if not data.has_rejected:
+                raise ValueError(
+                    f"{dataset}: no preference pairs (no rejected answers) to score preference "
+                    "accuracy on: prepare pairs (prompt, chosen, rejected; docs/data.md)"
+                )
+            chosen, rejected = np.zeros(len(data)), np.zeros(len(data))
+            counts = np.zeros((2, len(data)), np.int64)
+            batches = PairBatches(
+                data,
+                batch_size=batch_size,
+                max_seq_length=int(PairView(data).lengths.max()),
+                mode="pad",
+                seed=0,
+                shuffle=False,
+            )
+            for batch in batches.iter_from(0, epochs=1):
+                layout = pair_layout(batch)
+                slots, present, count = pair_inputs(batch, layout)
+                sums = pair_logps(model, model_inputs(batch), slots, present, count)
+                mx.eval(*sums)
+                ids = layout.pair_ids
+                chosen[ids], rejected[ids] = (np.array(side, dtype=np.float64) for side in sums)
+                counts[0, ids], counts[1, ids] = layout.chosen_tokens, layout.rejected_tokens
+    return PreferenceResult(
+        chosen.tolist(), rejected.tolist(), counts[0].tolist(), counts[1].tolist()
+    )

@@ -32,6 +32,7 @@ from ft_train_core.protocol import (
     Launch,
     LossResult,
     Placement,
+    PreferenceResult,
     StartEvent,
     TrainResult,
 )
@@ -121,6 +122,23 @@ class MLXTrainer:
             max_seq_length=max_seq_length,
             batch_size=batch_size,
             device=device,
+        )
+
+    def evaluate_preference(
+        self,
+        model_path: Path,
+        adapter: Path | None,
+        dataset: Path,
+        *,
+        batch_size: int = 4,
+        device: str = "auto",
+    ) -> PreferenceResult:
+        """Each preference pair's log-probability of its chosen and rejected answer under the
+        model (with the adapter, or a full fine-tune's folder), on a prepared dataset of pairs."""
+        from ft_train_mlx.evaluation import evaluate_preference
+
+        return evaluate_preference(
+            model_path, adapter, dataset, batch_size=batch_size, device=device
         )
 
     def evaluate_classification(

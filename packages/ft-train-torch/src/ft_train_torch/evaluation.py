@@ -17,7 +17,8 @@ import torch
 
 from ft_data.batches import Batches
 from ft_data.hdf5 import PreparedDataset
-from ft_train_core.protocol import ClassificationResult, LossResult
+from ft_train_core.preference import PairBatches, PairView, pair_layout
+from ft_train_core.protocol import ClassificationResult, LossResult, PreferenceResult
 from ft_train_torch.attention import register as register_attention
 from ft_train_torch.device import pick_device
 from ft_train_torch.methods import read_classes
@@ -27,6 +28,7 @@ from ft_train_torch.packing import (
     classification_loss,
     model_inputs,
     selected_lm_loss,
+    selected_token_losses,
     trained_positions,
     trained_tokens,
     use_packed_attention,
@@ -189,3 +191,50 @@ def evaluate_classification(
                 predictions += [names[i] for i in logits.argmax(-1).tolist()]
                 labels += [names[i] for i in batch["labels"].tolist()]
     return ClassificationResult(total / len(labels), predictions, labels, names)
+
+
+def evaluate_preference(
+    model: torch.nn.Module, dataset: str | Path, *, batch_size: int = 4
+) -> PreferenceResult:
+    """Each pair's summed log-probability of its chosen and of its rejected answer under
+    `model`, over the preference pairs of the prepared `dataset`, batched as the trainer
+    batches pairs (`ft_train_core.preference`: both sides in one row, attending apart)."""
+    from ft_train_torch.preference import pair_logps
+
+    device = next(model.parameters()).device
+    with PreparedDataset(dataset) as data:
+        if not data.has_rejected:
+            raise ValueError(
+                f"{dataset}: no preference pairs (no rejected answers) to score preference "
+                "accuracy on: prepare pairs (prompt, chosen, rejected; docs/data.md)"
+            )
+        chosen, rejected = np.zeros(len(data)), np.zeros(len(data))
+        chosen_tokens = np.zeros(len(data), np.int64)
+        rejected_tokens = np.zeros(len(data), np.int64)
+        batches = PairBatches(
+            data,
+            batch_size=batch_size,
+            max_seq_length=int(PairView(data).lengths.max()),
+            mode="pad",
+            seed=0,
+            shuffle=False,
+            pad_multiple=64,
+        )
+        output = OutputAtTargets(model)
+        use_packed_attention(model)
+        try:
+            with torch.no_grad():
+                for batch in batches.iter_from(0, epochs=1):
+                    layout = pair_layout(batch)
+                    with output.at(trained_positions(batch), device):
+                        logits = model(**model_inputs(batch, device)).logits
+                    sums = pair_logps(-selected_token_losses(logits, batch), layout)
+                    ids = layout.pair_ids
+                    chosen[ids], rejected[ids] = (side.double().cpu().numpy() for side in sums)
+                    chosen_tokens[ids] = layout.chosen_tokens
+                    rejected_tokens[ids] = layout.rejected_tokens
+        finally:
+            output.remove()
+    return PreferenceResult(
+        chosen.tolist(), rejected.tolist(), chosen_tokens.tolist(), rejected_tokens.tolist()
+    )

@@ -37,6 +37,7 @@ from ft_train_core.protocol import (
     Launch,
     LossResult,
     Placement,
+    PreferenceResult,
     TrainResult,
 )
 from ft_train_torch import loop
@@ -136,6 +137,22 @@ class TorchTrainer:
 
         model = load_for_eval(model_path, adapter, device=device)
         return evaluate_loss(model, dataset, batch_size=batch_size, max_seq_length=max_seq_length)
+
+    def evaluate_preference(
+        self,
+        model_path: Path,
+        adapter: Path | None,
+        dataset: Path,
+        *,
+        batch_size: int = 4,
+        device: str = "auto",
+    ) -> PreferenceResult:
+        """Each preference pair's log-probability of its chosen and rejected answer under the
+        model (with the adapter, or a full fine-tune's folder), on a prepared dataset of pairs."""
+        from ft_train_torch.evaluation import evaluate_preference, load_for_eval
+
+        model = load_for_eval(model_path, adapter, device=device)
+        return evaluate_preference(model, dataset, batch_size=batch_size)
 
     def evaluate_classification(
         self,
