@@ -469,16 +469,20 @@ class Ft < Formula
   end
 
   def install
+    python = Formula["python@3.12"].opt_libexec/"bin/python"
     venv = virtualenv_create(libexec, "python3.12")
-    # Wheels are installed as the files they are; sdists are built. --no-deps: every
-    # dependency is one of the resources above, pinned by uv.lock.
+    # Wheels are installed as the files they are (pip, under their own names); sdists are
+    # built. --no-deps: every dependency is one of the resources above, pinned by uv.lock.
     wheels, sdists = resources.partition { |r| r.url.end_with?(".whl") }
     wheel_files = wheels.map do |r|
       r.fetch
-      (buildpath/"wheels").install r.cached_download => File.basename(r.url)
-      buildpath/"wheels"/File.basename(r.url)
+      target = buildpath/"wheels"/File.basename(r.url)
+      target.dirname.mkpath
+      cp r.cached_download, target
+      target
     end
-    venv.pip_install wheel_files
+    system python, "-m", "pip", "--python=#{libexec}/bin/python", "install",
+           "--no-deps", "--no-index", "--no-compile", *wheel_files
     venv.pip_install sdists
     # ft's own packages, from the tagged source; then ft-cli, whose `ft` is linked.
     %w[packages/ft-config packages/ft-data packages/ft-export packages/ft-models packages/ft-runs packages/ft-train-core packages/ft-train-mlx].each { |member| venv.pip_install buildpath/member }
