@@ -38,7 +38,18 @@ def test_serve_binds_loopback_by_default(monkeypatch, tmp_path):
     monkeypatch.setattr("ft_server.main.serve", lambda settings: seen.update(s=settings))
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(
-        cli, ["serve", "--port", "8123", "--allow-model", "run-*", "--backend", "torch"]
+        cli,
+        [
+            "serve",
+            "--port",
+            "8123",
+            "--allow-model",
+            "run-*",
+            "--backend",
+            "torch",
+            "--root-path",
+            "/ft/",
+        ],
     )
     assert result.exit_code == 0, result.output
     s = seen["s"]
@@ -49,3 +60,4 @@ def test_serve_binds_loopback_by_default(monkeypatch, tmp_path):
         "torch",
         None,
     )
+    assert s.root_path == "/ft"

@@ -50,6 +50,11 @@ INSTALL_HINT = (
     type=click.Path(file_okay=False, path_type=Path),
     help="A folder besides the app folder that clients may name (projects, data, models).",
 )
+@click.option(
+    "--root-path",
+    default="",
+    help="The path prefix a reverse proxy serves the server under, e.g. /ft (default: none).",
+)
 def serve(
     host: str,
     port: int,
@@ -60,6 +65,7 @@ def serve(
     allow_model: tuple[str, ...],
     backend: str,
     allow_root: tuple[Path, ...],
+    root_path: str,
 ) -> None:
     """Serve the REST API and OpenAI-compatible inference (binds 127.0.0.1 by default;
     binding anything else needs an API key)."""
@@ -80,6 +86,7 @@ def serve(
             inference_allow=allow_model,
             inference_backend=backend,
             allowed_roots=tuple(p.resolve() for p in allow_root),
+            root_path=root_path,
         )
         run_server(settings)
     except SettingsError as exc:
