@@ -45,6 +45,27 @@ INSTALL_HINT = (
     help="Inference backend.",
 )
 @click.option(
+    "--max-batch-size",
+    default=8,
+    show_default=True,
+    type=int,
+    help="Requests to one model decoded together (continuous batching).",
+)
+@click.option(
+    "--max-inference-queue",
+    default=16,
+    show_default=True,
+    type=int,
+    help="Requests that may wait for a place in a batch; past it, 429.",
+)
+@click.option(
+    "--max-loaded-adapters",
+    default=4,
+    show_default=True,
+    type=int,
+    help="Adapters kept loaded on their base model; past it the least recently used is unloaded.",
+)
+@click.option(
     "--allow-root",
     multiple=True,
     type=click.Path(file_okay=False, path_type=Path),
@@ -64,6 +85,9 @@ def serve(
     max_concurrent_trainings: int,
     allow_model: tuple[str, ...],
     backend: str,
+    max_batch_size: int,
+    max_inference_queue: int,
+    max_loaded_adapters: int,
     allow_root: tuple[Path, ...],
     root_path: str,
 ) -> None:
@@ -85,6 +109,9 @@ def serve(
             max_concurrent_trainings=max_concurrent_trainings,
             inference_allow=allow_model,
             inference_backend=backend,
+            max_batch_size=max_batch_size,
+            max_inference_queue=max_inference_queue,
+            max_loaded_adapters=max_loaded_adapters,
             allowed_roots=tuple(p.resolve() for p in allow_root),
             root_path=root_path,
         )
