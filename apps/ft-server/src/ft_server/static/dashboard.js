@@ -98,6 +98,7 @@ const FT = (() => {
           for (;;) {
             const { value, done } = await reader.read();
             if (done) break;
+            if (closed) { reader.cancel(); return; }
             buffer += value;
             let cut;
             while ((cut = buffer.indexOf("\n\n")) >= 0) {
@@ -132,11 +133,12 @@ const FT = (() => {
     const colors = ["#0550ae", "#cf222e", "#1a7f37", "#8250df", "#bc4c00", "#0a7ea4"];
     const data = [[], ...series.map(() => [])];
     const width = () => Math.max(300, target.clientWidth || 440);
+    const ticks = (u, splits) => splits.map((v) => v === 0 ? "0" : Math.abs(v) < 0.01 || Math.abs(v) >= 1e6 ? v.toExponential(1) : String(+v.toPrecision(4)));
     const opts = {
       width: width(),
       height: 220,
       scales: { x: { time: false }, y: yLog ? { distr: 3 } : {} },
-      axes: [{ label: "step" }, {}],
+      axes: [{ label: "step", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6] }, { values: ticks, size: 60 }],
       series: [{ label: "step" }, ...series.map((s, i) => ({ label: s, stroke: colors[i % colors.length], width: 1.5, spanGaps: true, points: { show: false } }))],
       legend: { live: true },
     };
@@ -305,7 +307,7 @@ function pageMonitor() {
     const facts = [
       ["Step", last.step ?? "–"], ["Loss", FT.fmtNum(t.loss)], ["Eval loss", FT.fmtNum(last.evalLoss)],
       ["Learning rate", FT.fmtNum(t.learning_rate, 3)], ["Grad norm", FT.fmtNum(t.grad_norm)],
-      ["Tokens/s", FT.fmtNum(t.tokens_per_s, 3)], ["ETA", FT.fmtDuration(t.eta_s)],
+      ["Tokens/s", FT.fmtNum(t.tokens_per_s, 3)], ["ETA", job && !["running", "queued"].includes(job.status) ? "–" : FT.fmtDuration(t.eta_s)],
       ["Memory", t.memory_bytes ? FT.fmtBytes(t.memory_bytes) : "–"],
     ];
     latest.replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
@@ -332,40 +334,49 @@ function pageMonitor() {
     state.className = "status-" + job.status;
     document.getElementById("cancel-job").disabled = !(job.status === "running" || job.status === "queued");
     document.getElementById("resume-job").disabled = !["interrupted", "cancelled", "failed"].includes(job.status);
-    document.getElementById("evaluate-run").disabled = !(run && run.status === "completed");
+    document.getElementById("evaluate-run").disabled = !(run && job.kind === "train" && !["running", "queued"].includes(job.status) && (run.status === "completed" || run.checkpoints.length));
+    showLatest();
     const link = document.getElementById("run-link");
     if (run) { link.hidden = false; link.textContent = "Run " + run.id; link.href = FT.base + "/runs#" + run.id; }
     if (run && run.total_steps) { bar.max = run.total_steps; bar.value = run.step; }
     const { lines } = await api(`/api/jobs/${jobId}/log?tail=30`);
     document.getElementById("monitor-log").textContent = lines.join("\n");
-    if (run) await showSamples(run.id);
+    if (run && !["running", "queued"].includes(job.status)) await showSamples(run.id);
     return job;
   }
 
+  // The answers of the run's latest evaluation (ft evaluate, or the Evaluate button): read once
+  // the job has stopped, since a run's trainer records no samples while it trains.
+  let samplesShown = null;
   async function showSamples(runId) {
-    const { evaluations } = await api(`/api/runs/${runId}/evaluations`);
-    const withSamples = evaluations.filter((e) => e.metrics && e.metrics.samples && e.metrics.samples.length);
-    if (!withSamples.length) return;
-    const latestEval = withSamples[withSamples.length - 1];
-    document.getElementById("samples").replaceChildren(...latestEval.metrics.samples.map((s) =>
-      el("div", { class: "sample" }, el("b", { text: "Prompt: " }), s.prompt ?? "", "\n", el("b", { text: "Answer: " }), s.output ?? s.prediction ?? s.answer ?? "", s.reference ? ["\n", el("b", { text: "Reference: " }), s.reference] : null)));
+    const r = await api(`/api/runs/${runId}/summary`);
+    const ev = r.evaluation;
+    if (!ev || !ev.samples || !ev.samples.length || samplesShown === ev.created) return;
+    samplesShown = ev.created;
+    document.getElementById("samples").replaceChildren(
+      el("p", { text: `Evaluation of checkpoint ${ev.checkpoint}: ` + Object.entries(ev.metrics || {}).map(([k, v]) => `${k} ${FT.fmtNum(v)}`).join(", ") }),
+      ...ev.samples.map((s) => el("div", { class: "sample" },
+        el("b", { text: "Prompt: " }), s.prompt ?? "", "\n",
+        el("b", { text: "Tuned: " }), s.tuned ?? "",
+        s.base !== null && s.base !== undefined ? ["\n", el("b", { text: "Base: " }), s.base] : null,
+        s.reference ? ["\n", el("b", { text: "Reference: " }), s.reference] : null)));
   }
 
-  let sse = null;
+  // One stream at a time. It ends with the job; when the job runs again (resume), a new one
+  // picks up after the last step shown (Last-Event-ID).
+  let sse = null, ended = false;
   function connect() {
+    if (sse) sse.close();
+    ended = false;
     sse = FT.stream(`/api/metrics/${jobId}/stream`, {
       lastId: steps.length ? steps[steps.length - 1] : null,
       onEvent: (type, data) => { if (type === "metrics") onPoint(data); },
-      onEnd: () => { refreshJob(); },
+      onEnd: () => { ended = true; refreshJob(); },
     });
   }
-  // Reconnect when the job starts again (resume): the stream picks up after the last step seen.
-  let wasActive = false;
   FT.poll(async () => {
     const j = await refreshJob();
-    const active = j.status === "running" || j.status === "queued";
-    if (active && !wasActive && sse) { sse.close(); connect(); }
-    wasActive = active;
+    if (ended && (j.status === "running" || j.status === "queued")) connect();
   }, 2000);
   connect();
   document.getElementById("cancel-job").addEventListener("click", async () => { await api(`/api/jobs/${jobId}/cancel`, { method: "POST" }); refreshJob(); });
@@ -654,8 +665,8 @@ function pageExports() {
       el("td", { text: j.result && j.result.notes ? j.result.notes.join("; ") : "" }))));
     if (ex.some((j) => j.status === "completed")) await files();
   }
-  api("/api/runs?status=completed").then(({ runs }) => {
-    runSelect.replaceChildren(...runs.map((r) => el("option", { value: r.id, text: `${r.id} (${r.model}, ${r.method})` })));
+  api("/api/runs").then(({ runs }) => {
+    runSelect.replaceChildren(...runs.map((r) => el("option", { value: r.id, text: `${r.id} (${r.status}, ${r.method}, step ${r.step})` })));
     const wanted = location.hash.slice(1);
     if (wanted) runSelect.value = wanted;
     files();

@@ -1,0 +1,385 @@
+"""The dashboard in a real browser (Playwright driving Debian's Chromium) against one live
+ft-server shared by the module, on the tiny random Llama. Each test saves a screenshot under
+$FT_SCREENSHOTS (default: the session's tmp folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(
+        "no /usr/bin/chromium: install Debian's chromium (apt-get install chromium) to run the "
+        "dashboard's browser tests",
+        allow_module_level=True,
+    )
+playwright_api = pytest.importorskip("playwright.sync_api")
+playwright_api.expect.set_options(timeout=240_000)
+
+KEY = "dash-key"
+ROWS = [
+    {"instruction": f"Say the number {i}.", "input": "", "output": f"The number is {i}."}
+    for i in range(16)
+]
+MAX_STEPS = 5000  # never reached: the run is cancelled twice and exported from a checkpoint
+TIMEOUT_MS = 240_000
+
+
+class Server:
+    def __init__(self, settings: Any) -> None:
+        import uvicorn
+
+        from ft_server import create_app
+
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            assert self.thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
+        self.http = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+        )
+
+    def stop(self) -> None:
+        self.http.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("dashboard")
+    data = folder / "data"
+    data.mkdir()
+    (data / "numbers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(work: Path, tiny_llama: Path) -> Iterator[Server]:
+    from ft_config.paths import app_paths
+    from ft_config.secrets import Secret
+    from ft_server import ServerSettings
+
+    settings = ServerSettings(
+        api_key=Secret(KEY),
+        paths=app_paths({"FT_HOME": str(work / "home")}),
+        allowed_roots=(tiny_llama.parent, work),
+        inference_allow=("*",),
+        inference_backend="torch",
+        heartbeat_seconds=1.0,
+        max_concurrent_trainings=2,  # the short run trains beside the long one
+    )
+    live = Server(settings)
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM))
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(os.environ.get("FT_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def page(browser: Any, server: Server) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    context.add_init_script(f"localStorage.setItem('ft_api_key', {json.dumps(KEY)})")
+    context.set_default_timeout(TIMEOUT_MS)
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield tab
+    context.close()
+    assert errors == [], errors
+
+
+def wait_job(server: Server, job_id: str, statuses: tuple[str, ...]) -> dict[str, Any]:
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        job = server.http.get(f"/api/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {job['status']}")
+
+
+def steps_shown(page: Any) -> list[int]:
+    return page.evaluate("window.ftMonitor.steps.slice()")
+
+
+# --- configuration builder -> monitor -> cancel -> resume -> export -> chat -----------------
+
+
+def test_build_a_config_train_reload_cancel_resume_export_and_chat(
+    page, server, work, tiny_llama, shots
+):
+    expect = playwright_api.expect
+    # A short run that completes (for the chat and the comparison), started first so that it
+    # trains while the long one is built in the form.
+    short_yaml = "\n".join(
+        [
+            f"model:\n  name: {tiny_llama}",
+            f"data:\n  train: {work / 'data' / 'numbers.jsonl'}\n  max_seq_length: 64",
+            "training:\n  backend: torch\n  max_steps: 3\n  batch_size: 2\n",
+        ]
+    )
+    second = server.http.post("/api/training/start", json={"config_yaml": short_yaml})
+    assert second.status_code == 202, second.text
+    page.goto(server.url + "/config")
+    expect(page.locator("#config-status")).to_contain_text("train.yml is valid")
+    # A bad value gets ft config validate's message next to its field.
+    page.get_by_label("training.max_steps", exact=True).fill("0")
+    problem = page.locator("#cfg-training-max-steps-problem")
+    expect(problem).to_be_visible()
+    from ft_config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as refused:
+        load_config("train.yml", text="training:\n  max_steps: 0\n")
+    [message] = [p.message for p in refused.value.problems]
+    expect(problem).to_have_text(message)
+    expect(page.locator("#config-problems li")).to_have_text([str(refused.value)])
+    # Fill it in properly.
+    for key, value in {
+        "model.name": str(tiny_llama),
+        "data.train": str(work / "data" / "numbers.jsonl"),
+        "data.max_seq_length": "64",
+        "data.validation_split": "0.25",
+        "training.max_steps": str(MAX_STEPS),
+        "training.batch_size": "2",
+        "training.eval_every": "20",
+        "training.save_every": "1000",
+    }.items():
+        page.get_by_label(key, exact=True).fill(value)
+    page.get_by_label("training.backend", exact=True).select_option("torch")
+    expect(page.locator("#config-status")).to_contain_text("train.yml is valid")
+    expect(page.locator("#config-memory")).to_contain_text("at the peak")
+    yaml_text = page.locator("#config-yaml").input_value()
+    assert f"max_steps: {MAX_STEPS}" in yaml_text and "backend: torch" in yaml_text
+    page.screenshot(path=shots / "config-builder.png", full_page=False)
+
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_url(re.compile(r"/monitor/"))
+    job_id = page.url.rsplit("/", 1)[1]
+    chart = page.locator("#chart-loss")
+    # The loss chart gains points as the job trains.
+    expect(chart).to_have_attribute("data-points", re.compile(r"^([3-9]|\d\d+)$"))
+    before = steps_shown(page)
+    page.screenshot(path=shots / "monitor-running.png")
+    # Reload mid-run: every point is there again, in order, none twice.
+    page.reload()
+    expect(chart).to_have_attribute("data-points", re.compile(r"^\d+$"))
+    page.wait_for_function(f"window.ftMonitor.steps.length > {len(before)}")
+    after = steps_shown(page)
+    assert after[: len(before)] == before
+    assert after == list(range(1, len(after) + 1))
+
+    # Cancel: a checkpoint, then cancelled.
+    page.get_by_role("button", name="Cancel (checkpoint first)").click()
+    expect(page.locator("#job-state")).to_contain_text(f"{job_id}: cancelled")
+    job = server.http.get(f"/api/jobs/{job_id}").json()
+    [checkpoint] = job["run"]["checkpoints"]
+    page.screenshot(path=shots / "monitor-cancelled.png")
+    # Resume: the chart goes on from the checkpoint, no step lost or repeated; cancel again.
+    page.get_by_role("button", name="Resume").click()
+    page.wait_for_function(f"window.ftMonitor.steps.length >= {checkpoint + 3}")
+    page.get_by_role("button", name="Cancel (checkpoint first)").click()
+    expect(page.locator("#job-state")).to_contain_text(f"{job_id}: cancelled")
+    run = server.http.get(f"/api/jobs/{job_id}").json()["run"]
+    page.wait_for_function(f"window.ftMonitor.steps.length === {run['step']}")
+    assert steps_shown(page) == list(range(1, run["step"] + 1))
+    assert run["checkpoints"][-1] == run["step"] > checkpoint
+    log = page.locator("#monitor-log").inner_text()
+    page.screenshot(path=shots / "monitor-resumed.png")
+    assert f"from step {checkpoint}" in server.http.get(f"/api/jobs/{job_id}/log").text, log
+
+    # Export its last checkpoint as a PEFT adapter and download a file.
+    page.goto(server.url + f"/exports#{run['id']}")
+    expect(page.get_by_label("Run", exact=True)).to_have_value(run["id"])
+    page.get_by_label("Format").select_option("peft")
+    page.get_by_label("Checkpoint").fill("last")
+    page.get_by_role("button", name="Export", exact=True).click()
+    row = page.locator("#ex-jobs tbody tr").first
+    expect(row).to_contain_text("completed")
+    expect(row).to_contain_text("peft")
+    download_button = page.get_by_role("button", name=re.compile(r"adapter_config\.json$"))
+    with page.expect_download() as got:
+        download_button.click()
+    assert json.loads(Path(got.value.path()).read_text())["peft_type"] == "LORA"
+    page.screenshot(path=shots / "exports.png")
+
+    # The short run's adapter in the chat, beside the base model.
+    done = wait_job(server, second.json()["id"], ("completed", "failed"))
+    assert done["status"] == "completed", done
+    short_run = done["run_id"]
+    page.goto(server.url + "/chat")
+    page.get_by_label("Model", exact=True).select_option(short_run)
+    page.get_by_label("Compare with").select_option(str(tiny_llama))
+    page.get_by_label("Max tokens").fill("6")
+    page.get_by_label("Message").fill("What is the number?")
+    page.get_by_role("button", name="Send").click()
+    answer = page.locator("#chat-log li.assistant small")
+    expect(answer).to_contain_text(re.compile(rf"{short_run} · \d+ tokens · (length|stop)"))
+    expect(page.locator("#chat-log-other li.assistant small")).to_contain_text(" tokens · ")
+    page.screenshot(path=shots / "chat.png")
+
+    # Runs: a report, and the two runs compared.
+    page.goto(server.url + "/runs")
+    page.get_by_role("button", name=f"Report of {short_run}").click()
+    expect(page.locator("#rep-run")).to_have_text(short_run)
+    for box in page.get_by_role("checkbox").all():
+        box.check()
+    page.get_by_role("button", name="Compare the ticked runs").click()
+    expect(page.locator("#cmp-settings")).to_contain_text("training.max_steps")
+    expect(page.locator("#cmp-metrics")).to_contain_text("final train loss")
+    page.screenshot(path=shots / "runs-compare.png", full_page=True)
+
+
+def test_chart_draws_50000_points(page, server, shots):
+    """uPlot with 50,000 points in one chart: the time to build it and to redraw it."""
+    page.goto(server.url + "/monitor/none")
+    timing = page.evaluate(
+        """() => {
+        const box = document.createElement('div'); box.style.width = '900px';
+        document.querySelector('main').append(box);
+        const n = 50000, xs = [], a = [], b = [];
+        for (let i = 0; i < n; i++) { xs.push(i + 1); a.push(3 * Math.exp(-i / 9000) + Math.sin(i / 7) * 0.1); b.push(i % 500 ? null : a[i] + 0.05); }
+        const t0 = performance.now();
+        const chart = FT.lineChart(box, ['train loss', 'eval loss']);
+        chart.set([xs, a, b]);
+        const t1 = performance.now();
+        const redraws = [];
+        for (let k = 0; k < 5; k++) { const s = performance.now(); chart.plot.redraw(false, false); redraws.push(performance.now() - s); }
+        return { points: box.dataset.points, first_ms: t1 - t0, redraw_ms: redraws };
+    }"""
+    )
+    assert timing["points"] == "50000"
+    (shots / "chart-50000.json").write_text(json.dumps(timing, indent=2))
+    print("chart with 50,000 points:", timing)
+    page.screenshot(path=shots / "chart-50000.png")
+
+
+# --- dataset editor -------------------------------------------------------------------------
+
+
+def test_upload_preview_edit_and_save_a_version(page, server, work, tiny_llama, shots):
+    expect = playwright_api.expect
+    page.goto(server.url + "/datasets")
+    page.get_by_label("Model (its tokenizer and chat template)").fill(str(tiny_llama))
+    page.get_by_label("Dataset file").set_input_files(str(work / "data" / "numbers.jsonl"))
+    page.get_by_role("button", name="Upload").click()
+    result = page.locator("#ds-upload-result")
+    expect(result).to_contain_text("Saved as numbers-")
+    name = re.search(r"Saved as (\S+):", result.inner_text())[1]
+    # The preview: template applied, the answer's tokens marked as trained.
+    first = page.locator("#ds-preview .sample").first
+    expect(first).to_contain_text("Say the number 0.")
+    trained = "".join(first.locator("mark.trained").all_inner_texts())
+    assert "The number is 0." in trained
+    assert "Say the number" not in trained
+    page.screenshot(path=shots / "dataset-preview.png")
+    # Edit row 0, delete row 1, save a version.
+    row0 = page.get_by_label("Row 0", exact=True)
+    row0.fill(json.dumps({**ROWS[0], "output": "Zero."}))
+    page.locator("#ds-row-1-del").check()
+    page.get_by_role("button", name="Save as a new version").click()
+    expect(page.locator("#ds-save-result")).to_contain_text(f"{name} is kept")
+    saved = re.search(r"Saved (\S+):", page.locator("#ds-save-result").inner_text())[1]
+    assert saved.startswith("numbers-v2-")
+    rows = server.http.get(f"/api/datasets/{saved}/rows", params={"limit": 100}).json()
+    assert [r["row"] for r in rows["rows"]] == [{**ROWS[0], "output": "Zero."}, *ROWS[2:]]
+    old = server.http.get(f"/api/datasets/{name}/rows", params={"limit": 100}).json()
+    assert [r["row"] for r in old["rows"]] == ROWS
+    expect(page.get_by_label("Dataset", exact=True)).to_have_value(saved)
+    # The quality report of the new version.
+    page.get_by_role("button", name="Build the quality report").click()
+    expect(page.locator("#ds-quality dl")).to_contain_text("duplicates")
+    page.screenshot(path=shots / "dataset-saved.png", full_page=True)
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+def test_search_the_hub_and_pull_with_progress(page, server, hub_env, shots):
+    expect = playwright_api.expect
+    page.goto(server.url + "/models")
+    page.get_by_label("Search", exact=True).fill("tiny-llama")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(page.locator("#m-hubt tbody")).to_contain_text("ft-test/tiny-llama")
+    page.get_by_role("button", name="Pull ft-test/tiny-llama").click()
+    item = page.locator('#m-pulls li[data-pull="ft-test/tiny-llama"]')
+    expect(item.locator("progress")).to_be_attached()
+    expect(item).to_have_attribute("data-done", "1")
+    expect(item).to_contain_text("done: ft-test/tiny-llama")
+    # Now in the local cache.
+    expect(page.locator("#m-local tbody")).to_contain_text("ft-test/tiny-llama")
+    page.screenshot(path=shots / "models.png", full_page=True)
+
+
+# --- keyboard and labels --------------------------------------------------------------------
+
+PAGES = ["/", "/jobs", "/models", "/datasets", "/config", "/exports", "/runs", "/chat"]
+UNNAMED = re.compile(
+    r"^\s*- (textbox|combobox|checkbox|button|searchbox|spinbutton|link)(\s*\[[^\]]*\])?:?\s*$",
+    re.M,
+)
+
+
+def test_keyboard_reaches_every_control_and_every_input_has_a_label(page, server, shots):
+    for path in PAGES:
+        page.goto(server.url + path)
+        page.wait_for_load_state("networkidle")
+        # Every control has an accessible name (the accessibility tree names it).
+        tree = page.locator("body").aria_snapshot()
+        assert not UNNAMED.search(tree), (path, UNNAMED.search(tree)[0])
+        unlabelled = page.evaluate(
+            """() => [...document.querySelectorAll('input, select, textarea')]
+               .filter(e => e.type !== 'hidden' && !e.labels.length && !e.getAttribute('aria-label'))
+               .map(e => e.id || e.outerHTML.slice(0, 80))"""
+        )
+        assert unlabelled == [], (path, unlabelled)
+        # Tab through the page: every visible control gets the focus.
+        controls = page.evaluate(
+            """() => { let n = 0; const all = [...document.querySelectorAll(
+                 'a[href], button, input, select, textarea, summary, [tabindex="0"]')]
+                 .filter(e => !e.disabled && e.getClientRects().length && getComputedStyle(e).visibility !== 'hidden');
+               all.forEach(e => e.dataset.kb = String(n++)); return n; }"""
+        )
+        page.evaluate("document.activeElement && document.activeElement.blur()")
+        reached = set()
+        for _ in range(controls + 3):
+            page.keyboard.press("Tab")
+            kb = page.evaluate("document.activeElement && document.activeElement.dataset.kb")
+            if kb is not None:
+                reached.add(kb)
+        missing = page.evaluate(
+            "(reached) => [...document.querySelectorAll('[data-kb]')]"
+            ".filter(e => !reached.includes(e.dataset.kb)).map(e => e.outerHTML.slice(0, 90))",
+            sorted(reached),
+        )
+        assert missing == [], (path, missing)
+        name = "home" if path == "/" else path.strip("/")
+        page.screenshot(path=shots / f"keyboard-{name}.png")
