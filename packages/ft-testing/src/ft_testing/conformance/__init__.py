@@ -41,11 +41,12 @@ What it checks (each run's events are also checked against the TypedDicts of
 - stopping: early stopping, `keep_last` keeps the best too (complete checkpoints), a stop
   request, a non-finite loss stops before the optimizer step;
 - resuming: stopped and resumed runs, and runs SIGKILLed (in a child process running the job
-  file) and restarted, end bit-identical to uninterrupted ones, with the same losses; the
+  file) and restarted, end bit-identical to uninterrupted ones, with the same losses (DPO on
+  preference pairs too, with the same rewards, for a trainer whose capabilities list it); the
   best checkpoint and patience survive a resume; a corrupt checkpoint is refused; a
   checkpoint carries the fingerprint `ft train --resume` compares.
 
-The two SIGKILL tests are marked `slow`. Each group is a class of its own (`ProtocolTests`,
+The SIGKILL tests are marked `slow`. Each group is a class of its own (`ProtocolTests`,
 `LearningTests`, `StoppingTests`, `ResumeTests`), for a trainer that wants to run only some.
 """
 
