@@ -6,7 +6,10 @@ the same `--examples` rows of shared/datasets/alpaca_en_demo.json rendered with 
 chat template, max length 512, only the answers trained. `--batch` examples per optimizer step
 for the baseline; ft packs the same examples into rows of 512 tokens (`--batch` rows per step
 is too many tokens for a fair step count, so ft takes `batch // 2` packed rows: about the same
-tokens per step). Both then see the same examples once.
+tokens per step). Both then see the same examples once, at the same precision (`--precision`:
+fp32, bf16 (autocast, as the Trainer's `bf16=True`), or both, each pair back to back so a
+ratio is read under the same machine load). The CPU's features (AVX-512, AVX512-BF16, AMX) and
+the load average are printed first: bf16 only pays where the CPU computes it.
 
 - ft: `TorchTrainer` on the prepared HDF5 file (packing, attention confined to each example).
 - baseline: what a user writes instead: `Trainer` + `get_peft_model`, rows tokenized with
@@ -20,6 +23,8 @@ ft's achieved FLOP/s is 4 N tokens/s for LoRA (forward 2N, backward through froz
 2N; N = parameters), against the machine's measured matmul peak in fp32 and bf16.
 
     uv run --no-sync python benchmarks/bench_train_torch.py --examples 48
+    uv run --no-sync python benchmarks/bench_train_torch.py --precision both
+    uv run --no-sync python benchmarks/bench_train_torch.py --examples 24 --profile 3  # per-op table
 """
 
 from __future__ import annotations
@@ -79,12 +84,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="baseline examples per step")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
-        "--precision", choices=["fp32", "bf16", "both"], default="fp32", help="ft's precision"
+        "--precision",
+        choices=["fp32", "bf16", "both"],
+        default="fp32",
+        help="both sides' precision",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--model", type=Path, help="a model folder instead of the embedded one")
     parser.add_argument(
         "--random-init", action="store_true", help="with --model: its config, random weights"
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="profile STEPS optimizer steps of each run (after 2 warm-up steps) with "
+        "torch.profiler and print its per-op table (the speed then includes the profiler)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -110,33 +126,40 @@ def main() -> None:
             f"threads {args.threads}; torch {_version('torch')}, transformers {_version('transformers')}, peft {_version('peft')}"
         )
 
+        print(machine_summary(args.device))
+        print(
+            f"load average {load_average()} (the machine's other work: read ratios, not tokens/s)"
+        )
+
         peaks = measure_matmul_peaks(args.threads, args.device)
         runs: dict[str, dict[str, Any]] = {}
         precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+        # Each precision's pair runs back to back (ft, then the baseline at the same
+        # precision), so a ratio is read under the same load.
         for precision in precisions:
-            runs[f"ft-{precision}"] = child("ft", args, work, extra=["--precision", precision])
-        # The baseline in the precision a user would pick on this device.
-        base_precision = "bf16" if args.device.startswith("cuda") else "fp32"
-        runs["baseline"] = child("baseline", args, work, extra=["--precision", base_precision])
+            extra = ["--precision", precision]
+            runs[f"ft-{precision}"] = child("ft", args, work, extra=extra)
+            runs[f"baseline-{precision}"] = child("baseline", args, work, extra=extra)
         for run in runs.values():
             run["eval_loss"] = eval_loss(model, Path(run["adapter"]), work / "validation.h5")
 
     params = 134_515_008
     print()
+    print(f"load average {load_average()}")
     print(f"{'':<14}{'tokens/s':>10}{'peak mem':>11}{'val loss':>10}{'steps':>7}{'train s':>9}")
     for name, run in runs.items():
         print(
             f"{name:<14}{run['tokens_per_s']:>10.1f}{run['peak_rss'] / 2**30:>9.2f} G"
             f"{run['eval_loss']:>10.4f}{run['steps']:>7}{run['seconds']:>9.1f}"
         )
-    base = runs["baseline"]
     for name, run in runs.items():
-        if name == "baseline":
+        if name.startswith("baseline"):
             continue
         precision = name.split("-")[1]
+        base = runs[f"baseline-{precision}"]
         flops = 4 * params * run["tokens_per_s"]
         print(
-            f"\n{name} / baseline: {run['tokens_per_s'] / base['tokens_per_s']:.2f}x tokens/s, "
+            f"\n{name} / baseline-{precision}: {run['tokens_per_s'] / base['tokens_per_s']:.2f}x tokens/s, "
             f"{run['peak_rss'] / base['peak_rss']:.2f}x peak memory, "
             f"val loss {run['eval_loss']:.4f} vs {base['eval_loss']:.4f}"
         )
@@ -158,7 +181,8 @@ def child(
     argv = [
         sys.executable, __file__, "--child", name, "--work", str(work),
         "--examples", str(args.examples), "--batch", str(args.batch),
-        "--threads", str(args.threads), "--device", args.device, *extra,
+        "--threads", str(args.threads), "--device", args.device,
+        "--profile", str(args.profile), *extra,
     ]  # fmt: skip
     started = time.perf_counter()
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
@@ -173,6 +197,76 @@ def child(
         f"{name}: {result['tokens_per_s']:.1f} tokens/s, {result['steps']} steps, wall {wall:.0f} s"
     )
     return result
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def machine_summary(device: str) -> str:
+    """The CPU and what it computes fast (AVX2, AVX-512, AVX512-BF16, AMX), or the GPU: a run
+    is read against these (bf16 is ~100x slower than fp32 on an AVX2-only CPU)."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cpu = torch.cpu
+    features = {
+        "AVX2": getattr(cpu, "_is_avx2_supported", lambda: False)(),
+        "AVX-512": getattr(cpu, "_is_avx512_supported", lambda: False)(),
+        "AVX512-BF16": getattr(cpu, "_is_avx512_bf16_supported", lambda: False)(),
+        "AMX": getattr(cpu, "_is_amx_tile_supported", lambda: False)(),
+    }
+    have = ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in features.items())
+    line = (
+        f"cpu {model}: {os.cpu_count()} logical CPUs; {have}; "
+        f"torch capability {torch.backends.cpu.get_cpu_capability()}"
+    )
+    if device.startswith("cuda") and torch.cuda.is_available():
+        line += f"\ngpu {torch.cuda.get_device_name()} (bf16 {torch.cuda.is_bf16_supported()})"
+    return line
+
+
+def profiler(args: argparse.Namespace) -> Any:
+    """A torch.profiler over `args.profile` steps after two warm-up ones (None without
+    `--profile`); the caller calls `.step()` after every optimizer step."""
+    if not args.profile:
+        return None
+    import torch
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if args.device.startswith("cuda"):
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    schedule = torch.profiler.schedule(wait=1, warmup=1, active=args.profile, repeat=1)
+    return torch.profiler.profile(activities=activities, schedule=schedule)
+
+
+def print_profile(prof: Any, name: str, steps: int) -> None:
+    """The top ops by self time, each with its share of the profiled steps' total, to stderr."""
+    if prof is None:
+        return
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:25]
+    out = [f"\n== profile {name}: {steps} steps, {total / 1e3 / steps:.0f} ms self CPU a step =="]
+    out.append(f"{'op':<48}{'calls':>8}{'ms/step':>10}{'share':>8}")
+    for e in rows:
+        out.append(
+            f"{e.key[:47]:<48}{e.count // steps:>8}{e.self_cpu_time_total / 1e3 / steps:>10.1f}"
+            f"{e.self_cpu_time_total / total:>8.1%}"
+        )
+    print("\n".join(out), file=sys.stderr, flush=True)
 
 
 def measure_matmul_peaks(threads: int, device: str = "cpu") -> dict[str, float]:
@@ -265,9 +359,20 @@ def run_ft(args: argparse.Namespace) -> dict[str, Any]:
     run_dir.mkdir()
     job = TrainJob(config, model, work / "train.h5", None, run_dir)
     steps: list[dict[str, Any]] = []
-    result = TorchTrainer().train(
-        job, lambda e: steps.append(e) if e["type"] == "step" else None, lambda: False
-    )
+    prof = profiler(args)
+
+    def emit(event: dict[str, Any]) -> None:
+        if event["type"] == "step":
+            steps.append(event)
+            if prof is not None:
+                prof.step()
+
+    if prof is not None:
+        prof.start()
+    result = TorchTrainer().train(job, emit, lambda: False)
+    if prof is not None:
+        prof.stop()
+        print_profile(prof, f"ft {precision}", args.profile)
     tokens = sum(s["tokens"] for s in steps)
     seconds = steps[-1]["elapsed_s"]
     return {
@@ -324,6 +429,12 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
         def on_train_end(self, *a: Any, **k: Any) -> None:
             timing["end"] = time.perf_counter()
 
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            if prof is not None:
+                prof.step()
+
+    prof = profiler(args)
+
     out = work / "baseline"
     trainer = Trainer(
         model=model,
@@ -337,7 +448,12 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
         callbacks=[Clock()],
     )  # fmt: skip
+    if prof is not None:
+        prof.start()
     output = trainer.train()
+    if prof is not None:
+        prof.stop()
+        print_profile(prof, f"HF Trainer + peft {args.precision}", args.profile)
     model.save_pretrained(out / "adapter")
     tokens = sum(len(e["input_ids"]) for e in examples)
     seconds = timing["end"] - timing["start"]
