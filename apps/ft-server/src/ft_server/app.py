@@ -76,6 +76,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 _ROUTERS = (
     "ft_server.jobs_api",
     "ft_server.data_api",
+    "ft_server.tune_api",
     "ft_server.generate_api",
     "ft_server.openai_api",
     "ft_server.dashboard_api",

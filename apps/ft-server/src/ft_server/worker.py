@@ -67,6 +67,10 @@ def run_job(store: _JobRunStore, job_id: str, log: Path) -> str:
             elif job.kind in ("export", "evaluate"):
                 result = _run_other(store, job.kind, request, say)
                 status = "completed"
+            elif job.kind == "tune":
+                from ft_server.tune_api import run_tune_job
+
+                result, status = run_tune_job(store, request, say)
             elif job.kind != "train":
                 raise ValueError(f"unknown job kind {job.kind!r}")
             else:

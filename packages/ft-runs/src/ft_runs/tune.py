@@ -110,7 +110,7 @@ def make_sampler(tune: Any, parameters: list[tune_space.Parameter], seed: int) -
     a few random trials (a quarter of the study, 2 to 10); `random`; `grid`."""
     optuna = _optuna()
     if tune.sampler == "grid":
-        return optuna.samplers.GridSampler(tune_space.grid(parameters), seed=seed)
+        return grid_sampler(tune_space.grid(parameters), seed=seed)
     if tune.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(
@@ -119,6 +119,23 @@ def make_sampler(tune: Any, parameters: list[tune_space.Parameter], seed: int) -
         n_startup_trials=max(2, min(10, tune.trials // 4)),
         seed=seed,
     )
+
+
+def _grid_sampler() -> Any:
+    optuna = _optuna()
+
+    class Grid(optuna.samplers.GridSampler):  # type: ignore[misc]
+        """Optuna's grid, without its `study.stop()` once every combination was drawn: that
+        works inside `study.optimize` only, and `run_study` asks `is_exhausted` itself."""
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return Grid
+
+
+def grid_sampler(space: dict[str, list[Any]], seed: int) -> Any:
+    return _grid_sampler()(space, seed=seed)
 
 
 def make_pruner(tune: Any) -> Any:
@@ -725,3 +742,32 @@ def _git_commit(path: Path, message: str, say: Say) -> str | None:
     ).stdout.strip()
     say(f"committed {path.name}: {head[:10]}")
     return head
+
+
+def study_status(files: StudyFiles, store: JobStore | None = None) -> dict[str, Any]:
+    """Where a study stands (for the server and scripts): its name, folder, the trials it runs
+    to, how many finished, its trials' rows by state, and the best so far."""
+    info = json.loads(files.info.read_text(encoding="utf-8"))
+    config_path = Path(info["config_path"]) if info.get("config_path") else None
+    config = load_config(
+        config_path, overrides=info.get("overrides", []), profile=info.get("profile")
+    )
+    store = store or JobStore()
+    counts: dict[str, int] = {}
+    rows: list[dict[str, Any]] = []
+    if files.journal.exists():
+        rows = trial_rows(
+            open_study(files, config.tune, int(info.get("seed", 0))), store, files, {}
+        )
+    for row in rows:
+        counts[row["state"].lower()] = counts.get(row["state"].lower(), 0) + 1
+    return {
+        "name": files.name,
+        "dir": str(files.dir),
+        "trials": config.tune.trials,
+        "finished": sum(1 for r in rows if r["state"] in FINISHED_STATES),
+        "states": counts,
+        "best": best_trial(rows, config.tune.direction),
+        "report": str(files.report) if files.report.exists() else None,
+        "rows": rows,
+    }
