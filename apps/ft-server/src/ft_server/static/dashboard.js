@@ -58,6 +58,7 @@ const FT = (() => {
   };
   const fmtNum = (v, digits = 4) =>
     v === null || v === undefined || Number.isNaN(v) ? "–" : typeof v === "number" ? (Math.abs(v) >= 1000 ? Math.round(v).toLocaleString() : +v.toPrecision(digits)) : String(v);
+  const fmtCount = (n) => (n === null || n === undefined ? "?" : n >= 1e9 ? (n / 1e9).toFixed(1) + "B" : n >= 1e6 ? Math.round(n / 1e6) + "M" : n >= 1e3 ? Math.round(n / 1e3) + "K" : String(n));
   const fmtTime = (t) => (t ? new Date(t * 1000).toLocaleString() : "–");
   const fmtDuration = (s) => {
     if (s === null || s === undefined) return "–";
@@ -66,7 +67,11 @@ const FT = (() => {
     return (h ? h + " h " : "") + (h || m ? m + " min " : "") + sec + " s";
   };
 
-  function setRows(tbody, rows) {
+  function setRows(tbody, rows, empty = "Nothing here yet.") {
+    if (!rows.length) {
+      const cols = tbody.closest("table").querySelectorAll("thead th").length || 1;
+      rows = [el("tr", { class: "empty" }, el("td", { colspan: cols, text: empty }))];
+    }
     tbody.replaceChildren(...rows);
   }
 
@@ -171,7 +176,7 @@ const FT = (() => {
     setTimeout(() => URL.revokeObjectURL(url), 5000);
   }
 
-  return { base, key, KEY, authHeaders, api, el, notice, fmtBytes, fmtNum, fmtTime, fmtDuration, setRows, poll, stream, lineChart, download };
+  return { base, key, KEY, authHeaders, api, el, notice, fmtBytes, fmtNum, fmtCount, fmtTime, fmtDuration, setRows, poll, stream, lineChart, download };
 })();
 
 /* ---- every page: the key form, htmx's requests carry the key ----------------------------- */
@@ -232,8 +237,7 @@ function pageHome() {
     FT.setRows(tbody, active.map((j) => el("tr", {},
       el("td", {}, el("a", { href: FT.base + "/monitor/" + j.id, text: j.id })),
       el("td", { text: j.kind }), statusCell(j.status),
-      el("td", { text: j.queue_position ?? "–" }), el("td", { text: progressText(j) }))));
-    document.getElementById("queue-empty").hidden = active.length > 0;
+      el("td", { text: j.queue_position ?? "–" }), el("td", { text: progressText(j) }))), "Nothing is running or waiting.");
   }, 2000);
   FT.poll(async () => {
     const s = await api("/api/system");
@@ -400,7 +404,7 @@ function pageModels() {
     const r = await api("/api/models/search?" + p);
     document.getElementById("m-budget").textContent = `This machine: ${r.memory.source ?? ""} ${FT.fmtBytes(r.memory.usable_bytes ?? r.memory.total_bytes)} usable for training.`;
     FT.setRows(document.querySelector("#m-catalog tbody"), r.catalog.map((m) => el("tr", {},
-      el("td", { text: m.alias }), el("td", { text: m.repo_id }), el("td", { text: FT.fmtNum(m.parameters, 3) }),
+      el("td", { text: m.alias }), el("td", { text: m.repo_id }), el("td", { text: FT.fmtCount(m.parameters) }),
       el("td", { text: FT.fmtBytes(m.memory.lora) }), el("td", { text: FT.fmtBytes(m.memory.qlora) }), el("td", { text: FT.fmtBytes(m.memory.full) }),
       el("td", { class: m.fits ? "status-completed" : "bad", text: m.fits ? "yes" : "no" }))));
     FT.setRows(document.querySelector("#m-local tbody"), r.local.map((m) => el("tr", {},
@@ -409,7 +413,7 @@ function pageModels() {
     err.hidden = !r.hub_error;
     err.textContent = r.hub_error || "";
     FT.setRows(document.querySelector("#m-hubt tbody"), r.hub.map((m) => el("tr", {},
-      el("td", { text: m.repo_id + (m.alias ? ` (${m.alias})` : "") }), el("td", { text: m.parameters ? FT.fmtNum(m.parameters, 3) : "?" }),
+      el("td", { text: m.repo_id + (m.alias ? ` (${m.alias})` : "") }), el("td", { text: FT.fmtCount(m.parameters) }),
       el("td", { text: m.downloads ?? "–" }),
       el("td", {}, el("button", { type: "button", text: "Pull " + m.repo_id, onclick: () => pull(m.repo_id) })))));
   }
@@ -445,7 +449,11 @@ function pageModels() {
 function pageDatasets() {
   const select = document.getElementById("ds-name");
   const evalSelect = document.getElementById("ds-eval");
-  const model = () => document.getElementById("ds-model").value.trim();
+  const modelInput = document.getElementById("ds-model");
+  const model = () => modelInput.value.trim();
+  // The model whose tokenizer and template the previews use, remembered in this browser.
+  modelInput.value = localStorage.getItem("ft_dataset_model") || "";
+  modelInput.addEventListener("change", () => { localStorage.setItem("ft_dataset_model", model()); if (select.value) show().catch((e) => FT.notice(e.message)); });
   const edits = new Map();
   async function list(chosen) {
     const { datasets } = await api("/api/datasets");
@@ -473,7 +481,7 @@ function pageDatasets() {
       area.value = JSON.stringify(row);
       area.addEventListener("input", () => edits.set(index, area));
       const del = el("input", { type: "checkbox", id: id + "-del" });
-      return el("div", { class: "row-edit" }, el("label", { for: id, text: "Row " + index }), area, el("label", { for: id + "-del" }, del, " Delete"));
+      return el("div", { class: "row-edit" }, el("label", { for: id, text: "Row " + (index + 1) }), area, el("label", { for: id + "-del" }, del, " Delete"));
     }));
   }
   document.getElementById("ds-upload").addEventListener("submit", async (e) => {
@@ -503,18 +511,33 @@ function pageDatasets() {
     if (model()) p.set("model", model());
     if (evalSelect.value) p.set("eval", evalSelect.value);
     const { quality: q } = await api(`/api/datasets/${select.value}/quality?` + p);
-    const facts = [];
-    const walk = (obj, prefix) => {
-      for (const [k, v] of Object.entries(obj)) {
-        if (v && typeof v === "object" && !Array.isArray(v)) walk(v, prefix + k + " ");
-        else if (!Array.isArray(v)) facts.push([prefix + k, FT.fmtNum(v)]);
-      }
+    const facts = (obj, prefix = "") => {
+      const out = [];
+      const walk = (o, pre) => {
+        for (const [k, v] of Object.entries(o || {})) {
+          if (v && typeof v === "object" && !Array.isArray(v)) { if (k !== "histogram") walk(v, pre + k + " "); }
+          else if (!Array.isArray(v)) out.push([pre + k, FT.fmtNum(v)]);
+        }
+      };
+      walk(obj, prefix);
+      return el("dl", { class: "facts" }, ...out.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
     };
-    walk(q, "");
-    const hist = (q.lengths && (q.lengths.histogram || q.lengths.tokens_histogram)) || q.histogram;
-    const counts = hist ? hist.counts || hist : null;
-    const bars = Array.isArray(counts) ? el("div", { class: "hist", role: "img", "aria-label": "lengths histogram" }, ...counts.map((c) => el("span", { style: `height:${(100 * c) / Math.max(...counts, 1)}%`, title: String(c) }))) : null;
-    box.replaceChildren(el("dl", { class: "facts" }, ...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])), bars || "");
+    const histogram = (h, what) => {
+      if (!h || !h.counts || !h.counts.length) return null;
+      const top = Math.max(...h.counts, 1);
+      return el("figure", {}, el("figcaption", { text: `${what}: ${h.edges[0]} to ${h.edges[h.edges.length - 1]}` }),
+        el("div", { class: "hist", role: "img", "aria-label": `${what} histogram: ` + h.counts.map((c, i) => `${h.edges[i]}-${h.edges[i + 1]}: ${c}`).join(", ") },
+          ...h.counts.map((c, i) => el("span", { style: `height:${(100 * c) / top}%`, title: `${h.edges[i]} to ${h.edges[i + 1]}: ${c} rows` }))));
+    };
+    const pairs = (list, label) => (list && list.length ? el("ul", {}, ...list.map((p) => el("li", { text: `row ${p.row} ${label} row ${p.duplicate_of ?? p.eval_row}` + (p.similarity !== undefined ? ` (similarity ${p.similarity})` : "") }))) : null);
+    const d = q.duplicates || {}, lengths = q.lengths || {};
+    box.replaceChildren(
+      el("h3", { text: "Duplicates" }), facts({ rows: q.rows, exact: d.exact, near: d.near, "near threshold": d.near_threshold }),
+      pairs(d.exact_rows, "repeats"), pairs(d.near_rows, "is nearly"),
+      el("h3", { text: "Lengths" }), histogram(lengths.tokens && lengths.tokens.histogram, "tokens per row"), facts(lengths),
+      el("h3", { text: "Class balance" }), q.labels ? facts(q.labels) : el("p", { text: "No label column." }),
+      el("h3", { text: "Contamination" }), q.contamination ? [facts(q.contamination), pairs(q.contamination.overlaps, "overlaps evaluation")] : el("p", { text: "Choose an evaluation set above to check overlap." }),
+      el("h3", { text: "Token complexity" }), facts(q.complexity));
   });
   document.getElementById("ds-save").addEventListener("click", async () => {
     const out = document.getElementById("ds-save-result");
