@@ -345,6 +345,7 @@ def test_upload_preview_edit_and_save_a_version(page, server, work, tiny_llama, 
     quality = page.locator("#ds-quality")
     expect(quality).to_contain_text("Duplicates")
     expect(quality.get_by_role("img", name=re.compile("tokens per row histogram"))).to_be_visible()
+    assert "null" not in quality.inner_text()
     page.screenshot(path=shots / "dataset-saved.png", full_page=True)
 
 

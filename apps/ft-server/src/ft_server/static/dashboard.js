@@ -531,13 +531,13 @@ function pageDatasets() {
     };
     const pairs = (list, label) => (list && list.length ? el("ul", {}, ...list.map((p) => el("li", { text: `row ${p.row} ${label} row ${p.duplicate_of ?? p.eval_row}` + (p.similarity !== undefined ? ` (similarity ${p.similarity})` : "") }))) : null);
     const d = q.duplicates || {}, lengths = q.lengths || {};
-    box.replaceChildren(
+    box.replaceChildren(...[
       el("h3", { text: "Duplicates" }), facts({ rows: q.rows, exact: d.exact, near: d.near, "near threshold": d.near_threshold }),
       pairs(d.exact_rows, "repeats"), pairs(d.near_rows, "is nearly"),
       el("h3", { text: "Lengths" }), histogram(lengths.tokens && lengths.tokens.histogram, "tokens per row"), facts(lengths),
       el("h3", { text: "Class balance" }), q.labels ? facts(q.labels) : el("p", { text: "No label column." }),
       el("h3", { text: "Contamination" }), q.contamination ? [facts(q.contamination), pairs(q.contamination.overlaps, "overlaps evaluation")] : el("p", { text: "Choose an evaluation set above to check overlap." }),
-      el("h3", { text: "Token complexity" }), facts(q.complexity));
+      el("h3", { text: "Token complexity" }), facts(q.complexity)].flat().filter(Boolean));
   });
   document.getElementById("ds-save").addEventListener("click", async () => {
     const out = document.getElementById("ds-save-result");
@@ -617,7 +617,7 @@ function pageConfig() {
     const r = await api("/api/config/validate", { method: "POST", json: { config } });
     if (mine !== seq) return r;
     showProblems(r);
-    yaml.value = r.yaml;
+    yaml.value = r.yaml.trim() === "{}" ? "" : r.yaml;
     const mem = document.getElementById("config-memory");
     if (r.valid) {
       try {
