@@ -137,6 +137,7 @@ def steps_shown(page: Any) -> list[int]:
 # --- configuration builder -> monitor -> cancel -> resume -> export -> chat -----------------
 
 
+@pytest.mark.slow  # four worker processes (each imports torch): minutes on a loaded machine
 def test_build_a_config_train_reload_cancel_resume_export_and_chat(
     page, server, work, tiny_llama, shots
 ):
