@@ -9,9 +9,10 @@ default:
 setup:
     uv sync --locked
 
-# Run the whole test suite (everything that can run on this machine; GPU tests skip with a reason).
+# Run the whole test suite (everything that can run on this machine; GPU tests skip with a reason),
+# in FT_TEST_WORKERS worker processes (default 2), a test file per worker at a time.
 test *ARGS:
-    uv run --locked pytest {{ARGS}}
+    uv run --locked pytest -n {{env_var_or_default("FT_TEST_WORKERS", "2")}} --dist loadfile {{ARGS}}
 
 # Lint and check formatting.
 lint:

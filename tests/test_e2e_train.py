@@ -12,15 +12,6 @@ from click.testing import CliRunner
 
 from ft_cli.main import cli
 
-DATASETS = next(
-    (
-        p / "shared" / "datasets"
-        for p in Path(__file__).resolve().parents
-        if (p / "shared" / "datasets" / "alpaca_en_demo.json").is_file()
-    ),
-    None,
-)
-
 TRAIN_YML = """\
 model: smollm2-135m
 data:
@@ -48,15 +39,15 @@ resources:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(DATASETS is None, reason="shared/datasets is not beside the checkout")
-def test_lora_on_smollm2_lowers_validation_loss(tmp_path: Path, smollm2_gguf: Path) -> None:
+def test_lora_on_smollm2_lowers_validation_loss(
+    tmp_path: Path, smollm2_gguf: Path, shared_datasets: Path
+) -> None:
     import torch
 
     from ft_train_torch.evaluation import evaluate_loss, load_for_eval
 
-    assert DATASETS is not None
     (tmp_path / "train.yml").write_text(
-        TRAIN_YML.format(data=DATASETS / "alpaca_en_demo.json"), encoding="utf-8"
+        TRAIN_YML.format(data=shared_datasets / "alpaca_en_demo.json"), encoding="utf-8"
     )
     old = Path.cwd()
     os.chdir(tmp_path)
