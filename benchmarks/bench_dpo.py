@@ -54,7 +54,7 @@ def model_dir() -> Path:
     return resolve_model("smollm2-135m", offline=True, progress=False).path
 
 
-def prepare(work: Path, count: int) -> Path:
+def prepare(work: Path, count: int, longest: int) -> Path:
     """The pairs prepared by ft (HDF5) and, for TRL, as token ids (`pairs.json`)."""
     import numpy as np
 
@@ -62,7 +62,7 @@ def prepare(work: Path, count: int) -> Path:
     from ft_data.prepare import PrepareOptions, prepare_dataset
 
     rows = json.loads((datasets_dir() / "alpaca_en_demo.json").read_text(encoding="utf-8"))
-    rows = [r for r in rows if not r.get("input") and len(r["output"]) < 400][:count]
+    rows = [r for r in rows if not r.get("input") and len(r["output"]) < longest][:count]
     pairs = [
         {"prompt": r["instruction"], "chosen": r["output"], "rejected": rows[(i + 17) % len(rows)]["output"]}
         for i, r in enumerate(rows)
@@ -230,6 +230,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=48)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--longest", type=int, default=400, help="answers under this many chars")
     parser.add_argument("--child", choices=("ft", "trl"))
     parser.add_argument("--work", type=Path)
     args = parser.parse_args()
@@ -239,9 +240,10 @@ def main() -> None:
         (args.work / f"{args.child}.json").write_text(json.dumps(result))
         return
     work = Path(tempfile.mkdtemp(prefix="ft-bench-dpo-"))
-    prepare(work, args.pairs)
+    prepare(work, args.pairs, args.longest)
     print(
-        f"SmolLM2-135M-Instruct, DPO (beta {BETA}), LoRA r=8 q_proj/v_proj, {args.pairs} pairs, "
+        f"SmolLM2-135M-Instruct, DPO (beta {BETA}), LoRA r=8 q_proj/v_proj, {args.pairs} pairs "
+        f"(answers < {args.longest} chars), "
         f"{BATCH} pairs a step, {args.precision}, CPU threads {os.cpu_count()}, load "
         f"{os.getloadavg()[0]:.1f}"
     )

@@ -35,10 +35,11 @@ def datasets_dir() -> Path:
     raise SystemExit("shared/datasets/alpaca_en_demo.json not found beside the checkout")
 
 
-def pairs(count: int, shift: int = 17) -> list[dict[str, str]]:
-    """`count` preference pairs from Alpaca rows without an input and with short answers."""
+def pairs(count: int, longest: int, shift: int = 17) -> list[dict[str, str]]:
+    """`count` preference pairs from Alpaca rows without an input and with answers under
+    `longest` characters."""
     rows = json.loads((datasets_dir() / "alpaca_en_demo.json").read_text(encoding="utf-8"))
-    rows = [r for r in rows if not r.get("input") and len(r["output"]) < 400][:count]
+    rows = [r for r in rows if not r.get("input") and len(r["output"]) < longest][:count]
     return [
         {
             "prompt": r["instruction"],
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--longest", type=int, default=400, help="answers under this many chars")
     args = parser.parse_args()
 
     from ft_config.structure import structure_config
@@ -66,7 +68,7 @@ def main() -> None:
 
     model = resolve_model("smollm2-135m", offline=True, progress=False).path
     work = Path(tempfile.mkdtemp(prefix="ft-dpo-"))
-    every = pairs(args.train + args.held_out)
+    every = pairs(args.train + args.held_out, args.longest)
     files = {}
     for name, part in (("train", every[: args.train]), ("held-out", every[args.train :])):
         source = work / f"{name}.jsonl"

@@ -547,10 +547,13 @@ def job_batches(
     from ft_train_core.preference import PairBatches, PairView, is_preference
 
     # Preference pairs: a pair's two sides share a row (ft_train_core.preference), so its rows
-    # are twice as long as one side may be.
+    # are twice as long as one side may be, and never shorter than the longest pair (the plan
+    # sized them by the chosen sides, and a rejected side may be longer).
     pairs = is_preference(job.config)
     kind = PairBatches if pairs else Batches
-    row_length = plan.row_length * (2 if pairs else 1)
+    row_length = plan.row_length
+    if pairs:
+        row_length = max(2 * row_length, int(PairView(train_set).lengths.max(initial=0)))
 
     def batches(dataset: Any, row_length: int, shuffle: bool) -> Batches:
         return kind(
