@@ -414,3 +414,50 @@ def test_keyboard_reaches_every_control_and_every_input_has_a_label(page, server
         assert missing == [], (path, missing)
         name = "home" if path == "/" else path.strip("/")
         page.screenshot(path=shots / f"keyboard-{name}.png")
+
+
+# --- a failed job ---------------------------------------------------------------------------
+
+
+def test_a_failed_job_shows_its_log_and_can_be_retried(browser, work, shots):
+    """A server whose queue is paused (max_concurrent_trainings 0), so the retried job stays
+    queued; the failed job is written into its store as a worker would leave it."""
+    from ft_config.paths import app_paths
+    from ft_config.secrets import Secret
+    from ft_server import ServerSettings
+
+    expect = playwright_api.expect
+    settings = ServerSettings(
+        api_key=Secret(KEY),
+        paths=app_paths({"FT_HOME": str(work / "paused-home")}),
+        max_concurrent_trainings=0,
+    )
+    paused = Server(settings)
+    try:
+        jobs = paused.app.state.jobs
+        jobs.store.create_job("job-failed1", "train", {"config": "train.yml"})
+        jobs.store.update_job("job-failed1", status="failed", error="DataError: row 3: no text")
+        folder = jobs.job_dir("job-failed1")
+        folder.mkdir(parents=True)
+        lines = [f"line {i}" for i in range(60)] + ["Traceback (most recent call last):", "boom"]
+        (folder / "job.log").write_text("\n".join(lines) + "\n")
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.add_init_script(f"localStorage.setItem('ft_api_key', {json.dumps(KEY)})")
+        page = context.new_page()
+        page.goto(paused.url + "/jobs")
+        row = page.locator('#jobs-table tr[data-job="job-failed1"]')
+        expect(row).to_contain_text("failed")
+        # The failed job's last 40 lines and its error open by themselves.
+        log = page.locator("#log-text")
+        expect(log).to_contain_text("boom")
+        expect(log).to_contain_text("DataError: row 3: no text")
+        assert log.inner_text().splitlines()[0] == "line 22"
+        expect(page.locator("#log-error")).to_have_text("Error: DataError: row 3: no text")
+        page.screenshot(path=shots / "jobs-failed.png")
+        row.get_by_role("button", name="Retry").click()
+        expect(row).to_contain_text("queued")
+        expect(row.get_by_role("button", name="Cancel")).to_be_visible()
+        assert jobs.store.get_job("job-failed1").status == "queued"
+        context.close()
+    finally:
+        paused.stop()

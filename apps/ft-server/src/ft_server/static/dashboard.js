@@ -262,7 +262,10 @@ function pageJobs() {
     const { lines } = await api(`/api/jobs/${job.id}/log?tail=40`);
     document.getElementById("job-log").hidden = false;
     document.getElementById("log-job").textContent = job.id;
-    document.getElementById("log-text").textContent = lines.join("\n") + (job.error ? "\n\n" + job.error : "");
+    const pre = document.getElementById("log-text");
+    pre.textContent = lines.join("\n") + (job.error ? "\n\n" + job.error : "");
+    pre.scrollTop = pre.scrollHeight; // the end, where a failure says why
+    document.getElementById("log-error").textContent = job.error ? "Error: " + job.error : "";
   }
   async function refresh() {
     const q = filter.value ? "?status=" + filter.value : "";
