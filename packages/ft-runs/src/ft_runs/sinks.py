@@ -15,7 +15,7 @@ from typing import Any
 from ft_config import Secret
 from ft_runs.run_folder import RunFolder
 from ft_runs.store import Heartbeat, JobStore
-from ft_train_core.protocol import Event
+from ft_train_core.protocol import PREFERENCE_METRICS, Event
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,13 @@ _NUMERIC_TRAIN = (
     "tokens",
     "memory_bytes",
     "epoch",
+    *PREFERENCE_METRICS,
 )
 
 
-# `accuracy`: classification runs only (absent keys are left out by `_finite`).
-_NUMERIC_EVAL = ("eval_loss", "perplexity", "accuracy")
+# `accuracy`: classification and preference runs; the rewards and margin: preference runs
+# (absent keys are left out by `_finite`).
+_NUMERIC_EVAL = ("eval_loss", "perplexity", *PREFERENCE_METRICS)
 
 
 def _finite(values: dict[str, Any]) -> dict[str, float]:
@@ -110,7 +112,7 @@ class TensorBoardSink:
                 {
                     "loss": event.get("eval_loss"),
                     "perplexity": event.get("perplexity"),
-                    "accuracy": event.get("accuracy"),
+                    **{key: event.get(key) for key in PREFERENCE_METRICS},
                 }
             ).items():
                 self.writer.add_scalar(f"eval/{key}", value, event["step"])

@@ -39,11 +39,10 @@ import numpy as np
 
 from ft_data.batches import IGNORE_INDEX, Batch, Batches, shifted_targets
 from ft_data.hdf5 import PreparedDataset
+from ft_train_core.protocol import PREFERENCE_METRICS as PREFERENCE_METRICS  # the event keys
 
 OBJECTIVES = ("sft", "dpo", "orpo")
 PREFERENCE_OBJECTIVES = ("dpo", "orpo")
-PREFERENCE_METRICS = ("rewards_chosen", "rewards_rejected", "margin", "accuracy")
-"""The keys preference runs add to `step` and `eval` events (see the module docstring)."""
 
 
 class PreferenceDataError(ValueError):

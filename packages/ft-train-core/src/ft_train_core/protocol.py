@@ -100,6 +100,10 @@ class EndEvent(TypedDict):
     best_checkpoint: str | None
 
 
+PREFERENCE_METRICS = ("rewards_chosen", "rewards_rejected", "margin", "accuracy")
+"""The keys preference runs (DPO, ORPO) add to `step` and `eval` events
+(`ft_train_core.preference`)."""
+
 END_REASONS = ("completed", "max_steps", "early_stopping", "interrupted", "nan")
 """What `TrainResult.reason` and the `end` event say."""
 
