@@ -40,9 +40,19 @@ HEAVY = ("torch", "mlx", "mlx_lm", "transformers", "peft")
 # What each package must do once installed alone, besides importing (the longer real things,
 # preparing, downloading, training and serving, have tests of their own below).
 SMOKE = {
-    "ft-config": "from ft_config import load_config; print(load_config(profile='chat').method.rank)",
+    "ft-config": (
+        "from pathlib import Path\n"
+        "from ft_config import ConfigError, load_config\n"
+        "Path('train.yml').write_text('profile: chat\\ntraining:\\n  learning_rate: fast\\n')\n"
+        "try:\n    load_config('train.yml')\nexcept ConfigError as error:\n    print(error)\n"
+        "print('rank', load_config(profile='chat').method.rank)"
+    ),
     "ft-models": "from ft_models.embedded import EMBEDDED_ALIAS; print(EMBEDDED_ALIAS)",
     "ft-testing": "import ft_testing.plugin",
+}
+PRINTS = {
+    "ft-config": ["train.yml:3: training.learning_rate: expected a number, got 'fast'", "rank 16"],
+    "ft-models": ["smollm2-135m"],
 }
 LIGHT = {"ft-config", "ft-data", "ft-models"}
 EMBEDDED_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -195,6 +205,7 @@ def test_package_installs_alone(member: Path, venvs: Venvs, tmp_path: Path):
     )
     lines = _run(python, code, tmp_path).splitlines()
     assert str(python.parents[1]) in lines[-1]  # imported from the fresh venv, not the workspace
+    assert lines[: len(PRINTS.get(name, []))] == PRINTS.get(name, [])
     if name in LIGHT:
         assert lines[-2] == "HEAVY []", f"{name} pulled in heavy packages"
 
