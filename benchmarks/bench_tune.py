@@ -50,7 +50,7 @@ def write_project(root: Path, args: argparse.Namespace) -> Path:
         f" max_seq_length: {args.max_length}}}\n"
         "method: lora\n"
         f"training: {{backend: {args.backend}, max_steps: {args.steps}, batch_size: {args.batch},"
-        f" eval_every: {max(1, args.steps // 2)}, seed: 42}}\n"
+        f" eval_every: {max(1, args.steps // 2)}, precision: {args.precision}, seed: 42}}\n"
         "logging: {tensorboard: false}\n"
         f"tune: {{trials: {args.trials}, keep_adapters: 1}}\n",
         encoding="utf-8",
@@ -66,6 +66,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=96)
     p.add_argument("--validation", type=int, default=24)
     p.add_argument("--max-length", type=int, default=256, help="data.max_seq_length")
+    p.add_argument("--precision", default="auto", help="training.precision (auto, fp32, bf16)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--backend", default="torch")
     p.add_argument("--work", type=Path, default=None, help="keep the projects here")

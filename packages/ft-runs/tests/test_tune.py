@@ -253,3 +253,34 @@ def test_promote_writes_the_best_settings_and_commits_them(
     assert (project / "model" / "adapter_config.json").is_file()
     info = json.loads((project / "model" / "promoted.json").read_text("utf-8"))
     assert (info["study"], info["trial"]) == ("p", 1)
+
+
+@pytest.mark.slow
+def test_settings_the_memory_estimate_refuses_are_skipped_and_do_not_count(
+    tmp_path: Path, tiny_llama: Path, alpaca_short_rows: list[dict[str, str]]
+) -> None:
+    config = write_project(tmp_path / "project", tiny_llama, alpaca_short_rows[:16], "torch", 1)
+    # The tiny model's plan: about 0.9 GB for 4 rows of 48 tokens (mostly the framework), about
+    # 1.2 GB for 512 rows; a process that may use 1.2 GB keeps its plans under 85% of it.
+    text = config.read_text("utf-8").replace(
+        "num_threads: 1}", "num_threads: 1, max_memory_gb: 1.2}"
+    )
+    text = text.replace(
+        f"training.learning_rate: {{choices: [{GOOD}, {ALSO_GOOD}, {HOPELESS}]}}",
+        "training.batch_size: {choices: [4, 512]}",
+    )
+    config.write_text(text.replace("max_steps: 3", "max_steps: 1"), "utf-8")
+    files = tune.start_study(config, name="memory")
+    said: list[str] = []
+    result = tune.run_study(
+        files, say=said.append, enqueue=[{"training.batch_size": 512}, {"training.batch_size": 4}]
+    )
+    assert [(r["state"], r["settings"]) for r in result.trials] == [
+        ("SKIPPED", {"training.batch_size": 512}),
+        ("COMPLETE", {"training.batch_size": 4}),
+    ]
+    assert result.trials[0]["run_id"] is None  # refused before any run folder existed
+    assert said[1].startswith(
+        "trial 0: skipped, it cannot fit: the run does not fit in memory: a micro-batch of 512 "
+        "row(s) of 48 tokens needs about 1.2 GB"
+    )
