@@ -80,7 +80,7 @@ _ROUTERS = (
     "ft_server.generate_api",
     "ft_server.openai_api",
     "ft_server.dashboard_api",
-    "ft_server.dashboard",  # the web pages at / (last: its routes are the catch-all names)
+    "ft_server.dashboard",  # the web pages at / and their /static files
 )
 
 
