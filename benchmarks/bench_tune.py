@@ -70,6 +70,11 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--backend", default="torch")
     p.add_argument("--work", type=Path, default=None, help="keep the projects here")
+    p.add_argument(
+        "--samplers",
+        default="tpe,random",
+        help="the studies to run, in order (one each in two processes runs them side by side)",
+    )
     args = p.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-tune-"))
     os.environ.setdefault("FT_HOME", str(work / "ft_home"))
@@ -78,7 +83,7 @@ def main() -> None:
 
     print(f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs; work {work}")
     results = {}
-    for sampler in ("tpe", "random"):
+    for sampler in args.samplers.split(","):
         config = write_project(work / sampler, args)
         files = tune.start_study(config, name=sampler, sampler=sampler)
         started = time.monotonic()

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from ft_config import load_config
-from ft_runs import tune, tune_space
+from ft_runs import tune, tune_promote, tune_space
 from ft_runs.store import JobStore
 from ft_runs.training import train
 
@@ -168,7 +168,9 @@ def test_pruning_stops_a_trial_early_and_the_best_trial_reproduces(
     assert "Best: trial 0" in report and (files.dir / "importances.png").is_file()
 
     # The best trial again, as a plain `ft train` with its settings: the same metric.
-    again = train(config, overrides=tune.trial_overrides(files), say=lambda text: None, store=store)
+    again = train(
+        config, overrides=tune_promote.trial_overrides(files), say=lambda text: None, store=store
+    )
     assert store.get_run(again.run_id).best_eval_loss == result.best["value"]
 
 
@@ -243,7 +245,7 @@ def test_promote_writes_the_best_settings_and_commits_them(
     assert result.best is not None and result.best["number"] == 1
     env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t"}
     os.environ.update({**env, "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
-    promoted = tune.promote(files, say=lambda text: None)
+    promoted = tune_promote.promote(files, say=lambda text: None)
     assert load_config(config).training.learning_rate == GOOD
     log = subprocess.run(
         ["git", "log", "--format=%s", "-1"], cwd=project, capture_output=True, text=True

@@ -35,7 +35,7 @@ def trials_table(rows: list[dict[str, Any]], metric: str) -> Any:
     """The rich table of a study's trials: state, settings, metric, progress, pruned at."""
     from rich.table import Table
 
-    from ft_runs.tune import _fmt
+    from ft_runs.tune import format_value
 
     names = sorted({k for r in rows for k in r["settings"]})
     table = Table(title="trials", title_justify="left", expand=False)
@@ -54,7 +54,7 @@ def trials_table(rows: list[dict[str, Any]], metric: str) -> Any:
         table.add_row(
             str(r["number"]),
             f"[{STATE_STYLE.get(state, 'white')}]{state.lower()}[/]",
-            *[_fmt(r["settings"][n]) if n in r["settings"] else "-" for n in names],
+            *[format_value(r["settings"][n]) if n in r["settings"] else "-" for n in names],
             value,
             step,
             str(r["pruned_at"] or ""),
@@ -227,10 +227,11 @@ def promote(config: Path | None, study: str | None, trial: int | None) -> None:
     from ft_config import ConfigError
     from ft_runs import tune as tuning
     from ft_runs.store import RunNotFound
+    from ft_runs.tune_promote import promote as promote_trial
 
     project = (config or Path("train.yml")).resolve().parent
     try:
         files = tuning.find_study(project, study)
-        tuning.promote(files, trial, say=click.echo)
+        promote_trial(files, trial, say=click.echo)
     except (ConfigError, tuning.TuneError, RunNotFound) as exc:
         raise UserError(str(exc)) from None

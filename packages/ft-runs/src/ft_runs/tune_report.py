@@ -29,7 +29,7 @@ def importances(study: Any) -> dict[str, float]:
 
 def write_report(study: Any, store: JobStore, files: Any, tune: Any) -> Path:
     """Write the report files into the study folder; returns report.md's path."""
-    from ft_runs.tune import _fmt, best_trial, trial_rows
+    from ft_runs.tune import best_trial, format_value, trial_rows
 
     rows = trial_rows(study, store, files, {})
     best = best_trial(rows, tune.direction)
@@ -76,7 +76,7 @@ def write_report(study: Any, store: JobStore, files: Any, tune: Any) -> Path:
     ]
     for r in rows:
         value = f"{r['value']:.4f}" if isinstance(r["value"], float) else ""
-        cells = [_fmt(r["settings"][n]) if n in r["settings"] else "" for n in names]
+        cells = [format_value(r["settings"][n]) if n in r["settings"] else "" for n in names]
         lines.append(
             f"| {r['number']} | {r['state'].lower()} | "
             + " | ".join(cells)
