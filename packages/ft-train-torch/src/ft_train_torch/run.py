@@ -35,6 +35,7 @@ from ft_train_torch.device import (
     pick_device,
     resolve_precision,
 )
+from ft_train_torch.fused import fuse_lora
 from ft_train_torch.methods import (
     PROMPT_METHODS,
     apply_method,
@@ -167,6 +168,8 @@ class TorchRun:
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
         self.model = apply_method(self.base, self.method, self.task)
+        # Plain LoRA layers compute their adapter as one addmm (ft_train_torch.fused).
+        fuse_lora(self.model)
         self.trainable, self.total = count_parameters(self.model)
 
     def setup_batches(self) -> None:
