@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi.testclient import TestClient
 
 from ft_server import ServerSettings, create_app
@@ -41,3 +43,19 @@ def test_openapi_docs_are_served(tmp_path):
     with client(tmp_path) as c:
         assert c.get("/docs").status_code == 200
         assert "/health" in c.get("/openapi.json").json()["paths"]
+
+
+def test_serve_makes_openmp_threads_wait_passively_unless_the_user_said(tmp_path, monkeypatch):
+    import uvicorn
+
+    from ft_config.paths import app_paths
+    from ft_server.main import serve
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    settings = ServerSettings(paths=app_paths({"FT_HOME": str(tmp_path)}))
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    serve(settings)
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    serve(settings)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
