@@ -17,7 +17,12 @@ tokens/s (tokens counted by re-tokenizing each answer with the model's tokenizer
 for every server; wall time of the whole scenario) and time to first token (the first non-empty
 content chunk) p50/p99, then the ratios ft-server / each baseline.
 
-    uv run python benchmarks/bench_serve.py [--max-tokens 24] [--prompts 8] [--only ft,mlx,hf]
+    OMP_WAIT_POLICY=PASSIVE uv run python benchmarks/bench_serve.py [--max-tokens 24] \
+        [--prompts 8] [--only ft,mlx,hf]
+
+ft-server sets OMP_WAIT_POLICY=PASSIVE itself unless it is set (spinning OpenMP threads starve
+each other on a CPU shared with other work); export it, as above, so the baselines run with it
+too. The servers inherit this process's environment; the header prints the value used.
 """
 
 from __future__ import annotations
@@ -253,6 +258,7 @@ def main() -> None:
     folder = model_folder()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     print(f"cpu: {cpu_features()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')} for every server")
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"model: {folder}")
     prompts = [f"Tell me about {topic}." for topic in TOPICS[: args.prompts]]
