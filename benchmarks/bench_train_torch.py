@@ -130,6 +130,9 @@ def main() -> None:
         print(
             f"load average {load_average()} (the machine's other work: read ratios, not tokens/s)"
         )
+        # On a shared, loaded machine spinning OpenMP threads slow both sides: export
+        # OMP_WAIT_POLICY=PASSIVE there (the children inherit it; ft-server sets it itself).
+        print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
 
         peaks = measure_matmul_peaks(args.threads, args.device)
         runs: dict[str, dict[str, Any]] = {}
