@@ -41,9 +41,12 @@ def cli_markdown() -> str:
     ]
 
     def walk(command: click.Command, name: str, parent: click.Context | None, depth: int) -> None:
+        # The command's own context_settings (ft's `-h`), as `ft ... --help` applies them:
+        # Click caches each command's help option the first time it is asked for, so a page
+        # made without them would differ from the help a user sees, and from run to run.
         ctx = click.Context(
-            command, info_name=name.split()[-1], parent=parent, terminal_width=WIDTH,
-            max_content_width=WIDTH,
+            command, info_name=name.split()[-1], parent=parent,
+            **{**command.context_settings, "terminal_width": WIDTH, "max_content_width": WIDTH},
         )  # fmt: skip
         lines.extend(
             [
