@@ -19,12 +19,10 @@ def config() -> None:
 @config_options
 def validate(config_path: Path, overrides: tuple[str, ...], profile: str | None) -> None:
     """Check CONFIG (default: train.yml); list every problem with its line."""
-    from ft_config import TrainConfig, load_config, unstructure_config
+    from ft_config import load_config, valid_config_line
 
     loaded = load_config(config_path, overrides=overrides, profile=profile)
-    changed = _count_changes(unstructure_config(loaded), unstructure_config(TrainConfig()))
-    used = f"profile {loaded.profile}" if loaded.profile else "no profile"
-    click.echo(f"{config_path} is valid ({used}; {changed} settings differ from the defaults)")
+    click.echo(valid_config_line(loaded, str(config_path)))
 
 
 @config.command()
@@ -58,13 +56,3 @@ def schema(markdown: bool, output: Path | None) -> None:
         click.echo(f"wrote {output}")
     else:
         click.echo(text, nl=False)
-
-
-def _count_changes(values: dict, defaults: dict) -> int:
-    count = 0
-    for key, value in values.items():
-        if isinstance(value, dict) and isinstance(defaults.get(key), dict) and key != "columns":
-            count += _count_changes(value, defaults[key])
-        elif value != defaults.get(key):
-            count += 1
-    return count

@@ -141,7 +141,7 @@ def validate_config(body: ConfigBody) -> dict[str, Any]:
     """Check a train.yml as `ft config validate` does: `problems` are its messages (where, key,
     what), `message` its one line when valid. Also the config as YAML (`yaml`, what was given,
     for export) and as JSON (`values`: what was given, for a form to load)."""
-    from ft_config import TrainConfig, unstructure_config
+    from ft_config import valid_config_line
     from ft_config.yamlfile import read_yaml
 
     text = _config_text(body)
@@ -159,20 +159,8 @@ def validate_config(body: ConfigBody) -> dict[str, Any]:
             for p in exc.problems
         ]
         return {**out, "valid": False, "problems": problems, "message": str(exc)}
-    changed = _count_changes(unstructure_config(loaded), unstructure_config(TrainConfig()))
-    used = f"profile {loaded.profile}" if loaded.profile else "no profile"
-    message = f"train.yml is valid ({used}; {changed} settings differ from the defaults)"
+    message = valid_config_line(loaded, "train.yml")
     return {**out, "valid": True, "problems": [], "message": message}
-
-
-def _count_changes(values: dict, defaults: dict) -> int:
-    count = 0
-    for key, value in values.items():
-        if isinstance(value, dict) and isinstance(defaults.get(key), dict) and key != "columns":
-            count += _count_changes(value, defaults[key])
-        elif value != defaults.get(key):
-            count += 1
-    return count
 
 
 @router.post("/api/config/estimate", tags=["config"])

@@ -49,7 +49,7 @@ from ft_config.secrets import (
     redact_urls_in,
     write_passwords_file,
 )
-from ft_config.structure import unstructure_config
+from ft_config.structure import unstructure_config, valid_config_line
 from ft_config.yamlfile import dump_yaml
 
 __version__ = "0.1.0"
@@ -97,5 +97,6 @@ __all__ = [
     "render_train_yml",
     "resolve_path",
     "unstructure_config",
+    "valid_config_line",
     "write_passwords_file",
 ]

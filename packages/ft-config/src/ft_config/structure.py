@@ -410,3 +410,21 @@ def structure_config(data: dict[str, Any]) -> tuple[TrainConfig | None, list[Pro
 def unstructure_config(config: TrainConfig) -> dict[str, Any]:
     """Plain data for a config, in schema order (for YAML/JSON output and run snapshots)."""
     return CONVERTER.unstructure(config)
+
+
+def valid_config_line(config: TrainConfig, name: str) -> str:
+    """The line `ft config validate` (and the server's validation) prints for a valid config:
+    `NAME is valid (profile chat; 7 settings differ from the defaults)`."""
+    changed = _count_changes(unstructure_config(config), unstructure_config(TrainConfig()))
+    used = f"profile {config.profile}" if config.profile else "no profile"
+    return f"{name} is valid ({used}; {changed} settings differ from the defaults)"
+
+
+def _count_changes(values: dict[str, Any], defaults: dict[str, Any]) -> int:
+    count = 0
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict) and key != "columns":
+            count += _count_changes(value, defaults[key])
+        elif value != defaults.get(key):
+            count += 1
+    return count
