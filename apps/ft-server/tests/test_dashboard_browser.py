@@ -252,7 +252,7 @@ def test_build_a_config_train_reload_cancel_resume_export_and_chat(
 
     # Runs: a report, and the two runs compared.
     page.goto(server.url + "/runs")
-    page.get_by_role("button", name=f"Report of {short_run}").click()
+    page.get_by_role("button", name=f"Report of {short_run}", exact=True).click()
     expect(page.locator("#rep-run")).to_have_text(short_run)
     for box in page.get_by_role("checkbox").all():
         box.check()
