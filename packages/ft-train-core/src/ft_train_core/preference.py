@@ -148,6 +148,28 @@ def pair_batches(dataset: PreparedDataset, batches: Batches) -> PairBatches:
     )
 
 
+def evaluation_pairs(
+    data: PreparedDataset, dataset: Path | str, batch_size: int, **padding: Any
+) -> PairBatches:
+    """The pairs of an open prepared `dataset` in file order, once, `batch_size` pairs a batch
+    padded to the longest pair (`padding`: `pad_multiple` and the like): what both trainers'
+    `evaluate_preference` score. A file without rejected answers is a ValueError that says so."""
+    if not data.has_rejected:
+        raise ValueError(
+            f"{dataset}: no preference pairs (no rejected answers) to score preference "
+            "accuracy on: prepare pairs (prompt, chosen, rejected; docs/data.md)"
+        )
+    return PairBatches(
+        data,
+        batch_size=batch_size,
+        max_seq_length=int(PairView(data).lengths.max()),
+        mode="pad",
+        seed=0,
+        shuffle=False,
+        **padding,
+    )
+
+
 @dataclass(frozen=True)
 class PairLayout:
     """Where each trained target of a batch of pairs belongs.

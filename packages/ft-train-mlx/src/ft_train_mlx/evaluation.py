@@ -77,7 +77,7 @@ def evaluate_preference(
     import numpy as np
 
     from ft_models.load import load_mlx
-    from ft_train_core.preference import PairBatches, PairView, pair_layout
+    from ft_train_core.preference import evaluation_pairs, pair_layout
     from ft_train_mlx.api import load_adapted
     from ft_train_mlx.device import on_device, pick_device
     from ft_train_mlx.preference import pair_inputs, pair_logps
@@ -89,21 +89,9 @@ def evaluate_preference(
             model, _ = load_mlx(Path(adapter or model_path), dtype="float32")
         model.eval()
         with PreparedDataset(dataset) as data:
-            if not data.has_rejected:
-                raise ValueError(
-                    f"{dataset}: no preference pairs (no rejected answers) to score preference "
-                    "accuracy on: prepare pairs (prompt, chosen, rejected; docs/data.md)"
-                )
             chosen, rejected = np.zeros(len(data)), np.zeros(len(data))
             counts = np.zeros((2, len(data)), np.int64)
-            batches = PairBatches(
-                data,
-                batch_size=batch_size,
-                max_seq_length=int(PairView(data).lengths.max()),
-                mode="pad",
-                seed=0,
-                shuffle=False,
-            )
+            batches = evaluation_pairs(data, dataset, batch_size)
             for batch in batches.iter_from(0, epochs=1):
                 layout = pair_layout(batch)
                 slots, present, count = pair_inputs(batch, layout)

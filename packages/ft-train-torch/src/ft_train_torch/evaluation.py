@@ -17,7 +17,7 @@ import torch
 
 from ft_data.batches import Batches
 from ft_data.hdf5 import PreparedDataset
-from ft_train_core.preference import PairBatches, PairView, pair_layout
+from ft_train_core.preference import evaluation_pairs, pair_layout
 from ft_train_core.protocol import ClassificationResult, LossResult, PreferenceResult
 from ft_train_torch.attention import register as register_attention
 from ft_train_torch.device import pick_device
@@ -203,23 +203,10 @@ def evaluate_preference(
 
     device = next(model.parameters()).device
     with PreparedDataset(dataset) as data:
-        if not data.has_rejected:
-            raise ValueError(
-                f"{dataset}: no preference pairs (no rejected answers) to score preference "
-                "accuracy on: prepare pairs (prompt, chosen, rejected; docs/data.md)"
-            )
         chosen, rejected = np.zeros(len(data)), np.zeros(len(data))
         chosen_tokens = np.zeros(len(data), np.int64)
         rejected_tokens = np.zeros(len(data), np.int64)
-        batches = PairBatches(
-            data,
-            batch_size=batch_size,
-            max_seq_length=int(PairView(data).lengths.max()),
-            mode="pad",
-            seed=0,
-            shuffle=False,
-            pad_multiple=64,
-        )
+        batches = evaluation_pairs(data, dataset, batch_size, pad_multiple=64)
         output = OutputAtTargets(model)
         use_packed_attention(model)
         try:
