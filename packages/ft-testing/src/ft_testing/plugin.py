@@ -209,23 +209,8 @@ def prepared_alpaca(
     """`prepared_alpaca(arch="llama", max_length=128) -> (train.h5, validation.h5)`:
     `alpaca_short_rows` prepared with the tiny `arch` model's tokenizer (32 to train on, 8 to
     validate), cut at `max_length` tokens. Each built once per session."""
-    training = _training()
-    root = tmp_path_factory.mktemp("prepared_alpaca")
-    built: dict[tuple[str, int], tuple[Path, Path]] = {}
-
-    def build(arch: str = "llama", max_length: int | None = None) -> tuple[Path, Path]:
-        length = max_length or training.max_seq_length()
-        if (arch, length) not in built:
-            model = tiny_model_factory(arch)
-            train, val = alpaca_short_rows[:32], alpaca_short_rows[32:40]
-            name = f"{arch}-{length}"
-            built[arch, length] = (
-                training.prepare_rows(train, model, root / f"{name}-train.h5", max_length=length),
-                training.prepare_rows(val, model, root / f"{name}-val.h5", max_length=length),
-            )
-        return built[arch, length]
-
-    return build
+    rows = (alpaca_short_rows[:32], alpaca_short_rows[32:40])
+    return _prepared_once(tmp_path_factory.mktemp("prepared_alpaca"), tiny_model_factory, rows)
 
 
 @pytest.fixture(scope="session")
@@ -239,19 +224,30 @@ def prepared_pairs(
     row's own answer chosen, another row's rejected), 32 to train on and 8 to validate,
     prepared with the tiny `arch` model's tokenizer. Each built once per session."""
     training = _training()
-    root = tmp_path_factory.mktemp("prepared_pairs")
+    rows = (
+        training.preference_rows(alpaca_short_rows[:32]),
+        training.preference_rows(alpaca_short_rows[32:40], shift=3),
+    )
+    return _prepared_once(tmp_path_factory.mktemp("prepared_pairs"), tiny_model_factory, rows)
+
+
+def _prepared_once(
+    root: Path, tiny_model_factory: TinyModelFactory, rows: tuple[list[Any], list[Any]]
+) -> Callable[..., tuple[Path, Path]]:
+    """`build(arch="llama", max_length=None) -> (train.h5, validation.h5)`: `rows` (train,
+    validation) prepared with the tiny `arch` model's tokenizer under `root`, each (arch,
+    length) once."""
+    training = _training()
     built: dict[tuple[str, int], tuple[Path, Path]] = {}
 
     def build(arch: str = "llama", max_length: int | None = None) -> tuple[Path, Path]:
         length = max_length or training.max_seq_length()
         if (arch, length) not in built:
             model = tiny_model_factory(arch)
-            train = training.preference_rows(alpaca_short_rows[:32])
-            val = training.preference_rows(alpaca_short_rows[32:40], shift=3)
             name = f"{arch}-{length}"
             built[arch, length] = (
-                training.prepare_rows(train, model, root / f"{name}-train.h5", max_length=length),
-                training.prepare_rows(val, model, root / f"{name}-val.h5", max_length=length),
+                training.prepare_rows(rows[0], model, root / f"{name}-train.h5", max_length=length),
+                training.prepare_rows(rows[1], model, root / f"{name}-val.h5", max_length=length),
             )
         return built[arch, length]
 
