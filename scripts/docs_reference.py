@@ -12,6 +12,7 @@ tests/test_docs_site.py fails when a committed page differs from what this write
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from pathlib import Path
@@ -163,8 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, make in PAGES.items():
         text, page = make(), DOCS / name
         if args.check:
-            if not page.is_file() or page.read_text(encoding="utf-8") != text:
+            old = page.read_text(encoding="utf-8") if page.is_file() else ""
+            if old != text:
                 stale.append(name)
+                diff = difflib.unified_diff(
+                    old.splitlines(), text.splitlines(), f"docs/{name}", "generated", lineterm=""
+                )
+                print("\n".join(list(diff)[:60]))
             continue
         temporary = page.with_suffix(".md.tmp")
         temporary.write_text(text, encoding="utf-8")

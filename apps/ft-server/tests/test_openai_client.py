@@ -231,13 +231,18 @@ def test_concurrent_requests_are_decoded_together_and_each_gets_its_answer_alone
         return choice.message.content, choice.finish_reason, logprobs
 
     def leave_early() -> None:
-        body = {"model": base, "messages": CHAT, "max_tokens": 400, "temperature": 1.0}
+        body = {"model": base, "messages": CHAT, "max_tokens": 400, "temperature": 1.0, "seed": 2}
         with (
             httpx.Client(base_url=live.url, timeout=60) as http,
             http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as stream,
         ):
             lines = stream.iter_lines()
-            assert next(lines).startswith("data: ")  # generating now, in the batch
+            assert next(lines).startswith("data: ")  # generating now
+            # Leave only once a step has decoded it with the others: leaving sooner (a loaded
+            # machine prefilling the other rows slowly) would drop it before that step.
+            deadline = time.monotonic() + 60
+            while worker.largest_batch < len(asks) + 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
 
     def user(text: str) -> list[dict[str, str]]:
         return [{"role": "user", "content": text}]
