@@ -130,6 +130,41 @@ def test_grid_refuses_what_it_cannot_enumerate() -> None:
     assert space == {"method.rank": [4, 6, 8]}
 
 
+def test_a_value_its_setting_refuses_is_refused_before_the_study_starts(tmp_path: Path) -> None:
+    """check_space (start_study's check) puts each value a space can draw through train.yml's
+    own checks: a choice out of bounds, a misspelt word, fractions for a whole number."""
+    for space, message in [
+        (
+            {"method.dropout": {"choices": [0.0, 1.5]}},
+            "tune.search_space.method.dropout.choices: 1.5: must be at most 0.9, got 1.5",
+        ),
+        (
+            {"method.rank": {"low": 0, "high": 8, "int": True}},
+            "tune.search_space.method.rank.low: 0: must be at least 1, got 0",
+        ),
+        (
+            {"training.max_steps": {"low": 10, "high": 100}},
+            "tune.search_space.training.max_steps: the range draws fractions such as 38.65, "
+            "which training.max_steps refuses (expected a whole number, got 38.65); add "
+            "`int: true` or give `choices`",
+        ),
+    ]:
+        config = tmp_path / "train.yml"
+        config.write_text(json.dumps({"tune": {"search_space": space}}))
+        with pytest.raises(tune_space.SearchSpaceError) as caught:
+            tune.start_study(config, name="refused")
+        assert str(caught.value) == message
+        assert not (tmp_path / "tune" / "refused").exists()
+    fine = {
+        "training.max_steps": {"low": 10, "high": 100, "int": True},
+        "method.target_modules": {"choices": [["q_proj", "v_proj"], "all-linear"]},
+    }
+    parsed = tune_space.check_space(
+        load_config(None, overrides=[f"tune.search_space={json.dumps(fine)}"])
+    )
+    assert [p.name for p in parsed] == list(fine)
+
+
 # --- studies of real runs --------------------------------------------------------------------------
 
 

@@ -1,16 +1,21 @@
 """Hyper-parameter studies over HTTP (`ft tune`): start one as a job, see where it stands, list
-its trials. The study runs in a job's worker process (`ft_server.worker`) through
-`ft_runs.tune`, as `ft tune` runs it; each trial is an ordinary run in the job store."""
+its trials; ft's default search space and the settings a space may vary; a search space
+checked as a study checks it before it starts. The study runs in a job's worker process
+(`ft_server.worker`) through `ft_runs.tune`, as `ft tune` runs it; each trial is an ordinary
+run in the job store."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import Field
 
+from ft_config import ConfigError, load_config
 from ft_runs.store import JobNotFound, JobStore
+from ft_server.dashboard_api import ConfigBody, _config_text
 from ft_server.errors import ApiError
 from ft_server.files import safe_name
 from ft_server.jobs import new_job_id
@@ -50,10 +55,120 @@ def start_tune(body: TuneStart, request: Request) -> dict[str, Any]:
             timeout_minutes=body.timeout_minutes,
             sampler=body.sampler,
         )
-    except (SearchSpaceError, tune.TuneError) as exc:
+    except (SearchSpaceError, tune.TuneError) as exc:  # the checks of /api/tune/validate
         raise ApiError(400, str(exc), code="invalid_study") from None
     job = jobs.submit("tune", {**prepared, "study_dir": str(files.dir)}, job_id)
     return {**job_json(job, jobs), "study": tune.study_status(files, jobs.store)}
+
+
+# Sections whose settings shape the trained model: what a search space varies.
+_TUNABLE_SECTIONS = ("model", "data", "method", "training")
+
+
+@router.get("/api/tune/space")
+def tune_space_info() -> dict[str, Any]:
+    """ft's default search space (what an empty `tune.search_space` searches, docs/tune.md),
+    and the settings a space may vary: train.yml's numeric, true/false and fixed-choice
+    settings of model, data, method and training (and any the default space names), each with
+    its type, bounds, choices, default and help from the schema."""
+    from ft_config import json_schema
+    from ft_runs.tune_space import DEFAULT_SPACE
+
+    schema = json_schema()
+    settings = []
+    for section in _TUNABLE_SECTIONS:
+        spec = schema["properties"][section]
+        props = spec.get("properties") or next(
+            o["properties"] for o in spec.get("anyOf", []) if "properties" in o
+        )
+        for name, sub in props.items():
+            key = f"{section}.{name}"
+            item = _tunable(key, sub, named=key in DEFAULT_SPACE)
+            if item is not None:
+                settings.append(item)
+    return {
+        "default": DEFAULT_SPACE,
+        "settings": settings,
+        "samplers": ["tpe", "random", "grid"],
+    }
+
+
+def _tunable(key: str, spec: dict[str, Any], named: bool) -> dict[str, Any] | None:
+    options = spec.get("anyOf", [spec])
+    types = {o["type"] for o in options if "type" in o}
+    words = [v for o in options for v in o.get("enum", [])]
+    nullable = "null" in types
+    types.discard("null")
+    if types == {"boolean"}:
+        kind, choices = "boolean", [False, True]
+    elif types and types <= {"integer", "number"}:
+        kind, choices = ("number" if "number" in types else "integer"), words
+    elif words and not types:
+        kind, choices = "choice", words
+    elif named:
+        kind, choices = "list" if "array" in types else "string", []
+    else:
+        return None  # text, paths, mappings: not a search space's business
+    return {
+        "key": key,
+        "type": kind,
+        "choices": choices,
+        "minimum": spec.get("minimum"),
+        "exclusive_minimum": spec.get("exclusiveMinimum"),
+        "maximum": spec.get("maximum"),
+        "nullable": nullable,
+        "default": spec.get("default"),
+        "help": spec.get("description", ""),
+    }
+
+
+_WHERE = re.compile(r"^(tune\.search_space\.[^:]+): (.*)$", re.S)
+
+
+@router.post("/api/tune/validate")
+def validate_tune(body: ConfigBody) -> dict[str, Any]:
+    """Check a train.yml's `tune:` section as a study checks it before it starts (`ft tune`,
+    POST /api/tune/start): the config loads, the search space parses, `sampler: grid` can
+    enumerate it, and every value it can draw is one its setting takes. `problems` are the
+    same messages (where, key, what) as /api/config/validate's; `parameters` the settings
+    searched, in order; `grid_size` the combinations with `sampler: grid`."""
+    from ft_runs.tune_space import SearchSpaceError, check_space, grid_size
+
+    text = _config_text(body)
+    try:
+        config = load_config("train.yml", text=text, overrides=body.overrides, profile=body.profile)
+    except ConfigError as exc:
+        problems = [
+            {"location": p.location, "key": p.key, "message": p.message, "text": str(p)}
+            for p in exc.problems
+        ]
+        return {"valid": False, "problems": problems, "message": str(exc), "parameters": []}
+    try:
+        parameters = check_space(config)
+    except SearchSpaceError as exc:
+        match = _WHERE.match(str(exc))
+        key, message = (match[1], match[2]) if match else ("tune.search_space", str(exc))
+        problem = {"location": None, "key": key, "message": message, "text": str(exc)}
+        return {"valid": False, "problems": [problem], "message": str(exc), "parameters": []}
+    tune = config.tune
+    searched = [p for p in parameters if p.kind != "derived"]
+    # check_space has gridded it already when the sampler is grid; other spaces may not grid.
+    combinations = grid_size(parameters) if tune.sampler == "grid" else None
+    space = "ft's default space" if not tune.search_space else "the search space"
+    derived = len(parameters) - len(searched)
+    message = f"{space} is valid: {len(searched)} settings searched" + (
+        f", {derived} derived" if derived else ""
+    )
+    message += f"; {tune.trials} trials, sampler {tune.sampler}"
+    if combinations is not None:
+        message += f" ({combinations} combinations)"
+    return {
+        "valid": True,
+        "problems": [],
+        "message": message,
+        "parameters": [{"name": p.name, "kind": p.kind} for p in parameters],
+        "grid_size": combinations,
+    }
 
 
 @router.get("/api/tune/{job_id}/status")

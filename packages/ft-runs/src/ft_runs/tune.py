@@ -302,9 +302,7 @@ def start_study(
     if sampler is not None:
         overrides.append(f"tune.sampler={sampler}")
     config = load_config(config_path, overrides=overrides, profile=profile)
-    parameters = tune_space.parse_space(config.tune.search_space)
-    if config.tune.sampler == "grid":
-        tune_space.grid(parameters)  # refuses a space it cannot grid, before anything runs
+    tune_space.check_space(config)  # a space ft cannot use is refused before anything runs
     project = Path(config_path).resolve().parent if config_path else Path.cwd()
     name = name or datetime.now(UTC).strftime("study-%Y%m%d-%H%M%S")
     files = StudyFiles(studies_dir(project) / name)

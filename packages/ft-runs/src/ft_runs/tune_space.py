@@ -21,12 +21,18 @@ alpha = 2r (or rank-stabilised scaling), attention-only or all-linear targets, d
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+from ft_config.structure import structure_config, unstructure_config
+
+if TYPE_CHECKING:
+    from ft_config import TrainConfig
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -234,6 +240,61 @@ def grid(parameters: list[Parameter]) -> dict[str, list[Any]]:
 
 def grid_size(parameters: list[Parameter]) -> int:
     return math.prod(len(v) for v in grid(parameters).values())
+
+
+def check_space(config: TrainConfig) -> list[Parameter]:
+    """Everything a study checks before it starts (`ft tune`, POST /api/tune/start, the
+    dashboard's live check): the space parses, `sampler: grid` can enumerate it, and every
+    value it can draw is one its setting takes, judged by train.yml's own checks. Returns the
+    parameters; raises SearchSpaceError naming the entry."""
+    parameters = parse_space(config.tune.search_space)
+    if config.tune.sampler == "grid":
+        grid(parameters)
+    base = unstructure_config(config)
+    for p in parameters:
+        for where, value in _drawable(p):
+            problem = _refused(base, p.name, value)
+            if problem is None:
+                continue
+            entry = f"tune.search_space.{p.name}"
+            if where == "fraction":
+                raise SearchSpaceError(
+                    f"{entry}: the range draws fractions such as {value}, which {p.name} "
+                    f"refuses ({problem}); add `int: true` or give `choices`"
+                )
+            raise SearchSpaceError(f"{entry}.{where}: {_yaml(value)}: {problem}")
+    return parameters
+
+
+def _drawable(p: Parameter) -> list[tuple[str, Any]]:
+    """Values a parameter can draw that stand for all the others: each choice, a range's ends
+    and (for a float range) a value between them that is no whole number."""
+    if p.kind == "choice":
+        return [("choices", c) for c in p.choices]
+    if p.kind in ("float", "int"):
+        assert p.low is not None and p.high is not None
+        ends: list[tuple[str, Any]] = [("low", p.low), ("high", p.high)]
+        whole = all(float(v).is_integer() for v in (p.low, p.high))
+        if p.kind == "float" and p.step is None and whole:
+            # A whole-numbered float range may be meant for a whole-number setting.
+            ends.append(("fraction", round(p.low + (p.high - p.low) / math.pi, 2)))
+        return ends
+    return []
+
+
+def _refused(base: dict[str, Any], name: str, value: Any) -> str | None:
+    """train.yml's own message for `name: value` (the first), or None when it is accepted."""
+    path = name.split(".")
+    data = copy.deepcopy(base)
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+    _, problems = structure_config(data)
+    for key, message in problems:
+        if [str(k) for k in key[: len(path)]] == path:
+            return message
+    return None
 
 
 def overrides(settings: Mapping[str, Any]) -> list[str]:
