@@ -332,6 +332,20 @@ function pageMonitor() {
     last = { step: p.step, train: p.train || last.train, evalLoss: e.eval_loss ?? last.evalLoss };
     if (job && job.run && job.run.total_steps) { bar.max = job.run.total_steps; bar.value = p.step; }
     showLatest();
+    if (p.samples && p.samples.length) showTrainingSamples(p.step, p.samples, e.eval_loss);
+  }
+
+  // The answers to validation prompts at each evaluation (training.eval_samples), the latest
+  // evaluation first. Model output is shown as text (el's `text`), never parsed as HTML.
+  const trainingSamples = document.getElementById("training-samples");
+  function showTrainingSamples(step, samples, evalLoss) {
+    if (!trainingSamples.querySelector(".eval-samples")) trainingSamples.replaceChildren();
+    const field = (label, text) => [el("b", { text: label + ": " }), el("span", { class: "sample-" + label.toLowerCase(), text: text ?? "" })];
+    const block = el("div", { class: "eval-samples", "data-step": String(step) },
+      el("h3", { text: `Step ${step}` + (evalLoss !== undefined ? ` · eval loss ${FT.fmtNum(evalLoss)}` : "") }),
+      ...samples.map((s) => el("div", { class: "sample" },
+        field("Prompt", s.prompt), "\n", field("Output", s.output), "\n", field("Reference", s.reference))));
+    trainingSamples.prepend(block);
   }
 
   async function refreshJob() {
