@@ -49,7 +49,7 @@ def test_event_problems_name_keys_and_types() -> None:
     ]
     assert event_problems({**STEP, "step": True}) == ["step: step=True is not <class 'int'>"]
     assert event_problems({"type": "epoch"}) == [
-        "unknown event type 'epoch' (known: start, step, eval, checkpoint, message, end)"
+        "unknown event type 'epoch' (known: start, step, eval, samples, checkpoint, message, end)"
     ]
 
 
@@ -57,6 +57,13 @@ def test_event_problems_read_literals_and_optional_keys() -> None:
     evaluation = {"type": "eval", "step": 2, "eval_loss": 1.0, "perplexity": 2.7, "is_best": True}
     assert event_problems(evaluation) == []
     assert event_problems({**evaluation, "accuracy": 0.5}) == []  # NotRequired
+    sample = {"prompt": "Q", "output": "A", "reference": "B", "output_tokens": 1}
+    samples = {"type": "samples", "step": 2, "samples": [sample]}
+    assert event_problems(samples) == []
+    assert event_problems({**samples, "samples": [{**sample, "output_tokens": "1"}]}) == [
+        "samples: samples=[{'prompt': 'Q', 'output': 'A', 'reference': 'B', 'output_tokens': "
+        "'1'}] is not list[ft_train_core.protocol.Sample]"
+    ]
     message = {"type": "message", "level": "debug", "text": "hi"}
     assert event_problems(message) == [
         "message: level='debug' is not typing.Literal['info', 'warning', 'error']"

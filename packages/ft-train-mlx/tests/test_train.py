@@ -35,8 +35,8 @@ def test_lora_run_events_and_files(make_job) -> None:
     job = make_job(training__max_steps=3, training__eval_every=2, training__save_every=1)
     events, result = train(job)
     assert event_types(events) == [
-        "start", "step", "checkpoint", "step", "eval", "checkpoint",
-        "step", "eval", "checkpoint", "end",
+        "start", "step", "checkpoint", "step", "eval", "samples", "checkpoint",
+        "step", "eval", "samples", "checkpoint", "end",
     ]  # fmt: skip
     start = events[0]
     # r=4 on q_proj (64 -> 64) and v_proj (64 -> 32) of 2 layers

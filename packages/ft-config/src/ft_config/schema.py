@@ -372,6 +372,16 @@ class TrainingConfig:
     eval_every: int | None = setting(
         None, "Evaluate every N optimizer steps. Default: at the end of each epoch.", min=1
     )
+    eval_samples: int = setting(
+        2,
+        "At each evaluation, answer this many validation prompts (the first rows that have "
+        "a prompt, through the run's chat template) greedily with the model as it is, and "
+        "report them beside their reference answers (the dashboard's Samples panel). 0: none.",
+        min=0,
+    )
+    eval_sample_tokens: int = setting(
+        48, "The most tokens each evaluation sample's answer may have.", min=1
+    )
     save_every: int | None = setting(
         None,
         "Save a checkpoint every N optimizer steps. Default: at the end of each epoch.",

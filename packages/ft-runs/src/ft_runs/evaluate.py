@@ -46,16 +46,9 @@ import numpy as np
 from ft_config import atomic_write_text, load_config
 from ft_runs.run_folder import RunFolder
 from ft_runs.textmetrics import classification_metrics, generation_metrics
+from ft_train_core.samples import Example, prompt_examples
 
 Say = Callable[[str], None]
-
-
-@attrs.frozen
-class Example:
-    prompt_ids: list[int]
-    prompt: str
-    reference: str
-    index: int = 0  # the example's place in the dataset
 
 
 @attrs.frozen
@@ -107,34 +100,12 @@ def checkpoint_of(folder: RunFolder, which: str | None) -> tuple[str, Path]:
 
 
 def examples_from(dataset: Path, tokenizer: Any, limit: int) -> list[Example]:
-    """Up to `limit` (prompt, reference) pairs from a prepared dataset (see the module doc)."""
+    """Up to `limit` (prompt, reference) pairs from a prepared dataset (see the module doc):
+    the rule the trainers' evaluation samples follow too (`ft_train_core.samples`)."""
     from ft_data.hdf5 import PreparedDataset
 
-    found: list[Example] = []
     with PreparedDataset(dataset) as data:
-        for i in range(len(data)):
-            tokens, mask = data[i]
-            trained = np.flatnonzero(np.asarray(mask))
-            if len(trained) == 0 or trained[0] == 0:
-                continue  # nothing to answer, or trained from the first token (raw text)
-            start = int(trained[0])
-            end = start
-            while end < len(mask) and mask[end]:
-                end += 1
-            ids = [int(t) for t in tokens[:start]]
-            found.append(
-                Example(
-                    prompt_ids=ids,
-                    prompt=tokenizer.decode(ids, skip_special_tokens=False),
-                    reference=tokenizer.decode(
-                        [int(t) for t in tokens[start:end]], skip_special_tokens=True
-                    ).strip(),
-                    index=i,
-                )
-            )
-            if len(found) >= limit:
-                break
-    return found
+        return prompt_examples(data, tokenizer, limit)
 
 
 def _answer(generator: Any, ids: list[int], max_tokens: int) -> str:

@@ -24,6 +24,7 @@ from ft_train_core.protocol import (
     EndEvent,
     EvalEvent,
     MessageEvent,
+    SamplesEvent,
     StartEvent,
     StepEvent,
     Trainer,
@@ -188,6 +189,7 @@ EVENT_TYPES: dict[str, type] = {
     "start": StartEvent,
     "step": StepEvent,
     "eval": EvalEvent,
+    "samples": SamplesEvent,
     "checkpoint": CheckpointEvent,
     "message": MessageEvent,
     "end": EndEvent,
@@ -214,6 +216,11 @@ def _matches(value: Any, expected: Any) -> bool:
         return value in typing.get_args(expected)
     if origin in (typing.Union, types.UnionType):
         return any(_matches(value, option) for option in typing.get_args(expected))
+    if origin is list:
+        (item,) = typing.get_args(expected)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if typing.is_typeddict(expected):
+        return isinstance(value, dict) and not _problems(value, expected, "")
     if expected is type(None):
         return value is None
     if expected is float:  # an int is a float (PEP 484's numeric tower); a bool is neither
@@ -229,13 +236,18 @@ def event_problems(event: Mapping[str, Any]) -> list[str]:
     kind = EVENT_TYPES.get(event.get("type"))  # type: ignore[arg-type]
     if kind is None:
         return [f"unknown event type {event.get('type')!r} (known: {', '.join(EVENT_TYPES)})"]
+    return _problems(event, kind, f"{event['type']}: ")
+
+
+def _problems(value: Mapping[str, Any], kind: type, where: str) -> list[str]:
+    """How the dict `value` differs from the TypedDict `kind` (keys and their types)."""
     fields, required = _fields(kind)
-    problems = [f"{event['type']}: no key {k!r}" for k in sorted(required - event.keys())]
-    problems += [f"{event['type']}: unexpected key {k!r}" for k in sorted(event.keys() - fields)]
+    problems = [f"{where}no key {k!r}" for k in sorted(required - value.keys())]
+    problems += [f"{where}unexpected key {k!r}" for k in sorted(value.keys() - fields)]
     problems += [
-        f"{event['type']}: {k}={event[k]!r} is not {fields[k]}"
-        for k in sorted(event.keys() & fields.keys())
-        if not _matches(event[k], fields[k])
+        f"{where}{k}={value[k]!r} is not {fields[k]}"
+        for k in sorted(value.keys() & fields.keys())
+        if not _matches(value[k], fields[k])
     ]
     return problems
 

@@ -16,6 +16,7 @@ planned with. The trainer reports progress as events, plain dicts with a `type` 
 | `start` | `total_steps`, `trainable_params`, `total_params`, `device`, `dtype`, `resumed_from_step` |
 | `step` | `step`, `epoch` (float), `loss`, `learning_rate`, `grad_norm`, `tokens` (non-padding tokens this step), `tokens_per_s`, `elapsed_s`, `memory_bytes` (peak so far, or null); preference runs add `rewards_chosen`, `rewards_rejected`, `margin`, `accuracy` |
 | `eval` | `step`, `eval_loss`, `perplexity`, `is_best`; classification runs add `accuracy`; preference runs `rewards_chosen`, `rewards_rejected`, `margin`, `accuracy` |
+| `samples` | `step`, `samples`: the answers to a few validation prompts at this evaluation (`Sample`: `prompt`, `output`, `reference`, `output_tokens`); right after `eval`, when `training.eval_samples` is above 0 |
 | `checkpoint` | `step`, `path`, `is_best` |
 | `message` | `level` (`info`/`warning`/`error`), `text` |
 | `end` | `step`, `reason` (`completed`/`early_stopping`/`interrupted`/`nan`/`max_steps`), `adapter_path`, `best_checkpoint` |
@@ -77,6 +78,19 @@ class EvalEvent(TypedDict):
     rewards_chosen: NotRequired[float]
     rewards_rejected: NotRequired[float]
     margin: NotRequired[float]
+
+
+class Sample(TypedDict):
+    prompt: str  # the validation row's prompt as the model read it: its chat template's text
+    output: str  # the model's greedy answer, special tokens left out
+    reference: str  # the row's own answer (its first trained span)
+    output_tokens: int  # tokens generated, the stop token not counted
+
+
+class SamplesEvent(TypedDict):
+    type: Literal["samples"]
+    step: int
+    samples: list[Sample]
 
 
 class CheckpointEvent(TypedDict):

@@ -29,6 +29,9 @@ RESUME_NEUTRAL = (
     "training.save_every",
     "training.keep_last",
     "training.eval_every",
+    # What the evaluations show, not what the run learns (greedy answers, no RNG drawn).
+    "training.eval_samples",
+    "training.eval_sample_tokens",
     "training.early_stopping_patience",
     "training.early_stopping_threshold",
     # Where a run ends: a resume may train longer or shorter than it first planned.

@@ -14,7 +14,7 @@ does the rest, so every trainer counts, checkpoints, evaluates, stops and report
         ...                                      # optimizer step
         steps.stepped(loss=..., learning_rate=..., grad_norm=..., tokens=..., last=last,
                       started=step_started, memory_bytes=...)
-        if steps.between_steps(last, evaluate, checkpoint):
+        if steps.between_steps(last, evaluate, checkpoint, samples):
             return steps.finish("early_stopping")
     return steps.end(checkpoint)
 
@@ -39,7 +39,7 @@ from ft_config import TrainingConfig
 from ft_data.batches import Batches
 from ft_models.checkpoint import prune_checkpoints, step_folder, write_checkpoint
 from ft_train_core import schedule
-from ft_train_core.protocol import EndEvent
+from ft_train_core.protocol import EndEvent, Sample
 from ft_train_core.state import LoopState
 
 Event = dict[str, Any]
@@ -207,10 +207,13 @@ class Steps:
         last: int,
         evaluate: Callable[[], dict[str, float]] | None,
         checkpoint: Callable[[bool], Path],
+        samples: Callable[[], list[Sample]] | None = None,
     ) -> bool:
         """After a step ending at micro-batch `last`: evaluate when due (`evaluate` returns
-        `eval_loss` and any other scores; None without validation data), checkpoint when due
-        or best, and say whether early stopping ends the run."""
+        `eval_loss` and any other scores; None without validation data) and then answer the
+        evaluation samples (`samples`, `ft_train_core.samples`: None when there are none, or
+        on a process that does not report), checkpoint when due or best, and say whether early
+        stopping ends the run."""
         state, settings = self.state, self.settings
         epoch_ended = schedule.epoch_ended(self.batches, last)
         final = state.step >= self.total_steps
@@ -231,6 +234,8 @@ class Steps:
                     "is_best": is_best,
                 }
             )
+            if samples is not None:
+                self.say({"type": "samples", "step": state.step, "samples": samples()})
         if (
             schedule.due(settings.save_every, state.step, epoch_ended)
             or is_best

@@ -29,6 +29,7 @@ from ft_data.batches import Batches, real_tokens
 from ft_data.batches import target_count as trained_tokens
 from ft_models.memory_watchdog import GATE, MemoryLimitReached
 from ft_train_core.preference import preference_metrics
+from ft_train_core.protocol import Sample
 from ft_train_core.steps import Outcome, Steps
 from ft_train_mlx.distributed import World
 from ft_train_mlx.optim import learning_rate, set_learning_rate
@@ -59,6 +60,9 @@ class Loop:
     # A preference objective (DPO, ORPO): its loss, gradients, pair counts and metrics in place
     # of the supervised loss's.
     preference: Preference | None = None
+    # Answers to a few validation prompts after each evaluation (`ft_train_core.samples`);
+    # None: none asked for, or a process that does not report.
+    samples: Callable[[], list[Sample]] | None = None
 
 
 def gradient_function(model: nn.Module, compiled: bool) -> Callable[..., Any]:
@@ -168,7 +172,7 @@ def run(
             memory_bytes=int(mx.get_peak_memory()),
             extra=extra,
         )
-        if steps.between_steps(last, evaluate, checkpoint):
+        if steps.between_steps(last, evaluate, checkpoint, loop.samples):
             return steps.finish("early_stopping")
     return steps.end(checkpoint)
 

@@ -36,6 +36,7 @@ from ft_train_core.protocol import (
     StartEvent,
     TrainResult,
 )
+from ft_train_core.samples import EvalSamples
 from ft_train_core.schedule import run_length
 from ft_train_core.state import compare_fingerprints, fingerprint, read_trainer_state
 from ft_train_mlx import loop
@@ -63,6 +64,7 @@ from ft_train_mlx.methods import (
 from ft_train_mlx.optim import build_optimizer
 from ft_train_mlx.packing import ABSOLUTE_POSITIONS
 from ft_train_mlx.preference import Preference
+from ft_train_mlx.samples import samples_function
 from ft_train_mlx.state import LoopState, load_training_state, save_training_state
 
 Event = dict[str, Any]
@@ -212,6 +214,7 @@ class _MLXRun:
     # Set by the steps, in this order.
     train_set: PreparedDataset
     eval_set: PreparedDataset | None
+    samples: EvalSamples | None  # the validation prompts answered at each evaluation
     dtype: str
     model: nn.Module  # mlx-lm's model, adapted for the method in place
     paths: list[str]  # the adapted modules (none for full fine-tuning)
@@ -280,6 +283,12 @@ class _MLXRun:
         check_preference_data(self.config, self.train_set, "training")
         if self.eval_set is not None:
             check_preference_data(self.config, self.eval_set, "validation")
+        # The validation prompts answered at each evaluation, on the process that reports.
+        self.samples = (
+            EvalSamples.for_run(self.config, job.model_path, self.eval_set)
+            if self.world.is_main
+            else None
+        )
 
     def setup_model(self) -> None:
         """mlx-lm's model in its load dtype, adapted for the method, with gradient checkpointing
@@ -423,6 +432,7 @@ class _MLXRun:
             # checkpoint_layers), which a compiled function cannot
             compile=settings.compile and not settings.gradient_checkpointing,
             preference=self.preference,
+            samples=samples_function(self.model, self.samples),
         )
 
     def save_final(self, outcome: loop.Outcome) -> Path | None:

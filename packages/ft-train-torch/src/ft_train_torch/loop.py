@@ -27,6 +27,7 @@ from ft_config import TrainingConfig
 from ft_data.batches import Batch, Batches, real_tokens
 from ft_models.memory_watchdog import GATE, MemoryLimitReached
 from ft_train_core.preference import PreferenceTotals, preference_metrics
+from ft_train_core.protocol import Sample
 from ft_train_core.steps import Outcome, Steps
 from ft_train_torch.device import peak_memory_bytes
 from ft_train_torch.distributed import World, barrier, gradient_sync
@@ -68,6 +69,9 @@ class Loop:
     gather: Callable[[], Any] | None = None
     # A preference objective's rewards, added up by `loss`: the step's and evaluation's metrics.
     metrics: PreferenceTotals | None = None
+    # Answers to a few validation prompts after each evaluation (`ft_train_core.samples`);
+    # None: none asked for, or a process that does not report.
+    samples: Callable[[], list[Sample]] | None = None
 
 
 def run(
@@ -154,7 +158,7 @@ def run(
             memory_bytes=peak_memory_bytes(device),
             extra=extra,
         )
-        if steps.between_steps(last, evaluate, checkpoint):
+        if steps.between_steps(last, evaluate, checkpoint, loop.samples):
             return steps.finish("early_stopping")
     return steps.end(checkpoint)
 

@@ -24,6 +24,7 @@ from ft_train_core.batch_plan import BatchPlan
 from ft_train_core.plan import job_batches
 from ft_train_core.preference import PreferenceTotals, check_preference_data
 from ft_train_core.protocol import StartEvent
+from ft_train_core.samples import EvalSamples
 from ft_train_core.schedule import run_length
 from ft_train_core.state import compare_fingerprints, fingerprint, read_trainer_state
 from ft_train_torch import distributed, loop
@@ -47,6 +48,7 @@ from ft_train_torch.methods import (
     save_weights,
 )
 from ft_train_torch.optim import build_optimizer, build_scheduler
+from ft_train_torch.samples import samples_function
 from ft_train_torch.state import LoopState, load_training_state, save_training_state
 
 Event = dict[str, Any]
@@ -64,6 +66,7 @@ class TorchRun:
     fsdp: bool
     train_set: PreparedDataset
     eval_set: PreparedDataset | None
+    samples: EvalSamples | None  # the validation prompts answered at each evaluation
     label_names: list[str] | None
     pad_id: int | None
     dtype: torch.dtype
@@ -145,6 +148,7 @@ class TorchRun:
             else None
         )
         self.pad_id = pad_token_id(job.model_path, self.train_set) if self.classify else None
+        self.samples = self._eval_samples()
         if packing and self.classify:
             self.note("info", "sequence classification takes one example a row: packing is off")
         elif packing and self.prompt:
@@ -153,6 +157,17 @@ class TorchRun:
                 f"method {self.method.name} adds virtual tokens to each row: packing is off, "
                 "rows are padded",
             )
+
+    def _eval_samples(self) -> EvalSamples | None:
+        """The validation prompts answered at each evaluation (`training.eval_samples`), on
+        the main process, which reports them; none under FSDP, whose forward pass needs
+        every process."""
+        if not self.world.is_main or self.settings.eval_samples <= 0:
+            return None
+        if self.fsdp:
+            self.note("info", "training.eval_samples: no samples under FSDP")
+            return None
+        return EvalSamples.for_run(self.config, self.job.model_path, self.eval_set)
 
     def setup_model(self) -> None:
         """The base model on the device in its load dtype, with gradient checkpointing if
@@ -317,10 +332,11 @@ class TorchRun:
         count: loop.CountFn,
         score: loop.ScoreFn,
         totals: PreferenceTotals | None = None,
+        cast: Callable[[], Any] = contextlib.nullcontext,
     ) -> loop.Loop:
         """What `loop.run` works with: what the steps built, `save`, and the functions that
         score a batch (`score` for a classifier only; `totals`, a preference objective's
-        rewards, for its metrics)."""
+        rewards, for its metrics); `cast`, the loss's autocast, for the evaluation samples."""
         return loop.Loop(
             model=self.wrapped,
             optimizer=self.optimizer,
@@ -342,4 +358,5 @@ class TorchRun:
             score=score if self.classify else None,
             gather=self.gather if self.fsdp else None,
             metrics=totals,
+            samples=samples_function(self.model, self.base, self.samples, self.device, cast),
         )

@@ -200,7 +200,7 @@ class TorchTrainer:
             for event in run.notes:  # what the steps found, told once `start` opened the run
                 say(event)
             inputs = run.loop_inputs(
-                objective.loss, objective.count, objective.score, objective.totals
+                objective.loss, objective.count, objective.score, objective.totals, objective.cast
             )
             outcome = loop.run(inputs, run.state, emit=say, should_stop=should_stop)
             adapter = run.save_final(outcome)

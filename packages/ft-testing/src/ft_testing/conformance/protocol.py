@@ -12,6 +12,7 @@ import pytest
 from ft_testing.conformance.base import (
     LORA_PARAMS,
     ConformanceBase,
+    assert_same_losses,
     parameter_count,
     tensor_names,
 )
@@ -68,7 +69,12 @@ class ProtocolTests(ConformanceBase):
         job = make_job()
         run = self.train(job)
         events, result = run.events, run.result
-        assert event_types(events) == ["start"] + ["step"] * 8 + ["eval", "checkpoint", "end"]
+        assert event_types(events) == ["start"] + ["step"] * 8 + [
+            "eval",
+            "samples",
+            "checkpoint",
+            "end",
+        ]
         start = events[0]
         base = parameter_count(job.model_path / "model.safetensors")
         assert (start["trainable_params"], start["total_params"]) == (
@@ -86,7 +92,7 @@ class ProtocolTests(ConformanceBase):
         assert all(math.isfinite(e["loss"]) and e["grad_norm"] > 0 for e in steps)
         with PreparedDataset(job.train_data) as data:  # every non-padding token, once
             assert sum(e["tokens"] for e in steps) == data.num_tokens
-        assert (events[-3]["step"], events[-3]["is_best"]) == (8, True)
+        assert (events[-4]["step"], events[-4]["is_best"]) == (8, True)
         checkpoint = job.checkpoints_dir / "step-00000008"
         assert events[-2] == {"type": "checkpoint", "step": 8, "path": str(checkpoint), "is_best": True}  # fmt: skip
         assert (result.reason, result.adapter_path, result.best_checkpoint) == (
@@ -107,3 +113,34 @@ class ProtocolTests(ConformanceBase):
             for ab in "AB"
         }
         assert tensors_sha256(job.adapter_dir) == tensors_sha256(checkpoint)
+
+    def test_samples_follow_each_evaluation(
+        self, make_job: JobMaker, alpaca_short_rows: list[dict[str, str]]
+    ) -> None:
+        """`training.eval_samples` validation prompts answered after every evaluation, with
+        the model of that step, greedily, at most `eval_sample_tokens` tokens each: the
+        first validation rows' prompts (through the chat template) and their own answers as
+        references; `eval_samples: 0` answers none, and trains bit-identically (the answers
+        draw from no random generator: dropout's masks stay the same)."""
+        settings = {"training__max_steps": 2, "training__eval_every": 1, "method__dropout": 0.1}
+        run = self.train(
+            make_job(**settings, training__eval_samples=2, training__eval_sample_tokens=5)
+        )
+        kinds = event_types(run.events)
+        evals = [i for i, kind in enumerate(kinds) if kind == "eval"]
+        assert len(evals) == 2 and [kinds[i + 1] for i in evals] == ["samples", "samples"], kinds
+        validation = alpaca_short_rows[32:40]  # the rows of the validation set, in order
+        for i in evals:
+            evaluation, answered = run.events[i], run.events[i + 1]
+            assert answered["step"] == evaluation["step"]
+            assert len(answered["samples"]) == 2
+            for sample, row in zip(answered["samples"], validation, strict=False):
+                assert row["instruction"] in sample["prompt"], (sample, row)
+                # The reference is the row's answer (cut where the rows are cut, if they are).
+                assert sample["reference"] and row["output"].startswith(sample["reference"])
+                # A random model does not find the stop token within 5 tokens.
+                assert sample["output_tokens"] == 5 and sample["output"], sample
+        off = self.train(make_job(run="no-samples", **settings, training__eval_samples=0))
+        assert "samples" not in event_types(off.events)
+        assert_same_losses(off.events, run.events)
+        assert tensors_sha256(off.result.adapter_path) == tensors_sha256(run.result.adapter_path)
