@@ -78,3 +78,41 @@ def test_a_job_log_is_read_from_its_folder(make_client):
     r = client.get("/api/jobs/job-1/log", params={"tail": 2})
     assert r.json() == {"job_id": "job-1", "lines": ["run r: /x", "job job-1: completed"]}
     assert client.get("/api/jobs/job-2/log").status_code == 404
+
+
+def test_samples_reach_the_metrics_api_and_stream(make_client):
+    """A trainer's `samples` event, stored by the run's sink, comes back with its step: from
+    the job's and the run's metrics, and in the stream's point for that step."""
+    from ft_runs.sinks import StoreSink
+
+    client = make_client(max_concurrent_trainings=0)  # the queue paused: nothing runs
+    store = client.app.state.jobs.store
+    store.create_run("r", run_dir=client.app.state.settings.runs_dir / "r", config={}, model="m", method="lora")  # fmt: skip
+    store.create_job("j", "train", {})
+    store.claim_job("j")
+    store.update_job("j", run_id="r")
+    sample = {
+        "prompt": "<|im_start|>user\nName a colour<|im_end|>\n<|im_start|>assistant\n",
+        "output": "<b>Blue</b> & green",
+        "reference": "Red",
+        "output_tokens": 6,
+    }
+    sink = StoreSink(store, "r")
+    sink({"type": "step", "step": 1, "loss": 2.0, "learning_rate": 1e-3})
+    sink({"type": "eval", "step": 1, "eval_loss": 1.5, "perplexity": 4.5, "is_best": True})
+    sink({"type": "samples", "step": 1, "samples": [sample]})
+    sink({"type": "step", "step": 2, "loss": 1.8, "learning_rate": 1e-3})
+    expected = {
+        "step": 1,
+        "train": {"loss": 2.0, "learning_rate": 1e-3},
+        "eval": {"eval_loss": 1.5, "perplexity": 4.5},
+        "samples": [sample],
+    }
+    points = client.get("/api/metrics/j").json()["points"]
+    assert points[0] == expected and "samples" not in points[1]
+    assert client.get("/api/runs/r/metrics").json()["points"][0] == expected
+    store.update_job("j", status="completed")
+    loop = asyncio.new_event_loop()
+    first, _second, _end = _take(loop, _events(_Jobs(store), "j", -1, _Request(), heartbeat=60), 3)
+    assert _step(first) == (1, expected)
+    loop.close()

@@ -26,6 +26,7 @@ from ft_config import ConfigError, atomic_write_text, dump_yaml, load_config
 from ft_server.data_api import _data_error, _dataset, _options, _run, _settings, _store, _tokenizer
 from ft_server.errors import ApiError
 from ft_server.files import inside, inside_any
+from ft_server.jobs_api import point_value
 from ft_server.settings import ServerSettings
 
 router = APIRouter()
@@ -425,7 +426,8 @@ def run_metrics(
     run_id: str, request: Request, since: int = Query(-1), kind: str | None = Query(None)
 ) -> dict[str, Any]:
     """A run's metric points (every run, those of `ft train` too): one per step, `train` and
-    `eval` values, as GET /api/metrics/{job_id} gives them for a job."""
+    `eval` values and an evaluation's `samples`, as GET /api/metrics/{job_id} gives them for
+    a job."""
     store = _store(request)
     run = _run(store, run_id)
     by_step: dict[int, dict[str, Any]] = {}
@@ -434,7 +436,8 @@ def run_metrics(
         if step <= since:
             continue
         row.pop("time", None)
-        by_step.setdefault(step, {"step": step})[row.pop("kind")] = row
+        what = row.pop("kind")
+        by_step.setdefault(step, {"step": step})[what] = point_value(what, row)
     return {"run_id": run.id, "points": [by_step[s] for s in sorted(by_step)]}
 
 

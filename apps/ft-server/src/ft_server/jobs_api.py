@@ -199,7 +199,9 @@ def metrics(
     job_id: str, request: Request, since: int = Query(-1, description="only steps after this")
 ) -> dict[str, Any]:
     """The job's metric points after step `since`, one per step: `train` (loss, learning
-    rate, grad norm, tokens/s, ETA, memory) and `eval` (eval loss) values."""
+    rate, grad norm, tokens/s, ETA, memory) and `eval` (eval loss) values, and at an
+    evaluation with samples (`training.eval_samples`) `samples`: the answers to validation
+    prompts, each `{prompt, output, reference, output_tokens}`."""
     jobs = manager(request)
     job = _job(jobs, job_id)
     points = _points(jobs, job, since)
@@ -220,8 +222,9 @@ async def metrics_stream(
     last_event_id: str | None = Header(None),
 ) -> StreamingResponse:
     """Server-Sent Events: one `metrics` event per step (`id:` is the step), sent once the
-    step is complete; a reconnect with `Last-Event-ID` gets exactly the steps after it. A
-    comment line every `heartbeat_seconds` while idle; an `end` event when the job ends."""
+    step is complete (its eval and samples included); a reconnect with `Last-Event-ID` gets
+    exactly the steps after it. A comment line every `heartbeat_seconds` while idle; an `end`
+    event when the job ends."""
     jobs = manager(request)
     _job(jobs, job_id)
     if last_event_id is not None:
@@ -268,7 +271,8 @@ async def _events(
 
 def _points(jobs: JobManager, job: JobRecord, since: int) -> list[dict[str, Any]]:
     """The run's metrics after `since`, one point per step. A train point also gets `eta_s`:
-    the seconds the remaining steps take at the run's average pace so far."""
+    the seconds the remaining steps take at the run's average pace so far; `samples` is the
+    list of the evaluation's samples."""
     if not job.run_id:
         return []
     rows = jobs.store.metrics(job.run_id)
@@ -288,8 +292,13 @@ def _points(jobs: JobManager, job: JobRecord, since: int) -> list[dict[str, Any]
         if kind == "train" and total and first_step is not None and step > first_step and at:
             pace = (at - first_time) / (step - first_step)
             row["eta_s"] = round(max(total - step, 0) * pace, 1)
-        by_step.setdefault(step, {"step": step})[kind] = row
+        by_step.setdefault(step, {"step": step})[kind] = point_value(kind, row)
     return [by_step[s] for s in sorted(by_step)]
+
+
+def point_value(kind: str, row: dict[str, Any]) -> Any:
+    """What a metric point holds under `kind`: the row's values; for `samples`, their list."""
+    return row.get("samples", []) if kind == "samples" else row
 
 
 # --- helpers ------------------------------------------------------------------------------

@@ -45,16 +45,30 @@ def _finite(values: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def metric_values(event: Event) -> tuple[str, dict[str, float]] | None:
+def metric_values(event: Event) -> tuple[str, dict[str, Any]] | None:
     """The job store's metrics row of an event: `("train", values)` for a step,
-    `("eval", values)` for an evaluation, else None (live, and when `ft runs rebuild` reads
-    metrics.jsonl back)."""
+    `("eval", values)` for an evaluation, `("samples", {"samples": [...]})` for an
+    evaluation's samples (their text, what the dashboard shows), else None (live, and when
+    `ft runs rebuild` reads metrics.jsonl back)."""
     kind = event.get("type")
     if kind == "step":
         return "train", _finite({k: event.get(k) for k in _NUMERIC_TRAIN})
     if kind == "eval":
         return "eval", _finite({k: event.get(k) for k in _NUMERIC_EVAL})
+    if kind == "samples":
+        return "samples", {"samples": [_sample(s) for s in event.get("samples") or []]}
     return None
+
+
+def _sample(sample: Any) -> dict[str, Any]:
+    """One sample's fields (`ft_train_core.protocol.Sample`) as stored: text as text."""
+    sample = sample if isinstance(sample, dict) else {}
+    return {
+        "prompt": str(sample.get("prompt", "")),
+        "output": str(sample.get("output", "")),
+        "reference": str(sample.get("reference", "")),
+        "output_tokens": int(sample.get("output_tokens") or 0),
+    }
 
 
 class StoreSink:
