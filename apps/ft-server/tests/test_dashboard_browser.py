@@ -148,6 +148,7 @@ def test_build_a_config_train_reload_cancel_resume_export_and_chat(
         [
             f"model:\n  name: {tiny_llama}",
             f"data:\n  train: {work / 'data' / 'numbers.jsonl'}\n  max_seq_length: 64",
+            "  validation_split: 0.25",  # evaluated at its last step, with samples
             "training:\n  backend: torch\n  max_steps: 3\n  batch_size: 2\n",
         ]
     )
@@ -239,6 +240,14 @@ def test_build_a_config_train_reload_cancel_resume_export_and_chat(
     done = wait_job(server, second.json()["id"], ("completed", "failed"))
     assert done["status"] == "completed", done
     short_run = done["run_id"]
+    # Its monitor, opened afresh: the Samples panel shows the answers of its evaluation.
+    page.goto(server.url + f"/monitor/{done['id']}")
+    answered = page.locator("#training-samples .eval-samples")
+    expect(answered.locator("h3")).to_contain_text("Step 3 · eval loss")
+    expect(answered.locator(".sample-prompt").first).to_contain_text("Say the number")
+    expect(answered.locator(".sample-reference").first).to_have_text(
+        re.compile(r"^The number is \d+\.$")
+    )
     page.goto(server.url + "/chat")
     page.get_by_label("Model", exact=True).select_option(short_run)
     page.get_by_label("Compare with").select_option(str(tiny_llama))
