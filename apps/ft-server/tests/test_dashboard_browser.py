@@ -317,6 +317,128 @@ def test_chart_draws_50000_points(page, server, shots):
     page.screenshot(path=shots / "chart-50000.png")
 
 
+# --- a hyperparameter search: the builder's search space editor -> the study's page ---------
+
+
+@pytest.mark.slow  # a study of two runs in a worker process
+def test_build_a_search_space_start_a_search_and_watch_its_trials(
+    page, server, work, tiny_llama, shots
+):
+    import yaml
+
+    from ft_config import ConfigError, load_config
+    from ft_runs.tune_space import DEFAULT_SPACE, SearchSpaceError, parse_space
+
+    expect = playwright_api.expect
+    page.goto(server.url + "/config")
+    expect(page.locator("#config-status")).to_contain_text("train.yml is valid")
+    # ft's default space fills the editor; while unchanged, train.yml leaves it empty.
+    rows = page.locator("#tune-rows .space-row")
+    expect(rows).to_have_count(len(DEFAULT_SPACE))
+    assert [r.get_attribute("data-key") for r in rows.all()] == list(DEFAULT_SPACE)
+    expect(page.locator("#tune-space-note")).to_contain_text("ft's default LoRA space")
+    expect(page.locator("#tune-status")).to_have_text(
+        "ft's default space is valid: 6 settings searched, 1 derived; 10 trials, sampler tpe"
+    )
+    assert "search_space" not in page.locator("#config-yaml").input_value()
+
+    # A train.yml imported with a key that is no setting: the editor shows its row, and the
+    # row says what `ft config validate` (and `ft tune`) say of it.
+    bad = "tune:\n  search_space:\n    method.rnk: {choices: [4, 8]}\n"
+    with pytest.raises(ConfigError) as refused:
+        load_config("train.yml", text=bad)
+    [problem] = refused.value.problems
+    page.get_by_label("train.yml", exact=True).fill(bad)
+    page.get_by_role("button", name="Import this YAML into the form").click()
+    expect(rows).to_have_count(1)
+    expect(page.get_by_label("Setting 1", exact=True)).to_have_value("method.rnk")
+    expect(page.get_by_label("Choices 1", exact=True)).to_have_value("4, 8")
+    expect(page.locator("#ts-0-problem")).to_have_text(problem.message)
+    expect(page.get_by_label("Setting 1", exact=True)).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#config-problems li")).to_have_text([str(problem)])
+
+    # The job itself, in the form.
+    for key, value in {
+        "model.name": str(tiny_llama),
+        "data.train": str(work / "data" / "numbers.jsonl"),
+        "data.max_seq_length": "64",
+        "data.validation_split": "0.25",
+        "training.max_steps": "2",
+        "training.batch_size": "2",
+        "training.eval_every": "1",
+        "tune.trials": "2",
+    }.items():
+        page.get_by_label(key, exact=True).fill(value)
+    page.get_by_label("training.backend", exact=True).select_option("torch")
+    page.get_by_label("tune.sampler", exact=True).select_option("random")
+    page.get_by_label("logging.tensorboard", exact=True).uncheck()
+
+    # A search space of two rows, built with the keyboard's controls.
+    page.get_by_role("button", name="Remove every row").click()
+    expect(rows).to_have_count(0)
+    page.get_by_role("button", name="Add a setting").click()
+    page.get_by_label("Setting 1", exact=True).select_option("training.learning_rate")
+    page.get_by_label("Kind 1", exact=True).select_option("log-float")
+    page.get_by_label("Low 1", exact=True).fill("1e-4")
+    page.get_by_label("High 1", exact=True).fill("1e-5")
+    # low above high: tune_space's own message, on the row.
+    with pytest.raises(SearchSpaceError) as wrong:
+        parse_space({"training.learning_rate": {"low": 1e-4, "high": 1e-5, "log": True}})
+    key, message = str(wrong.value).split(": ", 1)
+    assert key == "tune.search_space.training.learning_rate"
+    expect(page.locator("#ts-0-problem")).to_have_text(message)
+    expect(page.locator("#tune-problems li")).to_have_text([str(wrong.value)])
+    page.get_by_label("High 1", exact=True).fill("1e-2")
+    page.get_by_role("button", name="Add a setting").click()
+    page.get_by_label("Setting 2", exact=True).select_option("method.rank")
+    page.get_by_label("Kind 2", exact=True).select_option("categorical")
+    page.get_by_label("Choices 2", exact=True).fill("4, 8")
+    expect(page.locator("#tune-status")).to_have_text(
+        "the search space is valid: 2 settings searched; 2 trials, sampler random"
+    )
+    expect(page.locator("#ts-0-problem")).to_be_hidden()
+    expect(page.locator("#config-yaml")).to_have_value(re.compile("search_space"))
+    tune = yaml.safe_load(page.locator("#config-yaml").input_value())["tune"]
+    assert tune == {
+        "trials": 2,
+        "sampler": "random",
+        "search_space": {
+            "training.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+            "method.rank": {"choices": [4, 8]},
+        },
+    }
+    page.locator("#tune-space").scroll_into_view_if_needed()
+    page.screenshot(path=shots / "config-search-space.png")
+
+    page.get_by_role("button", name="Start search").click()
+    page.wait_for_url(re.compile(r"/tune/job-"))
+    job_id = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#study-state")).to_contain_text(f"(job {job_id}): completed")
+    expect(page.locator("#study-state")).to_contain_text("2 of 2 trials finished")
+    trials = page.locator("#trials-table tbody tr")
+    expect(trials).to_have_count(2)
+    assert [t.get_attribute("data-state") for t in trials.all()] == ["COMPLETE", "COMPLETE"]
+    status = server.http.get(f"/api/tune/{job_id}/status").json()
+    best = status["study"]["best"]
+    assert status["study"]["finished"] == 2 and best["state"] == "COMPLETE"
+    marked = page.locator("#trials-table tbody tr.best")
+    expect(marked).to_have_count(1)
+    expect(marked).to_have_attribute("data-trial", str(best["number"]))
+    expect(marked.locator("td").first).to_have_text(f"{best['number']} best")
+    expect(page.locator("#trials-metric")).to_have_text("eval_loss (lower is better)")
+    expect(page.locator("#study-best")).to_contain_text(f"Best so far: trial {best['number']}")
+    values = [t["value"] for t in server.http.get(f"/api/tune/{job_id}/trials").json()["trials"]]
+    assert best["value"] == min(values)
+    for row in trials.all():
+        settings = row.locator("td").nth(3).inner_text()
+        assert re.fullmatch(r"training\.learning_rate = [\d.e-]+, method\.rank = [48]", settings)
+    page.screenshot(path=shots / "study.png", full_page=True)
+    check_keyboard_and_labels(page, f"/tune/{job_id}")
+    # The job queue leads to the study's page.
+    page.goto(server.url + "/jobs")
+    expect(page.get_by_role("link", name=job_id)).to_have_attribute("href", f"/tune/{job_id}")
+
+
 # --- dataset editor -------------------------------------------------------------------------
 
 
@@ -387,40 +509,53 @@ UNNAMED = re.compile(
 )
 
 
+def check_keyboard_and_labels(page: Any, path: str) -> int:
+    """On the page as it is: every control has an accessible name, every input a label, and
+    Tab reaches every visible control. Returns how many controls there are."""
+    # Every control has an accessible name (the accessibility tree names it).
+    tree = page.locator("body").aria_snapshot()
+    assert not UNNAMED.search(tree), (path, UNNAMED.search(tree)[0])
+    unlabelled = page.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea')]
+           .filter(e => e.type !== 'hidden' && !e.labels.length && !e.getAttribute('aria-label'))
+           .map(e => e.id || e.outerHTML.slice(0, 80))"""
+    )
+    assert unlabelled == [], (path, unlabelled)
+    # Tab through the page: every visible control gets the focus.
+    controls = page.evaluate(
+        """() => { let n = 0; const all = [...document.querySelectorAll(
+             'a[href], button, input, select, textarea, summary, [tabindex="0"]')]
+             .filter(e => !e.disabled && e.getClientRects().length && getComputedStyle(e).visibility !== 'hidden');
+           all.forEach(e => e.dataset.kb = String(n++)); return n; }"""
+    )
+    page.evaluate(
+        """() => { window.kbReached = [];
+           document.addEventListener('focusin', (e) => window.kbReached.push(e.target.dataset.kb));
+           document.activeElement && document.activeElement.blur(); }"""
+    )
+    for _ in range(controls + 3):
+        page.keyboard.press("Tab")
+    reached = {kb for kb in page.evaluate("window.kbReached") if kb is not None}
+    missing = page.evaluate(
+        "(reached) => [...document.querySelectorAll('[data-kb]')]"
+        ".filter(e => !reached.includes(e.dataset.kb)).map(e => e.outerHTML.slice(0, 90))",
+        sorted(reached),
+    )
+    assert missing == [], (path, missing)
+    return controls
+
+
 def test_keyboard_reaches_every_control_and_every_input_has_a_label(page, server, shots):
     for path in PAGES:
         page.goto(server.url + path)
         page.wait_for_load_state("networkidle")
-        # Every control has an accessible name (the accessibility tree names it).
-        tree = page.locator("body").aria_snapshot()
-        assert not UNNAMED.search(tree), (path, UNNAMED.search(tree)[0])
-        unlabelled = page.evaluate(
-            """() => [...document.querySelectorAll('input, select, textarea')]
-               .filter(e => e.type !== 'hidden' && !e.labels.length && !e.getAttribute('aria-label'))
-               .map(e => e.id || e.outerHTML.slice(0, 80))"""
-        )
-        assert unlabelled == [], (path, unlabelled)
-        # Tab through the page: every visible control gets the focus.
-        controls = page.evaluate(
-            """() => { let n = 0; const all = [...document.querySelectorAll(
-                 'a[href], button, input, select, textarea, summary, [tabindex="0"]')]
-                 .filter(e => !e.disabled && e.getClientRects().length && getComputedStyle(e).visibility !== 'hidden');
-               all.forEach(e => e.dataset.kb = String(n++)); return n; }"""
-        )
-        page.evaluate(
-            """() => { window.kbReached = [];
-               document.addEventListener('focusin', (e) => window.kbReached.push(e.target.dataset.kb));
-               document.activeElement && document.activeElement.blur(); }"""
-        )
-        for _ in range(controls + 3):
-            page.keyboard.press("Tab")
-        reached = {kb for kb in page.evaluate("window.kbReached") if kb is not None}
-        missing = page.evaluate(
-            "(reached) => [...document.querySelectorAll('[data-kb]')]"
-            ".filter(e => !reached.includes(e.dataset.kb)).map(e => e.outerHTML.slice(0, 90))",
-            sorted(reached),
-        )
-        assert missing == [], (path, missing)
+        if path == "/config":  # the search space editor's rows (ft's default space) are there
+            expect = playwright_api.expect
+            expect(page.locator("#tune-rows .space-row")).to_have_count(7)
+            assert page.get_by_label("Only when 4", exact=True).input_value() == (
+                "method.rslora = false"
+            )
+        check_keyboard_and_labels(page, path)
         name = "home" if path == "/" else path.strip("/")
         page.screenshot(path=shots / f"keyboard-{name}.png")
 

@@ -68,6 +68,12 @@ async def monitor(job_id: str, request: Request) -> HTMLResponse:
     return _render(request, "monitor.html", f"Job {job_id}", job_id=job_id, current="/jobs")
 
 
+@router.get("/tune/{job_id}", response_class=HTMLResponse)
+async def study(job_id: str, request: Request) -> HTMLResponse:
+    """A study's trials (a `tune` job): GET /api/tune/{job_id}/status and /trials."""
+    return _render(request, "tune.html", f"Study {job_id}", job_id=job_id, current="/jobs")
+
+
 # --- the configuration builder's form, from train.yml's JSON Schema ------------------------
 
 

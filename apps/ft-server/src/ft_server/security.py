@@ -23,7 +23,7 @@ OPEN_PATHS = frozenset({"/health"})
 DASHBOARD_PATHS = frozenset(
     {"/", "/jobs", "/models", "/datasets", "/config", "/exports", "/runs", "/chat"}
 )
-DASHBOARD_PREFIXES = ("/static/", "/monitor/")
+DASHBOARD_PREFIXES = ("/static/", "/monitor/", "/tune/")
 UPLOAD_PATHS = frozenset({"/api/datasets/upload"})
 
 Scope = dict[str, Any]

@@ -600,7 +600,8 @@ def keep_best_adapters(
 
 def study_status(files: StudyFiles, store: JobStore | None = None) -> dict[str, Any]:
     """Where a study stands (for the server and scripts): its name, folder, the trials it runs
-    to, how many finished, its trials' rows by state, and the best so far."""
+    to, the metric and its direction, how many finished, its trials' rows by state, and the
+    best so far."""
     info = json.loads(files.info.read_text(encoding="utf-8"))
     config_path = Path(info["config_path"]) if info.get("config_path") else None
     config = load_config(
@@ -619,6 +620,8 @@ def study_status(files: StudyFiles, store: JobStore | None = None) -> dict[str, 
         "name": files.name,
         "dir": str(files.dir),
         "trials": config.tune.trials,
+        "metric": config.tune.metric,
+        "direction": config.tune.direction,
         "finished": sum(1 for r in rows if r["state"] in FINISHED_STATES),
         "states": counts,
         "best": best_trial(rows, config.tune.direction),

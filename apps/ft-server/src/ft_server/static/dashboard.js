@@ -212,6 +212,9 @@ function progressText(job) {
   return run.total_steps ? `step ${run.step} / ${run.total_steps}` : `step ${run.step}`;
 }
 
+/* Where a job shows: a study's trials for a tune job, the training monitor for the others. */
+const jobHref = (j) => FT.base + (j.kind === "tune" ? "/tune/" : "/monitor/") + j.id;
+
 /* An htmx button that posts to an API route and refreshes the page's table afterwards. */
 function actionButton(label, path, refresh) {
   const b = el("button", { type: "button", "hx-post": FT.base + path, "hx-swap": "none", text: label });
@@ -235,7 +238,7 @@ function pageHome() {
     const active = jobs.filter((j) => j.status === "running" || j.status === "queued")
       .sort((a, b) => (a.queue_position ?? -1) - (b.queue_position ?? -1));
     FT.setRows(tbody, active.map((j) => el("tr", {},
-      el("td", {}, el("a", { href: FT.base + "/monitor/" + j.id, text: j.id })),
+      el("td", {}, el("a", { href: jobHref(j), text: j.id })),
       el("td", { text: j.kind }), statusCell(j.status),
       el("td", { text: j.queue_position ?? "–" }), el("td", { text: progressText(j) }))), "Nothing is running or waiting.");
   }, 2000);
@@ -278,7 +281,7 @@ function pageJobs() {
       if (j.status === "failed") actions.append(actionButton("Retry", `/api/jobs/${j.id}/resume`, refresh));
       actions.append(el("button", { type: "button", text: j.status === "failed" ? "Error log" : "Log", onclick: () => showLog(j) }));
       return el("tr", { "data-job": j.id },
-        el("td", {}, el("a", { href: FT.base + "/monitor/" + j.id, text: j.id })),
+        el("td", {}, el("a", { href: jobHref(j), text: j.id })),
         el("td", { text: j.kind }), statusCell(j.status),
         el("td", { text: j.run_id || "–" }), el("td", { text: progressText(j) }),
         el("td", { text: FT.fmtTime(j.created_at) }), actions);
@@ -406,6 +409,50 @@ function pageMonitor() {
     const ev = await api(`/api/runs/${job.run.id}/evaluate`, { method: "POST", json: { max_examples: 5, samples: 3, max_tokens: 48, compare_base: false } });
     location.href = FT.base + "/monitor/" + ev.id;
   });
+}
+
+/* ---- A study (ft tune) ---------------------------------------------------------------------- */
+
+function pageStudy() {
+  const jobId = document.body.dataset.job;
+  const state = document.getElementById("study-state");
+  const bar = document.getElementById("study-progress");
+  const tbody = document.querySelector("#trials-table tbody");
+  const value = (v) => (Array.isArray(v) ? "[" + v.join(", ") + "]" : typeof v === "number" ? FT.fmtNum(v) : String(v));
+  let stop = null;
+  async function refresh() {
+    const job = await api(`/api/tune/${jobId}/status`);
+    const study = job.study;
+    const active = job.status === "running" || job.status === "queued";
+    state.textContent = `Study ${study.name} (job ${job.id}): ${job.status}` + (job.cancel_requested && active ? " (cancelling: the trial saves a checkpoint)" : "") + ` · ${study.finished} of ${study.trials} trials finished` + (job.error ? ` · ${job.error}` : "");
+    state.className = "status-" + job.status;
+    bar.max = study.trials;
+    bar.value = Math.min(study.finished, study.trials);
+    document.getElementById("trials-metric").textContent = `${study.metric} (${study.direction === "minimize" ? "lower" : "higher"} is better)`;
+    document.getElementById("study-cancel").disabled = !active;
+    document.getElementById("study-resume").disabled = !["interrupted", "cancelled", "failed"].includes(job.status);
+    const best = study.best;
+    document.getElementById("study-best").textContent = best ? `Best so far: trial ${best.number}, ${study.metric} ${FT.fmtNum(best.value)} (${Object.entries(best.settings).map(([k, v]) => `${k} = ${value(v)}`).join(", ")})` : "No trial has completed yet.";
+    const { trials } = await api(`/api/tune/${jobId}/trials`);
+    FT.setRows(tbody, trials.map((t) => {
+      const isBest = best && t.number === best.number;
+      return el("tr", { "data-trial": t.number, "data-state": t.state, class: isBest ? "best" : null },
+        el("td", {}, String(t.number), isBest ? el("strong", { class: "best-mark", text: " best" }) : null),
+        el("td", { class: "status-" + t.state.toLowerCase(), text: t.state.toLowerCase() + (t.pruned_at ? ` at step ${t.pruned_at}` : "") }),
+        el("td", { text: FT.fmtNum(t.value) }),
+        el("td", { text: Object.entries(t.settings).map(([k, v]) => `${k} = ${value(v)}`).join(", ") || "–" }),
+        el("td", {}, t.run_id ? el("a", { href: FT.base + "/runs#" + t.run_id, text: t.run_id }) : "–"),
+        el("td", { text: [t.note, t.retry_of !== null && t.retry_of !== undefined ? `retry of trial ${t.retry_of}` : null].filter(Boolean).join("; ") }));
+    }), "No trial has started yet.");
+    const { lines } = await api(`/api/jobs/${jobId}/log?tail=30`);
+    document.getElementById("study-log").textContent = lines.join("\n");
+    document.body.dataset.studyStatus = job.status;
+    if (!active && stop) { stop(); stop = null; }
+  }
+  const watch = () => { if (!stop) stop = FT.poll(refresh, 2000); };
+  watch();
+  document.getElementById("study-cancel").addEventListener("click", async () => { await api(`/api/jobs/${jobId}/cancel`, { method: "POST" }); await refresh(); });
+  document.getElementById("study-resume").addEventListener("click", async () => { await api(`/api/jobs/${jobId}/resume`, { method: "POST" }); watch(); });
 }
 
 /* ---- Models --------------------------------------------------------------------------------- */
@@ -581,6 +628,7 @@ function pageConfig() {
   const yaml = document.getElementById("config-yaml");
   const status = document.getElementById("config-status");
   const problems = document.getElementById("config-problems");
+  const space = searchSpaceEditor(document.getElementById("cfg-tune-search-space"), () => later());
 
   function valueOf(f) {
     const kind = f.dataset.kind;
@@ -593,6 +641,7 @@ function pageConfig() {
     return text;
   }
   function collect() {
+    space.sync();
     const config = {};
     for (const f of fields) {
       const v = valueOf(f);
@@ -613,12 +662,15 @@ function pageConfig() {
       else if (v === undefined || v === null) f.value = "";
       else f.value = typeof v === "object" ? JSON.stringify(v) : String(v);
     }
+    space.load(values && values.tune ? values.tune.search_space : undefined);
   }
   function showProblems(r) {
     status.textContent = r.valid ? r.message : `${r.problems.length} problem(s):`;
     status.className = r.valid ? "status-completed" : "bad";
     problems.replaceChildren(...r.problems.map((p) => el("li", { text: p.text })));
+    space.showProblems(r.problems);
     for (const f of fields) {
+      if (f.type === "hidden") continue; // the search space editor shows its own
       const mine = r.problems.filter((p) => p.key === f.name || p.key.startsWith(f.name + "."));
       const out = document.getElementById(f.id + "-problem");
       out.hidden = !mine.length;
@@ -635,6 +687,7 @@ function pageConfig() {
     if (mine !== seq) return r;
     showProblems(r);
     yaml.value = r.yaml.trim() === "{}" ? "" : r.yaml;
+    await checkSearch(config, r, mine);
     const mem = document.getElementById("config-memory");
     if (r.valid) {
       try {
@@ -645,6 +698,20 @@ function pageConfig() {
     }
     form.dataset.checked = String(mine);
     return r;
+  }
+  // The study's own checks (POST /api/tune/validate: what ft tune and /api/tune/start check
+  // before a study starts), once the config itself is valid.
+  const searchStatus = document.getElementById("tune-status");
+  let searchCheck = null;
+  async function checkSearch(config, r, mine) {
+    let t = { valid: false, problems: [], message: "Fix the configuration's problems first." };
+    if (r.valid) t = await api("/api/tune/validate", { method: "POST", json: { config } });
+    if (mine !== seq) return;
+    searchCheck = t;
+    searchStatus.textContent = t.valid || !t.problems.length ? t.message : `${t.problems.length} problem(s) in the search:`;
+    searchStatus.className = t.valid ? "status-completed" : "bad";
+    document.getElementById("tune-problems").replaceChildren(...t.problems.map((p) => el("li", { text: p.text })));
+    if (r.valid) space.showProblems(t.problems);
   }
   const later = () => { clearTimeout(timer); timer = setTimeout(() => check().catch((e) => FT.notice(e.message)), 250); };
   form.addEventListener("input", later);
@@ -678,10 +745,289 @@ function pageConfig() {
       location.href = FT.base + "/monitor/" + job.id;
     } catch (err) { out.textContent = err.message; out.className = "bad"; }
   });
+  document.getElementById("tune-start").addEventListener("click", async () => {
+    const out = document.getElementById("tune-start-result");
+    out.className = "";
+    const r = await check();
+    if (!r.valid || !searchCheck || !searchCheck.valid) { out.textContent = "Fix the problems first."; out.className = "bad"; return; }
+    const body = { config: collect() };
+    const ds = document.getElementById("config-dataset").value;
+    if (ds) body.dataset = ds;
+    try {
+      const job = await api("/api/tune/start", { method: "POST", json: body });
+      out.textContent = `Started study ${job.study.name} (job ${job.id})`;
+      location.href = FT.base + "/tune/" + job.id;
+    } catch (err) { out.textContent = err.message; out.className = "bad"; }
+  });
   api("/api/datasets").then(({ datasets }) => {
     document.getElementById("config-dataset").append(...datasets.map((d) => el("option", { value: d.name, text: d.name })));
   }).catch((e) => FT.notice(e.message));
-  check().catch((e) => FT.notice(e.message));
+  space.start().then(() => check()).catch((e) => FT.notice(e.message));
+}
+
+/* The search space editor of the configuration builder: one row per setting a study varies
+   (setting, kind, range or choices, same-as, condition), written into `tune.search_space` as
+   the hidden field `input` holds it. ft's default space (GET /api/tune/space: what an empty
+   search_space searches) shows as its rows; while they are unchanged the config leaves
+   search_space empty, which means the same. Problems come from the server's checks. */
+function searchSpaceEditor(input, changed) {
+  const box = document.getElementById("tune-rows");
+  const note = document.getElementById("tune-space-note");
+  const general = document.getElementById("tune-space-problem");
+  const KINDS = [["float", "float"], ["log-float", "log-float"], ["int", "int"], ["categorical", "categorical"], ["derived", "same as another"]];
+  const BASE = "tune.search_space.";
+  let info = { default: {}, settings: [] };
+  let rows = [], other = undefined, problems = [];
+
+  const isNumber = (t) => /^-?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i.test(t);
+  const scalar = (t) => (t === "true" ? true : t === "false" ? false : t === "null" || t === "~" ? null : isNumber(t) ? Number(t) : t);
+  function show(v) {
+    if (Array.isArray(v)) return "[" + v.map(show).join(", ") + "]";
+    if (typeof v === "number") return v !== 0 && Math.abs(v) < 1e-3 ? v.toExponential() : String(v);
+    if (typeof v === "string") return v === "" || v.trim() !== v || /[,[\]"=:]/.test(v) || scalar(v) !== v ? JSON.stringify(v) : v;
+    return JSON.stringify(v);
+  }
+  // YAML's flow style, as choices are written: `8, 16`, `[q_proj, v_proj], all-linear`, `"8"`.
+  function parseFlow(text) {
+    let i = 0;
+    const blank = () => { while (text[i] === " ") i++; };
+    function item() {
+      blank();
+      if (text[i] === "[") {
+        i++; blank();
+        const list = [];
+        if (text[i] === "]") { i++; return list; }
+        for (;;) {
+          list.push(item()); blank();
+          if (text[i] === ",") { i++; continue; }
+          if (text[i] === "]") { i++; return list; }
+          throw new Error("unclosed [");
+        }
+      }
+      if (text[i] === '"') {
+        let j = i + 1;
+        while (j < text.length && text[j] !== '"') j += text[j] === "\\" ? 2 : 1;
+        const v = JSON.parse(text.slice(i, j + 1));
+        i = j + 1;
+        return v;
+      }
+      const start = i;
+      while (i < text.length && text[i] !== "," && text[i] !== "]") i++;
+      return scalar(text.slice(start, i).trim());
+    }
+    const out = [];
+    blank();
+    if (i >= text.length) return out;
+    for (;;) {
+      out.push(item()); blank();
+      if (i >= text.length) return out;
+      if (text[i] !== ",") throw new Error("expected a comma");
+      i++;
+    }
+  }
+  const flow = (text) => { try { return parseFlow(text); } catch (e) { return text; } };
+  function parseWhen(text) {
+    if (!text.trim()) return undefined;
+    const when = {};
+    for (const part of text.split(/,(?![^[]*\])/)) {
+      const m = /^\s*([^=:\s]+)\s*[=:]\s*(.+?)\s*$/.exec(part);
+      const value = m && flow(m[2]);
+      if (!m || !Array.isArray(value) || value.length !== 1) return text; // the server says what is wrong
+      when[m[1]] = value[0];
+    }
+    return when;
+  }
+  const whenText = (w) => Object.entries(w).map(([k, v]) => `${k} = ${show(v)}`).join(", ");
+  const setting = (key) => info.settings.find((s) => s.key === key);
+
+  function blank(key) {
+    const r = { key, kind: "float", low: "", high: "", step: "", choices: "", same_as: "", times: "", when: "", extra: {} };
+    const s = setting(key);
+    if (!s) return r;
+    if (s.type === "integer") r.kind = "int";
+    else if (s.type !== "number") { r.kind = "categorical"; r.choices = s.choices.map(show).join(", "); }
+    return r;
+  }
+  function fromEntry(key, e) {
+    const r = blank(null);
+    r.key = key;
+    if (!e || typeof e !== "object" || Array.isArray(e) || ("choices" in e && !Array.isArray(e.choices))) return { ...r, raw: e };
+    let used;
+    if ("same_as" in e) {
+      Object.assign(r, { kind: "derived", same_as: String(e.same_as), times: e.times === undefined ? "" : show(e.times) });
+      used = ["same_as", "times"];
+    } else if ("choices" in e) {
+      Object.assign(r, { kind: "categorical", choices: e.choices.map(show).join(", ") });
+      used = ["choices"];
+    } else {
+      r.kind = e.int ? "int" : e.log ? "log-float" : "float";
+      for (const k of ["low", "high", "step"]) r[k] = e[k] === undefined ? "" : show(e[k]);
+      used = ["low", "high", "step", e.int ? "int" : "log"];
+    }
+    if (e.when && typeof e.when === "object" && !Array.isArray(e.when)) { r.when = whenText(e.when); used.push("when"); }
+    for (const [k, v] of Object.entries(e)) if (!used.includes(k)) r.extra[k] = v;
+    return r;
+  }
+  function toEntry(r) {
+    if ("raw" in r) return r.raw;
+    const e = {};
+    const number = (t) => (isNumber(t.trim()) ? Number(t) : t.trim());
+    if (r.kind === "categorical") e.choices = flow(r.choices);
+    else if (r.kind === "derived") {
+      e.same_as = r.same_as;
+      if (r.times.trim()) e.times = number(r.times);
+    } else {
+      if (r.low.trim()) e.low = number(r.low);
+      if (r.high.trim()) e.high = number(r.high);
+      if (r.kind === "log-float") e.log = true;
+      if (r.kind === "int") e.int = true;
+      if (r.step.trim()) e.step = number(r.step);
+    }
+    const when = parseWhen(r.when);
+    if (when !== undefined) e.when = when;
+    return { ...e, ...r.extra };
+  }
+  const entries = () => rows.map((r) => [r.key, toEntry(r)]);
+  const canon = (v) => JSON.stringify(v, (k, x) => (x && typeof x === "object" && !Array.isArray(x) ? Object.fromEntries(Object.entries(x).sort()) : x));
+  const isDefault = () => canon(entries()) === canon(Object.entries(info.default));
+
+  // The hidden field: the rows' search_space, or empty for ft's default space.
+  function sync() {
+    if (other !== undefined) { input.value = JSON.stringify(other); return; }
+    input.value = !rows.length || isDefault() ? "" : JSON.stringify(Object.fromEntries(entries()));
+    note.textContent = !rows.length ? "No rows: a study searches ft's default space (Use ft's default space shows it)."
+      : isDefault() ? "ft's default LoRA space: train.yml leaves search_space empty while these rows are unchanged."
+      : `Your own space: ${rows.length} row(s), written into tune.search_space.`;
+  }
+
+  function cell(r, i, name, text, control) {
+    control.id = `ts-${i}-${name}`;
+    return el("div", { class: "cell cell-" + name }, el("label", { for: control.id }, text, el("span", { class: "sr", text: " " + (i + 1) })), control);
+  }
+  function textInput(r, name, placeholder) {
+    const x = el("input", { placeholder, spellcheck: "false", autocomplete: "off" });
+    x.value = r[name];
+    x.addEventListener("input", () => { r[name] = x.value; delete r.raw; sync(); });
+    return x;
+  }
+  function select(options, value) {
+    const s = el("select", {}, ...options.map(([v, text]) => el("option", { value: v, text })));
+    s.value = value;
+    return s;
+  }
+  function bounds(s) {
+    const words = [];
+    if (s.minimum !== null) words.push(`at least ${s.minimum}`);
+    if (s.exclusive_minimum !== null) words.push(`above ${s.exclusive_minimum}`);
+    if (s.maximum !== null) words.push(`at most ${s.maximum}`);
+    return words.join(", ");
+  }
+  function rowNode(r, i) {
+    const s = setting(r.key);
+    const keys = info.settings.map((x) => [x.key, x.key]);
+    if (!s) keys.unshift([r.key, `${r.key} (not a setting a study varies)`]);
+    const key = select(keys, r.key);
+    key.setAttribute("aria-describedby", `ts-${i}-help`);
+    key.addEventListener("change", () => {
+      const touched = r.low || r.high || r.step || r.same_as || r.times || r.when;
+      Object.assign(r, touched ? { key: key.value } : { ...blank(key.value), when: r.when });
+      delete r.raw;
+      render();
+    });
+    const kind = select(KINDS, r.kind);
+    kind.addEventListener("change", () => { r.kind = kind.value; delete r.raw; render(); });
+    const cells = [cell(r, i, "key", "Setting", key), cell(r, i, "kind", "Kind", kind)];
+    if (r.kind === "categorical") cells.push(cell(r, i, "choices", "Choices", textInput(r, "choices", "8, 16, 32")));
+    else if (r.kind === "derived") {
+      const above = rows.slice(0, i).map((x) => [x.key, x.key]);
+      if (r.same_as && !above.some(([k]) => k === r.same_as)) above.push([r.same_as, r.same_as]);
+      if (!r.same_as && above.length) r.same_as = above[0][0];
+      const same = select(above.length ? above : [["", "(no row above)"]], r.same_as);
+      same.addEventListener("change", () => { r.same_as = same.value; delete r.raw; sync(); });
+      cells.push(cell(r, i, "same_as", "Same as", same), cell(r, i, "times", "Times", textInput(r, "times", "1")));
+    } else {
+      cells.push(cell(r, i, "low", "Low", textInput(r, "low", "low")), cell(r, i, "high", "High", textInput(r, "high", "high")),
+        cell(r, i, "step", "Step", textInput(r, "step", "none")));
+    }
+    cells.push(cell(r, i, "when", "Only when", textInput(r, "when", "always")));
+    const remove = el("button", { type: "button", text: "Remove", "aria-label": `Remove row ${i + 1} (${r.key})` });
+    remove.addEventListener("click", () => {
+      rows.splice(i, 1);
+      render();
+      (document.getElementById(`ts-${Math.min(i, rows.length - 1)}-remove`) || document.getElementById("tune-add")).focus();
+      changed();
+    });
+    remove.id = `ts-${i}-remove`;
+    const help = s ? `${s.key}: ${s.help}` + (bounds(s) ? ` Values: ${bounds(s)}.` : "") + (s.default !== null && s.default !== undefined ? ` Default: ${show(s.default)}.` : "") : "";
+    const extra = Object.keys(r.extra).length ? ` Also kept as written: ${Object.entries(r.extra).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join(", ")}.` : "";
+    return el("div", { class: "space-row", role: "group", "aria-label": `Row ${i + 1}: ${r.key}`, "data-key": r.key },
+      el("div", { class: "cells" }, ...cells, el("div", { class: "cell" }, remove)),
+      el("p", { class: "help", id: `ts-${i}-help`, text: help + extra }),
+      el("p", { class: "problem", id: `ts-${i}-problem`, hidden: true }));
+  }
+  function render() {
+    const focused = document.activeElement && document.activeElement.id;
+    box.replaceChildren(...rows.map(rowNode));
+    if (focused && focused.startsWith("ts-") && document.getElementById(focused)) document.getElementById(focused).focus();
+    sync();
+    mark();
+  }
+
+  // Problems of tune.search_space (train.yml's checks, then the study's): each on its row and
+  // control (`...method.rank.low` -> the row's Low), the rest under the rows.
+  function mark() {
+    const seen = new Map();
+    const local = [];
+    rows.forEach((r, i) => {
+      if (seen.has(r.key)) local.push({ key: BASE + r.key, row: i, message: `${r.key} is in row ${seen.get(r.key) + 1} already; a setting is searched once` });
+      else seen.set(r.key, i);
+    });
+    const byRow = rows.map(() => []);
+    const left = [];
+    for (const p of [...problems, ...local]) {
+      let best = p.row ?? -1;
+      if (best < 0) rows.forEach((r, i) => { if ((p.key === BASE + r.key || p.key.startsWith(BASE + r.key + ".")) && (best < 0 || r.key.length > rows[best].key.length)) best = i; });
+      if (best < 0) left.push(p.text || p.message); else byRow[best].push(p);
+    }
+    box.querySelectorAll("[aria-invalid]").forEach((c) => { c.removeAttribute("aria-invalid"); c.removeAttribute("aria-errormessage"); });
+    byRow.forEach((mine, i) => {
+      const out = document.getElementById(`ts-${i}-problem`);
+      out.hidden = !mine.length;
+      out.textContent = mine.map((p) => p.message).join("; ");
+      for (const p of mine) {
+        const part = p.key.slice((BASE + rows[i].key).length + 1).split(".")[0];
+        const control = document.getElementById(`ts-${i}-${part}`) || document.getElementById(`ts-${i}-key`);
+        control.setAttribute("aria-invalid", "true");
+        control.setAttribute("aria-errormessage", out.id);
+      }
+    });
+    general.hidden = !left.length;
+    general.textContent = left.join("; ");
+  }
+
+  function load(space) {
+    other = undefined;
+    if (space && typeof space === "object" && !Array.isArray(space) && Object.keys(space).length) rows = Object.entries(space).map(([k, e]) => fromEntry(k, e));
+    else if (space === undefined || space === null || (typeof space === "object" && !Object.keys(space).length)) rows = Object.entries(info.default).map(([k, e]) => fromEntry(k, e));
+    else { rows = []; other = space; } // not a mapping: kept as written, for the server to say so
+    problems = [];
+    render();
+  }
+  document.getElementById("tune-add").addEventListener("click", () => {
+    const used = new Set(rows.map((r) => r.key));
+    const free = info.settings.find((s) => !used.has(s.key));
+    rows.push(blank(free ? free.key : info.settings[0].key));
+    render();
+    document.getElementById(`ts-${rows.length - 1}-key`).focus();
+    changed();
+  });
+  document.getElementById("tune-default").addEventListener("click", () => { load(undefined); changed(); });
+  document.getElementById("tune-clear").addEventListener("click", () => { other = undefined; rows = []; render(); changed(); });
+  return {
+    sync, load,
+    showProblems(all) { problems = all.filter((p) => p.key === "tune.search_space" || p.key.startsWith(BASE)); mark(); },
+    async start() { info = await api("/api/tune/space"); load(undefined); },
+  };
 }
 
 /* ---- Exports -------------------------------------------------------------------------------- */
@@ -699,7 +1045,7 @@ function pageExports() {
     const { jobs } = await api("/api/jobs");
     const ex = jobs.filter((j) => j.kind === "export").reverse();
     FT.setRows(document.querySelector("#ex-jobs tbody"), ex.map((j) => el("tr", { "data-job": j.id },
-      el("td", {}, el("a", { href: FT.base + "/monitor/" + j.id, text: j.id })), el("td", { text: j.run_id || "–" }), statusCell(j.status),
+      el("td", {}, el("a", { href: jobHref(j), text: j.id })), el("td", { text: j.run_id || "–" }), statusCell(j.status),
       el("td", { text: (j.result && j.result.format) || "–" }),
       el("td", { text: j.result ? (j.result.verified ? "checked" : "not checked") : j.error || "–" }),
       el("td", { text: j.result && j.result.notes ? j.result.notes.join("; ") : "" }))));
@@ -840,5 +1186,5 @@ function pageChat() {
   });
 }
 
-const PAGES = { home: pageHome, jobs: pageJobs, monitor: pageMonitor, models: pageModels, datasets: pageDatasets, config: pageConfig, exports: pageExports, runs: pageRuns, chat: pageChat };
+const PAGES = { home: pageHome, jobs: pageJobs, monitor: pageMonitor, study: pageStudy, models: pageModels, datasets: pageDatasets, config: pageConfig, exports: pageExports, runs: pageRuns, chat: pageChat };
 (PAGES[document.body.dataset.page] || (() => {}))();
