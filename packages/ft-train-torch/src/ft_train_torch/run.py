@@ -358,5 +358,7 @@ class TorchRun:
             score=score if self.classify else None,
             gather=self.gather if self.fsdp else None,
             metrics=totals,
-            samples=samples_function(self.model, self.base, self.samples, self.device, cast),
+            samples=samples_function(
+                self.model, self.base, self.samples, self.device, cast, cache=not self.prompt
+            ),
         )

@@ -1,7 +1,10 @@
 """Evaluation samples on torch (`ft_train_core.samples`): the model being trained answers the
-validation prompts greedily with transformers' `generate` (through peft's, so every method's
-adapter is on, prompt-learning methods' virtual tokens included), in eval mode, without
-gradients, under the run's autocast.
+validation prompts greedily with transformers' `generate` (through peft's, so the adapter is
+on), in eval mode, without gradients, under the run's autocast.
+
+Prompt-learning methods (prefix tuning, P-tuning) answer without a KV cache, one whole forward
+pass per token, as they train: peft 0.21's `generate` under transformers 5 leaves prefix
+tuning's virtual keys and values out (its answers were the base model's).
 
 A causal LM trains with ft's per-example attention (`ft_train_torch.attention`), which reads
 whole rows and knows no KV cache: while it generates, the model attends with transformers'
@@ -11,25 +14,55 @@ SDPA (masks, sliding windows and the cache as transformers builds them), then go
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+import numpy as np
 import torch
 
 from ft_train_core.protocol import Sample
-from ft_train_core.samples import EvalSamples, GenerateFn
+from ft_train_core.samples import EvalSamples, GenerateFn, greedy_tokens
 from ft_train_torch.attention import ATTENTION
 from ft_train_torch.state import rng_state, set_rng_state
+
+
+class _Uncached:
+    """A `StepLM` that runs the whole sequence through `model` at every token (no KV cache)."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, cast: Any) -> None:
+        self.model, self.device, self.cast = model, device, cast
+        self.ids: list[int] = []
+
+    def _next(self) -> np.ndarray:
+        inputs = torch.tensor([self.ids], dtype=torch.long, device=self.device)
+        with torch.no_grad(), self.cast():
+            out = self.model(input_ids=inputs, attention_mask=torch.ones_like(inputs))
+        return out.logits[0, -1].float().cpu().numpy()
+
+    def start(self, prompt_ids: Sequence[int]) -> np.ndarray:
+        self.ids = list(prompt_ids)
+        return self._next()
+
+    def step(self, token: int) -> np.ndarray:
+        self.ids.append(token)
+        return self._next()
 
 
 def greedy_generate(
     model: torch.nn.Module,
     device: torch.device,
     cast: Callable[[], AbstractContextManager[object]],
+    *,
+    cache: bool = True,
 ) -> GenerateFn:
-    """A `GenerateFn` over `model` (the peft model or the full one, not a DDP/FSDP wrapper)."""
+    """A `GenerateFn` over `model` (the peft model or the full one, not a DDP/FSDP wrapper);
+    without `cache`, every token is a forward pass over the whole sequence."""
     from transformers import GenerationConfig
+
+    if not cache:
+        uncached = _Uncached(model, device, cast)
+        return lambda ids, most, stops: greedy_tokens(uncached, ids, most, stops)
 
     def generate(prompt_ids: list[int], max_new_tokens: int, stop_ids: frozenset[int]) -> list[int]:
         stops = sorted(stop_ids)
@@ -93,10 +126,13 @@ def samples_function(
     samples: EvalSamples | None,
     device: torch.device,
     cast: Callable[[], AbstractContextManager[object]],
+    *,
+    cache: bool = True,
 ) -> Callable[[], list[Sample]] | None:
     """What the loop calls after each evaluation (None without samples): `model` is the
-    adapted model (not a DDP/FSDP wrapper), `base` the transformers model inside it."""
+    adapted model (not a DDP/FSDP wrapper), `base` the transformers model inside it; `cache`
+    False for prompt-learning methods (see the module docstring)."""
     if samples is None:
         return None
-    generate = greedy_generate(model, device, cast)
+    generate = greedy_generate(model, device, cast, cache=cache)
     return lambda: answer_samples(model, base, samples, generate)
