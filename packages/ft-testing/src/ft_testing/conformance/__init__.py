@@ -35,7 +35,8 @@ What it checks (each run's events are also checked against the TypedDicts of
 
 - the protocol: `Trainer`, capabilities, placement, launch commands; every kind of event;
   a resume with a changed setting warns; one epoch of LoRA: the events, parameter counts,
-  tokens, and the adapter in PEFT's layout;
+  tokens, and the adapter in PEFT's layout; evaluation samples after every evaluation (none
+  with `training.eval_samples: 0`, and the same training either way);
 - numbers: it learns; the warmup and cosine schedule; packing equals padding; gradient
   accumulation equals one big batch;
 - stopping: early stopping, `keep_last` keeps the best too (complete checkpoints), a stop
