@@ -439,6 +439,70 @@ def test_build_a_search_space_start_a_search_and_watch_its_trials(
     expect(page.get_by_role("link", name=job_id)).to_have_attribute("href", f"/tune/{job_id}")
 
 
+def test_the_search_space_editor_reads_and_writes_every_kind_of_entry(page, server, shots):
+    """A train.yml's search space imported into the rows and exported again unchanged; an edit
+    and the default space, as the YAML shows them."""
+    import yaml
+
+    expect = playwright_api.expect
+    space = {
+        "training.learning_rate": {"low": 1e-5, "high": 1e-3, "log": True},
+        "method.rank": {"choices": [8, 16]},
+        "method.rslora": {"choices": [False, True]},
+        "method.alpha": {"same_as": "method.rank", "times": 2, "when": {"method.rslora": False}},
+        "method.target_modules": {"choices": [["q_proj", "v_proj"], "all-linear"]},
+        "training.warmup_ratio": {"low": 0.0, "high": 0.1, "step": 0.05},
+        "training.gradient_accumulation_steps": {"low": 1, "high": 4, "int": True},
+        "training.lr_scheduler": {"choices": ["linear", "cosine"]},
+    }
+    page.goto(server.url + "/config")
+    expect(page.locator("#tune-rows .space-row")).to_have_count(7)
+    page.get_by_label("train.yml", exact=True).fill(
+        yaml.safe_dump({"tune": {"search_space": space}}, sort_keys=False)
+    )
+    page.get_by_role("button", name="Import this YAML into the form").click()
+    expect(page.locator("#tune-rows .space-row")).to_have_count(len(space))
+    label = lambda name: page.get_by_label(name, exact=True)  # noqa: E731
+    for name, value in {
+        "Setting 1": "training.learning_rate",
+        "Kind 1": "log-float",
+        "Low 1": "1e-5",
+        "High 1": "0.001",
+        "Kind 2": "categorical",
+        "Choices 2": "8, 16",
+        "Choices 3": "false, true",
+        "Kind 4": "derived",
+        "Same as 4": "method.rank",
+        "Times 4": "2",
+        "Only when 4": "method.rslora = false",
+        "Choices 5": "[q_proj, v_proj], all-linear",
+        "Step 6": "0.05",
+        "Kind 7": "int",
+        "Choices 8": "linear, cosine",
+    }.items():
+        expect(label(name)).to_have_value(value)
+    status = page.locator("#tune-status")
+    expect(status).to_have_text(
+        "the search space is valid: 7 settings searched, 1 derived; 10 trials, sampler tpe"
+    )
+    exported = lambda: yaml.safe_load(page.locator("#config-yaml").input_value() or "{}")  # noqa: E731
+    assert exported() == {"tune": {"search_space": space}}
+    assert list(exported()["tune"]["search_space"]) == list(space)  # drawn in this order
+    # An edit: the YAML follows.
+    label("Choices 2").fill("8, 16, 32")
+    expect(page.locator("#config-yaml")).to_have_value(re.compile(r"- 32"))
+    assert exported()["tune"]["search_space"]["method.rank"] == {"choices": [8, 16, 32]}
+    # A new row takes the keyboard's focus; the default space leaves train.yml's search_space out.
+    page.get_by_role("button", name="Add a setting").click()
+    assert page.evaluate("document.activeElement.id") == "ts-8-key"
+    page.get_by_role("button", name="Use ft's default space").click()
+    expect(page.locator("#tune-space-note")).to_contain_text("ft's default LoRA space")
+    expect(status).to_have_text(
+        "ft's default space is valid: 6 settings searched, 1 derived; 10 trials, sampler tpe"
+    )
+    assert "search_space" not in page.locator("#config-yaml").input_value()
+
+
 # --- dataset editor -------------------------------------------------------------------------
 
 
