@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -42,6 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_features
 
 TOPICS = [
     "a lighthouse keeper who finds a message in a bottle",
@@ -125,20 +127,6 @@ def free_port() -> int:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def cpu_features() -> str:
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
-    have = [f for f in wanted if f in flags] or ["(no x86 flags read)"]
-    return f"{platform.machine()}, {os.cpu_count()} cores, {' '.join(have)}"
 
 
 def model_folder() -> Path:

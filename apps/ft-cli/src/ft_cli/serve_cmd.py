@@ -45,6 +45,13 @@ INSTALL_HINT = (
     help="Inference backend.",
 )
 @click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="The dtype served models compute in (auto: on a CPU, bfloat16 where it decodes faster).",
+)
+@click.option(
     "--max-batch-size",
     default=8,
     show_default=True,
@@ -85,6 +92,7 @@ def serve(
     max_concurrent_trainings: int,
     allow_model: tuple[str, ...],
     backend: str,
+    dtype: str,
     max_batch_size: int,
     max_inference_queue: int,
     max_loaded_adapters: int,
@@ -109,6 +117,7 @@ def serve(
             max_concurrent_trainings=max_concurrent_trainings,
             inference_allow=allow_model,
             inference_backend=backend,
+            inference_dtype=dtype,
             max_batch_size=max_batch_size,
             max_inference_queue=max_inference_queue,
             max_loaded_adapters=max_loaded_adapters,

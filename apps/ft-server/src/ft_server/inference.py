@@ -409,7 +409,9 @@ class ModelWorker:
     # -- the model's thread
 
     def load(self) -> Generator:
-        generator = Generator.load(self.base, backend=self.inference.backend)
+        generator = Generator.load(
+            self.base, backend=self.inference.backend, dtype=self.inference.settings.inference_dtype
+        )
         self.generator = generator
         return generator
 

@@ -76,6 +76,13 @@ def parser() -> argparse.ArgumentParser:
         help="inference backend (default auto)",
     )
     p.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="the dtype served models compute in (default auto: on a CPU, bfloat16 where it "
+        "decodes faster)",
+    )
+    p.add_argument(
         "--max-batch-size",
         type=int,
         default=8,
@@ -128,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             heartbeat_seconds=args.heartbeat_seconds,
             inference_allow=tuple(args.allow_model),
             inference_backend=args.backend,
+            inference_dtype=args.dtype,
             max_batch_size=args.max_batch_size,
             max_inference_queue=args.max_inference_queue,
             max_loaded_adapters=args.max_loaded_adapters,

@@ -52,6 +52,12 @@ class ServerSettings:
     max_loaded_adapters: int = 4
     # The backend inference runs on: auto (MLX on Apple Silicon, else torch), torch or mlx.
     inference_backend: str = "auto"
+    # The dtype served models compute in: auto (ft's pick: on a CPU, bfloat16 where it decodes
+    # faster, docs/generation.md), float32, bfloat16 or float16.
+    inference_dtype: str = attrs.field(
+        default="auto",
+        validator=attrs.validators.in_(("auto", "float32", "bfloat16", "float16")),
+    )
     # The app folders (models, datasets, database); FT_HOME moves them.
     paths: AppPaths = attrs.field(factory=app_paths)
     # Folders besides the app home that clients may name (projects, data files, model folders).

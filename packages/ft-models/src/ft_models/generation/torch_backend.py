@@ -4,6 +4,8 @@ has no place for). torch, transformers and peft are imported inside the function
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,12 +16,18 @@ from ft_models.generation.options import GenerationError, adapter_errors
 
 
 class TorchLM:
-    """A transformers causal LM run one step at a time against its KV cache."""
+    """A transformers causal LM run one step at a time against its KV cache.
+
+    Llama-shaped models (`static_decode.unsupported_reason` says which) decode in ft's static
+    loop (`StaticDecoder`: a preallocated cache, no per-step rebuilding), others, and a model
+    serving unmerged adapters, in transformers' `forward` with its `DynamicCache`.
+    `FT_STATIC_DECODE=0` turns the static loop off (to compare, or to rule it out)."""
 
     backend = "torch"
 
     def __init__(self, model: Any) -> None:
         import inspect
+        import os
 
         self.model = model
         self.cache: Any = None
@@ -30,6 +38,29 @@ class TorchLM:
         # Only the last position's logits are needed: a long prompt need not make a
         # (length x vocabulary) matrix.
         self._extra = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
+        self._static: Any = None
+        self.static_reason: str | None = None
+        """Why the static loop is not used (None: it is, or has not been asked for yet)."""
+        if os.environ.get("FT_STATIC_DECODE", "1") == "0":
+            self.static_reason = "FT_STATIC_DECODE=0"
+        self._single: Any = None
+        """What decodes the single sequence of start/step: the static loop or self."""
+
+    def static(self) -> Any:
+        """The static decode loop for this model, or None (reason in `static_reason`). Built
+        on first use; never once adapters are served unmerged (peft wraps the layers)."""
+        from ft_models.generation.static_decode import StaticDecoder, unsupported_reason
+
+        if self._static is None and self.static_reason is None:
+            if self._adapters is not None:
+                self.static_reason = "adapters are served unmerged"
+            else:
+                self.static_reason = unsupported_reason(self.model)
+                if self.static_reason is None:
+                    self._static = StaticDecoder(self.model)
+        if self._adapters is not None and self._adapters.active is not None:
+            return None  # an adapter is on: its LoRA layers run in transformers' forward
+        return self._static
 
     def _forward(self, ids: Sequence[int]) -> np.ndarray:
         import torch
@@ -54,15 +85,24 @@ class TorchLM:
     def start(self, prompt_ids: Sequence[int]) -> np.ndarray:
         """Read the prompt into a fresh cache; the logits of the token after it."""
         self.cache = None
+        self._single = self.static()
+        if self._single is not None:
+            return self._single.start(prompt_ids)
         return self._forward(prompt_ids)
 
     def step(self, token: int) -> np.ndarray:
         """Feed one token; the logits of the token after it."""
+        if self._single is not None:
+            return self._single.step(token)
         return self._forward([token])
 
-    def batch(self) -> TorchBatch:
-        """An empty batch of sequences decoded together (continuous batching)."""
-        return TorchBatch(self)
+    def batch(self) -> Any:
+        """An empty batch of sequences decoded together (continuous batching): in the static
+        loop where it runs this model (`StaticBatch`), else a `TorchBatch`."""
+        from ft_models.generation.static_decode import StaticBatch
+
+        static = self.static()
+        return StaticBatch(static) if static is not None else TorchBatch(self)
 
     def adapters(self) -> TorchAdapters:
         """This model's unmerged adapters (one set per model: peft changes it in place)."""
@@ -245,11 +285,47 @@ def _left_pad(tensor: Any, length: int) -> Any:
 
 
 def torch_generation_dtype(device: str) -> str:
-    # Decoding one token at a time is matrix-vector work: on a CPU, bfloat16 measured about 3x
-    # slower than float32 here even with AMX (docs/generation.md), so CPUs get float32.
+    """The dtype `dtype: auto` generates in on torch's `device`: on a GPU, what it computes best;
+    on a CPU, `cpu_decode_dtype()`."""
     from ft_models.device import pick_device
 
-    return "float32" if pick_device(device).device == "cpu" else "auto"
+    return cpu_decode_dtype() if pick_device(device).device == "cpu" else "auto"
+
+
+@functools.cache
+def cpu_decode_dtype() -> str:
+    """bfloat16 where this CPU computes it natively (AVX512-BF16, AMX) *and* decodes faster in
+    it, else float32. Decoding one token at a time is matrix-vector work, bound by the bytes of
+    weights read, so bfloat16 (half the bytes) should be about twice as fast; but torch's bf16
+    matrix-vector kernels have measured three times *slower* than float32 on one AMX Xeon and
+    twice faster on an AVX512-BF16 EPYC (docs/generation.md). So it is measured, once per
+    process (a few hundredths of a second): the same matrix-vector products, larger than a
+    core's caches, in both dtypes, on one thread (two threads syncing per product measure the
+    machine's other load more than the kernels); bfloat16 must win by 15%."""
+    from ft_models.device import cpu_has_fast_bf16, import_torch
+
+    if not cpu_has_fast_bf16():
+        return "float32"
+    torch = import_torch()
+    rates = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            for dtype in (torch.float32, torch.bfloat16):
+                # Written, not zeros: untouched zero pages all map to one page, in cache.
+                weights = [torch.full((1536, 2048), 0.5, dtype=dtype) for _ in range(3)]
+                vector = torch.full((1, 2048), 0.5, dtype=dtype)
+                best = float("inf")
+                for _ in range(4):  # the first sweep warms up (and is usually the slowest)
+                    started = time.perf_counter()
+                    for weight in weights:
+                        torch.nn.functional.linear(vector, weight)
+                    best = min(best, time.perf_counter() - started)
+                rates[dtype] = best
+    finally:
+        torch.set_num_threads(threads)
+    return "bfloat16" if rates[torch.float32] >= 1.15 * rates[torch.bfloat16] else "float32"
 
 
 def _check_fits(model: Any, folder: Path) -> None:
@@ -318,5 +394,6 @@ __all__ = [
     "TorchBatch",
     "TorchLM",
     "apply_adapter_torch",
+    "cpu_decode_dtype",
     "torch_generation_dtype",
 ]

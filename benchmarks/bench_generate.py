@@ -1,0 +1,164 @@
+"""Benchmark: single-stream decoding of SmolLM2-135M-Instruct on the CPU, ft against llama.cpp.
+
+- ft: `Generator.load` with the dtype ft picks for this machine (what `ft generate`, `ft chat`,
+  evaluation and ft-server get), greedy, `GenerationResult.tokens_per_s` (decode only) and
+  `prompt_tokens_per_s` as `ft generate --verbose` reports them; float32 and bfloat16 forced are
+  shown beside it for context.
+- llama.cpp: llama-cpp-python **built from source** (PyPI's sdist, `-march=native` by its
+  default `GGML_NATIVE`) in the benchmark's own virtual environment (`--llama-env`, made on the
+  first run with uv; never in the project's lock), loading **ft's own f16 GGUF export** of the
+  same weights. Same prompt token ids, same number of threads (torch's), greedy, decode timed
+  from the first generated token to the last.
+
+Both generate `--max-tokens` tokens after the same chat prompt (fewer if the model ends its
+answer; the rate is per decoded token either way), `--repeat` fresh runs each in one process,
+median reported, then the ratio ft / llama.cpp. The header prints the CPU's features: a ratio is
+read within one run, never across machines.
+
+    uv run python benchmarks/bench_generate.py [--max-tokens 128] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_features
+
+PROMPT = "Write a short story about a robot who learns to paint."
+
+LLAMA_RUN = r"""
+import json, sys, time
+from llama_cpp import Llama
+spec = json.loads(sys.argv[1])
+llm = Llama(model_path=spec["gguf"], n_ctx=1024, n_threads=spec["threads"],
+            n_threads_batch=spec["threads"], verbose=False)
+runs = []
+for _ in range(spec["repeat"] + 1):  # the first run warms up and is dropped
+    llm.reset()
+    tokens, stamps = [], []
+    started = time.perf_counter()
+    for token in llm.generate(spec["ids"], temp=0.0, top_k=1, reset=True):
+        stamps.append(time.perf_counter())
+        if token == llm.token_eos():
+            break
+        tokens.append(token)
+        if len(tokens) == spec["max_tokens"]:
+            break
+    decode = stamps[len(tokens) - 1] - stamps[0] if len(tokens) > 1 else 0.0
+    runs.append({"tokens": tokens, "prompt_s": stamps[0] - started,
+                 "tokens_per_s": (len(tokens) - 1) / decode if decode else 0.0})
+print(json.dumps(runs[1:]))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per side (median)")
+    parser.add_argument(
+        "--llama-env", type=Path, default=Path.home() / ".cache" / "ft-bench" / "llama-cpp-env",
+        help="the virtual environment llama-cpp-python is built into (made when missing)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dtypes", default="auto,float32,bfloat16", help="ft's dtypes to time (auto: ft's pick)"
+    )
+    args = parser.parse_args()
+
+    import torch
+
+    from ft_models.generate import GenerationOptions, Generator
+    from ft_models.resolve import resolve_model
+
+    threads = torch.get_num_threads()
+    print(f"cpu: {cpu_features()}; torch {torch.__version__}, {threads} threads")
+    model = Path(resolve_model("smollm2-135m", progress=False).path)
+    gguf = export_f16(model)
+
+    ft_rows = []
+    options = GenerationOptions(max_tokens=args.max_tokens, temperature=0.0)
+    ids: list[int] = []
+    for dtype in args.dtypes.split(","):
+        generator = Generator.load(model, backend="torch", dtype=dtype)
+        picked = str(generator.lm.model.dtype).removeprefix("torch.")
+        ids = generator.encode([{"role": "user", "content": PROMPT}])
+        generator.generate(ids, options)  # warm-up
+        results = [generator.generate(ids, options) for _ in range(args.repeat)]
+        label = f"ft {dtype} ({picked})" if dtype == "auto" else f"ft {dtype}"
+        ft_rows.append((label, results))
+        del generator
+
+    python = llama_python(args.llama_env)
+    spec = {"gguf": str(gguf), "ids": ids, "threads": threads, "max_tokens": args.max_tokens}
+    spec["repeat"] = args.repeat
+    done = subprocess.run(
+        [str(python), "-c", LLAMA_RUN, json.dumps(spec)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        sys.exit(f"llama.cpp failed:\n{done.stderr[-3000:]}")
+    llama_runs = json.loads(done.stdout.strip().splitlines()[-1])
+    llama_rate = statistics.median(r["tokens_per_s"] for r in llama_runs)
+    llama_prompt = statistics.median(len(ids) / r["prompt_s"] for r in llama_runs)
+    reference = llama_runs[0]["tokens"]
+
+    print(f"model: {model}\ngguf (ft's f16 export): {gguf}")
+    print(f"prompt: {len(ids)} tokens; up to {args.max_tokens} generated; median of {args.repeat}")
+    print(f"\n{'run':<28} {'decode tok/s':>12} {'prompt tok/s':>12} {'x llama.cpp':>11} "
+          f"{'tokens':>6} {'same tokens as llama.cpp':>25}")  # fmt: skip
+    print(f"{'llama.cpp f16 GGUF':<28} {llama_rate:>12.1f} {llama_prompt:>12.1f} {1.0:>11.2f} "
+          f"{len(reference):>6} {'':>25}")  # fmt: skip
+    for label, results in ft_rows:
+        rate = statistics.median(r.tokens_per_s for r in results)
+        prompt = statistics.median(r.prompt_tokens_per_s for r in results)
+        tokens = list(results[0].tokens)
+        same = next(
+            (i for i, (a, b) in enumerate(zip(tokens, reference, strict=False)) if a != b), None
+        )
+        agree = "all" if same is None else f"first {same}"
+        print(f"{label:<28} {rate:>12.1f} {prompt:>12.1f} {rate / llama_rate:>11.2f} "
+              f"{len(tokens):>6} {agree:>25}")  # fmt: skip
+    print("\ngoal: ft (the dtype ft picks) >= 0.80x llama.cpp's decode tokens/s")
+
+
+def export_f16(model: Path) -> Path:
+    """ft's f16 GGUF export of `model`, made once beside the benchmark's other files."""
+    out = Path.home() / ".cache" / "ft-bench" / "smollm2-135m-ft-f16.gguf"
+    if out.is_file() and out.stat().st_mtime > model.stat().st_mtime:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ft = shutil.which("ft") or str(Path(sys.executable).with_name("ft"))
+    command = [ft, "export", str(model), "--format", "gguf", "--quant", "f16", "--no-verify"]
+    subprocess.run([*command, "-o", str(out)], check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def llama_python(env: Path) -> Path:
+    """The Python of `env` with llama-cpp-python built from source (built now when missing:
+    several minutes on two cores)."""
+    python = env / "bin" / "python"
+    probe = [str(python), "-c", "import llama_cpp"]
+    if python.is_file() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    uv = shutil.which("uv")
+    if uv is None:
+        sys.exit("uv is needed to build llama-cpp-python in its own environment: pip install uv")
+    print(f"building llama-cpp-python from source into {env} (minutes) ...", flush=True)
+    started = time.perf_counter()
+    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(env)], check=True)
+    build = [uv, "pip", "install", "--python", str(python), "--no-binary", "llama-cpp-python"]
+    environment = os.environ | {"CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
+    subprocess.run([*build, "llama-cpp-python"], check=True, env=environment)
+    print(f"built in {time.perf_counter() - started:.0f} s")
+    return python
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,432 @@
+"""A lean decode loop for Llama-shaped transformers models on torch: a static KV cache and the
+layers' own weights run directly, without transformers' per-step machinery.
+
+Decoding one token of a small model on a CPU is a few hundred tiny operations: in
+transformers' `forward`, a `DynamicCache` grows by `torch.cat` every layer and step, the causal
+mask and the rotary angles are rebuilt every step, and each module goes through its hooks. Here
+the cache is allocated once (and doubled when full), the rotary tables are computed once for
+every position with the model's own rotary module (so Llama 3 and YaRN scaling come for free),
+RMSNorm is torch's fused `rms_norm`, and a single query's grouped heads are attended as one
+small batch (the query heads that share a key/value head are rows of one SDPA call), so the
+key/value heads are never repeated. The arithmetic is the layers' own: the same weights, in
+the same order, and the logits equal transformers' to rounding (tests/test_static_decode.py).
+
+Used for the architectures whose layers are exactly this shape (`StaticDecoder.for_model`
+says which, and why not): Llama, Mistral and Qwen2 without sliding windows, Qwen3 (its
+per-head q/k norms), and their fine-tunes with merged adapters. Anything else, and a model
+with unmerged adapters, is run by transformers as before.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+
+SUPPORTED = {"llama", "mistral", "qwen2", "qwen3"}
+"""transformers `model_type`s whose decoder layers this loop runs."""
+
+STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
+"""Rotary types whose angles depend on the position only (dynamic NTK and LongRoPE change
+with the sequence length, so transformers recomputes them)."""
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """Why `model` cannot run in the static loop, or None when it can."""
+    import torch
+
+    config = getattr(model, "config", None)
+    kind = getattr(config, "model_type", None)
+    if kind not in SUPPORTED:
+        return f"model_type {kind!r} is not one of {sorted(SUPPORTED)}"
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        if any(t != "full_attention" for t in layer_types):
+            return "it has sliding-window layers"
+    elif getattr(config, "sliding_window", None) is not None:
+        return "it has a sliding window"
+    rope = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope not in STATIC_ROPE:
+        return f"its rotary embedding ({rope}) changes with the sequence length"
+    inner = getattr(model, "model", None)
+    if type(getattr(model, "lm_head", None)) is not torch.nn.Linear or inner is None:
+        return "it has no plain lm_head"
+    if not hasattr(inner, "rotary_emb") or not hasattr(inner, "layers"):
+        return "it has no shared rotary embedding"
+    for layer in inner.layers:
+        attention, mlp = layer.self_attn, layer.mlp
+        linears = [getattr(attention, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        linears += [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+        if any(type(m) is not torch.nn.Linear for m in linears):
+            return "its projections are not plain Linear layers (an unmerged adapter?)"
+        if type(getattr(mlp, "act_fn", None)).__name__ not in ("SiLU", "SiLUActivation"):
+            return "its MLP activation is not SiLU"
+    return None
+
+
+class StaticDecoder:
+    """One sequence decoded against a static KV cache: `start(prompt)`, then `step(token)`,
+    each giving the next token's logits (float32, vocabulary)."""
+
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"the static decode loop cannot run this model: {reason}")
+        self.torch = torch
+        self.model = model
+        config = model.config
+        inner = model.model
+        self.embed = inner.embed_tokens
+        self.rotary = inner.rotary_emb
+        self.norm = (inner.norm.weight, inner.norm.variance_epsilon)
+        self.lm_head = model.lm_head
+        first = inner.layers[0].self_attn
+        self.head_dim = int(first.head_dim)
+        self.heads = int(config.num_attention_heads)
+        self.kv_heads = int(config.num_key_value_heads)
+        self.scaling = float(first.scaling)
+        self.layers = []
+        for layer in inner.layers[: config.num_hidden_layers]:
+            attention, mlp = layer.self_attn, layer.mlp
+            q_norm = getattr(attention, "q_norm", None)
+            k_norm = getattr(attention, "k_norm", None)
+            self.layers.append(
+                _Layer(
+                    norm_in=(layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon),
+                    qkv=_fuse([attention.q_proj, attention.k_proj, attention.v_proj]),
+                    o_proj=attention.o_proj,
+                    q_norm=None if q_norm is None else (q_norm.weight, q_norm.variance_epsilon),
+                    k_norm=None if k_norm is None else (k_norm.weight, k_norm.variance_epsilon),
+                    norm_post=(
+                        layer.post_attention_layernorm.weight,
+                        layer.post_attention_layernorm.variance_epsilon,
+                    ),
+                    gate_up=_fuse([mlp.gate_proj, mlp.up_proj]),
+                    intermediate=int(mlp.gate_proj.weight.shape[0]),
+                    down=mlp.down_proj,
+                )
+            )
+        self.max_positions = int(getattr(config, "max_position_embeddings", 0) or 0) or None
+        self.keys: list[Any] = []
+        self.values: list[Any] = []
+        self.cos: Any = None
+        self.sin: Any = None
+        self.length = 0
+
+    def fork(self) -> StaticDecoder:
+        """Another decoder of the same layers (the same weights, no copy) with a cache of its
+        own."""
+        other = copy.copy(self)
+        other.keys, other.values, other.length = [], [], 0
+        return other
+
+    # -- the cache ---------------------------------------------------------------------------
+
+    def _reserve(self, length: int) -> None:
+        """Room for `length` positions: the cache and the rotary tables, doubled when full."""
+        torch = self.torch
+        capacity = self.keys[0].shape[2] if self.keys else 0
+        if length <= capacity:
+            return
+        size = max(256, 1 << (length - 1).bit_length())
+        if self.max_positions is not None:
+            size = max(length, min(size, self.max_positions))
+        weight = self.lm_head.weight
+        shape = (1, self.kv_heads, size, self.head_dim)
+        keys = [torch.empty(shape, dtype=weight.dtype, device=weight.device) for _ in self.layers]
+        values = [torch.empty_like(k) for k in keys]
+        if self.keys and self.length:
+            for old, new in zip(self.keys + self.values, keys + values, strict=True):
+                new[:, :, : self.length] = old[:, :, : self.length]
+        self.keys, self.values = keys, values
+        positions = torch.arange(size, device=weight.device)[None]
+        probe = torch.empty((1, 1, self.head_dim), dtype=weight.dtype, device=weight.device)
+        cos, sin = self.rotary(probe, position_ids=positions)
+        self.cos, self.sin = cos[0], sin[0]  # (positions, head_dim)
+
+    # -- decoding ----------------------------------------------------------------------------
+
+    def start(self, prompt_ids: Sequence[int]) -> np.ndarray:
+        """Read the prompt into an empty cache; the logits of the token after it."""
+        self.length = 0
+        return self._forward(list(prompt_ids))
+
+    def step(self, token: int) -> np.ndarray:
+        """Feed one token; the logits of the token after it."""
+        return self._forward([int(token)])
+
+    def extend(self, ids: Sequence[int]) -> np.ndarray:
+        """Feed several tokens after what the cache holds (a chat's next turn); the logits of
+        the token after them."""
+        return self._forward([int(i) for i in ids])
+
+    def _forward(self, ids: list[int]) -> np.ndarray:
+        torch = self.torch
+        functional = torch.nn.functional
+        n, start = len(ids), self.length
+        self._reserve(start + n)
+        end = start + n
+        linear, rms = functional.linear, _rms_norm
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        with torch.inference_mode():
+            device = self.lm_head.weight.device
+            x = self.embed(torch.tensor([ids], dtype=torch.long, device=device))
+            cos = self.cos[start:end][None, None]  # (1, 1, n, head_dim)
+            sin = self.sin[start:end][None, None]
+            q_size, kv_size = heads * dim, kv_heads * dim
+            for index, layer in enumerate(self.layers):
+                h = rms(x, layer.norm_in)
+                y = linear(h, *layer.qkv)  # q, k and v side by side
+                v = y[..., q_size + kv_size :]
+                if n == 1 and layer.q_norm is None:
+                    # One token: the heads are the rows; q and k turn in one rotation.
+                    qk = y[..., : q_size + kv_size].view(1, heads + kv_heads, 1, dim)
+                    qk = qk * cos + _rotate_half(qk) * sin
+                    q, k = qk[:, :heads], qk[:, heads:]
+                    v = v.view(1, kv_heads, 1, dim)
+                else:
+                    q = y[..., :q_size].view(1, n, heads, dim)
+                    k = y[..., q_size : q_size + kv_size].view(1, n, kv_heads, dim)
+                    if layer.q_norm is not None:
+                        q, k = rms(q, layer.q_norm), rms(k, layer.k_norm)
+                    q, k = q.transpose(1, 2), k.transpose(1, 2)
+                    v = v.reshape(1, n, kv_heads, dim).transpose(1, 2)
+                    q = q * cos + _rotate_half(q) * sin
+                    k = k * cos + _rotate_half(k) * sin
+                keys, values = self.keys[index], self.values[index]
+                keys[:, :, start:end] = k
+                values[:, :, start:end] = v
+                keys, values = keys[:, :, :end], values[:, :, :end]
+                if n == 1:
+                    # The query heads sharing a key/value head, as the rows of one call.
+                    grouped = q.reshape(1, kv_heads, heads // kv_heads, dim)
+                    out = functional.scaled_dot_product_attention(
+                        grouped, keys, values, scale=self.scaling
+                    ).reshape(1, 1, heads * dim)
+                else:
+                    if kv_heads != heads:
+                        keys = keys.repeat_interleave(heads // kv_heads, dim=1)
+                        values = values.repeat_interleave(heads // kv_heads, dim=1)
+                    mask = None
+                    if start:  # the new rows see the whole cache and themselves causally
+                        mask = torch.ones((n, end), dtype=torch.bool, device=device).tril(start)
+                    out = functional.scaled_dot_product_attention(
+                        q, keys, values, attn_mask=mask, is_causal=not start, scale=self.scaling
+                    )
+                    out = out.transpose(1, 2).reshape(1, n, heads * dim)
+                x = x + linear(out, layer.o_proj.weight, layer.o_proj.bias)
+                h = rms(x, layer.norm_post)
+                z = linear(h, *layer.gate_up)  # gate and up side by side
+                size = layer.intermediate
+                gated = functional.silu(z[..., :size]) * z[..., size:]
+                x = x + linear(gated, layer.down.weight, layer.down.bias)
+            x = rms(x[:, -1:], self.norm)
+            logits = linear(x, self.lm_head.weight, self.lm_head.bias)
+            self.length = end
+            return logits[0, -1].float().cpu().numpy()
+
+    def decode_rows(
+        self, ids: Any, positions: Any, visible: Any, keys: list[Any], values: list[Any]
+    ) -> np.ndarray:
+        """One token for each row of a batch (`ids`: rows x 1) at its own position, against
+        the per-layer caches `keys`/`values` (rows, key/value heads, length, head dim; views
+        written in place); `visible` (rows, 1, 1, length) masks each row's own positions.
+        The logits after each row's token (rows x vocabulary, float32)."""
+        torch = self.torch
+        functional = torch.nn.functional
+        linear, rms = functional.linear, _rms_norm
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        rows = ids.shape[0]
+        q_size, kv_size = heads * dim, kv_heads * dim
+        every = torch.arange(rows, device=ids.device)
+        with torch.inference_mode():
+            x = self.embed(ids)  # (rows, 1, hidden)
+            cos = self.cos[positions][:, None, None]  # (rows, 1, 1, head_dim)
+            sin = self.sin[positions][:, None, None]
+            for index, layer in enumerate(self.layers):
+                h = rms(x, layer.norm_in)
+                y = linear(h, *layer.qkv)
+                v = y[..., q_size + kv_size :].view(rows, kv_heads, 1, dim)
+                if layer.q_norm is None:
+                    qk = y[..., : q_size + kv_size].view(rows, heads + kv_heads, 1, dim)
+                    qk = qk * cos + _rotate_half(qk) * sin
+                    q, k = qk[:, :heads], qk[:, heads:]
+                else:
+                    q = rms(y[..., :q_size].view(rows, heads, 1, dim), layer.q_norm)
+                    k = rms(
+                        y[..., q_size : q_size + kv_size].view(rows, kv_heads, 1, dim), layer.k_norm
+                    )
+                    q = q * cos + _rotate_half(q) * sin
+                    k = k * cos + _rotate_half(k) * sin
+                keys[index][every, :, positions] = k[:, :, 0]
+                values[index][every, :, positions] = v[:, :, 0]
+                grouped = q.reshape(rows, kv_heads, heads // kv_heads, dim)
+                out = functional.scaled_dot_product_attention(
+                    grouped, keys[index], values[index], attn_mask=visible, scale=self.scaling
+                ).reshape(rows, 1, heads * dim)
+                x = x + linear(out, layer.o_proj.weight, layer.o_proj.bias)
+                h = rms(x, layer.norm_post)
+                z = linear(h, *layer.gate_up)
+                size = layer.intermediate
+                gated = functional.silu(z[..., :size]) * z[..., size:]
+                x = x + linear(gated, layer.down.weight, layer.down.bias)
+            x = rms(x, self.norm)
+            logits = linear(x, self.lm_head.weight, self.lm_head.bias)
+            return logits[:, -1].float().cpu().numpy()
+
+
+class StaticBatch:
+    """Sequences decoded together in the static loop (continuous batching), with the
+    interface of `TorchBatch`: `add(key, prompt)` reads a prompt alone (exactly as
+    `StaticDecoder.start`) and copies its cache into the batch's, `step({key: token})` runs one
+    forward pass over every row, `remove(key)` moves the last row into the leaver's place. Each
+    row keeps its own length; an attention mask keeps every row to its own positions."""
+
+    def __init__(self, decoder: StaticDecoder) -> None:
+        self.decoder = decoder
+        self.reader = decoder.fork()
+        """Reads each prompt alone (the single-sequence cache of `decoder` is left alone)."""
+        self.keys: list[Any] = []
+        self.lengths: list[int] = []
+        self.cache_keys: list[Any] = []
+        self.cache_values: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def can_join(self) -> bool:
+        return True
+
+    def _reserve(self, rows: int, length: int) -> None:
+        torch = self.decoder.torch
+        have_rows, have_length = (
+            self.cache_keys[0].shape[0:3:2] if self.cache_keys else (0, 0)
+        )  # fmt: skip
+        if rows <= have_rows and length <= have_length:
+            return
+        new_rows = max(rows, have_rows, 4) if rows <= have_rows else max(4, 2 * rows)
+        new_length = have_length if length <= have_length else max(256, 2 * length)
+        decoder = self.decoder
+        weight = decoder.lm_head.weight
+        shape = (new_rows, decoder.kv_heads, new_length, decoder.head_dim)
+        keys = [
+            torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in decoder.layers
+        ]
+        values = [torch.zeros_like(k) for k in keys]
+        used, longest = len(self.keys), max(self.lengths, default=0)
+        if used:
+            for old, new in zip(self.cache_keys + self.cache_values, keys + values, strict=True):
+                new[:used, :, :longest] = old[:used, :, :longest]
+        self.cache_keys, self.cache_values = keys, values
+        decoder._reserve(new_length)  # the rotary tables
+
+    def add(self, key: Any, prompt_ids: Sequence[int]) -> np.ndarray:
+        """Read `prompt_ids` alone and join the batch as row `key`; the logits after it."""
+        if key in self.keys:
+            raise ValueError(f"row {key!r} is already in the batch")
+        logits = self.reader.start(prompt_ids)
+        size = len(prompt_ids)
+        row = len(self.keys)
+        self._reserve(row + 1, size + 1)
+        for index in range(len(self.decoder.layers)):
+            self.cache_keys[index][row, :, :size] = self.reader.keys[index][0, :, :size]
+            self.cache_values[index][row, :, :size] = self.reader.values[index][0, :, :size]
+        self.keys.append(key)
+        self.lengths.append(size)
+        return logits
+
+    def remove(self, key: Any) -> None:
+        """Drop row `key` (finished, or its client left): the last row takes its place."""
+        row, last = self.keys.index(key), len(self.keys) - 1
+        if row != last:
+            longest = self.lengths[last]
+            for cache in self.cache_keys + self.cache_values:
+                cache[row, :, :longest] = cache[last, :, :longest]
+            self.keys[row], self.lengths[row] = self.keys[last], self.lengths[last]
+        self.keys.pop()
+        self.lengths.pop()
+
+    def step(self, tokens: Mapping[Any, int]) -> dict[Any, np.ndarray]:
+        """Feed each row its next token (every row, by key) in one forward pass; the logits
+        after it, by key."""
+        if set(tokens) != set(self.keys):
+            raise ValueError("step needs one token for every row of the batch, and no other")
+        decoder, torch = self.decoder, self.decoder.torch
+        rows = len(self.keys)
+        self._reserve(rows, max(self.lengths) + 1)
+        device = decoder.lm_head.weight.device
+        ids = torch.tensor([[tokens[k]] for k in self.keys], dtype=torch.long, device=device)
+        positions = torch.tensor(self.lengths, dtype=torch.long, device=device)
+        end = max(self.lengths) + 1
+        visible = torch.arange(end, device=device)[None, :] <= positions[:, None]
+        logits = decoder.decode_rows(
+            ids, positions, visible[:, None, None, :],
+            [k[:rows, :, :end] for k in self.cache_keys],
+            [v[:rows, :, :end] for v in self.cache_values],
+        )  # fmt: skip
+        self.lengths = [n + 1 for n in self.lengths]
+        return {key: logits[row] for row, key in enumerate(self.keys)}
+
+
+@attrs.frozen
+class _Layer:
+    norm_in: tuple[Any, float]
+    qkv: tuple[Any, Any]
+    o_proj: Any
+    q_norm: tuple[Any, float] | None
+    k_norm: tuple[Any, float] | None
+    norm_post: tuple[Any, float]
+    gate_up: tuple[Any, Any]
+    intermediate: int
+    down: Any
+
+
+def _fuse(linears: list[Any]) -> tuple[Any, Any]:
+    """One (weight, bias) for Linear layers that read the same input, their outputs side by
+    side: one matrix-vector product instead of several small ones. The layers' weights become
+    views of the joined matrix, so the model's memory does not grow and the layers (and
+    anything that changes their weights in place, such as merging an adapter) still agree."""
+    import torch
+
+    weight = torch.cat([m.weight.detach() for m in linears])
+    biases = [m.bias for m in linears]
+    bias = None
+    if all(b is not None for b in biases):
+        bias = torch.cat([b.detach() for b in biases])
+    elif any(b is not None for b in biases):
+        bias = torch.cat(
+            [b.detach() if b is not None else m.weight.new_zeros(m.weight.shape[0])
+             for b, m in zip(biases, linears, strict=True)]
+        )  # fmt: skip
+    offset = 0
+    for m in linears:
+        rows = m.weight.shape[0]
+        m.weight = torch.nn.Parameter(weight[offset : offset + rows], requires_grad=False)
+        if m.bias is not None and bias is not None:
+            m.bias = torch.nn.Parameter(bias[offset : offset + rows], requires_grad=False)
+        offset += rows
+    return weight, bias
+
+
+def _rms_norm(x: Any, norm: tuple[Any, float]) -> Any:
+    # transformers' LlamaRMSNorm: normalized in float32, scaled in the input's dtype.
+    import torch
+
+    weight, eps = norm
+    normed = torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), eps=eps)
+    return weight * normed.to(x.dtype)
+
+
+def _rotate_half(x: Any) -> Any:
+    import torch
+
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+__all__ = ["STATIC_ROPE", "SUPPORTED", "StaticBatch", "StaticDecoder", "unsupported_reason"]
