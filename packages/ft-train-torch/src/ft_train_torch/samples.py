@@ -8,7 +8,8 @@ tuning's virtual keys and values out (its answers were the base model's).
 
 A causal LM trains with ft's per-example attention (`ft_train_torch.attention`), which reads
 whole rows and knows no KV cache: while it generates, the model attends with transformers'
-SDPA (masks, sliding windows and the cache as transformers builds them), then goes back.
+SDPA (masks, sliding windows and the cache as transformers builds them; eager attention for an
+architecture without SDPA, as Gemma 2), then goes back.
 """
 
 from __future__ import annotations
@@ -91,13 +92,16 @@ def greedy_generate(
 
 @contextlib.contextmanager
 def generation_attention(base: Any) -> Iterator[None]:
-    """transformers' SDPA attention in `base` (the transformers model) while in the block,
-    where it trains with ft's per-example attention."""
+    """transformers' SDPA (else eager) attention in `base` (the transformers model) while in
+    the block, where it trains with ft's per-example attention."""
     trained_with = getattr(base.config, "_attn_implementation", None)
     if trained_with != ATTENTION:
         yield
         return
-    base.set_attn_implementation("sdpa")
+    try:
+        base.set_attn_implementation("sdpa")
+    except ValueError:  # an architecture without it (Gemma 2: soft-capped scores)
+        base.set_attn_implementation("eager")
     try:
         yield
     finally:
