@@ -128,6 +128,19 @@ def test_grid_refuses_what_it_cannot_enumerate() -> None:
         tune_space.parse_space({"method.rank": {"low": 4, "high": 8, "step": 2, "int": True}})
     )
     assert space == {"method.rank": [4, 6, 8]}
+    # A range of a billion values is a forgotten step, not a grid (nor a list to build).
+    huge = tune_space.parse_space({"training.max_steps": {"low": 1, "high": 10**9, "int": True}})
+    with pytest.raises(tune_space.SearchSpaceError) as caught:
+        tune_space.grid(huge)
+    assert str(caught.value) == (
+        "tune.search_space.training.max_steps: 1,000,000,000 values are too many for "
+        "`sampler: grid` (at most 10,000 a setting); give a larger `step` or `choices`"
+    )
+    with pytest.raises(tune_space.SearchSpaceError) as caught:
+        tune_space.parse_space({"training.warmup_ratio": {"low": 0, "high": 0.1, "step": 0}})
+    assert str(caught.value) == (
+        "tune.search_space.training.warmup_ratio.step: expected a number above 0, got 0"
+    )
 
 
 def test_a_value_its_setting_refuses_is_refused_before_the_study_starts(tmp_path: Path) -> None:

@@ -53,6 +53,11 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
 }
 
 
+MAX_GRID_VALUES = 10_000
+"""Values one setting may have under `sampler: grid`: more is a typo (a range without its
+step), and listing them would take the memory of the process checking the space."""
+
+
 class SearchSpaceError(ValueError):
     """`tune.search_space` has an entry ft cannot use; the message names it and what to write."""
 
@@ -80,15 +85,20 @@ class Parameter:
         if self.kind == "choice":
             return [_label(c) for c in self.choices]
         assert self.low is not None and self.high is not None
-        if self.step is None:
-            if self.kind == "int":
-                return list(range(int(self.low), int(self.high) + 1))
+        if self.step is None and self.kind != "int":
             raise SearchSpaceError(
                 f"tune.search_space.{self.name}: a range needs `step` (or `choices`) for "
                 "`sampler: grid`, which tries every value"
             )
-        count = math.floor((self.high - self.low) / self.step + 1e-9) + 1
-        values = [self.low + i * self.step for i in range(count)]
+        step = self.step or 1
+        count = math.floor((self.high - self.low) / step + 1e-9) + 1
+        if count > MAX_GRID_VALUES:
+            raise SearchSpaceError(
+                f"tune.search_space.{self.name}: {count:,} values are too many for "
+                f"`sampler: grid` (at most {MAX_GRID_VALUES:,} a setting); give a larger "
+                "`step` or `choices`"
+            )
+        values = [self.low + i * step for i in range(count)]
         return [int(v) for v in values] if self.kind == "int" else values
 
 
@@ -175,16 +185,13 @@ def parse_space(space: Mapping[str, Mapping[str, Any]] | None) -> list[Parameter
             if log and low <= 0:
                 raise SearchSpaceError(f"{where}: `log: true` needs `low` above 0, got {low}")
             kind = "int" if entry.get("int") else "float"
+            step = _number(entry.get("step"))
+            if step is not None and (
+                not isinstance(step, int | float) or isinstance(step, bool) or step <= 0
+            ):
+                raise SearchSpaceError(f"{where}.step: expected a number above 0, got {step!r}")
             parameters.append(
-                Parameter(
-                    name,
-                    kind,
-                    low=low,
-                    high=high,
-                    log=log,
-                    step=entry.get("step"),
-                    when=conditions,
-                )
+                Parameter(name, kind, low=low, high=high, log=log, step=step, when=conditions)
             )
         else:
             raise SearchSpaceError(
