@@ -99,6 +99,13 @@ def test_two_processes_equal_one_with_twice_the_batch(make_job, tmp_path, strate
         1,
     )
     assert events[-1]["reason"] == "max_steps"
+    # Rank 0 answers the evaluation samples alone, as one process does; not under FSDP (its
+    # forward pass needs every process), which a note says.
+    if strategy == "ddp":
+        assert of(events, "samples", "samples") == of(single_events, "samples", "samples")
+    else:
+        assert kinds.count("samples") == 0
+        assert "training.eval_samples: no samples under FSDP" in of(events, "message", "text")
     assert_same_adapter(single.adapter_path, job.adapter_dir, file=weights)
     assert of(events, "step", "loss") == pytest.approx(of(single_events, "step", "loss"), rel=1e-6)
     assert of(events, "eval", "eval_loss") == pytest.approx(
