@@ -434,11 +434,17 @@ function pageStudy() {
     const best = study.best;
     document.getElementById("study-best").textContent = best ? `Best so far: trial ${best.number}, ${study.metric} ${FT.fmtNum(best.value)} (${Object.entries(best.settings).map(([k, v]) => `${k} = ${value(v)}`).join(", ")})` : "No trial has completed yet.";
     const { trials } = await api(`/api/tune/${jobId}/trials`);
+    // A running trial's progress: its run's step, as the job store has it.
+    const steps = {};
+    await Promise.all(trials.filter((t) => t.state === "RUNNING" && t.run_id).map(async (t) => {
+      const run = await api("/api/runs/" + t.run_id);
+      steps[t.number] = ` (step ${run.step}` + (run.total_steps ? ` of ${run.total_steps})` : ")");
+    }));
     FT.setRows(tbody, trials.map((t) => {
       const isBest = best && t.number === best.number;
       return el("tr", { "data-trial": t.number, "data-state": t.state, class: isBest ? "best" : null },
         el("td", {}, String(t.number), isBest ? el("strong", { class: "best-mark", text: " best" }) : null),
-        el("td", { class: "status-" + t.state.toLowerCase(), text: t.state.toLowerCase() + (t.pruned_at ? ` at step ${t.pruned_at}` : "") }),
+        el("td", { class: "status-" + t.state.toLowerCase(), text: t.state.toLowerCase() + (t.pruned_at ? ` at step ${t.pruned_at}` : "") + (steps[t.number] || "") }),
         el("td", { text: FT.fmtNum(t.value) }),
         el("td", { text: Object.entries(t.settings).map(([k, v]) => `${k} = ${value(v)}`).join(", ") || "–" }),
         el("td", {}, t.run_id ? el("a", { href: FT.base + "/runs#" + t.run_id, text: t.run_id }) : "–"),
