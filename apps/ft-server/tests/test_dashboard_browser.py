@@ -366,6 +366,7 @@ def test_build_a_search_space_start_a_search_and_watch_its_trials(
         "training.max_steps": "2",
         "training.batch_size": "2",
         "training.eval_every": "1",
+        "training.eval_samples": "0",  # no answers to generate at each evaluation: faster
         "tune.trials": "2",
     }.items():
         page.get_by_label(key, exact=True).fill(value)
