@@ -20,7 +20,13 @@ def study_body(model: Path, data: Path, space: dict) -> dict:
         "config": {
             "model": {"name": str(model)},
             "data": {"train": str(data), "max_seq_length": 64, "validation_split": 0.25},
-            "training": {"backend": "torch", "max_steps": 2, "batch_size": 2, "eval_every": 1},
+            "training": {
+                "backend": "torch",
+                "max_steps": 2,
+                "batch_size": 2,
+                "eval_every": 1,
+                "eval_samples": 0,  # the study needs the loss only
+            },
             "logging": {"tensorboard": False},
             "tune": {"search_space": space},
         },
