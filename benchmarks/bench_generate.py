@@ -11,8 +11,10 @@
   from the first generated token to the last.
 
 Both generate `--max-tokens` tokens after the same chat prompt (fewer if the model ends its
-answer; the rate is per decoded token either way), `--repeat` fresh runs each in one process,
-median reported, then the ratio ft / llama.cpp. The header prints the CPU's features: a ratio is
+answer; the rate is per decoded token either way). After a warm-up run each, ft's and
+llama.cpp's runs alternate (llama.cpp loaded once in its own process, run on request), so load
+from anything else on the machine falls on both alike; `--repeat` runs each, median reported,
+then the ratio ft / llama.cpp. The header prints the CPU's features: a ratio is
 read within one run, never across machines.
 
     uv run python benchmarks/bench_generate.py [--max-tokens 128] [--repeat 3]
@@ -41,8 +43,7 @@ from llama_cpp import Llama
 spec = json.loads(sys.argv[1])
 llm = Llama(model_path=spec["gguf"], n_ctx=1024, n_threads=spec["threads"],
             n_threads_batch=spec["threads"], verbose=False)
-runs = []
-for _ in range(spec["repeat"] + 1):  # the first run warms up and is dropped
+for line in sys.stdin:  # one run per line read, so the caller can interleave its own
     llm.reset()
     tokens, stamps = [], []
     started = time.perf_counter()
@@ -54,9 +55,8 @@ for _ in range(spec["repeat"] + 1):  # the first run warms up and is dropped
         if len(tokens) == spec["max_tokens"]:
             break
     decode = stamps[len(tokens) - 1] - stamps[0] if len(tokens) > 1 else 0.0
-    runs.append({"tokens": tokens, "prompt_s": stamps[0] - started,
-                 "tokens_per_s": (len(tokens) - 1) / decode if decode else 0.0})
-print(json.dumps(runs[1:]))
+    print(json.dumps({"tokens": tokens, "prompt_s": stamps[0] - started,
+                      "tokens_per_s": (len(tokens) - 1) / decode if decode else 0.0}), flush=True)
 """
 
 
@@ -83,47 +83,70 @@ def main() -> None:
     model = Path(resolve_model("smollm2-135m", progress=False).path)
     gguf = export_f16(model)
 
-    ft_rows = []
     options = GenerationOptions(max_tokens=args.max_tokens, temperature=0.0)
-    ids: list[int] = []
+    generators = {}
     for dtype in args.dtypes.split(","):
         generator = Generator.load(model, backend="torch", dtype=dtype)
         picked = str(generator.lm.model.dtype).removeprefix("torch.")
-        ids = generator.encode([{"role": "user", "content": PROMPT}])
-        generator.generate(ids, options)  # warm-up
-        results = [generator.generate(ids, options) for _ in range(args.repeat)]
         label = f"ft {dtype} ({picked})" if dtype == "auto" else f"ft {dtype}"
-        ft_rows.append((label, results))
-        del generator
+        generators[label] = generator
+    ids = next(iter(generators.values())).encode([{"role": "user", "content": PROMPT}])
 
     python = llama_python(args.llama_env)
     spec = {"gguf": str(gguf), "ids": ids, "threads": threads, "max_tokens": args.max_tokens}
-    spec["repeat"] = args.repeat
-    done = subprocess.run(
-        [str(python), "-c", LLAMA_RUN, json.dumps(spec)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        sys.exit(f"llama.cpp failed:\n{done.stderr[-3000:]}")
-    llama_runs = json.loads(done.stdout.strip().splitlines()[-1])
+    llama = subprocess.Popen(
+        [str(python), "-c", LLAMA_RUN, json.dumps(spec)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert llama.stdin is not None and llama.stdout is not None
+
+    def llama_run() -> dict:
+        llama.stdin.write("go\n")
+        llama.stdin.flush()
+        line = llama.stdout.readline()
+        if not line:
+            sys.exit(f"llama.cpp failed (exit {llama.wait()})")
+        return json.loads(line)
+
+    # Warm up each side, then alternate them run by run: the machine's other load, if any,
+    # falls on both alike.
+    llama_run()
+    for generator in generators.values():
+        generator.generate(ids, options)
+    llama_runs: list[dict] = []
+    ft_runs: dict[str, list[tuple]] = {label: [] for label in generators}
+    for _ in range(args.repeat):
+        for label, generator in generators.items():
+            result, paired = generator.generate(ids, options), llama_run()
+            ft_runs[label].append((result, paired))
+            llama_runs.append(paired)
+    llama.stdin.close()
+    llama.wait()
+    ft_rows = list(ft_runs.items())
     llama_rate = statistics.median(r["tokens_per_s"] for r in llama_runs)
     llama_prompt = statistics.median(len(ids) / r["prompt_s"] for r in llama_runs)
     reference = llama_runs[0]["tokens"]
 
     print(f"model: {model}\ngguf (ft's f16 export): {gguf}")
-    print(f"prompt: {len(ids)} tokens; up to {args.max_tokens} generated; median of {args.repeat}")
+    print(f"prompt: {len(ids)} tokens; up to {args.max_tokens} generated")
+    print(
+        f"median of {args.repeat} runs each, ft and llama.cpp alternated; the ratio is the median"
+    )
+    print("of each ft run's rate over the llama.cpp run right after it")
     print(f"\n{'run':<28} {'decode tok/s':>12} {'prompt tok/s':>12} {'x llama.cpp':>11} "
           f"{'tokens':>6} {'same tokens as llama.cpp':>25}")  # fmt: skip
     print(f"{'llama.cpp f16 GGUF':<28} {llama_rate:>12.1f} {llama_prompt:>12.1f} {1.0:>11.2f} "
           f"{len(reference):>6} {'':>25}")  # fmt: skip
-    for label, results in ft_rows:
-        rate = statistics.median(r.tokens_per_s for r in results)
-        prompt = statistics.median(r.prompt_tokens_per_s for r in results)
-        tokens = list(results[0].tokens)
+    for label, pairs in ft_rows:
+        rate = statistics.median(r.tokens_per_s for r, _ in pairs)
+        prompt = statistics.median(r.prompt_tokens_per_s for r, _ in pairs)
+        ratio = statistics.median(r.tokens_per_s / p["tokens_per_s"] for r, p in pairs)
+        tokens = list(pairs[0][0].tokens)
         same = next(
             (i for i, (a, b) in enumerate(zip(tokens, reference, strict=False)) if a != b), None
         )
         agree = "all" if same is None else f"first {same}"
-        print(f"{label:<28} {rate:>12.1f} {prompt:>12.1f} {rate / llama_rate:>11.2f} "
+        print(f"{label:<28} {rate:>12.1f} {prompt:>12.1f} {ratio:>11.2f} "
               f"{len(tokens):>6} {agree:>25}")  # fmt: skip
     print("\ngoal: ft (the dtype ft picks) >= 0.80x llama.cpp's decode tokens/s")
 

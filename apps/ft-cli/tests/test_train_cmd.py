@@ -353,7 +353,8 @@ def test_the_run_adapter_loads_in_plain_peft_with_the_logits_of_ft_generation(
     assert code == 0, out
     folder = only_run(project)
     model_path = Path(json.loads((folder / "run.json").read_text())["model"]["path"])
-    ours = Generator.load(model_path, backend="torch", adapter=folder / "adapter")
+    # float32 on both sides (a CPU with native bf16 would otherwise generate in bf16).
+    ours = Generator.load(model_path, backend="torch", dtype="float32", adapter=folder / "adapter")
     ids = ours.encode([{"role": "user", "content": "What is your name?"}])
     ft_logits = np.asarray(ours.lm.start(ids))
 

@@ -186,7 +186,7 @@ class StaticDecoder:
                 if n == 1 and layer.q_norm is None:
                     # One token: the heads are the rows; q and k turn in one rotation.
                     qk = y[..., : q_size + kv_size].view(1, heads + kv_heads, 1, dim)
-                    qk = qk * cos + _rotate_half(qk) * sin
+                    qk = torch.addcmul(qk * cos, _rotate_half(qk), sin)
                     q, k = qk[:, :heads], qk[:, heads:]
                     v = v.view(1, kv_heads, 1, dim)
                 else:
@@ -254,7 +254,7 @@ class StaticDecoder:
                 v = y[..., q_size + kv_size :].view(rows, kv_heads, 1, dim)
                 if layer.q_norm is None:
                     qk = y[..., : q_size + kv_size].view(rows, heads + kv_heads, 1, dim)
-                    qk = qk * cos + _rotate_half(qk) * sin
+                    qk = torch.addcmul(qk * cos, _rotate_half(qk), sin)
                     q, k = qk[:, :heads], qk[:, heads:]
                 else:
                     q = rms(y[..., :q_size].view(rows, heads, 1, dim), layer.q_norm)
@@ -414,12 +414,13 @@ def _fuse(linears: list[Any]) -> tuple[Any, Any]:
 
 
 def _rms_norm(x: Any, norm: tuple[Any, float]) -> Any:
-    # transformers' LlamaRMSNorm: normalized in float32, scaled in the input's dtype.
+    # transformers' LlamaRMSNorm in one call: normalized in float32 inside torch's kernel and
+    # scaled by the weight (transformers rounds to the input's dtype before the scale: in
+    # bfloat16 the two differ by at most one rounding; in float32 they agree to it).
     import torch
 
     weight, eps = norm
-    normed = torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), eps=eps)
-    return weight * normed.to(x.dtype)
+    return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
 def _rotate_half(x: Any) -> Any:
