@@ -685,14 +685,17 @@ function pageConfig() {
       else { f.removeAttribute("aria-invalid"); f.removeAttribute("aria-errormessage"); }
     }
   }
-  let timer = null, seq = 0;
+  let timer = null, seq = 0, typed = 0;
+  // YAML the person is typing or pasting is theirs until they import it: a check that was
+  // already under way when they typed must not write the form's YAML over it.
+  yaml.addEventListener("input", () => { typed += 1; });
   async function check() {
-    const mine = ++seq;
+    const mine = ++seq, typedBefore = typed;
     const config = collect();
     const r = await api("/api/config/validate", { method: "POST", json: { config } });
     if (mine !== seq) return r;
     showProblems(r);
-    yaml.value = r.yaml.trim() === "{}" ? "" : r.yaml;
+    if (typed === typedBefore) yaml.value = r.yaml.trim() === "{}" ? "" : r.yaml;
     await checkSearch(config, r, mine);
     const mem = document.getElementById("config-memory");
     if (r.valid) {
