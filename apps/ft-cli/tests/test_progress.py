@@ -50,3 +50,22 @@ def test_in_a_terminal_the_spinner_ends_when_training_starts() -> None:
     assert not preparing.progress.live.is_started and display.progress.live.is_started
     display({"type": "end"})
     assert not display.progress.live.is_started
+
+
+def test_each_evaluation_prints_its_answers_as_plain_text_on_one_line() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=200, highlight=False)
+    display = TrainDisplay(console)
+    display({"type": "start", "total_steps": 2, "device": "cpu", "dtype": "float32"})
+    display({"type": "eval", "step": 2, "eval_loss": 0.5, "perplexity": 1.65, "is_best": True})
+    long = "word " * 40
+    samples = [
+        {"prompt": "p", "output": "I'm Pip [bold]from[/]\nLanternworks.", "reference": "r"},
+        {"prompt": "p", "output": long, "reference": "r"},
+    ]
+    display({"type": "samples", "step": 2, "samples": samples})
+    display({"type": "end"})
+    lines = out.getvalue().splitlines()
+    assert lines[1] == "  eval at step 2: loss 0.5000, perplexity 1.65 (best)"
+    assert lines[2] == "    answer: I'm Pip [bold]from[/] Lanternworks."
+    assert lines[3] == "    answer: " + " ".join(["word"] * 40)[:99] + "…"  # 100 characters

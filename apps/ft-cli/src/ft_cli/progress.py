@@ -15,6 +15,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 SPARK = "▁▂▃▄▅▆▇█"
+SAMPLE_WIDTH = 100
+"""The most characters of an evaluation sample `ft train` prints (the dashboard shows it whole)."""
+
+
+def one_line(text: str, width: int) -> str:
+    """`text` with its whitespace runs (newlines included) made single spaces, cut to `width`
+    characters with an ellipsis."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def sparkline(values: list[float], width: int = 24) -> str:
@@ -112,6 +121,14 @@ class TrainDisplay:
             self.progress.console.print(
                 f"  eval at step {event['step']}: loss {event['eval_loss']:.4f}, {figure}{best}"
             )
+        elif kind == "samples":
+            # The model's answers at this evaluation (training.eval_samples), one line each:
+            # model text, printed as text (never as rich markup), on one line.
+            for sample in event.get("samples") or []:
+                self.progress.console.print(
+                    f"    answer: {escape(one_line(sample.get('output', ''), SAMPLE_WIDTH))}",
+                    highlight=False,
+                )
         elif kind == "message":
             style = {"warning": "yellow", "error": "red"}.get(event.get("level", "info"), "")
             text = escape(event.get("text", ""))  # plain text, brackets included

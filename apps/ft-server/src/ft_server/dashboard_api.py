@@ -129,12 +129,21 @@ class ConfigBody(BaseModel):
     profile: str | None = None
 
 
-def _config_text(body: ConfigBody) -> str:
+def config_text(body: ConfigBody) -> str:
     if body.config is not None and body.config_yaml is not None:
         raise ApiError(400, "give config or config_yaml, not both")
     if body.config_yaml is not None:
         return body.config_yaml
     return dump_yaml(body.config or {})
+
+
+def problem_rows(error: ConfigError) -> list[dict[str, Any]]:
+    """A ConfigError's problems as /api/config/validate gives them: where, key, what, and the
+    line `ft config validate` prints."""
+    return [
+        {"location": p.location, "key": p.key, "message": p.message, "text": str(p)}
+        for p in error.problems
+    ]
 
 
 @router.post("/api/config/validate", tags=["config"])
@@ -145,7 +154,7 @@ def validate_config(body: ConfigBody) -> dict[str, Any]:
     from ft_config import valid_config_line
     from ft_config.yamlfile import read_yaml
 
-    text = _config_text(body)
+    text = config_text(body)
     values: Any = None
     try:
         values = read_yaml(text, "train.yml")[0] if text.strip() else {}
@@ -155,11 +164,7 @@ def validate_config(body: ConfigBody) -> dict[str, Any]:
     try:
         loaded = load_config("train.yml", text=text, overrides=body.overrides, profile=body.profile)
     except ConfigError as exc:
-        problems = [
-            {"location": p.location, "key": p.key, "message": p.message, "text": str(p)}
-            for p in exc.problems
-        ]
-        return {**out, "valid": False, "problems": problems, "message": str(exc)}
+        return {**out, "valid": False, "problems": problem_rows(exc), "message": str(exc)}
     message = valid_config_line(loaded, "train.yml")
     return {**out, "valid": True, "problems": [], "message": message}
 
@@ -175,7 +180,7 @@ def estimate_config(body: ConfigBody, request: Request) -> dict[str, Any]:
 
     settings: ServerSettings = request.app.state.settings
     try:
-        config = load_config("train.yml", text=_config_text(body), overrides=body.overrides)
+        config = load_config("train.yml", text=config_text(body), overrides=body.overrides)
     except ConfigError as exc:
         raise ApiError(400, str(exc), code="invalid_config") from None
     name = config.model.name

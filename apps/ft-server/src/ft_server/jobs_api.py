@@ -64,7 +64,7 @@ def start_training(body: TrainStart, request: Request) -> dict[str, Any]:
     settings: ServerSettings = request.app.state.settings
     jobs = manager(request)
     job_id = new_job_id()
-    prepared = _prepare(body, settings, jobs.job_dir(job_id))
+    prepared = prepare_training(body, settings, jobs.job_dir(job_id))
     job = jobs.submit("train", prepared, job_id)
     return job_json(job, jobs)
 
@@ -346,7 +346,7 @@ def job_json(job: JobRecord, jobs: JobManager) -> dict[str, Any]:
     return out
 
 
-def _prepare(body: TrainStart, settings: ServerSettings, folder: Path) -> dict[str, Any]:
+def prepare_training(body: TrainStart, settings: ServerSettings, folder: Path) -> dict[str, Any]:
     """The job's request as the worker reads it: a train.yml path, overrides, profile. Checks
     the config now, so a bad one is a 400 instead of a failed job."""
     given = [n for n in ("config", "config_yaml", "project") if getattr(body, n) is not None]

@@ -15,11 +15,11 @@ from pydantic import Field
 
 from ft_config import ConfigError, load_config
 from ft_runs.store import JobNotFound, JobStore
-from ft_server.dashboard_api import ConfigBody, _config_text
+from ft_server.dashboard_api import ConfigBody, config_text, problem_rows
 from ft_server.errors import ApiError
 from ft_server.files import safe_name
 from ft_server.jobs import new_job_id
-from ft_server.jobs_api import TrainStart, _prepare, job_json, manager
+from ft_server.jobs_api import TrainStart, job_json, manager, prepare_training
 
 router = APIRouter(tags=["tune"])
 
@@ -43,7 +43,7 @@ def start_tune(body: TuneStart, request: Request) -> dict[str, Any]:
 
     jobs = manager(request)
     job_id = new_job_id()
-    prepared = _prepare(body, request.app.state.settings, jobs.job_dir(job_id))
+    prepared = prepare_training(body, request.app.state.settings, jobs.job_dir(job_id))
     name = safe_name(body.name, what="study", param="name") if body.name else f"study-{job_id}"
     try:
         files = tune.start_study(
@@ -134,15 +134,16 @@ def validate_tune(body: ConfigBody) -> dict[str, Any]:
     searched, in order; `grid_size` the combinations with `sampler: grid`."""
     from ft_runs.tune_space import SearchSpaceError, check_space, grid_size
 
-    text = _config_text(body)
+    text = config_text(body)
     try:
         config = load_config("train.yml", text=text, overrides=body.overrides, profile=body.profile)
     except ConfigError as exc:
-        problems = [
-            {"location": p.location, "key": p.key, "message": p.message, "text": str(p)}
-            for p in exc.problems
-        ]
-        return {"valid": False, "problems": problems, "message": str(exc), "parameters": []}
+        return {
+            "valid": False,
+            "problems": problem_rows(exc),
+            "message": str(exc),
+            "parameters": [],
+        }
     try:
         parameters = check_space(config)
     except SearchSpaceError as exc:
