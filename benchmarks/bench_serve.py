@@ -76,9 +76,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
 
-PORT, MODEL = int(sys.argv[1]), sys.argv[2]
+PORT, MODEL, DTYPE = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 tokenizer = AutoTokenizer.from_pretrained(MODEL)
-model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval()
+model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=getattr(torch, DTYPE)).eval()
 app = FastAPI()
 
 
@@ -238,6 +238,12 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8", help="the client counts to run")
     parser.add_argument("--only", default="ft,mlx,hf", help="servers: ft, mlx, hf")
     parser.add_argument("--mlx-preload", default="", help="LD_PRELOAD for mlx_lm.server")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="what ft-server and the FastAPI server compute in (auto: what ft picks on this CPU)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -253,6 +259,12 @@ def main() -> None:
     counts = [int(c) for c in args.clients.split(",")]
     print(f"{len(prompts)} prompts per scenario, max_tokens {args.max_tokens}, temperature 0")
 
+    dtype = args.dtype
+    if dtype == "auto":  # what ft-server picks on this CPU, given to the baseline too
+        from ft_models.generation.torch_backend import cpu_decode_dtype
+
+        dtype = cpu_decode_dtype()
+    print(f"dtype: {dtype} for ft-server and FastAPI+transformers (mlx_lm.server: as saved)")
     home = tempfile.mkdtemp(prefix="bench-serve-home-")
     app_file = Path(home) / "hf_server.py"
     app_file.write_text(BASELINE_APP, encoding="utf-8")
@@ -269,6 +281,8 @@ def main() -> None:
                 str(folder),
                 "--backend",
                 "torch",
+                "--dtype",
+                dtype,
                 "--log-level",
                 "warning",
             ],
@@ -283,7 +297,7 @@ def main() -> None:
         ),
         "hf": Server(
             "FastAPI+transformers",
-            [sys.executable, str(app_file), "{port}", str(folder)],
+            [sys.executable, str(app_file), "{port}", str(folder), dtype],
             {},
             str(folder),
         ),
