@@ -65,3 +65,45 @@ def test_dropout_keeps_peft_s_forward() -> None:
         torch.manual_seed(1)  # the same dropout masks: the same forward, peft's
         outputs.append(model(x).detach())
     torch.testing.assert_close(outputs[1], outputs[0])
+
+
+def test_a_frozen_base_stored_in_bf16_trains_exactly_as_autocast_casting_it() -> None:
+    import transformers
+
+    from ft_train_torch.fused import frozen_linears_to
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+    )  # fmt: skip
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    cast_each_step = peft.get_peft_model(transformers.LlamaForCausalLM(config), lora)
+    for name, parameter in cast_each_step.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter)
+    stored = copy.deepcopy(cast_each_step)
+    fuse_lora(cast_each_step)
+    fuse_lora(stored)
+    # q/v's base layers and k/o/gate/up/down: 7 per layer; the tied output layer stays float32.
+    assert frozen_linears_to(stored, torch.bfloat16) == 14
+    layer = stored.base_model.model.model.layers[0]
+    assert layer.self_attn.q_proj.base_layer.weight.dtype == torch.bfloat16
+    assert layer.mlp.down_proj.weight.dtype == torch.bfloat16
+    assert stored.base_model.model.lm_head.weight.dtype == torch.float32
+    assert layer.input_layernorm.weight.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in stored.parameters() if p.requires_grad)
+
+    ids = torch.randint(0, 64, (2, 10))
+    results = []
+    for model in (cast_each_step, stored):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        results.append((loss.detach(), grads))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b)  # bit-identical, not merely close
+    for a, b in zip(grads_a, grads_b, strict=True):
+        assert torch.equal(a, b)

@@ -8,6 +8,12 @@ scaling folded into the matrix product. Only plain LoRA layers with one active a
 dropout and no LoRA bias take it, and only while the adapter is on and unmerged; anything else
 (DoRA and other variants, `disable_adapter()`, mixed adapter batches) goes through peft's own
 forward. The layers stay peft's (a subclass): saving, loading and merging are unchanged.
+
+`frozen_linears_to(model, dtype)`: under autocast every frozen `Linear` weight is cast to the
+autocast dtype at every forward pass (autocast caches casts only of weights that take a
+gradient), a copy of the whole base model each step: 13% of a bf16 LoRA step on a CPU. Stored in
+that dtype once, the cast is a no-op, the matrix products see the same values (a float32 weight
+rounded to bf16 once or every step is the same bf16 weight), and the base takes half the memory.
 """
 
 from __future__ import annotations
@@ -29,6 +35,29 @@ def fuse_lora(model: torch.nn.Module) -> int:
         if type(module) is Linear:
             module.__class__ = fused
             count += 1
+    return count
+
+
+def frozen_linears_to(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Store every frozen float32 `torch.nn.Linear` of `model` (weight and bias) in `dtype`;
+    how many were. Only for a model whose forward passes all run under autocast to `dtype`:
+    outside it a float32 input would meet a `dtype` weight. A weight shared with the input
+    embeddings (tied output layers) is left alone: the embedding lookup is not autocast, and
+    the residual stream it starts stays float32."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tied = {id(embeddings.weight)} if embeddings is not None else set()
+    count = 0
+    for module in model.modules():
+        if type(module) is not torch.nn.Linear:
+            continue
+        parameters = [p for p in (module.weight, module.bias) if p is not None]
+        if any(p.requires_grad or p.dtype != torch.float32 for p in parameters):
+            continue
+        if id(module.weight) in tied:
+            continue
+        for parameter in parameters:
+            parameter.data = parameter.data.to(dtype)
+        count += 1
     return count
 
 

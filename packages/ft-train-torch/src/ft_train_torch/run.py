@@ -36,7 +36,7 @@ from ft_train_torch.device import (
     pick_device,
     resolve_precision,
 )
-from ft_train_torch.fused import fuse_lora
+from ft_train_torch.fused import frozen_linears_to, fuse_lora
 from ft_train_torch.methods import (
     PROMPT_METHODS,
     apply_method,
@@ -190,6 +190,19 @@ class TorchRun:
         self.model = apply_method(self.base, self.method, self.task)
         # Plain LoRA layers compute their adapter as one addmm (ft_train_torch.fused).
         fuse_lora(self.model)
+        # Under bf16/fp16 autocast a frozen float32 base is cast to it at every forward pass:
+        # stored in that dtype once instead (the same products, half the memory). Not under
+        # FSDP (its flat parameters take one dtype) nor for DoRA (it reads the base weight's
+        # norm outside the matrix products), nor for a full fine-tune (nothing is frozen).
+        cast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        if (
+            cast is not None
+            and self.dtype == torch.float32
+            and self.method.name not in ("full", "dora")
+            and not self.fsdp
+            and self.device.type in ("cpu", "cuda")
+        ):
+            frozen_linears_to(self.model, cast)
         self.trainable, self.total = count_parameters(self.model)
 
     def setup_batches(self) -> None:
