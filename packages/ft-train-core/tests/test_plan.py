@@ -153,3 +153,16 @@ def test_settings_that_only_apply_with_auto_are_checked() -> None:
         config("training.batch_size=4", "training.tokens_per_step=1024")
     with pytest.raises(ConfigError, match="picks the accumulation itself"):
         config("training.gradient_accumulation_steps=4")
+
+
+def test_preference_pairs_are_estimated_with_both_sides_in_the_row() -> None:
+    # DPO and ORPO put a pair's chosen and rejected sides in one row twice a side's length
+    # (ft_train_core.plan.job_batches): the estimate counts that row, not one side's.
+    data = DatasetSize(lengths=np.full(400, 300), trained_tokens=60_000, mode="pack")
+    fixed = ("training.batch_size=2", "training.gradient_checkpointing=false")
+    sft = plan(config(*fixed), data, 1_000).estimate
+    dpo = plan(config(*fixed, "method.objective=dpo"), data, 1_000).estimate
+    twice = plan(config("training.batch_size=4", fixed[1]), data, 1_000).estimate
+    assert dpo.total_bytes > sft.total_bytes
+    # Two sides of 2 rows hold what 4 rows of one side hold.
+    assert dpo.breakdown["activations"] == twice.breakdown["activations"]

@@ -379,6 +379,12 @@ def _estimate(
     method, settings = config.method, config.training
     targets = method.target_modules
     length = batch.row_length if batch.mode != "pad" else min(batch.row_length, data.longest)
+    from ft_train_core.preference import is_preference
+
+    if is_preference(config):
+        # A pair's two sides share one row twice as long as a side (`job_batches`): the
+        # forward pass holds both sides' activations.
+        length *= 2
     tokens_in_rows = batch.micro_batch * length
     # Logits are computed at the trained positions only; a packed row is nearly full.
     share = data.trained_tokens / max(data.tokens, 1)
