@@ -162,8 +162,9 @@ class Generator:
     ) -> Generator:
         """Load `model` (a local folder, catalog alias, Hub repo id or `.gguf` file: see
         `ft_models.resolve.resolve_model`) on `backend` (auto, torch or mlx), with an optional
-        PEFT LoRA or DoRA adapter folder, in `dtype` (None or "auto": on torch, float32 on a
-        CPU, else what the device computes best; on MLX, the saved dtype). `template` names the
+        PEFT LoRA or DoRA adapter folder, in `dtype` (None or "auto": on torch, on a CPU
+        bfloat16 where it decodes faster (`cpu_decode_dtype`) else float32, else what the device
+        computes best; on MLX, the saved dtype). `template` names the
         chat template for message prompts (None: the tokenizer's). `device` is torch's (auto,
         cpu, cuda, mps)."""
         from ft_models.device import pick_backend
