@@ -84,11 +84,13 @@ def _config_form() -> dict[str, Any]:
     groups = []
     top = []
     for section, spec in schema["properties"].items():
-        obj = _object_of(spec)
+        obj = object_of(spec)
         if obj is None:
-            top.append(_field(section, section, spec))
+            top.append(schema_field(section, section, spec))
             continue
-        fields = [_field(f"{section}.{name}", name, sub) for name, sub in obj["properties"].items()]
+        fields = [
+            schema_field(f"{section}.{name}", name, sub) for name, sub in obj["properties"].items()
+        ]
         groups.append(
             {"name": section, "description": spec.get("description", ""), "fields": fields}
         )
@@ -97,7 +99,8 @@ def _config_form() -> dict[str, Any]:
     return {"groups": groups}
 
 
-def _object_of(spec: dict[str, Any]) -> dict[str, Any] | None:
+def object_of(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The object schema of a train.yml section (itself, or its `anyOf` option), or None."""
     if spec.get("type") == "object" and "properties" in spec:
         return spec
     for option in spec.get("anyOf", []):
@@ -106,7 +109,10 @@ def _object_of(spec: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _field(key: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+def schema_field(key: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """One setting of the train.yml JSON Schema as the configuration builder (and the search
+    space editor, `ft_server.tune_api`) read it: its `kind` (enum, boolean, number, string or
+    json), JSON `types`, `enum` words, bounds, default and help."""
     options = spec.get("anyOf", [spec])
     types = {o.get("type") for o in options if "type" in o}
     enums = [v for o in options for v in o.get("enum", [])]
@@ -144,6 +150,7 @@ def _field(key: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         "default_text": "" if default is None else _text(default),
         "bounds": ", ".join(bounds),
         "words": [e for e in enums if kind == "number"],
+        "types": sorted(types),
     }
 
 

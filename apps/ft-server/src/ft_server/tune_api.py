@@ -6,7 +6,6 @@ run in the job store."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +14,7 @@ from pydantic import Field
 
 from ft_config import ConfigError, load_config
 from ft_runs.store import JobNotFound, JobStore
+from ft_server.dashboard import object_of, schema_field
 from ft_server.dashboard_api import ConfigBody, config_text, problem_rows
 from ft_server.errors import ApiError
 from ft_server.files import safe_name
@@ -78,12 +78,11 @@ def tune_space_info() -> dict[str, Any]:
     settings = []
     for section in _TUNABLE_SECTIONS:
         spec = schema["properties"][section]
-        props = spec.get("properties") or next(
-            o["properties"] for o in spec.get("anyOf", []) if "properties" in o
-        )
-        for name, sub in props.items():
+        section_schema = object_of(spec)
+        assert section_schema is not None, section
+        for name, sub in section_schema["properties"].items():
             key = f"{section}.{name}"
-            item = _tunable(key, sub, named=key in DEFAULT_SPACE)
+            item = _tunable(schema_field(key, name, sub), sub, named=key in DEFAULT_SPACE)
             if item is not None:
                 settings.append(item)
     return {
@@ -93,36 +92,30 @@ def tune_space_info() -> dict[str, Any]:
     }
 
 
-def _tunable(key: str, spec: dict[str, Any], named: bool) -> dict[str, Any] | None:
-    options = spec.get("anyOf", [spec])
-    types = {o["type"] for o in options if "type" in o}
-    words = [v for o in options for v in o.get("enum", [])]
-    nullable = "null" in types
-    types.discard("null")
-    if types == {"boolean"}:
-        kind, choices = "boolean", [False, True]
-    elif types and types <= {"integer", "number"}:
-        kind, choices = ("number" if "number" in types else "integer"), words
-    elif words and not types:
-        kind, choices = "choice", words
+def _tunable(field: dict[str, Any], spec: dict[str, Any], named: bool) -> dict[str, Any] | None:
+    # The builder's reading of the setting (`schema_field`), in the editor's terms.
+    kind, types = field["kind"], field["types"]
+    if kind == "boolean":
+        setting, choices = "boolean", [False, True]
+    elif kind == "number":
+        setting, choices = ("number" if "number" in types else "integer"), field["enum"]
+    elif kind == "enum":
+        setting, choices = "choice", field["enum"]
     elif named:
-        kind, choices = "list" if "array" in types else "string", []
+        setting, choices = "list" if "array" in types else "string", []
     else:
         return None  # text, paths, mappings: not a search space's business
     return {
-        "key": key,
-        "type": kind,
+        "key": field["key"],
+        "type": setting,
         "choices": choices,
         "minimum": spec.get("minimum"),
         "exclusive_minimum": spec.get("exclusiveMinimum"),
         "maximum": spec.get("maximum"),
-        "nullable": nullable,
-        "default": spec.get("default"),
-        "help": spec.get("description", ""),
+        "nullable": field["nullable"],
+        "default": field["default"],
+        "help": field["help"],
     }
-
-
-_WHERE = re.compile(r"^(tune\.search_space\.[^:]+): (.*)$", re.S)
 
 
 @router.post("/api/tune/validate")
@@ -147,9 +140,7 @@ def validate_tune(body: ConfigBody) -> dict[str, Any]:
     try:
         parameters = check_space(config)
     except SearchSpaceError as exc:
-        match = _WHERE.match(str(exc))
-        key, message = (match[1], match[2]) if match else ("tune.search_space", str(exc))
-        problem = {"location": None, "key": key, "message": message, "text": str(exc)}
+        problem = {"location": None, "key": exc.key, "message": exc.problem, "text": str(exc)}
         return {"valid": False, "problems": [problem], "message": str(exc), "parameters": []}
     tune = config.tune
     searched = [p for p in parameters if p.kind != "derived"]

@@ -59,7 +59,20 @@ step), and listing them would take the memory of the process checking the space.
 
 
 class SearchSpaceError(ValueError):
-    """`tune.search_space` has an entry ft cannot use; the message names it and what to write."""
+    """`tune.search_space` has an entry ft cannot use; the message names it and what to write:
+    `KEY: PROBLEM`, KEY the entry's place under `tune.search_space` (`key`, `problem`)."""
+
+    @property
+    def key(self) -> str:
+        """Where the problem is: `tune.search_space.SETTING[...]`, or the space itself."""
+        head, _, rest = str(self).partition(": ")
+        return head if rest and head.startswith("tune.search_space") else "tune.search_space"
+
+    @property
+    def problem(self) -> str:
+        """The message without its key."""
+        head, _, rest = str(self).partition(": ")
+        return rest if rest and head.startswith("tune.search_space") else str(self)
 
 
 @attrs.frozen

@@ -144,10 +144,18 @@ class StaticDecoder:
             for old, new in zip(self.keys + self.values, keys + values, strict=True):
                 new[:, :, : self.length] = old[:, :, : self.length]
         self.keys, self.values = keys, values
-        positions = torch.arange(size, device=weight.device)[None]
-        probe = torch.empty((1, 1, self.head_dim), dtype=weight.dtype, device=weight.device)
+        self.rotary_tables(size)
+
+    def rotary_tables(self, size: int) -> None:
+        """`cos`/`sin` (positions, head dim) for at least `size` positions, from the model's own
+        rotary module (so its scaling applies)."""
+        if self.cos is not None and self.cos.shape[0] >= size:
+            return
+        weight = self.lm_head.weight
+        positions = self.torch.arange(size, device=weight.device)[None]
+        probe = self.torch.empty((1, 1, self.head_dim), dtype=weight.dtype, device=weight.device)
         cos, sin = self.rotary(probe, position_ids=positions)
-        self.cos, self.sin = cos[0], sin[0]  # (positions, head_dim)
+        self.cos, self.sin = cos[0], sin[0]
 
     # -- decoding ----------------------------------------------------------------------------
 
@@ -219,12 +227,7 @@ class StaticDecoder:
                         q, keys, values, attn_mask=mask, is_causal=not start, scale=self.scaling
                     )
                     out = out.transpose(1, 2).reshape(1, n, heads * dim)
-                x = x + linear(out, layer.o_proj.weight, layer.o_proj.bias)
-                h = rms(x, layer.norm_post)
-                z = linear(h, *layer.gate_up)  # gate and up side by side
-                size = layer.intermediate
-                gated = functional.silu(z[..., :size]) * z[..., size:]
-                x = x + linear(gated, layer.down.weight, layer.down.bias)
+                x = _after_attention(x, out, layer)
             x = rms(x[:, -1:], self.norm)
             logits = linear(x, self.lm_head.weight, self.lm_head.bias)
             self.length = end
@@ -269,12 +272,7 @@ class StaticDecoder:
                 out = functional.scaled_dot_product_attention(
                     grouped, keys[index], values[index], attn_mask=visible, scale=self.scaling
                 ).reshape(rows, 1, heads * dim)
-                x = x + linear(out, layer.o_proj.weight, layer.o_proj.bias)
-                h = rms(x, layer.norm_post)
-                z = linear(h, *layer.gate_up)
-                size = layer.intermediate
-                gated = functional.silu(z[..., :size]) * z[..., size:]
-                x = x + linear(gated, layer.down.weight, layer.down.bias)
+                x = _after_attention(x, out, layer)
             x = rms(x, self.norm)
             logits = linear(x, self.lm_head.weight, self.lm_head.bias)
             return logits[:, -1].float().cpu().numpy()
@@ -323,7 +321,7 @@ class StaticBatch:
             for old, new in zip(self.cache_keys + self.cache_values, keys + values, strict=True):
                 new[:used, :, :longest] = old[:used, :, :longest]
         self.cache_keys, self.cache_values = keys, values
-        decoder._reserve(new_length)  # the rotary tables
+        decoder.rotary_tables(new_length)
 
     def add(self, key: Any, prompt_ids: Sequence[int]) -> np.ndarray:
         """Read `prompt_ids` alone and join the batch as row `key`; the logits after it."""
@@ -411,6 +409,19 @@ def _fuse(linears: list[Any]) -> tuple[Any, Any]:
             m.bias = torch.nn.Parameter(bias[offset : offset + rows], requires_grad=False)
         offset += rows
     return weight, bias
+
+
+def _after_attention(x: Any, attended: Any, layer: _Layer) -> Any:
+    """The rest of a decoder layer: the attention's output projection added to the residual,
+    then the SwiGLU MLP (gate and up from one product) added to it."""
+    import torch
+
+    linear = torch.nn.functional.linear
+    x = x + linear(attended, layer.o_proj.weight, layer.o_proj.bias)
+    z = linear(_rms_norm(x, layer.norm_post), *layer.gate_up)
+    size = layer.intermediate
+    gated = torch.nn.functional.silu(z[..., :size]) * z[..., size:]
+    return x + linear(gated, layer.down.weight, layer.down.bias)
 
 
 def _rms_norm(x: Any, norm: tuple[Any, float]) -> Any:
