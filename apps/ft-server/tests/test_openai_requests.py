@@ -13,7 +13,7 @@ from ft_config.paths import app_paths
 from ft_config.secrets import Secret
 from ft_runs.store import JobStore
 from ft_server import ServerSettings, create_app
-from ft_server.inference import served_models
+from ft_server.served import served_models
 
 
 def fake_run(store: JobStore, home: Path, run_id: str, base: Path, status: str) -> None:

@@ -1,17 +1,13 @@
 """The models the OpenAI-compatible routes serve, loaded on first use, and the generation loop
 they run (`ft_server.openai_api` turns its events into OpenAI's JSON).
 
-- What is served: `ServerSettings.inference_allow`. An entry is a base model (a name as `ft`
-  takes it: catalog alias, local folder, Hub repo id) or a run id / glob of run ids; `*` serves
-  every completed run. A completed run's adapter is served when its id or its base model is
-  allowed, under the run id, with `parent` = its base model. Nothing else is ever loaded: a
-  client names a model by id, never by path.
+- What is served: `ft_server.served` (`ServerSettings.inference_allow`).
 - Each model has one worker thread: it loads the model (on the first request naming it) and
   runs its generations one after the other (MLX arrays stay on the thread that made them). The
   requests waiting for it are counted; past `max_inference_queue` a new one is a 429.
 - The loop is ft-models' (`Generator.lm` one step at a time, `Sampler`, `IncrementalDecoder`,
   `StopFilter`), with what the server adds: log-probabilities, a grammar mask for
-  `response_format` (llguidance), and a cancel flag checked before every step.
+  `response_format` (`ft_server.grammar`), and a cancel flag checked before every step.
 """
 
 from __future__ import annotations
@@ -19,14 +15,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import fnmatch
 import functools
 import itertools
 import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -42,78 +36,9 @@ from ft_models.generate import (
     StopFilter,
 )
 from ft_server.errors import ApiError
+from ft_server.grammar import GrammarMatcher
+from ft_server.served import NoRuns, ServedModel, served_models
 from ft_server.settings import ServerSettings
-
-_GLOB = set("*?[")
-
-
-@attrs.frozen
-class ServedModel:
-    """One entry of /v1/models."""
-
-    id: str
-    base: str
-    """What Generator.load takes: the base model's name or folder."""
-    adapter: Path | None = None
-    parent: str | None = None
-    created: int = 0
-    template: str | None = None
-    """A chat template's source (the one the run was trained with); None: the tokenizer's."""
-
-
-def served_models(settings: ServerSettings, store: Any = None) -> dict[str, ServedModel]:
-    """The models `settings.inference_allow` lets the server load, by id (see module doc).
-    `store`: the JobStore to read runs from (None: the one of `settings.paths`)."""
-    allow = tuple(settings.inference_allow)
-    models: dict[str, ServedModel] = {}
-    for entry in allow:
-        if not _GLOB & set(entry):
-            models[entry] = ServedModel(id=entry, base=entry)
-    for run in _completed_runs(settings, store):
-        if not (
-            "*" in allow
-            or run.parent in allow
-            or any(fnmatch.fnmatchcase(run.id, entry) for entry in allow)
-        ):
-            continue
-        models.pop(run.id, None)  # an entry naming a run is that run, not a base model
-        models[run.id] = run
-        if run.parent is not None and run.parent not in models:
-            models[run.parent] = ServedModel(id=run.parent, base=run.base, created=run.created)
-    return models
-
-
-def _completed_runs(settings: ServerSettings, store: Any = None) -> list[ServedModel]:
-    from ft_runs.exports import RunExportError, run_source
-    from ft_runs.run_folder import RunFolder
-    from ft_runs.store import JobStore
-
-    if store is None:
-        if not settings.paths.database.is_file():
-            return []
-        store = JobStore(settings.paths.database)
-    runs = []
-    for record in store.list_runs(status="completed"):
-        folder = RunFolder(Path(record.run_dir))
-        adapter = Path(record.adapter_path) if record.adapter_path else folder.adapter
-        if not (adapter / "adapter_config.json").is_file():
-            continue  # a full fine-tune or a run without its final adapter: no adapter to serve
-        try:
-            source = run_source(folder)
-        except (RunExportError, OSError, ValueError):
-            continue  # its base model is gone: not servable
-        runs.append(
-            ServedModel(
-                id=record.id,
-                base=str(source.base),
-                adapter=adapter,
-                parent=record.model,
-                created=int(record.ended_at or record.created_at),
-                template=source.chat_template,
-            )
-        )
-    return runs
-
 
 # -- the generation loop ---------------------------------------------------------------------
 
@@ -280,68 +205,6 @@ class Row:
         if self.finished is None:
             self.finished = finished
             self.send(self.index, finished)
-
-
-# -- constrained decoding (response_format) --------------------------------------------------
-
-
-def json_grammar(schema: dict[str, Any] | None) -> str:
-    """The llguidance grammar of JSON following `schema` (None: any JSON object)."""
-    llguidance = _llguidance()
-    try:
-        return str(
-            llguidance.LLMatcher.grammar_from_json_schema(
-                schema if schema is not None else {"type": "object"},
-                defaults={"whitespace_flexible": False},
-            )
-        )
-    except ValueError as error:
-        raise ApiError(
-            400, f"response_format: the JSON schema is not usable: {error}", param="response_format"
-        ) from None
-
-
-def _llguidance() -> Any:
-    try:
-        import llguidance
-    except ImportError:
-        raise ApiError(
-            400,
-            "response_format needs llguidance on the server: pip install llguidance",
-            param="response_format",
-            code="unsupported_response_format",
-        ) from None
-    return llguidance
-
-
-class GrammarMatcher:
-    """An llguidance matcher over a generator's vocabulary: masks logits, follows tokens."""
-
-    def __init__(self, tokenizer: Any, grammar: str) -> None:
-        import llguidance
-        import llguidance.numpy as llnp
-
-        self._llnp = llnp
-        self.matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
-        if self.matcher.is_error():
-            raise GenerationError(f"response_format: {self.matcher.get_error()}")
-        self.vocab = int(tokenizer.vocab_size)
-        self.bitmask = llnp.allocate_token_bitmask(1, self.vocab)
-
-    def mask(self, logits: np.ndarray) -> np.ndarray:
-        self._llnp.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
-        bits = np.unpackbits(self.bitmask.view(np.uint8), bitorder="little")[: self.vocab]
-        allowed = np.zeros(logits.shape[0], dtype=bool)
-        size = min(self.vocab, logits.shape[0])
-        allowed[:size] = bits[:size].astype(bool)
-        return np.where(allowed, logits, -np.inf).astype(np.float32)
-
-    def consume(self, token: int) -> None:
-        if not self.matcher.consume_token(token):
-            raise GenerationError(f"response_format: {self.matcher.get_error()}")
-
-    def done(self) -> bool:
-        return bool(self.matcher.is_stopped())
 
 
 # -- loaded models and their scheduler -------------------------------------------------------
@@ -651,7 +514,7 @@ class Inference:
 
             self._store = JobStore(self.settings.paths.database)
         if self._store is None:
-            return served_models(self.settings, _NoRuns())
+            return served_models(self.settings, NoRuns())
         return served_models(self.settings, self._store)
 
     def find(self, model_id: str) -> ServedModel:
@@ -749,11 +612,6 @@ class Inference:
         self._loaded.clear()
 
 
-class _NoRuns:
-    def list_runs(self, **_: Any) -> list[Any]:
-        return []
-
-
 def now() -> int:
     return int(time.time())
 
@@ -761,14 +619,10 @@ def now() -> int:
 __all__ = [
     "Delta",
     "Finished",
-    "GrammarMatcher",
     "Inference",
     "LoadedModel",
     "ModelWorker",
     "Request",
     "Row",
-    "ServedModel",
     "TokenLogprob",
-    "json_grammar",
-    "served_models",
 ]

@@ -23,13 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ft_models.generate import GenerationError, GenerationOptions
 from ft_server.errors import ApiError, error_body
+from ft_server.grammar import json_grammar
 from ft_server.inference import (
     Delta,
     Finished,
     Inference,
     LoadedModel,
     TokenLogprob,
-    json_grammar,
     now,
 )
 from ft_server.inference import Request as Generation
