@@ -27,6 +27,7 @@ import torch.utils.checkpoint
 from ft_data.batches import IGNORE_INDEX, Batch, is_packed, shifted_targets, target_count
 from ft_train_core.plan import LOSS_CHUNK_ROWS
 from ft_train_torch.attention import Segments, register
+from ft_train_torch.head_loss import head_cross_entropy
 
 
 def trained_tokens(batch: Batch, task: str = "causal-lm") -> int:
@@ -211,6 +212,11 @@ class OutputAtTargets:
     def _chunk_loss(
         self, rows: torch.Tensor, wanted: torch.Tensor, per_token: bool = False
     ) -> torch.Tensor:
+        if type(self.head) is torch.nn.Linear and not self.softcap:
+            # A plain output layer: its logits and their cross-entropy in one function,
+            # without float32 copies of the logits (ft_train_torch.head_loss).
+            losses = head_cross_entropy(self.head, rows, wanted)
+            return losses if per_token else losses.sum()
         self._calling = True
         try:
             logits = self.head(rows)
