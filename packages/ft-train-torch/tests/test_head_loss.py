@@ -81,3 +81,13 @@ def test_it_keeps_only_the_logits_in_their_dtype() -> None:
         head_cross_entropy(head, hidden, targets)
     vocab_wide = [t for t in saved if t.shape[-1] == VOCAB and t.shape[0] == hidden.shape[0]]
     assert [t.dtype for t in vocab_wide] == [torch.bfloat16]
+
+
+def test_a_second_backward_pass_is_refused_not_wrong() -> None:
+    """The backward pass writes the gradient over the kept logits: a second one through the
+    same graph would read the gradient as logits, so it is refused."""
+    head, hidden, targets = _case(bias=False)
+    loss = head_cross_entropy(head, hidden, targets).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="runs once"):
+        loss.backward()
