@@ -373,8 +373,10 @@ def test_text_completions_with_logprobs(client, base) -> None:
 
 
 def test_a_full_queue_is_a_429_and_a_client_that_leaves_stops_its_generation(
-    tmp_path: Path, tiny_llama: Path
+    tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from ft_server.inference import ModelWorker
+
     server = serve(tmp_path, tiny_llama, max_inference_queue=0, max_batch_size=1)
     try:
         body = {
@@ -384,6 +386,27 @@ def test_a_full_queue_is_a_429_and_a_client_that_leaves_stops_its_generation(
             "temperature": 1.0,
             "stream": True,
         }
+        # A seed whose answer runs all 400 tokens: sampled, the random model's end-of-text
+        # token comes before the 400th about half the time, and the answer would end.
+        for seed in range(20):
+            whole = server.client().chat.completions.create(
+                **{**body, "stream": False, "seed": seed}
+            )
+            if whole.choices[0].finish_reason == "length":
+                body["seed"] = seed
+                break
+        # Then each decoding step takes 20 ms more: the answer lasts seconds, not the fraction
+        # of one the tiny model needs (on a loaded machine the second request came after the
+        # first answer had ended).
+        step = ModelWorker._step
+
+        def slow_step(self: ModelWorker) -> None:
+            time.sleep(0.02)
+            step(self)
+
+        monkeypatch.setattr(ModelWorker, "_step", slow_step)
+        inference = server.app.state.inference
+        inference.last = None  # how the probes ended is not what is asserted below
         with (
             httpx.Client(base_url=server.url, timeout=60) as http,
             http.stream("POST", "/v1/chat/completions", json=body) as stream,
@@ -394,7 +417,6 @@ def test_a_full_queue_is_a_429_and_a_client_that_leaves_stops_its_generation(
                 server.client().chat.completions.create(model=str(tiny_llama), messages=CHAT)
             assert caught.value.code == "queue_full"
             # the stream is closed: the server stops within a step, long before 400 tokens
-        inference = server.app.state.inference
         ended = wait_for_end(inference)
         assert ended.finish_reason == "cancelled" and ended.completion_tokens < 400
 
