@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from ft_testing.asgi_server import ThreadedServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -35,29 +36,20 @@ MAX_STEPS = 5000  # never reached: the run is cancelled twice and exported from 
 TIMEOUT_MS = 240_000
 
 
-class Server:
-    def __init__(self, settings: Any) -> None:
-        import uvicorn
+class Server(ThreadedServer):
+    """ft-server on a real socket, with an httpx client that holds the API key."""
 
+    def __init__(self, settings: Any) -> None:
         from ft_server import create_app
 
-        self.app = create_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            assert self.thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.01)
-        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
+        super().__init__(create_app(settings))
         self.http = httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
         )
 
     def stop(self) -> None:
         self.http.close()
-        self.server.should_exit = True
-        self.thread.join(timeout=120)
+        super().stop()
 
 
 @pytest.fixture(scope="module")

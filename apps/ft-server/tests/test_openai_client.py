@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from ft_config.paths import app_paths
 from ft_runs.store import JobStore
 from ft_server import ServerSettings, create_app
+from ft_testing.asgi_server import ThreadedServer
 
 RUN_ID = "run-tiny-lora"
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -55,26 +55,14 @@ def completed_run(home: Path, base: Path, run_id: str = RUN_ID, seed: int = 1) -
     store.close()
 
 
-class LiveServer:
+class LiveServer(ThreadedServer):
+    """ft-server on a real socket, with an OpenAI client for it."""
+
     def __init__(self, settings: ServerSettings) -> None:
-        self.app = create_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        super().__init__(create_app(settings), join_timeout=30)
 
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 def wait_for_end(inference: Any) -> Any:
