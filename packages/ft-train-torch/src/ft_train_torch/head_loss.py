@@ -43,7 +43,6 @@ class _HeadCrossEntropy(torch.autograd.Function):
             scores = torch.log_softmax(logits[start:end].float(), dim=-1)
             losses[start:end] = -scores.gather(1, targets[start:end, None]).squeeze(1)
         ctx.save_for_backward(rows, weight, logits, targets)
-        ctx.has_bias = bias is not None
         ctx.done = False
         return losses
 
@@ -72,7 +71,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
         need_rows, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_rows = grad_logits @ weight if need_rows else None
         grad_weight = grad_logits.t() @ rows if need_weight else None
-        grad_bias = grad_logits.sum(0) if need_bias and ctx.has_bias else None
+        grad_bias = grad_logits.sum(0) if need_bias else None  # False for a None bias
         return grad_rows, grad_weight, grad_bias, None
 
 
