@@ -383,6 +383,8 @@ def test_a_full_queue_is_a_429_and_a_client_that_leaves_stops_its_generation(
             if whole.choices[0].finish_reason == "length":
                 body["seed"] = seed
                 break
+        else:
+            raise AssertionError("none of 20 seeds gave an answer of 400 tokens")
         # Then each decoding step takes 20 ms more: the answer lasts seconds, not the fraction
         # of one the tiny model needs (on a loaded machine the second request came after the
         # first answer had ended).
