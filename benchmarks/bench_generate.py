@@ -3,7 +3,9 @@
 - ft: `Generator.load` with the dtype ft picks for this machine (what `ft generate`, `ft chat`,
   evaluation and ft-server get), greedy, `GenerationResult.tokens_per_s` (decode only) and
   `prompt_tokens_per_s` as `ft generate --verbose` reports them; float32 and bfloat16 forced are
-  shown beside it for context.
+  shown beside it for context. `--compiled` names the dtypes timed again with the compiled decode
+  step (`compile=True`: what `ft chat` runs by default and `ft generate --compile`); the
+  warm-up answer includes its compile, whose time is printed apart.
 - llama.cpp: llama-cpp-python **built from source** (PyPI's sdist, `-march=native` by its
   default `GGML_NATIVE`) in the benchmark's own virtual environment (`--llama-env`, made on the
   first run with uv; never in the project's lock), loading **ft's own f16 GGUF export** of the
@@ -71,6 +73,10 @@ def main() -> None:
     parser.add_argument(
         "--dtypes", default="auto,float32,bfloat16", help="ft's dtypes to time (auto: ft's pick)"
     )
+    parser.add_argument(
+        "--compiled", default="auto,float32",
+        help="ft's dtypes to time again with the compiled decode step ('' for none)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     import torch
@@ -85,11 +91,13 @@ def main() -> None:
 
     options = GenerationOptions(max_tokens=args.max_tokens, temperature=0.0)
     generators = {}
-    for dtype in args.dtypes.split(","):
-        generator = Generator.load(model, backend="torch", dtype=dtype)
+    runs = [(d, False) for d in args.dtypes.split(",") if d]
+    runs += [(d, True) for d in args.compiled.split(",") if d]
+    for dtype, compiled in runs:
+        generator = Generator.load(model, backend="torch", dtype=dtype, compile=compiled)
         picked = str(generator.lm.model.dtype).removeprefix("torch.")
         label = f"ft {dtype} ({picked})" if dtype == "auto" else f"ft {dtype}"
-        generators[label] = generator
+        generators[label + (", compiled" if compiled else "")] = generator
     ids = next(iter(generators.values())).encode([{"role": "user", "content": PROMPT}])
 
     python = llama_python(args.llama_env)
@@ -111,8 +119,14 @@ def main() -> None:
     # Warm up each side, then alternate them run by run: the machine's other load, if any,
     # falls on both alike.
     llama_run()
-    for generator in generators.values():
+    compile_s = {}
+    for label, generator in generators.items():
+        started = time.perf_counter()
         generator.generate(ids, options)
+        if generator.lm.compile:
+            compile_s[label] = time.perf_counter() - started
+            if generator.lm.compile_reason is not None:
+                print(f"{label}: not compiled: {generator.lm.compile_reason}")
     llama_runs: list[dict] = []
     ft_runs: dict[str, list[tuple]] = {label: [] for label in generators}
     for _ in range(args.repeat):
@@ -148,7 +162,11 @@ def main() -> None:
         agree = "all" if same is None else f"first {same}"
         print(f"{label:<28} {rate:>12.1f} {prompt:>12.1f} {ratio:>11.2f} "
               f"{len(tokens):>6} {agree:>25}")  # fmt: skip
-    print("\ngoal: ft (the dtype ft picks) >= 0.80x llama.cpp's decode tokens/s")
+    for label, seconds in compile_s.items():
+        print(f"{label}: the warm-up answer, with the compile, took {seconds:.1f} s "
+              "(inductor's on-disk cache makes a second process's compile shorter)")  # fmt: skip
+    print("\ngoal: ft (the dtype ft picks) >= 0.80x llama.cpp's decode tokens/s; compiled is what")
+    print("ft chat runs by default and ft generate --compile")
 
 
 def export_f16(model: Path) -> Path:

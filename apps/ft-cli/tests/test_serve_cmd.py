@@ -61,3 +61,7 @@ def test_serve_binds_loopback_by_default(monkeypatch, tmp_path):
         None,
     )
     assert s.root_path == "/ft"
+    assert s.inference_compile is True  # ft serve compiles the decode step unless told not to
+    result = CliRunner().invoke(cli, ["serve", "--no-compile"])
+    assert result.exit_code == 0, result.output
+    assert seen["s"].inference_compile is False

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
@@ -520,3 +521,35 @@ def test_logprob_bytes_are_each_tokens_own_bytes(tiny_llama: Path) -> None:
     pieces = [_token(tokenizer, i, 0.0) for i in ids]
     assert any("\ufffd" in p.token for p in pieces)  # some tokens are parts of a character
     assert b"".join(bytes(p.bytes) for p in pieces) == text.encode("utf-8")
+
+
+def test_a_server_that_compiles_the_decode_step_answers_as_the_eager_one(
+    tmp_path: Path, tiny_llama: Path, client, base
+) -> None:
+    from ft_models.generation.compiled_decode import compile_unavailable
+
+    if compile_unavailable() is not None:
+        pytest.skip(f"torch.compile cannot build CPU code here: {compile_unavailable()}")
+    server = serve(tmp_path, tiny_llama, inference_compile=True)
+    try:
+        ask = {"model": base, "messages": CHAT, "max_tokens": 12, "temperature": 0,
+               "logprobs": True}  # fmt: skip
+        # The first request may come while the step compiles (it is then decoded eagerly).
+        first = server.client().chat.completions.create(**ask)
+        worker = server.app.state.inference._workers[base]
+        compiled = worker.generator.lm.static().compiled
+        assert compiled is not None, worker.generator.lm.compile_reason
+        for _ in range(1200):
+            if not compiled.busy:
+                break
+            time.sleep(0.05)
+        assert compiled.compiled  # compiled at load, in the background
+        second = server.client().chat.completions.create(**ask)
+        eager = client.chat.completions.create(**ask)  # the module's server: not compiled
+        for reply in (first, second):
+            assert reply.choices[0].message.content == eager.choices[0].message.content
+            got = [t.logprob for t in reply.choices[0].logprobs.content]
+            want = [t.logprob for t in eager.choices[0].logprobs.content]
+            np.testing.assert_allclose(got, want, atol=1e-4)
+    finally:
+        server.stop()

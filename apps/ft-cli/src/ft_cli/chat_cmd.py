@@ -64,12 +64,15 @@ def chat(model: str | None, stats: bool, **params: Any) -> None:
     from ft_models.generate import GenerationError
 
     options = build_options(params)
-    generator, system = load_for_generation(model, params)
+    generator, system = load_for_generation(model, params, compile=True)
     if generator.template is None and not getattr(generator.tokenizer, "chat_template", None):
         raise UserError(
             "this model's tokenizer has no chat template: give one with --template "
             "(chatml, llama3, mistral, alpaca or a .jinja file), or use `ft generate --raw`"
         )
+    warm = getattr(generator.lm, "warm", None)
+    if warm is not None:
+        warm()  # the decode step compiles while the user types; answers until then are eager
     session = ChatSession(system)
     console = Console(highlight=False)
     console.print("[dim]/reset, /system TEXT, /exit or Ctrl-D to leave[/dim]")

@@ -209,4 +209,19 @@ def main() -> None:
     # same clean-up (temporary files removed, the run marked interrupted). `ft train` answers
     # both with its own handler (ft_runs.launching.StopFlag) once it runs.
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    sys.exit(cli.main(prog_name="ft", standalone_mode=True) or 0)
+    try:
+        code = cli.main(prog_name="ft", standalone_mode=True) or 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        if not isinstance(done.code, int) and done.code is not None:
+            print(done.code, file=sys.stderr)
+    _leave_now_if_compiling(code)
+    sys.exit(code)
+
+
+def _leave_now_if_compiling(code: int) -> None:
+    # `ft chat` and `ft serve` compile the decode step in a background thread; Python's
+    # shutdown while it runs aborts the process, so a command that ends first leaves at once.
+    compiled_decode = sys.modules.get("ft_models.generation.compiled_decode")
+    if compiled_decode is not None:
+        compiled_decode.exit_now_if_compiling(code)

@@ -52,6 +52,15 @@ INSTALL_HINT = (
     help="The dtype served models compute in (auto: on a CPU, bfloat16 where it decodes faster).",
 )
 @click.option(
+    "--compile/--no-compile",
+    "compile_step",
+    default=True,
+    show_default=True,
+    help="Compile served models' decode step (torch on a CPU, Llama-shaped models) in the "
+    "background at load: tens of seconds the first time, a few once cached; a request "
+    "meanwhile decodes eagerly, and a lone request decodes faster after.",
+)
+@click.option(
     "--max-batch-size",
     default=8,
     show_default=True,
@@ -93,6 +102,7 @@ def serve(
     allow_model: tuple[str, ...],
     backend: str,
     dtype: str,
+    compile_step: bool,
     max_batch_size: int,
     max_inference_queue: int,
     max_loaded_adapters: int,
@@ -118,6 +128,7 @@ def serve(
             inference_allow=allow_model,
             inference_backend=backend,
             inference_dtype=dtype,
+            inference_compile=compile_step,
             max_batch_size=max_batch_size,
             max_inference_queue=max_inference_queue,
             max_loaded_adapters=max_loaded_adapters,

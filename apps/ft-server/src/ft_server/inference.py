@@ -272,9 +272,14 @@ class ModelWorker:
     # -- the model's thread
 
     def load(self) -> Generator:
+        settings = self.inference.settings
         generator = Generator.load(
-            self.base, backend=self.inference.backend, dtype=self.inference.settings.inference_dtype
-        )
+            self.base, backend=self.inference.backend, dtype=settings.inference_dtype,
+            compile=settings.inference_compile,
+        )  # fmt: skip
+        warm = getattr(generator.lm, "warm", None)
+        if settings.inference_compile and warm is not None:
+            warm()  # compiles in a thread of its own; steps are eager until it is done
         self.generator = generator
         return generator
 

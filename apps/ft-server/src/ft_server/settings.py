@@ -58,6 +58,9 @@ class ServerSettings:
         default="auto",
         validator=attrs.validators.in_(("auto", "float32", "bfloat16", "float16")),
     )
+    # Compile the decode step of served models (torch on a CPU, Llama-shaped models): at load,
+    # in a background thread; a request meanwhile decodes eagerly. `ft serve` turns it on.
+    inference_compile: bool = False
     # The app folders (models, datasets, database); FT_HOME moves them.
     paths: AppPaths = attrs.field(factory=app_paths)
     # Folders besides the app home that clients may name (projects, data files, model folders).

@@ -159,6 +159,7 @@ class Generator:
         device: str = "auto",
         trust_remote_code: bool = False,
         progress: bool = False,
+        compile: bool = False,
     ) -> Generator:
         """Load `model` (a local folder, catalog alias, Hub repo id or `.gguf` file: see
         `ft_models.resolve.resolve_model`) on `backend` (auto, torch or mlx), with an optional
@@ -166,7 +167,8 @@ class Generator:
         bfloat16 where it decodes faster (`cpu_decode_dtype`) else float32, else what the device
         computes best; on MLX, the saved dtype). `template` names the
         chat template for message prompts (None: the tokenizer's). `device` is torch's (auto,
-        cpu, cuda, mps)."""
+        cpu, cuda, mps). `compile=True` compiles torch's decode step on a CPU (`TorchLM`);
+        call `generator.lm.warm()` to start that compile in the background."""
         from ft_models.device import pick_backend
         from ft_models.load import is_classifier, load_mlx, load_torch, read_config
         from ft_models.resolve import resolve_model
@@ -203,7 +205,7 @@ class Generator:
             )
             if adapter_path is not None:
                 loaded = apply_adapter_torch(loaded, adapter_path)
-            lm = TorchLM(loaded)
+            lm = TorchLM(loaded, compile=compile)
         unwrapped = _unwrap_tokenizer(tokenizer)
         return cls(
             lm,

@@ -69,9 +69,13 @@ def unsupported_reason(model: Any) -> str | None:
 
 class StaticDecoder:
     """One sequence decoded against a static KV cache: `start(prompt)`, then `step(token)`,
-    each giving the next token's logits (float32, vocabulary)."""
+    each giving the next token's logits (float32, vocabulary).
 
-    def __init__(self, model: Any) -> None:
+    `compile=True` runs `step` compiled (`compiled_decode.CompiledStep`) on a CPU, where a
+    C++ compiler is found; the prompt is read eagerly either way. `warm()` starts that compile
+    in a background thread (steps run eagerly until it is done)."""
+
+    def __init__(self, model: Any, compile: bool = False) -> None:
         import torch
 
         reason = unsupported_reason(model)
@@ -112,17 +116,57 @@ class StaticDecoder:
                 )
             )
         self.max_positions = int(getattr(config, "max_position_embeddings", 0) or 0) or None
+        self.caches: list[Any] = []
+        """Per layer: (1, 2 x key/value heads, capacity, head dim), keys then values."""
         self.keys: list[Any] = []
         self.values: list[Any] = []
+        """Views of `caches`: each layer's keys and values."""
         self.cos: Any = None
         self.sin: Any = None
         self.length = 0
+        self.compiled: Any = None
+        """The compiled step (`CompiledStep`), when asked for and possible."""
+        self.compile_reason: str | None = None
+        """Why `step` is not compiled (None: it is, or it was not asked for)."""
+        if compile:
+            self.compiled = self._compiled_step()
+
+    def _compiled_step(self) -> Any:
+        from ft_models.generation.compiled_decode import CompiledStep, compile_unavailable
+
+        torch = self.torch
+        if self.lm_head.weight.device.type != "cpu":
+            self.compile_reason = "the compiled step is for the CPU"
+        elif type(self.embed) is not torch.nn.Embedding:
+            self.compile_reason = "its embedding is not a plain Embedding"
+        else:
+            self.compile_reason = compile_unavailable()
+        return CompiledStep(self) if self.compile_reason is None else None
+
+    def compile_failed(self, error: BaseException) -> None:
+        """Turn the compiled step off after `error` (the eager step serves from now on)."""
+        import warnings
+
+        self.compiled = None
+        self.compile_reason = f"compiling failed: {type(error).__name__}: {error}"
+        warnings.warn(f"ft: decoding without the compiled step ({self.compile_reason})",
+                      stacklevel=2)  # fmt: skip
+
+    def warm(self, lengths: tuple[int, ...] = (256, 512)) -> None:
+        """Compile the step for caches of `lengths` positions in a background thread, one
+        after the other (no-op without a compiled step); a later capacity compiles in the
+        background too when a step first needs it."""
+        from ft_models.generation.compiled_decode import warm_in_background
+
+        if self.compiled is not None:
+            capacities = tuple(dict.fromkeys(self._capacity_for(n) for n in lengths))
+            warm_in_background(self.compiled, capacities)
 
     def fork(self) -> StaticDecoder:
         """Another decoder of the same layers (the same weights, no copy) with a cache of its
         own."""
         other = copy.copy(self)
-        other.keys, other.values, other.length = [], [], 0
+        other.caches, other.keys, other.values, other.length = [], [], [], 0
         return other
 
     # -- the cache ---------------------------------------------------------------------------
@@ -130,21 +174,29 @@ class StaticDecoder:
     def _reserve(self, length: int) -> None:
         """Room for `length` positions: the cache and the rotary tables, doubled when full."""
         torch = self.torch
-        capacity = self.keys[0].shape[2] if self.keys else 0
+        capacity = self.caches[0].shape[2] if self.caches else 0
         if length <= capacity:
             return
+        size = self._capacity_for(length)
+        weight = self.lm_head.weight
+        shape = (1, 2 * self.kv_heads, size, self.head_dim)
+        # Zeroed: the compiled step attends over the whole capacity, masked, and a masked
+        # position must be finite to count for nothing.
+        caches = [torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in self.layers]
+        if self.caches and self.length:
+            for old, new in zip(self.caches, caches, strict=True):
+                new[:, :, : self.length] = old[:, :, : self.length]
+        kv = self.kv_heads
+        self.caches = caches
+        self.keys = [c[:, :kv] for c in caches]
+        self.values = [c[:, kv:] for c in caches]
+        self.rotary_tables(size)
+
+    def _capacity_for(self, length: int) -> int:
         size = max(256, 1 << (length - 1).bit_length())
         if self.max_positions is not None:
             size = max(length, min(size, self.max_positions))
-        weight = self.lm_head.weight
-        shape = (1, self.kv_heads, size, self.head_dim)
-        keys = [torch.empty(shape, dtype=weight.dtype, device=weight.device) for _ in self.layers]
-        values = [torch.empty_like(k) for k in keys]
-        if self.keys and self.length:
-            for old, new in zip(self.keys + self.values, keys + values, strict=True):
-                new[:, :, : self.length] = old[:, :, : self.length]
-        self.keys, self.values = keys, values
-        self.rotary_tables(size)
+        return size
 
     def rotary_tables(self, size: int) -> None:
         """`cos`/`sin` (positions, head dim) for at least `size` positions, from the model's own
@@ -166,6 +218,19 @@ class StaticDecoder:
 
     def step(self, token: int) -> np.ndarray:
         """Feed one token; the logits of the token after it."""
+        compiled = self.compiled
+        self._reserve(self.length + 1)
+        if compiled is not None and compiled.ready(self.caches[0].shape[2]):
+            try:
+                caches = [c[0] for c in self.caches]
+                logits = compiled(int(token), self.length, caches, self.cos, self.sin)
+            except Exception as error:
+                if self.caches[0].shape[2] in compiled.compiled:
+                    raise
+                self.compile_failed(error)
+            else:
+                self.length += 1
+                return logits
         return self._forward([int(token)])
 
     def extend(self, ids: Sequence[int]) -> np.ndarray:
@@ -283,7 +348,8 @@ class StaticBatch:
     interface of `TorchBatch`: `add(key, prompt)` reads a prompt alone (exactly as
     `StaticDecoder.start`) and copies its cache into the batch's, `step({key: token})` runs one
     forward pass over every row, `remove(key)` moves the last row into the leaver's place. Each
-    row keeps its own length; an attention mask keeps every row to its own positions."""
+    row keeps its own length; an attention mask keeps every row to its own positions. While
+    the batch holds a single row, its step is the decoder's compiled one when it has one."""
 
     def __init__(self, decoder: StaticDecoder) -> None:
         self.decoder = decoder
@@ -291,8 +357,8 @@ class StaticBatch:
         """Reads each prompt alone (the single-sequence cache of `decoder` is left alone)."""
         self.keys: list[Any] = []
         self.lengths: list[int] = []
-        self.cache_keys: list[Any] = []
-        self.cache_values: list[Any] = []
+        self.caches: list[Any] = []
+        """Per layer: (rows, 2 x key/value heads, capacity, head dim), keys then values."""
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -303,24 +369,23 @@ class StaticBatch:
     def _reserve(self, rows: int, length: int) -> None:
         torch = self.decoder.torch
         have_rows, have_length = (
-            self.cache_keys[0].shape[0:3:2] if self.cache_keys else (0, 0)
-        )  # fmt: skip
+            (self.caches[0].shape[0], self.caches[0].shape[2]) if self.caches else (0, 0)
+        )
         if rows <= have_rows and length <= have_length:
             return
         new_rows = max(rows, have_rows, 4) if rows <= have_rows else max(4, 2 * rows)
-        new_length = have_length if length <= have_length else max(256, 2 * length)
         decoder = self.decoder
+        new_length = max(have_length, decoder._capacity_for(length))
         weight = decoder.lm_head.weight
-        shape = (new_rows, decoder.kv_heads, new_length, decoder.head_dim)
-        keys = [
+        shape = (new_rows, 2 * decoder.kv_heads, new_length, decoder.head_dim)
+        caches = [
             torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in decoder.layers
         ]
-        values = [torch.zeros_like(k) for k in keys]
         used, longest = len(self.keys), max(self.lengths, default=0)
         if used:
-            for old, new in zip(self.cache_keys + self.cache_values, keys + values, strict=True):
+            for old, new in zip(self.caches, caches, strict=True):
                 new[:used, :, :longest] = old[:used, :, :longest]
-        self.cache_keys, self.cache_values = keys, values
+        self.caches = caches
         decoder.rotary_tables(new_length)
 
     def add(self, key: Any, prompt_ids: Sequence[int]) -> np.ndarray:
@@ -331,9 +396,8 @@ class StaticBatch:
         size = len(prompt_ids)
         row = len(self.keys)
         self._reserve(row + 1, size + 1)
-        for index in range(len(self.decoder.layers)):
-            self.cache_keys[index][row, :, :size] = self.reader.keys[index][0, :, :size]
-            self.cache_values[index][row, :, :size] = self.reader.values[index][0, :, :size]
+        for cache, read in zip(self.caches, self.reader.caches, strict=True):
+            cache[row, :, :size] = read[0, :, :size]
         self.keys.append(key)
         self.lengths.append(size)
         return logits
@@ -343,7 +407,7 @@ class StaticBatch:
         row, last = self.keys.index(key), len(self.keys) - 1
         if row != last:
             longest = self.lengths[last]
-            for cache in self.cache_keys + self.cache_values:
+            for cache in self.caches:
                 cache[row, :, :longest] = cache[last, :, :longest]
             self.keys[row], self.lengths[row] = self.keys[last], self.lengths[last]
         self.keys.pop()
@@ -357,15 +421,31 @@ class StaticBatch:
         decoder, torch = self.decoder, self.decoder.torch
         rows = len(self.keys)
         self._reserve(rows, max(self.lengths) + 1)
+        compiled = decoder.compiled
+        if rows == 1 and compiled is not None and compiled.ready(self.caches[0].shape[2]):
+            key, position = self.keys[0], self.lengths[0]
+            try:
+                logits = compiled(
+                    int(tokens[key]), position, [c[0] for c in self.caches],
+                    decoder.cos, decoder.sin,
+                )  # fmt: skip
+            except Exception as error:
+                if self.caches[0].shape[2] in compiled.compiled:
+                    raise
+                decoder.compile_failed(error)
+            else:
+                self.lengths[0] += 1
+                return {key: logits}
         device = decoder.lm_head.weight.device
         ids = torch.tensor([[tokens[k]] for k in self.keys], dtype=torch.long, device=device)
         positions = torch.tensor(self.lengths, dtype=torch.long, device=device)
         end = max(self.lengths) + 1
         visible = torch.arange(end, device=device)[None, :] <= positions[:, None]
+        kv = decoder.kv_heads
         logits = decoder.decode_rows(
             ids, positions, visible[:, None, None, :],
-            [k[:rows, :, :end] for k in self.cache_keys],
-            [v[:rows, :, :end] for v in self.cache_values],
+            [c[:rows, :kv, :end] for c in self.caches],
+            [c[:rows, kv:, :end] for c in self.caches],
         )  # fmt: skip
         self.lengths = [n + 1 for n in self.lengths]
         return {key: logits[row] for row, key in enumerate(self.keys)}

@@ -21,15 +21,21 @@ class TorchLM:
     Llama-shaped models (`static_decode.unsupported_reason` says which) decode in ft's static
     loop (`StaticDecoder`: a preallocated cache, no per-step rebuilding), others, and a model
     serving unmerged adapters, in transformers' `forward` with its `DynamicCache`.
-    `FT_STATIC_DECODE=0` turns the static loop off (to compare, or to rule it out)."""
+    `FT_STATIC_DECODE=0` turns the static loop off (to compare, or to rule it out).
+
+    `compile=True` compiles the static loop's single-sequence step on a CPU
+    (`compiled_decode`): a few seconds once the compile is in inductor's on-disk cache, tens
+    the first time, then each token faster (see docs/generation.md); `warm()` starts that
+    compile in a background thread."""
 
     backend = "torch"
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, compile: bool = False) -> None:
         import inspect
         import os
 
         self.model = model
+        self.compile = compile
         self.cache: Any = None
         self._adapters: TorchAdapters | None = None
         accepted = inspect.signature(model.forward).parameters
@@ -57,10 +63,26 @@ class TorchLM:
             else:
                 self.static_reason = unsupported_reason(self.model)
                 if self.static_reason is None:
-                    self._static = StaticDecoder(self.model)
+                    self._static = StaticDecoder(self.model, compile=self.compile)
         if self._adapters is not None and self._adapters.active is not None:
             return None  # an adapter is on: its LoRA layers run in transformers' forward
         return self._static
+
+    def warm(self) -> None:
+        """Start compiling the decode step in a background thread, when `compile` was asked
+        for and the static loop runs this model (else nothing)."""
+        static = self.static()
+        if static is not None:
+            static.warm()
+
+    @property
+    def compile_reason(self) -> str | None:
+        """Why the decode step is not compiled, when it was asked for (None: it is)."""
+        if not self.compile:
+            return "not asked for"
+        if self._static is None:
+            return self.static_reason or "the static loop is not built yet"
+        return self._static.compile_reason
 
     def _forward(self, ids: Sequence[int]) -> np.ndarray:
         import torch

@@ -1,0 +1,196 @@
+"""The compiled decode step (`ft_models.generation.compiled_decode`): its logits equal
+transformers' forward pass step by step and across the cache's growth (in float32, to
+rounding; in bfloat16, within a few roundings of the eager step), it compiles in a background
+thread while the eager step serves, and where it cannot compile (no C++ compiler, a failing
+compile) decoding goes on eagerly and says why.
+
+Each compile of these tiny models takes several seconds on two cores (inductor's cache makes
+later runs faster), so the file compiles as few variants as it can."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from ft_models.generation import compiled_decode
+from ft_models.generation.static_decode import StaticDecoder
+from ft_models.generation.torch_backend import TorchLM
+
+SMALL = dict(
+    vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+)  # fmt: skip
+
+pytestmark = pytest.mark.skipif(
+    compiled_decode.compile_unavailable() is not None,
+    reason=f"torch.compile cannot build CPU code here: {compiled_decode.compile_unavailable()}",
+)
+
+
+def _model(kind: str, dtype: Any = torch.float32, **extra: Any) -> Any:
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(kind, **{**SMALL, **extra})
+    return transformers.AutoModelForCausalLM.from_config(config).to(dtype).eval()
+
+
+def _reference(model: Any, ids: list[int]) -> np.ndarray:
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids])).logits[0, -1].float().numpy()
+
+
+def test_compiled_steps_equal_transformers_across_the_cache_growth() -> None:
+    model = _model("llama")
+    decoder = StaticDecoder(model, compile=True)
+    assert decoder.compile_reason is None
+    rng = np.random.default_rng(1)
+    ids = [int(i) for i in rng.integers(0, 128, 250)]
+    got = decoder.start(ids)
+    for _ in range(10):  # past 256 positions: the cache doubles and the step compiles again
+        ids.append(int(got.argmax()))
+        got = decoder.step(ids[-1])
+        np.testing.assert_allclose(got, _reference(model, ids), atol=2e-5, rtol=1e-5)
+    assert decoder.compiled is not None and decoder.compiled.compiled == {256, 512}
+    # A next turn read eagerly after the compiled steps sees what they wrote into the cache.
+    more = [5, 6, 7]
+    np.testing.assert_allclose(decoder.extend(more), _reference(model, ids + more), atol=2e-5)
+    # A fork of the decoder shares the compile and has a cache of its own.
+    other = decoder.fork()
+    first = other.start(ids[:20])
+    np.testing.assert_allclose(other.step(int(first.argmax())),
+                               _reference(model, [*ids[:20], int(first.argmax())]), atol=2e-5)  # fmt: skip
+    np.testing.assert_allclose(decoder.step(9), _reference(model, ids + more + [9]), atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra"),
+    [("qwen2", {}), ("qwen3", {"head_dim": 16})],
+    ids=["qwen2-biases", "qwen3-qk-norms"],
+)
+def test_compiled_steps_of_biases_and_head_norms(kind: str, extra: dict) -> None:
+    model = _model(kind, **extra)
+    decoder = StaticDecoder(model, compile=True)
+    ids = [3, 1, 4, 1, 5, 9, 2, 6]
+    got = decoder.start(ids)
+    for _ in range(3):
+        ids.append(int(got.argmax()))
+        got = decoder.step(ids[-1])
+        np.testing.assert_allclose(got, _reference(model, ids), atol=2e-5, rtol=1e-5)
+
+
+def test_bfloat16_compiled_steps_stay_within_a_few_roundings_of_the_eager_step() -> None:
+    model = _model("llama", dtype=torch.bfloat16)
+    eager, compiled = StaticDecoder(model), StaticDecoder(model, compile=True)
+    ids = [3, 1, 4, 1, 5, 9, 2, 6]
+    a, b = eager.start(ids), compiled.start(ids)
+    for token in (7, 8, 9):
+        a, b = eager.step(token), compiled.step(token)
+        scale = np.abs(a).max()
+        assert np.abs(a - b).max() <= 4 * 2.0**-8 * scale  # a few bfloat16 roundings
+
+
+def test_a_background_compile_lets_eager_steps_serve_meanwhile() -> None:
+    model = _model("llama", intermediate_size=80)  # shapes of its own: a compile of its own
+    lm = TorchLM(model, compile=True)
+    lm.static().warm((256,))
+    compiled = lm.static().compiled
+    ids = [3, 1, 4, 1, 5]
+    got = lm.start(ids)
+    meanwhile = 0
+    while compiled.busy:  # steps go on, eagerly, while the other thread compiles
+        ids.append(int(got.argmax()) % 100)
+        got = lm.step(ids[-1])
+        np.testing.assert_allclose(got, _reference(model, ids), atol=2e-5, rtol=1e-5)
+        meanwhile += 1
+        if len(ids) > 200:
+            ids = ids[:5]
+            got = lm.start(ids)
+    assert meanwhile > 0
+    assert compiled.compiled == {256}
+    ids.append(7)
+    np.testing.assert_allclose(lm.step(7), _reference(model, ids), atol=2e-5, rtol=1e-5)
+    assert lm.compile_reason is None
+    # Past 256 positions the cache doubles: the compile for 512 starts in the background too,
+    # and the steps go on eagerly until it is done; then they run compiled again.
+    ids = [int(i) % 100 for i in range(250)]
+    got = lm.start(ids)
+    while len(ids) < 260:
+        ids.append(int(got.argmax()))
+        got = lm.step(ids[-1])
+        np.testing.assert_allclose(got, _reference(model, ids), atol=2e-5, rtol=1e-5)
+    for _ in range(6000):  # at most 5 minutes
+        if not compiled.busy:
+            break
+        time.sleep(0.05)
+    assert compiled.compiled == {256, 512}
+    ids.append(8)
+    np.testing.assert_allclose(lm.step(8), _reference(model, ids), atol=2e-5, rtol=1e-5)
+
+
+def test_without_a_compiler_decoding_is_eager_and_says_why(monkeypatch: Any) -> None:
+    monkeypatch.setattr(compiled_decode, "compile_unavailable", lambda: "no C++ compiler (test)")
+    lm = TorchLM(_model("llama"), compile=True)
+    ids = [3, 1, 4]
+    got = lm.start(ids)
+    np.testing.assert_allclose(lm.step(int(got.argmax())), _reference(lm.model, [*ids, int(got.argmax())]), atol=2e-5)  # fmt: skip
+    assert lm.compile_reason == "no C++ compiler (test)"
+    assert TorchLM(_model("llama")).compile_reason == "not asked for"
+
+
+def test_a_compile_that_fails_falls_back_to_the_eager_step_with_a_warning(
+    monkeypatch: Any,
+) -> None:
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("inductor exploded (test)")
+
+    monkeypatch.setattr(compiled_decode, "_compiled", lambda: broken)
+    model = _model("llama")
+    decoder = StaticDecoder(model, compile=True)
+    ids = [3, 1, 4]
+    got = decoder.start(ids)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = decoder.step(5)
+    np.testing.assert_allclose(got, _reference(model, [*ids, 5]), atol=2e-5)
+    assert decoder.compiled is None
+    assert "inductor exploded (test)" in decoder.compile_reason
+    assert any("decoding without the compiled step" in str(w.message) for w in caught)
+    np.testing.assert_allclose(decoder.step(6), _reference(model, [*ids, 5, 6]), atol=2e-5)
+
+
+def test_a_batch_left_with_one_row_steps_it_compiled() -> None:
+    from ft_models.generation.static_decode import StaticBatch
+
+    model = _model("llama")
+    decoder = StaticDecoder(model, compile=True)
+    batch = StaticBatch(decoder)
+    rows = {"a": [3, 1, 4, 1, 5], "b": [9, 2, 6]}
+    logits = {key: batch.add(key, ids) for key, ids in rows.items()}
+    for _ in range(2):  # two rows: the eager batched step
+        feed = {key: int(logits[key].argmax()) for key in rows}
+        for key, token in feed.items():
+            rows[key].append(token)
+        logits = batch.step(feed)
+        for key, ids in rows.items():
+            np.testing.assert_allclose(logits[key], _reference(model, ids), atol=2e-5, rtol=1e-5)
+    assert decoder.compiled.compiled == set()
+    batch.remove("a")  # one row left: the compiled step, on the batch's own cache
+    for _ in range(3):
+        token = int(logits["b"].argmax())
+        rows["b"].append(token)
+        logits = batch.step({"b": token})
+        np.testing.assert_allclose(logits["b"], _reference(model, rows["b"]), atol=2e-5, rtol=1e-5)
+    assert decoder.compiled.compiled == {256}
+    rows["c"] = [7, 7, 8]  # and a newcomer makes it a batch again, eager, nothing lost
+    logits = {"b": logits["b"], "c": batch.add("c", rows["c"])}
+    feed = {key: int(logits[key].argmax()) for key in ("b", "c")}
+    for key, token in feed.items():
+        rows[key].append(token)
+    logits = batch.step(feed)
+    for key in ("b", "c"):
+        np.testing.assert_allclose(logits[key], _reference(model, rows[key]), atol=2e-5, rtol=1e-5)
