@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import functools
 import shutil
+import sysconfig
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +37,7 @@ capacity a server holds)."""
 @functools.cache
 def compile_unavailable() -> str | None:
     """Why `torch.compile` cannot build CPU code here (None: it can). Inductor needs a C++
-    compiler on the PATH."""
+    compiler on the PATH and Python's C headers."""
     try:
         from torch._inductor.cpp_builder import get_cpp_compiler
 
@@ -44,6 +46,9 @@ def compile_unavailable() -> str | None:
         return f"no C++ compiler for torch.compile ({error})"
     if shutil.which(compiler) is None:
         return f"torch.compile's C++ compiler {compiler!r} is not on the PATH"
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    if not headers.is_file():
+        return f"Python's C headers are missing ({headers}; on Debian: apt install python3-dev)"
     return None
 
 
