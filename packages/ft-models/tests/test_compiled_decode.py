@@ -164,7 +164,7 @@ def test_a_compile_that_fails_falls_back_to_the_eager_step_with_a_warning(
 
 
 def test_a_batch_left_with_one_row_steps_it_compiled() -> None:
-    from ft_models.generation.static_decode import StaticBatch
+    from ft_models.generation.static_batch import StaticBatch
 
     model = _model("llama")
     decoder = StaticDecoder(model, compile=True)

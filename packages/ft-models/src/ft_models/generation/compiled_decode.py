@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ft_models.generation.static_decode import rotate_half
+
 _LIMIT = 64
 """Compiled variants kept per process (dynamo's default of 8 is shared by every model and cache
 capacity a server holds)."""
@@ -110,8 +112,8 @@ def _decode_one(
         if q_norm is not None:
             q = rms(q, (dim,), q_norm[0], q_norm[1])
             k = rms(k, (dim,), k_norm[0], k_norm[1])
-        q = q * c + _rotate_half(q) * s
-        k = k * c + _rotate_half(k) * s
+        q = q * c + rotate_half(q) * s
+        k = k * c + rotate_half(k) * s
         cache.index_copy_(1, pos, torch.cat((k, v))[:, None])
         out = functional.scaled_dot_product_attention(
             q.view(kv_heads, heads // kv_heads, dim),
@@ -133,13 +135,6 @@ def _linear(x: Any, weight: Any, bias: Any) -> Any:
 
     y = torch.mv(weight, x)
     return y if bias is None else y + bias
-
-
-def _rotate_half(x: Any) -> Any:
-    import torch
-
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class CompiledStep:

@@ -20,7 +20,7 @@ with unmerged adapters, is run by transformers as before.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -218,20 +218,28 @@ class StaticDecoder:
 
     def step(self, token: int) -> np.ndarray:
         """Feed one token; the logits of the token after it."""
-        compiled = self.compiled
         self._reserve(self.length + 1)
-        if compiled is not None and compiled.ready(self.caches[0].shape[2]):
-            try:
-                caches = [c[0] for c in self.caches]
-                logits = compiled(int(token), self.length, caches, self.cos, self.sin)
-            except Exception as error:
-                if self.caches[0].shape[2] in compiled.compiled:
-                    raise
-                self.compile_failed(error)
-            else:
-                self.length += 1
-                return logits
-        return self._forward([int(token)])
+        logits = self.compiled_step(int(token), self.length, [c[0] for c in self.caches])
+        if logits is None:
+            return self._forward([int(token)])
+        self.length += 1
+        return logits
+
+    def compiled_step(self, token: int, position: int, caches: list[Any]) -> np.ndarray | None:
+        """The logits after `token` at `position` from the compiled step, its keys and values
+        written into `caches` (per layer: 2 x key/value heads, capacity, head dim); None when
+        the step should run eagerly (no compiled step, a compile running, or one that just
+        failed: the step is then off for good)."""
+        compiled = self.compiled
+        if compiled is None or not compiled.ready(caches[0].shape[1]):
+            return None
+        try:
+            return compiled(token, position, caches, self.cos, self.sin)
+        except Exception as error:
+            if caches[0].shape[1] in compiled.compiled:
+                raise  # a compiled step that ran before: a real error, not a compile's
+            self.compile_failed(error)
+            return None
 
     def extend(self, ids: Sequence[int]) -> np.ndarray:
         """Feed several tokens after what the cache holds (a chat's next turn); the logits of
@@ -259,7 +267,7 @@ class StaticDecoder:
                 if n == 1 and layer.q_norm is None:
                     # One token: the heads are the rows; q and k turn in one rotation.
                     qk = y[..., : q_size + kv_size].view(1, heads + kv_heads, 1, dim)
-                    qk = torch.addcmul(qk * cos, _rotate_half(qk), sin)
+                    qk = torch.addcmul(qk * cos, rotate_half(qk), sin)
                     q, k = qk[:, :heads], qk[:, heads:]
                     v = v.view(1, kv_heads, 1, dim)
                 else:
@@ -269,8 +277,8 @@ class StaticDecoder:
                         q, k = rms(q, layer.q_norm), rms(k, layer.k_norm)
                     q, k = q.transpose(1, 2), k.transpose(1, 2)
                     v = v.reshape(1, n, kv_heads, dim).transpose(1, 2)
-                    q = q * cos + _rotate_half(q) * sin
-                    k = k * cos + _rotate_half(k) * sin
+                    q = q * cos + rotate_half(q) * sin
+                    k = k * cos + rotate_half(k) * sin
                 keys, values = self.keys[index], self.values[index]
                 keys[:, :, start:end] = k
                 values[:, :, start:end] = v
@@ -322,15 +330,15 @@ class StaticDecoder:
                 v = y[..., q_size + kv_size :].view(rows, kv_heads, 1, dim)
                 if layer.q_norm is None:
                     qk = y[..., : q_size + kv_size].view(rows, heads + kv_heads, 1, dim)
-                    qk = torch.addcmul(qk * cos, _rotate_half(qk), sin)
+                    qk = torch.addcmul(qk * cos, rotate_half(qk), sin)
                     q, k = qk[:, :heads], qk[:, heads:]
                 else:
                     q = rms(y[..., :q_size].view(rows, heads, 1, dim), layer.q_norm)
                     k = rms(
                         y[..., q_size : q_size + kv_size].view(rows, kv_heads, 1, dim), layer.k_norm
                     )
-                    q = q * cos + _rotate_half(q) * sin
-                    k = k * cos + _rotate_half(k) * sin
+                    q = q * cos + rotate_half(q) * sin
+                    k = k * cos + rotate_half(k) * sin
                 keys[index][every, :, positions] = k[:, :, 0]
                 values[index][every, :, positions] = v[:, :, 0]
                 grouped = q.reshape(rows, kv_heads, heads // kv_heads, dim)
@@ -341,114 +349,6 @@ class StaticDecoder:
             x = rms(x, self.norm)
             logits = linear(x, self.lm_head.weight, self.lm_head.bias)
             return logits[:, -1].float().cpu().numpy()
-
-
-class StaticBatch:
-    """Sequences decoded together in the static loop (continuous batching), with the
-    interface of `TorchBatch`: `add(key, prompt)` reads a prompt alone (exactly as
-    `StaticDecoder.start`) and copies its cache into the batch's, `step({key: token})` runs one
-    forward pass over every row, `remove(key)` moves the last row into the leaver's place. Each
-    row keeps its own length; an attention mask keeps every row to its own positions. While
-    the batch holds a single row, its step is the decoder's compiled one when it has one."""
-
-    def __init__(self, decoder: StaticDecoder) -> None:
-        self.decoder = decoder
-        self.reader = decoder.fork()
-        """Reads each prompt alone (the single-sequence cache of `decoder` is left alone)."""
-        self.keys: list[Any] = []
-        self.lengths: list[int] = []
-        self.caches: list[Any] = []
-        """Per layer: (rows, 2 x key/value heads, capacity, head dim), keys then values."""
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def can_join(self) -> bool:
-        return True
-
-    def _reserve(self, rows: int, length: int) -> None:
-        torch = self.decoder.torch
-        have_rows, have_length = (
-            (self.caches[0].shape[0], self.caches[0].shape[2]) if self.caches else (0, 0)
-        )
-        if rows <= have_rows and length <= have_length:
-            return
-        new_rows = max(rows, have_rows, 4) if rows <= have_rows else max(4, 2 * rows)
-        decoder = self.decoder
-        new_length = max(have_length, decoder._capacity_for(length))
-        weight = decoder.lm_head.weight
-        shape = (new_rows, 2 * decoder.kv_heads, new_length, decoder.head_dim)
-        caches = [
-            torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in decoder.layers
-        ]
-        used, longest = len(self.keys), max(self.lengths, default=0)
-        if used:
-            for old, new in zip(self.caches, caches, strict=True):
-                new[:used, :, :longest] = old[:used, :, :longest]
-        self.caches = caches
-        decoder.rotary_tables(new_length)
-
-    def add(self, key: Any, prompt_ids: Sequence[int]) -> np.ndarray:
-        """Read `prompt_ids` alone and join the batch as row `key`; the logits after it."""
-        if key in self.keys:
-            raise ValueError(f"row {key!r} is already in the batch")
-        logits = self.reader.start(prompt_ids)
-        size = len(prompt_ids)
-        row = len(self.keys)
-        self._reserve(row + 1, size + 1)
-        for cache, read in zip(self.caches, self.reader.caches, strict=True):
-            cache[row, :, :size] = read[0, :, :size]
-        self.keys.append(key)
-        self.lengths.append(size)
-        return logits
-
-    def remove(self, key: Any) -> None:
-        """Drop row `key` (finished, or its client left): the last row takes its place."""
-        row, last = self.keys.index(key), len(self.keys) - 1
-        if row != last:
-            longest = self.lengths[last]
-            for cache in self.caches:
-                cache[row, :, :longest] = cache[last, :, :longest]
-            self.keys[row], self.lengths[row] = self.keys[last], self.lengths[last]
-        self.keys.pop()
-        self.lengths.pop()
-
-    def step(self, tokens: Mapping[Any, int]) -> dict[Any, np.ndarray]:
-        """Feed each row its next token (every row, by key) in one forward pass; the logits
-        after it, by key."""
-        if set(tokens) != set(self.keys):
-            raise ValueError("step needs one token for every row of the batch, and no other")
-        decoder, torch = self.decoder, self.decoder.torch
-        rows = len(self.keys)
-        self._reserve(rows, max(self.lengths) + 1)
-        compiled = decoder.compiled
-        if rows == 1 and compiled is not None and compiled.ready(self.caches[0].shape[2]):
-            key, position = self.keys[0], self.lengths[0]
-            try:
-                logits = compiled(
-                    int(tokens[key]), position, [c[0] for c in self.caches],
-                    decoder.cos, decoder.sin,
-                )  # fmt: skip
-            except Exception as error:
-                if self.caches[0].shape[2] in compiled.compiled:
-                    raise
-                decoder.compile_failed(error)
-            else:
-                self.lengths[0] += 1
-                return {key: logits}
-        device = decoder.lm_head.weight.device
-        ids = torch.tensor([[tokens[k]] for k in self.keys], dtype=torch.long, device=device)
-        positions = torch.tensor(self.lengths, dtype=torch.long, device=device)
-        end = max(self.lengths) + 1
-        visible = torch.arange(end, device=device)[None, :] <= positions[:, None]
-        kv = decoder.kv_heads
-        logits = decoder.decode_rows(
-            ids, positions, visible[:, None, None, :],
-            [c[:rows, :kv, :end] for c in self.caches],
-            [c[:rows, kv:, :end] for c in self.caches],
-        )  # fmt: skip
-        self.lengths = [n + 1 for n in self.lengths]
-        return {key: logits[row] for row, key in enumerate(self.keys)}
 
 
 @attrs.frozen
@@ -514,11 +414,12 @@ def _rms_norm(x: Any, norm: tuple[Any, float]) -> Any:
     return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
-def _rotate_half(x: Any) -> Any:
+def rotate_half(x: Any) -> Any:
+    """The rotary embedding's half-turn: (-second half, first half) of the last dimension."""
     import torch
 
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-__all__ = ["STATIC_ROPE", "SUPPORTED", "StaticBatch", "StaticDecoder", "unsupported_reason"]
+__all__ = ["STATIC_ROPE", "SUPPORTED", "StaticDecoder", "rotate_half", "unsupported_reason"]

@@ -121,7 +121,7 @@ class TorchLM:
     def batch(self) -> Any:
         """An empty batch of sequences decoded together (continuous batching): in the static
         loop where it runs this model (`StaticBatch`), else a `TorchBatch`."""
-        from ft_models.generation.static_decode import StaticBatch
+        from ft_models.generation.static_batch import StaticBatch
 
         static = self.static()
         return StaticBatch(static) if static is not None else TorchBatch(self)
