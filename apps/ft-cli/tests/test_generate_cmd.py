@@ -248,3 +248,36 @@ def test_the_command_modules_import_no_backend() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_generate_compile_builds_the_step_once_and_later_runs_use_it(
+    tiny_llama: Path, library, ft_home: Path
+) -> None:
+    from ft_models.generation.compiled_decode import compile_unavailable
+
+    if compile_unavailable() is not None:
+        pytest.skip(f"no compiled decode step here: {compile_unavailable()}")
+    ask = (str(tiny_llama), "The capital", *FAST, "--raw", "--max-tokens", "12", "--json")
+    expected = library.generate("The capital", GenerationOptions(max_tokens=12))
+
+    def record(*extra: str) -> dict:
+        result = run(generate, *ask, *extra)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    # Nothing built yet: the default decodes eagerly in the static loop and builds nothing.
+    plain = record()
+    assert (plain["decode_step"], plain["tokens"]) == ("static", list(expected.tokens))
+    assert not (ft_home / "compiled").exists()
+    built = record("--compile")  # builds the step for this model's shape, under ft's home
+    assert (built["decode_step"], built["tokens"]) == ("compiled", list(expected.tokens))
+    packages = sorted((ft_home / "compiled").glob("*.pt2"))
+    assert len(packages) == 1
+    later = record()  # a later run finds it and decodes compiled, building nothing
+    assert (later["decode_step"], later["tokens"]) == ("compiled", list(expected.tokens))
+    assert sorted((ft_home / "compiled").glob("*")) == packages
+    off = record("--no-compile")
+    assert (off["decode_step"], off["tokens"]) == ("static", list(expected.tokens))
+    # The speed line says so.
+    text = run(generate, str(tiny_llama), "The capital", *FAST, "--raw", "--max-tokens", "4")
+    assert text.stderr.rstrip().endswith("; compiled decode step")

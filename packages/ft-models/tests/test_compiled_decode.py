@@ -1,11 +1,13 @@
 """The compiled decode step (`ft_models.generation.compiled_decode`): its logits equal
 transformers' forward pass step by step and across the cache's growth (in float32, to
-rounding; in bfloat16, within a few roundings of the eager step), it compiles in a background
-thread while the eager step serves, and where it cannot compile (no C++ compiler, a failing
-compile) decoding goes on eagerly and says why.
+rounding; in bfloat16, within a few roundings of the eager step), it builds in a background
+thread while the eager step serves, a later decoder (a later process) loads what was built
+instead of building again, and where it cannot build (no C++ compiler, a failing build)
+decoding goes on eagerly and says why.
 
-Each compile of these tiny models takes several seconds on two cores (inductor's cache makes
-later runs faster), so the file compiles as few variants as it can."""
+Each build for these tiny models takes about ten seconds on two cores, so the tests of this
+file share one folder of built steps (as the processes of one user do) and build as few
+variants as they can."""
 
 from __future__ import annotations
 
@@ -31,6 +33,14 @@ pytestmark = pytest.mark.skipif(
     compiled_decode.compile_unavailable() is not None,
     reason=f"torch.compile cannot build CPU code here: {compiled_decode.compile_unavailable()}",
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _shared_builds(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    folder = tmp_path_factory.mktemp("compiled")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compiled_decode, "package_folder", lambda: folder)
+        yield folder
 
 
 def _model(kind: str, dtype: Any = torch.float32, **extra: Any) -> Any:
@@ -148,8 +158,8 @@ def test_a_compile_that_fails_falls_back_to_the_eager_step_with_a_warning(
     def broken(*args: Any) -> Any:
         raise RuntimeError("inductor exploded (test)")
 
-    monkeypatch.setattr(compiled_decode, "_compiled", lambda: broken)
-    model = _model("llama")
+    monkeypatch.setattr(compiled_decode, "_build_package", broken)
+    model = _model("llama", intermediate_size=72)  # not built by another test
     decoder = StaticDecoder(model, compile=True)
     ids = [3, 1, 4]
     got = decoder.start(ids)
@@ -194,3 +204,73 @@ def test_a_batch_left_with_one_row_steps_it_compiled() -> None:
     logits = batch.step(feed)
     for key in ("b", "c"):
         np.testing.assert_allclose(logits[key], _reference(model, rows[key]), atol=2e-5, rtol=1e-5)
+
+
+def test_a_later_decoder_loads_the_built_step_instead_of_building(_shared_builds: Any) -> None:
+    model = _model("llama")
+    first = StaticDecoder(model, compile=True)
+    first.start([3, 1, 4])
+    first.step(1)  # built here, or by a test before: on disk either way
+    built = sorted(_shared_builds.glob("*"))
+    assert first.compiled.path(256) in built
+    # A new process: another copy of the model, in the default mode of ft generate.
+    later = StaticDecoder(_model("llama"), compile="cached")
+    ids = [2, 7, 1, 8]
+    got = later.start(ids)
+    for _ in range(3):
+        ids.append(int(got.argmax()))
+        got = later.step(ids[-1])
+        np.testing.assert_allclose(got, _reference(model, ids), atol=2e-5, rtol=1e-5)
+    assert later.compiled.compiled == {256} and later.compiled.built == set()
+    assert sorted(_shared_builds.glob("*")) == built  # nothing built again
+    # Nothing built for this shape: "cached" decodes eagerly and builds nothing.
+    other = StaticDecoder(_model("llama", intermediate_size=88), compile="cached")
+    ids = [2, 7, 1, 8]
+    got = other.start(ids)
+    ids.append(int(got.argmax()))
+    np.testing.assert_allclose(other.step(ids[-1]), _reference(other.model, ids), atol=2e-5)
+    assert other.compiled.compiled == set() and not other.compiled.busy
+    assert sorted(_shared_builds.glob("*")) == built
+
+
+def test_the_package_name_tells_apart_what_the_build_depends_on() -> None:
+    def name(model: Any, capacity: int = 256) -> str:
+        return StaticDecoder(model, compile="cached").compiled.path(capacity).name
+
+    base = name(_model("llama"))
+    assert name(_model("llama")) == base  # another copy of the same shapes: the same build
+    assert name(_model("llama"), 512) != base
+    assert name(_model("llama", dtype=torch.bfloat16)) != base
+    assert name(_model("llama", intermediate_size=80)) != base
+    assert name(_model("llama", rms_norm_eps=1e-5)) != base  # a constant compiled in
+    # One tensor passed twice (tied embeddings) is one input to the build: a model whose
+    # output layer is its own weight needs a build of its own.
+    assert name(_model("llama", tie_word_embeddings=True)) != base
+
+
+def test_a_failed_build_leaves_nothing_under_a_package_name(
+    monkeypatch: Any, tmp_path: Any
+) -> None:
+    import torch._inductor
+
+    def killed(program: Any, package_path: str) -> None:
+        with open(package_path, "wb") as partial:
+            partial.write(b"half a package")
+        raise KeyboardInterrupt  # as a Ctrl-C mid-build
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", killed)
+    monkeypatch.setattr(compiled_decode, "package_folder", lambda: tmp_path)
+    decoder = StaticDecoder(_model("llama"), compile=True)
+    decoder.start([1, 2])
+    with pytest.raises(KeyboardInterrupt):
+        decoder.compiled.warm(256)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_position_outside_the_cache_is_an_error_not_an_abort() -> None:
+    decoder = StaticDecoder(_model("llama"), compile=True)
+    decoder.start([1, 2])
+    decoder.step(3)
+    caches = [c[0] for c in decoder.caches]
+    with pytest.raises(IndexError, match="position 256 is outside a cache of 256"):
+        decoder.compiled(4, 256, caches, decoder.cos, decoder.sin)

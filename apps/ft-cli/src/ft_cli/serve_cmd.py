@@ -56,9 +56,9 @@ INSTALL_HINT = (
     "compile_step",
     default=True,
     show_default=True,
-    help="Compile served models' decode step (torch on a CPU, Llama-shaped models) in the "
-    "background at load: tens of seconds the first time, a few once cached; a request "
-    "meanwhile decodes eagerly, and a lone request decodes faster after.",
+    help="Compile served models' decode step (torch on a CPU, Llama-shaped models): loaded "
+    "at once where built before, else built in the background (tens of seconds, once per "
+    "model shape); a request meanwhile decodes eagerly, and a lone request decodes faster after.",
 )
 @click.option(
     "--max-batch-size",

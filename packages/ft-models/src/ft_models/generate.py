@@ -159,7 +159,7 @@ class Generator:
         device: str = "auto",
         trust_remote_code: bool = False,
         progress: bool = False,
-        compile: bool = False,
+        compile: bool | str = "cached",
     ) -> Generator:
         """Load `model` (a local folder, catalog alias, Hub repo id or `.gguf` file: see
         `ft_models.resolve.resolve_model`) on `backend` (auto, torch or mlx), with an optional
@@ -167,8 +167,9 @@ class Generator:
         bfloat16 where it decodes faster (`cpu_decode_dtype`) else float32, else what the device
         computes best; on MLX, the saved dtype). `template` names the
         chat template for message prompts (None: the tokenizer's). `device` is torch's (auto,
-        cpu, cuda, mps). `compile=True` compiles torch's decode step on a CPU (`TorchLM`);
-        call `generator.lm.warm()` to start that compile in the background."""
+        cpu, cuda, mps). `compile` is torch's compiled decode step on a CPU (`TorchLM`): True
+        builds it when first needed, "cached" (the default) uses it where an earlier process
+        built it, False never; call `generator.lm.warm()` to build it in the background."""
         from ft_models.device import pick_backend
         from ft_models.load import is_classifier, load_mlx, load_torch, read_config
         from ft_models.resolve import resolve_model

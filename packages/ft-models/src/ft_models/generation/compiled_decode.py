@@ -1,13 +1,27 @@
-"""One decoding step of the static loop compiled with `torch.compile` (inductor), for the CPU.
+"""One decoding step of the static loop compiled ahead of time with AOTInductor, for the CPU,
+and kept on disk so that later processes load it in a fraction of a second.
 
 Decoding one token of a small model is a few hundred tiny operations between the matrix-vector
 products; in eager torch each costs a Python call and a dispatch (SmolLM2-135M: about 4 ms of a
 13 ms token on a 2-core EPYC, measured with the products taken out). Compiled, the whole step
 is one C++ function: RMSNorm, the rotation, the cache write and the SwiGLU are fused loops, and
-the products are the same aten kernels as before. The step has fixed shapes (the cache's
-capacity, the model's sizes), so it is compiled once per capacity (the cache doubles, so a few
-times in a long conversation) and inductor's on-disk cache makes every later process's compile
-a few seconds instead of tens.
+the products are the same aten kernels as before.
+
+The step has fixed shapes (the cache's capacity, the model's sizes), so it is built once per
+capacity (the cache doubles, so a few times in a long conversation): `torch.export` traces it
+(a few seconds) and AOTInductor compiles it into a package (`.pt2`, a shared library; tens of
+seconds on two cores). The weights and the cache are the step's inputs, not baked in, so one
+package serves every fine-tune of a model's shape. Packages are kept under ft's home
+(`compiled/`), named by a digest of everything the build depends on: torch's version, the CPU's
+vector instructions, this module's code, the shapes and dtypes of the weights and the model's
+constants (heads, epsilon, scaling). Loading one takes about 0.3 s.
+
+How a `CompiledStep` gets a capacity's package (`build`):
+- "foreground": load it, or build it before the step (`ft generate --compile`);
+- "background": load it, or build it in a background thread while the eager step serves
+  (`ft chat`, `ft serve`);
+- "cached": load it if an earlier process built it, else the step stays eager (plain
+  `ft generate`: a short run would not repay a build).
 
 The arithmetic is the eager loop's (the same weights, the same order of products); inductor
 fuses the elementwise work in float32, so in bfloat16 the logits differ from the eager step's
@@ -20,10 +34,13 @@ zeroed when allocated, so the masked positions are finite and count for exactly 
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 import shutil
 import sysconfig
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,50 +48,96 @@ import numpy as np
 
 from ft_models.generation.static_decode import rotate_half
 
-_LIMIT = 64
-"""Compiled variants kept per process (dynamo's default of 8 is shared by every model and cache
-capacity a server holds)."""
+BUILDS = ("foreground", "background", "cached")
 
 
 @functools.cache
 def compile_unavailable() -> str | None:
-    """Why `torch.compile` cannot build CPU code here (None: it can). Inductor needs a C++
-    compiler on the PATH and Python's C headers."""
+    """Why AOTInductor cannot build CPU code here (None: it can). It needs torch 2.6 or later,
+    a C++ compiler on the PATH and Python's C headers."""
     try:
+        import torch._inductor
         from torch._inductor.cpp_builder import get_cpp_compiler
 
+        if not hasattr(torch._inductor, "aoti_compile_and_package"):
+            return f"torch {torch.__version__} has no AOTInductor packages (torch 2.6 or later has)"
         compiler = get_cpp_compiler()
     except Exception as error:
-        return f"no C++ compiler for torch.compile ({error})"
+        return f"no C++ compiler for torch's inductor ({error})"
     if shutil.which(compiler) is None:
-        return f"torch.compile's C++ compiler {compiler!r} is not on the PATH"
+        return f"inductor's C++ compiler {compiler!r} is not on the PATH"
     headers = Path(sysconfig.get_paths()["include"], "Python.h")
     if not headers.is_file():
         return f"Python's C headers are missing ({headers}; on Debian: apt install python3-dev)"
     return None
 
 
+def package_folder() -> Path:
+    """Where built steps are kept: `compiled/` under ft's home (`ft_config.app_paths`)."""
+    from ft_config import app_paths
+
+    return app_paths().home / "compiled"
+
+
 @functools.cache
-def _compiled() -> Any:
-    """The compiled step function, shared by every decoder of the process (its guards are the
-    shapes and dtypes of the arguments, so fine-tunes of one model share a compile)."""
-    import inspect
-    import logging
+def _build_identity() -> str:
+    """What every package depends on besides its arguments: torch, the processor (inductor
+    compiles for the vector instructions it has) and the code of the step. Cheap to compute:
+    looking for a package must not import inductor (seconds)."""
+    import platform
 
     import torch
-    import torch._dynamo.config
 
-    # "No CUDA runtime is found" (the CUDA build of torch on a CPU) is not news to a user.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from ft_models.generation import static_decode
 
-    if "recompile_limit" in inspect.signature(torch.compile).parameters:
-        return torch.compile(_decode_one, fullgraph=True, dynamic=False, recompile_limit=_LIMIT)
-    # Older torch: the global setting (thread-local in newer torch, hence the argument above).
-    config = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit"):
-        if getattr(config, name, _LIMIT) < _LIMIT:
-            setattr(config, name, _LIMIT)
-    return torch.compile(_decode_one, fullgraph=True, dynamic=False)
+    code = Path(__file__).read_bytes() + Path(static_decode.__file__).read_bytes()
+    processor = f"{platform.system()}/{platform.machine()}/{platform.processor()}"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            flags = next((line for line in info if line.startswith(("flags", "Features"))), "")
+        processor += "/" + " ".join(sorted(flags.split(":", 1)[-1].split()))
+    except OSError:
+        pass  # not Linux: the machine and processor names above
+    return f"{torch.__version__}|{processor}|{hashlib.sha256(code).hexdigest()}"
+
+
+def _tensors(arguments: Any) -> list[Any]:
+    """The tensors of `arguments` (nested tuples and lists) in the order torch's pytree
+    flattens them, which is the order a package's runner takes its inputs in."""
+    import torch
+
+    found: list[Any] = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                visit(item)
+
+    visit(arguments)
+    return found
+
+
+def _digest(arguments: tuple[Any, ...]) -> str:
+    """A name for the package of `arguments`: the structure, the tensors' shapes, strides and
+    dtypes, and every other value (they are compiled in as constants)."""
+    import torch
+    import torch.utils._pytree as pytree
+
+    leaves, spec = pytree.tree_flatten(arguments)
+    parts = [_build_identity(), str(spec)]
+    seen: dict[tuple[int, ...], int] = {}
+    for index, leaf in enumerate(leaves):
+        if isinstance(leaf, torch.Tensor):
+            parts.append(f"{tuple(leaf.shape)}/{leaf.stride()}/{leaf.dtype}/{leaf.device.type}")
+            # Export takes one tensor passed twice (tied embeddings) for one input: a package
+            # built so must not serve a model whose two weights are apart, nor the reverse.
+            where = (leaf.untyped_storage().data_ptr(), leaf.storage_offset(), *leaf.shape)
+            parts.append(f"same as {seen.setdefault(where, index)}")
+        else:
+            parts.append(repr(leaf))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
 def _decode_one(
@@ -137,16 +200,50 @@ def _linear(x: Any, weight: Any, bias: Any) -> Any:
     return y if bias is None else y + bias
 
 
+def _build_package(arguments: tuple[Any, ...], sizes: tuple[Any, ...], path: Path) -> None:
+    """Export the step for `arguments` (what the runner is called with) and compile it into
+    the package `path`, written under a temporary name and renamed into place (a crash or a
+    kill leaves no half-written package under the final name)."""
+    import logging
+
+    import torch
+    import torch._inductor
+
+    # "No CUDA runtime is found" (the CUDA build of torch on a CPU) is not news to a user.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+    class Step(torch.nn.Module):
+        def forward(
+            self, token: Any, position: Any, embed: Any, layers: Any, caches: Any,
+            cos: Any, sin: Any, final: Any, head: Any,
+        ) -> Any:  # fmt: skip
+            return _decode_one(token, position, embed, layers, caches, cos, sin, final, head, sizes)
+
+    with torch.inference_mode():
+        program = torch.export.export(Step(), arguments, strict=False)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    partial = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial.pt2")
+    try:
+        torch._inductor.aoti_compile_and_package(program, package_path=str(partial))
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 class CompiledStep:
     """`step(token)` of a `StaticDecoder` (single sequence), compiled. Built from the decoder's
-    layers; reads and writes its cache. `ready(capacity)` says whether the compile for that
-    capacity is done (a `warm` in another thread may be running it)."""
+    layers; reads and writes its cache. `build` (one of `BUILDS`) says what happens at a
+    capacity whose package is not on disk yet; `ready(capacity)` says whether a step at that
+    capacity runs compiled now."""
 
-    def __init__(self, decoder: Any) -> None:
+    def __init__(self, decoder: Any, build: str = "foreground") -> None:
         import torch
 
+        if build not in BUILDS:
+            raise ValueError(f"build must be one of {', '.join(BUILDS)}, not {build!r}")
         self.decoder = decoder
         self.torch = torch
+        self.build = build
         layers = []
         for layer in decoder.layers:
             layers.append(
@@ -162,25 +259,111 @@ class CompiledStep:
         self.final = decoder.norm
         self.head = (decoder.lm_head.weight, decoder.lm_head.bias)
         self.embed = decoder.embed.weight
-        self.compiled: set[int] = set()
-        """Capacities whose compile is done."""
+        self.runners: dict[int, Any] = {}
+        """The loaded package of each capacity."""
         self.seconds: dict[int, float] = {}
-        """How long each capacity's compile (with its first step) took."""
-        self.busy = False
-        """A background `warm` is compiling: steps meanwhile run eagerly."""
-        self.background = False
-        """Compiles happen in a background thread (once `warm_in_background` was used): a
-        step at a capacity not compiled yet starts one and runs eagerly meanwhile."""
+        """How long each capacity's package took to build (built here) or load (built before)."""
+        self.built: set[int] = set()
+        """Capacities whose package this process built (the others were loaded from disk)."""
+        self.paths: dict[int, Path] = {}
+        self.pending: list[int] = []
+        """Capacities waiting for the background thread."""
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    @property
+    def compiled(self) -> set[int]:
+        """Capacities whose compiled step is loaded."""
+        return set(self.runners)
+
+    @property
+    def busy(self) -> bool:
+        """A background thread is building (steps at capacities not loaded run eagerly)."""
+        return self.thread is not None
+
+    def _arguments(self, token: Any, position: Any, caches: list[Any], cos: Any, sin: Any) -> tuple:
+        return (token, position, self.embed, self.layers, caches, cos, sin, self.final, self.head)
+
+    def path(self, capacity: int) -> Path:
+        """The package of the step at `capacity` (whether built or not)."""
+        if capacity not in self.paths:
+            torch = self.torch
+            weight = self.decoder.lm_head.weight
+            shape = (2 * self.decoder.kv_heads, capacity, self.decoder.head_dim)
+            caches = [torch.empty(shape, dtype=weight.dtype) for _ in self.layers]
+            cos, sin = (torch.empty((capacity, self.decoder.head_dim), dtype=weight.dtype)
+                        for _ in range(2))  # fmt: skip
+            token, position = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+            arguments = self._arguments(token, position, caches, cos, sin)
+            digest = _digest((*arguments, self.sizes))
+            self.paths[capacity] = package_folder() / f"decode-{capacity}-{digest}.pt2"
+        return self.paths[capacity]
+
+    def _load(self, capacity: int) -> bool:
+        """Load the package of `capacity` if it is on disk (True: loaded). Through torch's
+        C++ loader: a few milliseconds, where `torch._inductor.aoti_load_package` first
+        imports inductor (seconds)."""
+        path = self.path(capacity)
+        if not path.is_file():
+            return False
+        started = time.perf_counter()
+        try:
+            runner = self.torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+        except Exception:
+            # Unreadable (another torch wrote it under the same name, or a disk error): build
+            # it again rather than decode eagerly for good.
+            path.unlink(missing_ok=True)
+            return False
+        with self.lock:
+            self.runners[capacity] = runner
+            self.seconds.setdefault(capacity, time.perf_counter() - started)
+        return True
+
+    def warm(self, capacity: int) -> None:
+        """Have the package of `capacity` loaded: from disk, or built now (what the background
+        thread calls)."""
+        if capacity in self.runners or self._load(capacity):
+            return
+        reason = compile_unavailable()
+        if reason is not None:
+            raise RuntimeError(reason)
+        decoder = self.decoder
+        if decoder.cos is None or decoder.cos.shape[0] < capacity:
+            scratch = decoder.fork()
+            scratch.rotary_tables(capacity)
+            cos, sin = scratch.cos, scratch.sin
+        else:
+            cos, sin = decoder.cos, decoder.sin
+        torch = self.torch
+        weight = decoder.lm_head.weight
+        shape = (2 * decoder.kv_heads, capacity, decoder.head_dim)
+        caches = [torch.zeros(shape, dtype=weight.dtype) for _ in decoder.layers]
+        # Two tensors, not one twice: export would take them for one input (aliased).
+        token, position = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+        started = time.perf_counter()
+        arguments = self._arguments(token, position, caches, cos[:capacity], sin[:capacity])
+        _build_package(arguments, self.sizes, self.path(capacity))
+        seconds = time.perf_counter() - started
+        if not self._load(capacity):
+            raise RuntimeError(f"the compiled step built at {self.path(capacity)} is not there")
+        self.built.add(capacity)
+        self.seconds[capacity] = seconds
 
     def ready(self, capacity: int) -> bool:
-        """Whether a step at `capacity` should run compiled now: not while a background
-        compile runs; for a capacity not compiled yet, in the foreground unless compiles are
-        in the background (then one starts, and this step runs eagerly)."""
-        if self.busy:
-            return False
-        if capacity in self.compiled or not self.background:
+        """Whether a step at `capacity` runs compiled now: its package is loaded or on disk;
+        else it is built now ("foreground"), in the background ("background": this step runs
+        eagerly), or not at all ("cached")."""
+        if capacity in self.runners:
             return True
-        warm_in_background(self, (capacity,))
+        if capacity in self.pending:
+            return False
+        if self._load(capacity):
+            return True
+        if self.build == "foreground":
+            self.warm(capacity)
+            return True
+        if self.build == "background":
+            warm_in_background(self, (capacity,))
         return False
 
     def __call__(
@@ -188,52 +371,40 @@ class CompiledStep:
     ) -> np.ndarray:
         """The logits after `token` at `position`, its keys and values written into `caches`
         (per layer: 2 x key/value heads, capacity, head dim), rotated by the tables `cos` and
-        `sin` (position, head dim; at least the capacity). Compiles first for a new capacity."""
+        `sin` (position, head dim; at least the capacity). The capacity's package must be
+        loaded (`ready`). The position must be under the capacity (the compiled code stops
+        the process on an index out of bounds: there is no exception to catch)."""
         torch = self.torch
         capacity = caches[0].shape[1]
-        started = time.perf_counter()
+        if not 0 <= position < capacity:
+            raise IndexError(f"position {position} is outside a cache of {capacity}")
+        inputs = _tensors(
+            self._arguments(
+                torch.tensor([token], dtype=torch.long),
+                torch.tensor([position], dtype=torch.long),
+                caches, cos[:capacity], sin[:capacity],
+            )
+        )  # fmt: skip
         with torch.inference_mode():
-            logits = _compiled()(
-                torch.tensor([token], dtype=torch.long), torch.tensor([position], dtype=torch.long),
-                self.embed, self.layers, caches, cos[:capacity], sin[:capacity], self.final,
-                self.head, self.sizes,
-            )  # fmt: skip
-        if capacity not in self.compiled:
-            self.compiled.add(capacity)
-            self.seconds[capacity] = time.perf_counter() - started
+            (logits,) = self.runners[capacity].boxed_run(inputs)
         return logits.numpy()
-
-    def warm(self, capacity: int) -> None:
-        """Compile for `capacity` now (on a scratch cache), so that the first real step at
-        that capacity does not wait for it: what a background thread calls."""
-        torch = self.torch
-        if capacity in self.compiled:
-            return
-        decoder = self.decoder
-        weight = decoder.lm_head.weight
-        shape = (2 * decoder.kv_heads, capacity, decoder.head_dim)
-        scratch = [torch.zeros(shape, dtype=weight.dtype) for _ in decoder.layers]
-        scratch_decoder = decoder.fork()
-        scratch_decoder.rotary_tables(capacity)
-        self(0, 0, scratch, scratch_decoder.cos, scratch_decoder.sin)
 
 
 _THREADS: set[threading.Thread] = set()
 
 
 def compiling() -> bool:
-    """Whether a background compile (`warm_in_background`) is still running."""
+    """Whether a background build (`warm_in_background`) is still running."""
     return any(thread.is_alive() for thread in _THREADS)
 
 
 def exit_now_if_compiling(code: int = 0) -> None:
-    """End the process at once (stdio flushed) when a background compile is still running.
+    """End the process at once (stdio flushed) when a background build is still running.
 
     Python's shutdown with inductor's compile still running in a thread aborts the process
     ("terminate called without an active exception"); a command that is done with the model
-    leaves this way instead. Inductor writes its on-disk cache by atomic renames, so nothing
-    half-written is left."""
-    import os
+    leaves this way instead. A package is renamed into place only once whole, so nothing
+    half-written is left under its name."""
     import sys
 
     if compiling():
@@ -242,32 +413,45 @@ def exit_now_if_compiling(code: int = 0) -> None:
         os._exit(code)
 
 
-def warm_in_background(step: CompiledStep, capacities: tuple[int, ...]) -> threading.Thread:
-    """Compile `step` for each capacity in a daemon thread (errors become a warning: the eager
-    step keeps serving)."""
+def warm_in_background(step: CompiledStep, capacities: tuple[int, ...]) -> threading.Thread | None:
+    """Have each capacity's package loaded or built, in order, in one background thread per
+    step (errors become a warning and turn the compiled step off: the eager step serves).
+    The thread (None: nothing left to do)."""
 
     def run() -> None:
         try:
-            for capacity in capacities:
+            while True:
+                with step.lock:
+                    if not step.pending:
+                        step.thread = None
+                        return
+                    capacity = step.pending[0]
                 step.warm(capacity)
+                with step.lock:
+                    step.pending.remove(capacity)
         except Exception as error:
+            with step.lock:
+                step.pending.clear()
+                step.thread = None
             step.decoder.compile_failed(error)
-        finally:
-            step.busy = False
 
-    step.busy = True  # before the thread starts: no step may begin a compile of its own
-    step.background = True
-
-    thread = threading.Thread(target=run, name="ft-compile-decode", daemon=True)
-    _THREADS.add(thread)
-    thread.start()
-    return thread
+    with step.lock:
+        for capacity in capacities:
+            if capacity not in step.runners and capacity not in step.pending:
+                step.pending.append(capacity)
+        if step.thread is None and step.pending:
+            step.thread = threading.Thread(target=run, name="ft-compile-decode", daemon=True)
+            _THREADS.add(step.thread)
+            step.thread.start()
+        return step.thread
 
 
 __all__ = [
+    "BUILDS",
     "CompiledStep",
     "compile_unavailable",
     "compiling",
     "exit_now_if_compiling",
+    "package_folder",
     "warm_in_background",
 ]

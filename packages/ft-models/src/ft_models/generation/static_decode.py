@@ -71,11 +71,13 @@ class StaticDecoder:
     """One sequence decoded against a static KV cache: `start(prompt)`, then `step(token)`,
     each giving the next token's logits (float32, vocabulary).
 
-    `compile=True` runs `step` compiled (`compiled_decode.CompiledStep`) on a CPU, where a
-    C++ compiler is found; the prompt is read eagerly either way. `warm()` starts that compile
-    in a background thread (steps run eagerly until it is done)."""
+    `compile` runs `step` compiled (`compiled_decode.CompiledStep`) on a CPU, where a C++
+    compiler is found: True builds each capacity's step when first needed (or loads it, built
+    by an earlier process), "cached" only loads what is built, "background" builds in a
+    background thread while steps run eagerly; the prompt is read eagerly either way. `warm()`
+    starts building in the background."""
 
-    def __init__(self, model: Any, compile: bool = False) -> None:
+    def __init__(self, model: Any, compile: bool | str = False) -> None:
         import torch
 
         reason = unsupported_reason(model)
@@ -129,9 +131,9 @@ class StaticDecoder:
         self.compile_reason: str | None = None
         """Why `step` is not compiled (None: it is, or it was not asked for)."""
         if compile:
-            self.compiled = self._compiled_step()
+            self.compiled = self._compiled_step("foreground" if compile is True else compile)
 
-    def _compiled_step(self) -> Any:
+    def _compiled_step(self, build: str) -> Any:
         from ft_models.generation.compiled_decode import CompiledStep, compile_unavailable
 
         torch = self.torch
@@ -139,9 +141,9 @@ class StaticDecoder:
             self.compile_reason = "the compiled step is for the CPU"
         elif type(self.embed) is not torch.nn.Embedding:
             self.compile_reason = "its embedding is not a plain Embedding"
-        else:
+        elif build != "cached":  # loading a package built before needs no compiler
             self.compile_reason = compile_unavailable()
-        return CompiledStep(self) if self.compile_reason is None else None
+        return CompiledStep(self, build) if self.compile_reason is None else None
 
     def compile_failed(self, error: BaseException) -> None:
         """Turn the compiled step off after `error` (the eager step serves from now on)."""
@@ -153,14 +155,22 @@ class StaticDecoder:
                       stacklevel=2)  # fmt: skip
 
     def warm(self, lengths: tuple[int, ...] = (256, 512)) -> None:
-        """Compile the step for caches of `lengths` positions in a background thread, one
-        after the other (no-op without a compiled step); a later capacity compiles in the
+        """Have the step for caches of `lengths` positions loaded or built in a background
+        thread, one after the other (no-op without a compiled step; only loaded where built
+        before when `compile="cached"`); from now on a later capacity is built in the
         background too when a step first needs it."""
         from ft_models.generation.compiled_decode import warm_in_background
 
-        if self.compiled is not None:
-            capacities = tuple(dict.fromkeys(self._capacity_for(n) for n in lengths))
-            warm_in_background(self.compiled, capacities)
+        compiled = self.compiled
+        if compiled is None:
+            return
+        capacities = tuple(dict.fromkeys(self._capacity_for(n) for n in lengths))
+        if compiled.build == "cached":
+            for capacity in capacities:
+                compiled.ready(capacity)
+            return
+        compiled.build = "background"
+        warm_in_background(compiled, capacities)
 
     def fork(self) -> StaticDecoder:
         """Another decoder of the same layers (the same weights, no copy) with a cache of its
@@ -228,18 +238,18 @@ class StaticDecoder:
     def compiled_step(self, token: int, position: int, caches: list[Any]) -> np.ndarray | None:
         """The logits after `token` at `position` from the compiled step, its keys and values
         written into `caches` (per layer: 2 x key/value heads, capacity, head dim); None when
-        the step should run eagerly (no compiled step, a compile running, or one that just
-        failed: the step is then off for good)."""
+        the step should run eagerly (no compiled step, none built for this capacity yet, or a
+        build that just failed: the step is then off for good)."""
         compiled = self.compiled
-        if compiled is None or not compiled.ready(caches[0].shape[1]):
+        if compiled is None:
             return None
         try:
-            return compiled(token, position, caches, self.cos, self.sin)
-        except Exception as error:
-            if caches[0].shape[1] in compiled.compiled:
-                raise  # a compiled step that ran before: a real error, not a compile's
+            if not compiled.ready(caches[0].shape[1]):
+                return None
+        except Exception as error:  # building or loading failed: decode eagerly from now on
             self.compile_failed(error)
             return None
+        return compiled(token, position, caches, self.cos, self.sin)
 
     def extend(self, ids: Sequence[int]) -> np.ndarray:
         """Feed several tokens after what the cache holds (a chat's next turn); the logits of

@@ -23,14 +23,15 @@ class TorchLM:
     serving unmerged adapters, in transformers' `forward` with its `DynamicCache`.
     `FT_STATIC_DECODE=0` turns the static loop off (to compare, or to rule it out).
 
-    `compile=True` compiles the static loop's single-sequence step on a CPU
-    (`compiled_decode`): a few seconds once the compile is in inductor's on-disk cache, tens
-    the first time, then each token faster (see docs/generation.md); `warm()` starts that
-    compile in a background thread."""
+    `compile` runs the static loop's single-sequence step compiled on a CPU
+    (`compiled_decode`): True builds it for each cache size when first needed (tens of seconds,
+    once: later processes load it from disk in a fraction of a second), "cached" only uses
+    what is built, False never; each token is then faster (see docs/generation.md). `warm()`
+    builds in a background thread while steps run eagerly."""
 
     backend = "torch"
 
-    def __init__(self, model: Any, compile: bool = False) -> None:
+    def __init__(self, model: Any, compile: bool | str = False) -> None:
         import inspect
         import os
 
@@ -74,6 +75,15 @@ class TorchLM:
         static = self.static()
         if static is not None:
             static.warm()
+
+    @property
+    def decode_step(self) -> str:
+        """How single-sequence tokens were decoded: "compiled" once a compiled step is loaded,
+        else "static" (ft's static loop, eager) or "forward" (transformers' forward)."""
+        static = self._static
+        if static is None:
+            return "forward"
+        return "compiled" if static.compiled is not None and static.compiled.runners else "static"
 
     @property
     def compile_reason(self) -> str | None:
