@@ -91,3 +91,50 @@ def test_a_second_backward_pass_is_refused_not_wrong() -> None:
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="runs once"):
         loss.backward()
+
+
+def test_a_frozen_weight_is_cast_once_until_it_changes() -> None:
+    """Under autocast a frozen output layer (a tied embedding cannot be stored in bf16) is
+    cast once and the copy reused step after step; a change to the weight in place (a
+    resumed or reloaded state) makes a new copy, and a trained weight is cast in the graph."""
+    from ft_train_torch import head_loss
+
+    head, hidden, targets = _case(bias=False)
+    head.weight.requires_grad_(False)
+    casts = []
+    real = torch.Tensor.to
+
+    def counting(tensor, *args, **kwargs):
+        if tensor is head.weight:
+            casts.append(args)
+        return real(tensor.detach() if tensor is head.weight else tensor, *args, **kwargs)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first = head_cross_entropy(head, hidden, targets)
+        torch.Tensor.to = counting
+        try:
+            second = head_cross_entropy(head, hidden, targets)
+        finally:
+            torch.Tensor.to = real
+    assert casts == []  # the second step reused the first one's copy
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    with torch.no_grad():
+        head.weight.mul_(0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        after = head_cross_entropy(head, hidden, targets)
+        want = _reference(head, hidden, targets)
+    torch.testing.assert_close(after, want, rtol=1e-6, atol=1e-5)
+    assert not torch.equal(after, first)
+    # A trained weight gets its gradient through the cast, as under autocast.
+    head.weight.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = head_cross_entropy(head, hidden, targets).sum()
+    (grad,) = torch.autograd.grad(loss, [head.weight])
+    assert grad.dtype == torch.float32 and grad.abs().sum() > 0
+    kept = id(head.weight)
+    assert kept in head_loss._CASTS
+    del head, loss  # the loss's graph holds the weight too
+    import gc
+
+    gc.collect()
+    assert kept not in head_loss._CASTS  # the copy goes with its weight

@@ -16,9 +16,17 @@ rounded to the logits' dtype where autocast's cast would round it), at a third o
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
+
+CACHE_CASTS = True
+"""Keep a frozen output layer's autocast copy between steps (off: cast at every step)."""
+
+_CASTS: dict[int, tuple[tuple, torch.Tensor]] = {}
+"""Kept casts by the weight's id (a dictionary keyed by tensors would compare them with
+`==`); an entry goes when its weight does."""
 
 BLOCK_ROWS = 64
 """Rows whose float32 logits exist at once: 64 x 49,152 x 4 bytes = 12.6 MB for SmolLM2."""
@@ -86,9 +94,28 @@ def head_cross_entropy(
     device = rows.device.type
     if torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
-        rows, weight = rows.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
+        rows, weight = rows.to(dtype), _cast(weight, dtype)
+        bias = _cast(bias, dtype) if bias is not None else None
     elif weight.dtype != rows.dtype:
         rows = rows.to(weight.dtype)
     with torch.autocast(device, enabled=False):
         return _HeadCrossEntropy.apply(rows, weight, bias, targets)
+
+
+def _cast(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`weight` in `dtype`. A frozen weight's copy is kept until the weight changes in place:
+    a tied output layer (SmolLM2's is its embedding, 49,152 x 576) cannot be stored in the
+    autocast dtype as the other frozen layers are (`fused.frozen_linears_to`: the embedding
+    stays float32), and casting it anew took 6% of a bf16 LoRA step on a CPU."""
+    if weight.dtype == dtype:
+        return weight
+    if weight.requires_grad or not CACHE_CASTS:
+        return weight.to(dtype)  # a trained weight: cast in the graph, as autocast does
+    key = (dtype, weight._version, weight.data_ptr(), weight.device)
+    kept = _CASTS.get(id(weight))
+    if kept is None or kept[0] != key:
+        if kept is None:
+            weakref.finalize(weight, _CASTS.pop, id(weight), None)
+        kept = (key, weight.detach().to(dtype))
+        _CASTS[id(weight)] = kept
+    return kept[1]
