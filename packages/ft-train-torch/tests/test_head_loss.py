@@ -101,22 +101,13 @@ def test_a_frozen_weight_is_cast_once_until_it_changes() -> None:
 
     head, hidden, targets = _case(bias=False)
     head.weight.requires_grad_(False)
-    casts = []
-    real = torch.Tensor.to
-
-    def counting(tensor, *args, **kwargs):
-        if tensor is head.weight:
-            casts.append(args)
-        return real(tensor.detach() if tensor is head.weight else tensor, *args, **kwargs)
-
+    watched = id(head.weight)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         first = head_cross_entropy(head, hidden, targets)
-        torch.Tensor.to = counting
-        try:
-            second = head_cross_entropy(head, hidden, targets)
-        finally:
-            torch.Tensor.to = real
-    assert casts == []  # the second step reused the first one's copy
+        copy = head_loss._CASTS[watched][1]
+        second = head_cross_entropy(head, hidden, targets)
+    assert head_loss._CASTS[watched][1] is copy  # the second step reused the first one's
+    assert copy.dtype == torch.bfloat16 and torch.equal(copy, head.weight.to(torch.bfloat16))
     torch.testing.assert_close(first, second, rtol=0, atol=0)
     with torch.no_grad():
         head.weight.mul_(0.5)
@@ -125,16 +116,16 @@ def test_a_frozen_weight_is_cast_once_until_it_changes() -> None:
         want = _reference(head, hidden, targets)
     torch.testing.assert_close(after, want, rtol=1e-6, atol=1e-5)
     assert not torch.equal(after, first)
+    assert head_loss._CASTS[watched][1] is not copy
     # A trained weight gets its gradient through the cast, as under autocast.
     head.weight.requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = head_cross_entropy(head, hidden, targets).sum()
     (grad,) = torch.autograd.grad(loss, [head.weight])
     assert grad.dtype == torch.float32 and grad.abs().sum() > 0
-    kept = id(head.weight)
-    assert kept in head_loss._CASTS
+    assert watched in head_loss._CASTS
     del head, loss  # the loss's graph holds the weight too
     import gc
 
     gc.collect()
-    assert kept not in head_loss._CASTS  # the copy goes with its weight
+    assert watched not in head_loss._CASTS  # the copy goes with its weight
