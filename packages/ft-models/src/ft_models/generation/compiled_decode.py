@@ -133,8 +133,9 @@ def _digest(arguments: tuple[Any, ...]) -> str:
             parts.append(f"{tuple(leaf.shape)}/{leaf.stride()}/{leaf.dtype}/{leaf.device.type}")
             # Export takes one tensor passed twice (tied embeddings) for one input: a package
             # built so must not serve a model whose two weights are apart, nor the reverse.
-            where = (leaf.untyped_storage().data_ptr(), leaf.storage_offset(), *leaf.shape)
-            parts.append(f"same as {seen.setdefault(where, index)}")
+            if leaf.device.type != "meta":  # a stand-in is apart from everything
+                where = (leaf.untyped_storage().data_ptr(), leaf.storage_offset(), *leaf.shape)
+                parts.append(f"same as {seen.setdefault(where, index)}")
         else:
             parts.append(repr(leaf))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
@@ -290,10 +291,11 @@ class CompiledStep:
             torch = self.torch
             weight = self.decoder.lm_head.weight
             shape = (2 * self.decoder.kv_heads, capacity, self.decoder.head_dim)
-            caches = [torch.empty(shape, dtype=weight.dtype) for _ in self.layers]
-            cos, sin = (torch.empty((capacity, self.decoder.head_dim), dtype=weight.dtype)
-                        for _ in range(2))  # fmt: skip
-            token, position = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+            # Stand-ins on the meta device (no memory): only their shapes and dtypes count.
+            meta = {"dtype": weight.dtype, "device": "meta"}
+            caches = [torch.empty(shape, **meta) for _ in self.layers]
+            cos, sin = (torch.empty((capacity, self.decoder.head_dim), **meta) for _ in range(2))
+            token, position = (torch.empty(1, dtype=torch.long, device="meta") for _ in range(2))
             arguments = self._arguments(token, position, caches, cos, sin)
             digest = _digest((*arguments, self.sizes))
             self.paths[capacity] = package_folder() / f"decode-{capacity}-{digest}.pt2"
