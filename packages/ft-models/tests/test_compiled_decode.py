@@ -274,3 +274,24 @@ def test_a_position_outside_the_cache_is_an_error_not_an_abort() -> None:
     caches = [c[0] for c in decoder.caches]
     with pytest.raises(IndexError, match="position 256 is outside a cache of 256"):
         decoder.compiled(4, 256, caches, decoder.cos, decoder.sin)
+
+
+def test_two_models_building_in_the_background_at_once_both_end_compiled() -> None:
+    # As ft serve with two models: two background builds, which must not trace at once.
+    lms = [TorchLM(_model("llama", intermediate_size=size), compile=True) for size in (120, 128)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for lm in lms:
+            lm.static().warm((256,))
+        for _ in range(6000):  # at most 5 minutes
+            if not any(lm.static().compiled.busy for lm in lms):
+                break
+            time.sleep(0.05)
+    assert [str(w.message) for w in caught if "compiled step" in str(w.message)] == []
+    for lm in lms:
+        assert lm.compile_reason is None and lm.static().compiled.compiled == {256}
+        ids = [3, 1, 4]
+        got = lm.start(ids)
+        ids.append(int(got.argmax()))
+        np.testing.assert_allclose(lm.step(ids[-1]), _reference(lm.model, ids), atol=2e-5)
+        assert lm.decode_step == "compiled"

@@ -201,10 +201,22 @@ def _linear(x: Any, weight: Any, bias: Any) -> Any:
     return y if bias is None else y + bias
 
 
+_BUILDING = threading.Lock()
+"""One build at a time in a process: `torch.export` traces with process-wide state, and two
+traces at once (two served models building in the background) fail each other."""
+
+
 def _build_package(arguments: tuple[Any, ...], sizes: tuple[Any, ...], path: Path) -> None:
     """Export the step for `arguments` (what the runner is called with) and compile it into
     the package `path`, written under a temporary name and renamed into place (a crash or a
     kill leaves no half-written package under the final name)."""
+    with _BUILDING:
+        if path.is_file():  # built by another decoder while this one waited
+            return
+        _build_unlocked(arguments, sizes, path)
+
+
+def _build_unlocked(arguments: tuple[Any, ...], sizes: tuple[Any, ...], path: Path) -> None:
     import logging
 
     import torch
