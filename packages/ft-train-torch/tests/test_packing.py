@@ -152,6 +152,41 @@ def test_packed_attention_is_each_example_alone(window, softcap) -> None:
     assert float(out[0, 11].abs().max()) == 0.0
 
 
+@pytest.mark.parametrize("float32", [True, False], ids=["float32-attention", "bf16-attention"])
+def test_under_bf16_autocast_on_a_cpu_attention_may_run_in_float32(monkeypatch, float32) -> None:
+    """Under bf16 autocast on a CPU without AMX, attention leaves autocast and runs in float32
+    (faster there, and exact to float32); forced either way, the output stays each example's
+    own attention, to float32's or bf16's rounding, with the gradients flowing back."""
+    from ft_train_torch import attention
+
+    monkeypatch.setattr(attention, "FLOAT32_ON_CPU", float32)
+    torch.manual_seed(0)
+    segments = np.array([[1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 3, 0], [1] * 9 + [2, 2, 2]])
+    q = torch.randn(2, 4, 12, 8, requires_grad=True)
+    k, v = (torch.randn(2, 2, 12, 8, requires_grad=True) for _ in range(2))
+    module = torch.nn.Module().eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert attention._float32_here(q.device) is float32
+        out, _ = packed_attention(module, q, k, v, None, segments=Segments.of(segments))
+    expected = _reference(q.double(), k.double(), v.double(), segments).float()
+    assert out.dtype == (torch.float32 if float32 else torch.bfloat16)
+    tolerance = 1e-5 if float32 else 2e-2
+    torch.testing.assert_close(out.float(), expected, rtol=tolerance, atol=tolerance)
+    assert float(out[0, 11].abs().max()) == 0.0
+    out.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.float32 for t in (q, k, v))
+    # Without autocast, or in fp16 autocast, nothing changes.
+    assert not attention._float32_here(q.device)
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert not attention._float32_here(q.device)
+    if not float32:
+        return
+    monkeypatch.setattr(attention, "FLOAT32_ON_CPU", None)
+    monkeypatch.setattr(attention, "_has_amx", lambda: True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not attention._float32_here(q.device)  # with AMX, bf16 attention stays
+
+
 def test_mixed_sliding_and_full_layers_pack(tiny_model_factory, prepared_alpaca) -> None:
     """A model whose layers mix sliding-window and full attention (Qwen2 with layer_types, as
     Qwen2.5 and Gemma 2/3 have) packs: each layer applies its own window inside each example."""
