@@ -269,8 +269,12 @@ def test_generate_compile_builds_the_step_once_and_later_runs_use_it(
     plain = record()
     assert (plain["decode_step"], plain["tokens"]) == ("static", list(expected.tokens))
     assert not (ft_home / "compiled").exists()
-    built = record("--compile")  # builds the step for this model's shape, under ft's home
-    assert (built["decode_step"], built["tokens"]) == ("compiled", list(expected.tokens))
+    # --compile builds the step for this model's shape, under ft's home, before the answer.
+    built = run(generate, *ask[:-1], "--compile")
+    assert built.exit_code == 0, built.output
+    assert "building the compiled decode step for 256 positions" in built.stderr
+    assert expected.text in built.stdout
+    assert built.stderr.rstrip().endswith("; compiled decode step")
     packages = sorted((ft_home / "compiled").glob("*.pt2"))
     assert len(packages) == 1
     later = record()  # a later run finds it and decodes compiled, building nothing
@@ -278,6 +282,8 @@ def test_generate_compile_builds_the_step_once_and_later_runs_use_it(
     assert sorted((ft_home / "compiled").glob("*")) == packages
     off = record("--no-compile")
     assert (off["decode_step"], off["tokens"]) == ("static", list(expected.tokens))
-    # The speed line says so.
-    text = run(generate, str(tiny_llama), "The capital", *FAST, "--raw", "--max-tokens", "4")
-    assert text.stderr.rstrip().endswith("; compiled decode step")
+    # Built already: --compile builds nothing more, and the speed line says which step ran.
+    again = run(generate, *ask[:-1], "--compile")
+    assert "building" not in again.stderr
+    assert again.stderr.rstrip().endswith("; compiled decode step")
+    assert sorted((ft_home / "compiled").glob("*")) == packages

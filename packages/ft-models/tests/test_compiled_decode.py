@@ -295,3 +295,13 @@ def test_two_models_building_in_the_background_at_once_both_end_compiled() -> No
         ids.append(int(got.argmax()))
         np.testing.assert_allclose(lm.step(ids[-1]), _reference(lm.model, ids), atol=2e-5)
         assert lm.decode_step == "compiled"
+
+
+def test_build_readies_every_capacity_a_sequence_passes_through() -> None:
+    decoder = StaticDecoder(_model("llama"), compile=True)
+    heard: list[int] = []
+    built = decoder.build(600, heard.append)  # 256, then 512, then 1,024 positions
+    assert heard == built and set(built) <= {256, 512, 1024}
+    assert all(decoder.compiled.path(c).is_file() for c in (256, 512, 1024))
+    assert decoder.build(600, heard.append) == []  # all there: nothing built again
+    assert StaticDecoder(_model("llama")).build(600) == []  # not compiled: nothing to build

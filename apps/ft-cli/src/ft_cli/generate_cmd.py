@@ -325,6 +325,21 @@ def generate(args: tuple[str, ...], chat: bool | None, as_json: bool, **params: 
         raise click.UsageError("--system needs a chat prompt: drop --raw")
     messages = [{"role": "system", "content": system}] if system else []
     request: Any = [*messages, {"role": "user", "content": prompt}] if chat else prompt
+    if params.get("compile_step") and hasattr(generator.lm, "build"):
+        # --compile: build before the answer starts, so its speed line is the decoding's.
+        def building(capacity: int) -> None:
+            if not as_json:
+                click.echo(
+                    f"building the compiled decode step for {capacity} positions (once for "
+                    "this model's shape; later runs load it)...",
+                    err=True,
+                )
+
+        try:
+            length = len(generator.encode(request)) + options.max_tokens
+        except GenerationError as error:
+            raise UserError(str(error)) from None
+        generator.lm.build(length, building)
     try:
         stream = generator.stream(request, options)
         if as_json:

@@ -172,6 +172,25 @@ class StaticDecoder:
         compiled.build = "background"
         warm_in_background(compiled, capacities)
 
+    def build(self, length: int, say: Any = None) -> list[int]:
+        """Have the compiled step loaded, or built now, for every cache capacity a sequence
+        of up to `length` positions passes through (no-op without a compiled step); `say`
+        (a callable) hears of each build before it starts. The capacities built here."""
+        compiled = self.compiled
+        built: list[int] = []
+        if compiled is None:
+            return built
+        capacity = self._capacity_for(1)
+        while True:
+            if capacity not in compiled.runners and not compiled.path(capacity).is_file():
+                if say is not None:
+                    say(capacity)
+                compiled.warm(capacity)
+                built.append(capacity)
+            if capacity >= self._capacity_for(length):
+                return built
+            capacity = self._capacity_for(capacity + 1)
+
     def fork(self) -> StaticDecoder:
         """Another decoder of the same layers (the same weights, no copy) with a cache of its
         own."""

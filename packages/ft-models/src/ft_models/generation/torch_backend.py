@@ -76,6 +76,19 @@ class TorchLM:
         if static is not None:
             static.warm()
 
+    def build(self, length: int, say: Any = None) -> list[int]:
+        """Build (or load) the compiled step now, in the foreground, for sequences of up to
+        `length` positions, when `compile` was asked for and the static loop runs this model
+        (else nothing); `say(capacity)` is called before each build. The capacities built."""
+        static = self.static()
+        if static is None or static.compiled is None:
+            return []
+        try:
+            return static.build(length, say)
+        except Exception as error:  # decoding goes on eagerly, and says why
+            static.compile_failed(error)
+            return []
+
     @property
     def decode_step(self) -> str:
         """How single-sequence tokens were decoded: "compiled" once a compiled step is loaded,
