@@ -258,13 +258,25 @@ def test_a_failed_build_leaves_nothing_under_a_package_name(
             partial.write(b"half a package")
         raise KeyboardInterrupt  # as a Ctrl-C mid-build
 
+    import os
+    import subprocess
+    import sys
+
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", killed)
     monkeypatch.setattr(compiled_decode, "package_folder", lambda: tmp_path)
+    # What a process that left mid-build (or was killed) left behind, and another build's
+    # file still being written.
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    orphan = tmp_path / f".decode-256-0123.{gone}-0badf00d.partial.pt2"
+    running = tmp_path / f".decode-256-0123.{os.getppid()}-0badf00d.partial.pt2"
+    for file in (orphan, running):
+        file.write_bytes(b"half a package")
     decoder = StaticDecoder(_model("llama"), compile=True)
     decoder.start([1, 2])
     with pytest.raises(KeyboardInterrupt):
         decoder.compiled.warm(256)
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [running]  # the orphan is cleared, this build's too
 
 
 def test_a_position_outside_the_cache_is_an_error_not_an_abort() -> None:

@@ -235,12 +235,27 @@ def _build_unlocked(arguments: tuple[Any, ...], sizes: tuple[Any, ...], path: Pa
     with torch.inference_mode():
         program = torch.export.export(Step(), arguments, strict=False)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _remove_orphans(path.parent)
     partial = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial.pt2")
     try:
         torch._inductor.aoti_compile_and_package(program, package_path=str(partial))
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _remove_orphans(folder: Path) -> None:
+    """Delete the half-written packages of builds whose process is gone (a command that left
+    at once mid-build, `exit_now_if_compiling`, or a kill): they are never loaded, but they
+    take disk space."""
+    for partial in folder.glob(".*.partial.pt2"):
+        try:
+            pid = int(partial.name.rsplit(".", 3)[-3].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            partial.unlink(missing_ok=True)
+        except (ValueError, IndexError, PermissionError, OSError):
+            continue  # not ours to judge: another user's process, or an odd name
 
 
 class CompiledStep:
