@@ -6,7 +6,10 @@ real 135M model runs at a few tokens/s on mlx[cpu]'s reference BLAS, `--model sm
 anyway), LoRA r=8, alpha=16 (mlx-lm's scale 2.0), dropout 0 on q_proj/v_proj of every block,
 AdamW with bias correction at lr 2e-4, one pass over the same `--examples` rows of
 shared/datasets/alpaca_en_demo.json as chat (user: instruction + input, assistant: output),
-only the answers trained, rows up to 512 tokens.
+only the answers trained, rows up to 512 tokens, at the same precision (`--precision fp32`,
+`bf16` or `both`): in bf16 both load the base weights in bfloat16 (ft: `training.precision:
+bf16`; mlx-lm: a bfloat16 copy of the model folder, which it trains in the dtype it finds) and
+keep the LoRA weights in float32.
 
 - ft: `ft_train_mlx.train` on the prepared HDF5 file, packing (`--batch // 2` packed rows of 512
   tokens per step, about the tokens of `--batch` examples), attention confined per example.
@@ -28,6 +31,7 @@ nothing in the lock changes. On a Mac (Metal) the same script runs as is.
 
     uv run --no-sync python benchmarks/bench_train_mlx.py
     FT_MLX_MKL=1 uv run --no-sync --with mkl python benchmarks/bench_train_mlx.py
+    uv run --no-sync python benchmarks/bench_train_mlx.py --precision both
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_features
 
 MAX_LENGTH = 512
 VALIDATION_ROWS = 16
@@ -64,6 +71,8 @@ def smollm2_dir() -> Path:
 
 def build_model(out: Path, layers: int, width: int, seed: int = 0) -> Path:
     """A random Llama with SmolLM2's tokenizer, config fields and tied embeddings, fp32."""
+    if out.exists():
+        return out
     import torch
     from transformers import AutoConfig, LlamaForCausalLM
 
@@ -114,6 +123,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16", "both"], default="fp32", help="both sides'"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -131,7 +143,6 @@ def main() -> None:
             if args.model == "smollm2"
             else build_model(work / "model", args.layers, args.width)
         )
-        (work / "model_path").write_text(str(model))
         rows = json.loads((datasets_dir() / "alpaca_en_demo.json").read_text(encoding="utf-8"))
         parts = {
             "train": rows[VALIDATION_ROWS : VALIDATION_ROWS + args.examples],
@@ -139,10 +150,17 @@ def main() -> None:
         }
         prepare(work, model, parts)
         env = {**os.environ, **mkl_env()}
-        results = {}
-        for name in ("ft", "mlx_lm"):
-            results[name] = run_child(name, args, work, env)
-        report(results, args, model, bool(env.get("LD_PRELOAD")))
+        print(f"cpu {cpu_features()}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+        for precision in precisions:
+            # mlx-lm trains in the dtype of the folder it loads: bf16 gets a bfloat16 copy
+            folder = model if precision == "fp32" else bfloat16_copy(model, work / "model-bf16")
+            (work / "model_path").write_text(str(folder))
+            # each precision's pair back to back, so a ratio is read under the same load
+            results = {
+                name: run_child(name, args, work, env, precision) for name in ("ft", "mlx_lm")
+            }
+            report(results, args, folder, bool(env.get("LD_PRELOAD")), precision)
 
 
 def prepare(work: Path, model: Path, parts: dict[str, list[dict[str, str]]]) -> None:
@@ -166,9 +184,30 @@ def prepare(work: Path, model: Path, parts: dict[str, list[dict[str, str]]]) -> 
                 f.write(json.dumps({"prompt": prompt, "completion": r["output"]}) + "\n")
 
 
-def run_child(name: str, args: argparse.Namespace, work: Path, env: dict[str, str]) -> dict:
+def bfloat16_copy(model: Path, out: Path) -> Path:
+    """The model folder with its weights stored in bfloat16 (tokenizer and config as they are)."""
+    import torch
+    from safetensors.numpy import load_file
+    from safetensors.torch import save_file
+
+    if out.exists():
+        return out
+    shutil.copytree(model, out)
+    for weights in out.glob("*.safetensors"):
+        tensors = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in load_file(weights).items()}
+        save_file(tensors, weights, metadata={"format": "pt"})
+    config = json.loads((out / "config.json").read_text())
+    config["torch_dtype"] = config["dtype"] = "bfloat16"
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+def run_child(
+    name: str, args: argparse.Namespace, work: Path, env: dict[str, str], precision: str
+) -> dict:
     argv = [sys.executable, __file__, "--child", name, "--work", str(work)]
     argv += ["--examples", str(args.examples), "--batch", str(args.batch)]
+    argv += ["--precision", precision]
     out_file, err_file = work / f"{name}.out", work / f"{name}.err"
     with out_file.open("w") as out, err_file.open("w") as err:
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
@@ -181,10 +220,13 @@ def run_child(name: str, args: argparse.Namespace, work: Path, env: dict[str, st
     return result
 
 
-def report(results: dict[str, dict], args: argparse.Namespace, model: Path, mkl: bool) -> None:
+def report(
+    results: dict[str, dict], args: argparse.Namespace, model: Path, mkl: bool, precision: str
+) -> None:
     blas = "MKL (FT_MLX_MKL=1)" if mkl else "mlx[cpu] reference BLAS"
     if sys.platform == "darwin":
         blas = "Metal"
+    print(f"\n== {precision} ==")
     print(
         f"model {args.model} ({args.layers} layers x {args.width} wide)"
         if args.model == "tiny"
@@ -203,7 +245,7 @@ def report(results: dict[str, dict], args: argparse.Namespace, model: Path, mkl:
         )
     ft, base = results["ft"], results["mlx_lm"]
     print(
-        f"ratio ft / mlx-lm: tokens/s {ft['tokens_per_s'] / base['tokens_per_s']:.2f}x, "
+        f"ratio ft / mlx-lm ({precision}): tokens/s {ft['tokens_per_s'] / base['tokens_per_s']:.2f}x, "
         f"MLX peak memory {ft['mlx_peak_bytes'] / base['mlx_peak_bytes']:.2f}x, "
         f"peak RSS {ft['peak_rss_mib'] / base['peak_rss_mib']:.2f}x"
     )
@@ -269,6 +311,7 @@ def child_ft(args: argparse.Namespace) -> dict:
                 "warmup_steps": 0,
                 "max_grad_norm": None,
                 "seed": 0,
+                "precision": args.precision,
             },
         },
         output_dir=work / "ft-run",
