@@ -160,3 +160,77 @@ def test_rebuild_moves_the_damage_aside_and_records_the_runs_again(tmp_path: Pat
         pytest.raises(StoreError, match=r"^run done is being trained by process "),
     ):
         rebuild_store(path)
+
+
+def test_rebuild_records_the_tune_studies_trials_again_from_their_journals(
+    tmp_path: Path,
+) -> None:
+    """`ft tune`'s trial rows (state, settings, value, run, adapter kept) come back from the
+    study's Optuna journal: the same rows as before the damage."""
+    import optuna
+
+    from ft_runs.tune import StudyFiles, open_journal
+
+    path = tmp_path / "home" / "ft.db"
+    project = tmp_path / "project"
+    files = StudyFiles(project / "tune" / "lr-sweep")
+    files.dir.mkdir(parents=True)
+    files.info.write_text("{}")
+    store = JobStore(path)
+    study = optuna.create_study(study_name=files.name, storage=open_journal(files))
+    plan = [  # (state, value, the run's adapter still there)
+        ("COMPLETE", 1.25, True),
+        ("COMPLETE", 1.5, False),  # not among the best: `ft tune` deleted its adapter
+        ("PRUNED", 2.0, False),
+        ("SKIPPED", None, False),  # the memory guard refused it: no run
+    ]
+    for number, (state, value, kept) in enumerate(plan):
+        trial = study.ask()
+        settings = {"training.learning_rate": 10.0 ** -(number + 3)}
+        trial.set_user_attr("settings", settings)
+        store.record_trial(files.dir, files.name, number, state="RUNNING", params=settings)
+        if state == "SKIPPED":
+            trial.set_user_attr("skipped", "needs 30 GB")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            store.record_trial(files.dir, files.name, number, state="SKIPPED", note="needs 30 GB")
+            continue
+        run = a_run(store, project / "runs" / f"lr-sweep-t{number:03d}", end="max_steps")
+        trial.set_user_attr("run_id", run.id)
+        if kept:
+            run.adapter.mkdir()
+        else:  # as `ft tune` leaves the trials outside the best
+            shutil.rmtree(run.checkpoints)
+        if state == "PRUNED":
+            trial.report(value, step=2)  # the evaluation the pruner stopped it at
+            trial.set_user_attr("pruned_at", 2)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, value)
+        store.record_trial(
+            files.dir,
+            files.name,
+            number,
+            run_id=run.id,
+            state=state,
+            value=value,
+            pruned_at=2 if state == "PRUNED" else None,
+            adapter_kept=int(kept),
+        )
+    fields = ("trial", "state", "params", "value", "pruned_at", "run_id", "adapter_kept", "note")
+    before = [{f: row[f] for f in fields} for row in store.trials(files.dir)]
+    assert [row["adapter_kept"] for row in before] == [1, 0, 0, 1]
+    store.close()
+    path.write_bytes(b"this is not a database" * 100)
+
+    said: list[str] = []
+    result = rebuild_store(path, say=said.append)
+    assert result.studies == (files.dir.resolve(),)
+    assert "recorded study lr-sweep (4 trials)" in said
+    rebuilt = JobStore(path)
+    after = [{f: row[f] for f in fields} for row in rebuilt.trials(files.dir.resolve())]
+    # The skipped trial's adapter_kept is moot (no run); the rebuild says 0 where ft tune
+    # left its default.
+    before[3]["adapter_kept"] = 0
+    assert after == before
+    assert rebuilt.trial_of_run("lr-sweep-t000")["trial"] == 0
+    rebuilt.close()

@@ -285,7 +285,8 @@ def rebuild(folders: tuple[Path, ...]) -> None:
     """Rebuild the job store from the run folders, which hold the truth: the database
     (ft.db) is moved aside as ft.db.broken-<time>, never deleted. Runs are found in FOLDERS
     (run folders, or folders of them such as a project's runs/), in the list of run folders
-    kept beside the database, and in the old database when it can still be read.
+    kept beside the database, and in the old database when it can still be read; the trials
+    of those projects' `ft tune` studies are recorded again from their journals.
 
     \b
     ft runs rebuild                  # after "ft.db is damaged"
@@ -296,5 +297,11 @@ def rebuild(folders: tuple[Path, ...]) -> None:
     done = rebuild_store(folders=folders, say=click.echo)
     click.echo(
         f"rebuilt {done.database}: {len(done.runs)} run(s) recorded"
+        + (
+            f", the trials of {len(done.studies)} tune "
+            + ("study" if len(done.studies) == 1 else "studies")
+            if done.studies
+            else ""
+        )
         + (f", {len(done.skipped)} folder(s) skipped" if done.skipped else "")
     )

@@ -8,6 +8,10 @@ pages, a folder in its place) or lost, this moves it aside as `ft.db.broken-<tim
 - the folders given (a run folder, or a folder of run folders such as a project's `runs/`);
 - every folder listed in `run-folders.txt` beside the database (the store appends each run);
 - the run folders the old database still names, when it can still be read at all.
+
+Then the `ft tune` studies of the projects those runs belong to (`<project>/tune/*/`): each
+trial's row (state, settings, value, the run it trained, whether its adapter is still kept)
+again from the study's Optuna journal, which holds the truth for them.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class Rebuilt:
     runs: tuple[str, ...]
     skipped: tuple[str, ...]
     """One line per folder not recorded: the folder and why."""
+    studies: tuple[Path, ...] = ()
+    """The `ft tune` study folders whose trials were recorded again."""
 
 
 def rebuild_store(
@@ -73,7 +79,8 @@ def rebuild_store(
     if moved is not None:
         say(f"moved {database} aside to {moved}")
     store = JobStore(database)
-    recorded = []
+    recorded: list[str] = []
+    studies: list[Path] = []
     try:
         for folder in sorted(runs, key=_created):
             try:
@@ -83,11 +90,80 @@ def rebuild_store(
                 continue
             recorded.append(run_id)
             say(f"recorded {run_id} ({folder})")
+        for study in _studies(store, recorded):
+            try:
+                count = _record_study(store, study, set(recorded))
+            except Exception as exc:  # a damaged journal must not lose the runs just recorded
+                skipped.append(f"{study}: its journal could not be read ({exc})")
+                continue
+            studies.append(study)
+            say(f"recorded study {study.name} ({count} trials)")
     finally:
         store.close()
     for line in skipped:
         say(f"skipped {line}")
-    return Rebuilt(database, moved, tuple(recorded), tuple(skipped))
+    return Rebuilt(database, moved, tuple(recorded), tuple(skipped), tuple(studies))
+
+
+def _last(values: dict[int, float]) -> float | None:
+    return values[max(values)] if values else None
+
+
+def _studies(store: JobStore, run_ids: Iterable[str]) -> list[Path]:
+    """The study folders of the projects the recorded runs belong to: `<project>/tune/*/`,
+    the project being the run's config folder, or the folder above its `runs/` folder."""
+    from ft_runs.tune import STUDY_FILE, studies_dir
+
+    projects: dict[Path, None] = {}
+    for run_id in run_ids:
+        run = store.get_run(run_id)
+        if run.project_dir:
+            projects.setdefault(Path(run.project_dir), None)
+        projects.setdefault(Path(run.run_dir).parent.parent, None)
+    found: dict[Path, None] = {}
+    for project in projects:
+        for info in sorted(studies_dir(project).glob(f"*/{STUDY_FILE}")):
+            found.setdefault(info.parent.resolve(), None)
+    return list(found)
+
+
+def _record_study(store: JobStore, study_dir: Path, run_ids: set[str]) -> int:
+    """Record every trial of the study in `study_dir` from its journal; the number recorded.
+    A trial's run is linked only if that run was recorded; a finished trial's adapter counts
+    as kept while its run folder still holds it (`ft tune` deletes the others')."""
+    from ft_runs.tune import StudyFiles, _optuna, open_journal
+
+    files = StudyFiles(study_dir)
+    if not files.journal.is_file():
+        return 0
+    optuna = _optuna()
+    try:
+        study = optuna.load_study(study_name=files.name, storage=open_journal(files))
+    except KeyError:  # a journal without this study: nothing was asked yet
+        return 0
+    trials = study.get_trials(deepcopy=False)
+    for trial in trials:
+        attrs_ = trial.user_attrs
+        state = "SKIPPED" if attrs_.get("skipped") else trial.state.name
+        run_id = attrs_.get("run_id") if attrs_.get("run_id") in run_ids else None
+        kept = 0
+        if run_id is not None:
+            run_dir = Path(store.get_run(run_id).run_dir)
+            kept = int((run_dir / "adapter").is_dir() or (run_dir / "checkpoints").is_dir())
+        store.record_trial(
+            files.dir,
+            files.name,
+            trial.number,
+            state=state,
+            params=attrs_.get("settings") or {},
+            # a pruned trial's value is its last evaluation's, as `ft tune` records it
+            value=trial.value if trial.value is not None else _last(trial.intermediate_values),
+            pruned_at=attrs_.get("pruned_at"),
+            run_id=run_id,
+            adapter_kept=kept,
+            note=attrs_.get("skipped") or attrs_.get("failed"),
+        )
+    return len(trials)
 
 
 def _candidates(database: Path, given: Iterable[Path]) -> list[Path]:

@@ -148,16 +148,22 @@ def make_pruner(tune: Any) -> Any:
     return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
 
 
+def open_journal(files: StudyFiles) -> Any:
+    """Optuna's storage over the study's journal file (made if new)."""
+    _optuna()
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    journal = str(files.journal)
+    return JournalStorage(JournalFileBackend(journal, lock_obj=JournalFileOpenLock(journal)))
+
+
 def open_study(files: StudyFiles, tune: Any, seed: int) -> Any:
     """The study in `files.journal` (made if new), with the sampler and pruner `tune` names.
     The sampler's seed moves on with the trials already run, so a resumed study does not draw
     its first trials' settings again."""
     optuna = _optuna()
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-    journal = str(files.journal)
-    storage = JournalStorage(JournalFileBackend(journal, lock_obj=JournalFileOpenLock(journal)))
+    storage = open_journal(files)
     parameters = tune_space.parse_space(tune.search_space)
     existing = 0
     with contextlib.suppress(KeyError):
