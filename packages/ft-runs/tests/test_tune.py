@@ -43,6 +43,7 @@ def write_project(
     (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
     extra = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in tune_extra.items())
     (root / "train.yml").write_text(
+        "# the project's job: ft tune promote keeps this line\n"
         f"model: {model}\n"
         "data: {train: data.jsonl, max_seq_length: 48, validation_split: 0.25}\n"
         "method: {name: lora, rank: 4, alpha: 8, target_modules: [q_proj, v_proj]}\n"
@@ -299,8 +300,21 @@ def test_promote_writes_the_best_settings_and_commits_them(
     assert result.best is not None and result.best["number"] == 1
     env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t"}
     os.environ.update({**env, "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+    before = config.read_text("utf-8").splitlines()
     promoted = tune_promote.promote(files, say=lambda text: None)
     assert load_config(config).training.learning_rate == GOOD
+    # set in place: the comment and every other line as they were
+    after = config.read_text("utf-8").splitlines()
+    assert after[0] == "# the project's job: ft tune promote keeps this line"
+    changed = [(old, new) for old, new in zip(before, after, strict=True) if old != new]
+    assert changed == [
+        (
+            "training: {backend: torch, max_steps: 3, eval_every: 1, batch_size: 4, "
+            "precision: fp32, seed: 0, lr_scheduler: constant}",
+            "training: {backend: torch, max_steps: 3, eval_every: 1, batch_size: 4, "
+            f"precision: fp32, seed: 0, lr_scheduler: constant, learning_rate: {GOOD}}}",
+        )
+    ]
     log = subprocess.run(
         ["git", "log", "--format=%s", "-1"], cwd=project, capture_output=True, text=True
     ).stdout

@@ -1,6 +1,7 @@
 """The end of a study: a trial trained again (`trial_overrides`, the `ft train --set ...` that
 reproduces it) and `promote`: the best trial's settings written into the project's train.yml
-(a git commit) and its adapter made the project's model (`<project>/model/`)."""
+(in place, its comments kept: `ft_config.yamledit`; a git commit) and its adapter made the
+project's model (`<project>/model/`)."""
 
 from __future__ import annotations
 
@@ -65,14 +66,16 @@ def promote(files: StudyFiles, number: int | None = None, *, say: Say = print) -
     """Make the best trial (or trial `number`) the project's: its settings written into the
     project's train.yml (committed with git when the project is a repository) and its adapter
     copied to `<project>/model/` with `promoted.json` saying where it came from."""
-    from ft_config.yamlfile import dump_yaml, read_yaml
+    from ft_config.yamledit import CannotEdit, set_values
+    from ft_config.yamlfile import YamlError, dump_yaml, read_yaml
 
     info = json.loads(files.info.read_text(encoding="utf-8"))
     if not info.get("config_path"):
         raise TuneError("this study ran without a train.yml: there is no file to promote into")
     config_path = Path(info["config_path"])
     row = _trial(files, number)
-    data = read_yaml(config_path.read_text(encoding="utf-8"), str(config_path))[0] or {}
+    original = config_path.read_text(encoding="utf-8")
+    data = read_yaml(original, str(config_path))[0] or {}
     for name, value in row["settings"].items():
         node = data
         *parents, leaf = name.split(".")
@@ -82,7 +85,11 @@ def promote(files: StudyFiles, number: int | None = None, *, say: Say = print) -
                 node[part] = {"name": node[part]} if isinstance(node.get(part), str) else {}
             node = node[part]
         node[leaf] = value
-    text = dump_yaml(data)
+    try:  # the file as the user wrote it, comments and order kept, the values set in place
+        text = set_values(original, row["settings"], data, str(config_path))
+    except (CannotEdit, YamlError) as exc:
+        text = dump_yaml(data)
+        say(f"note: {config_path.name} is written whole ({exc}): its comments are not kept")
     load_config_text_check(text, config_path)
     atomic_write_text(config_path, text)
     say(f"{config_path}: trial {row['number']}'s settings ({short_settings(row['settings'])})")
