@@ -79,6 +79,14 @@ def test_the_config_form_has_one_labelled_field_per_setting_grouped_as_the_schem
             assert f'<label for="{control[1]}"' in page, key
             help_text = html.unescape(re.search(rf'id="{control[1]}-help">([^<]*)', page)[1])
             assert help_text.startswith(field["description"]), key
+    # A setting with a default that may be none says how to write none.
+    control = re.search(r'<input id="cfg-training-max-grad-norm"[^>]*>', page)[0]
+    assert 'data-nullable="true"' in control
+    help_text = re.search(r'id="cfg-training-max-grad-norm-help">([^<]*)', page)[1]
+    assert help_text.endswith("Type null for none.")
+    assert re.findall(r'<(?:input|textarea) id="(cfg-[^"]+)"[^>]*data-nullable', page) == [
+        "cfg-training-max-grad-norm"
+    ]
 
 
 def test_validate_gives_ft_config_validate_s_messages(make_client):

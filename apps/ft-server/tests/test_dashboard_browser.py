@@ -174,6 +174,10 @@ def test_build_a_config_train_reload_cancel_resume_export_and_chat(
     page.get_by_label("training.backend", exact=True).select_option("torch")
     expect(page.locator("#config-status")).to_contain_text("train.yml is valid")
     expect(page.locator("#config-memory")).to_contain_text("at the peak")
+    # A default that may be none: null typed in the field writes null (no clipping).
+    page.get_by_label("training.max_grad_norm", exact=True).fill("null")
+    expect(page.locator("#config-yaml")).to_have_value(re.compile(r"max_grad_norm: null"))
+    expect(page.locator("#config-status")).to_contain_text("train.yml is valid")
     yaml_text = page.locator("#config-yaml").input_value()
     assert f"max_steps: {MAX_STEPS}" in yaml_text and "backend: torch" in yaml_text
     page.screenshot(path=shots / "config-builder.png", full_page=False)

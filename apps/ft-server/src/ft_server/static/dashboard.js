@@ -642,6 +642,8 @@ function pageConfig() {
     const text = f.value.trim();
     if (kind === "enum") return text === f.dataset.default ? undefined : text === "" ? null : text;
     if (text === "") return undefined;
+    // A setting whose default is a value may be set to none: typed as null.
+    if (text === "null" && f.dataset.nullable === "true") return null;
     if (kind === "number") return /^-?(\d+\.?\d*|\.\d+)(e-?\d+)?$/i.test(text) ? Number(text) : text;
     if (kind === "json") { try { return JSON.parse(text); } catch (e) { return text; } }
     return text;
@@ -665,6 +667,7 @@ function pageConfig() {
       for (const part of f.name.split(".")) v = v && typeof v === "object" ? v[part] : undefined;
       if (f.dataset.kind === "boolean") f.checked = v === undefined ? f.dataset.default === "true" : !!v;
       else if (f.dataset.kind === "enum") f.value = v === undefined ? f.dataset.default : v === null ? "" : String(v);
+      else if (v === null && f.dataset.nullable === "true") f.value = "null";
       else if (v === undefined || v === null) f.value = "";
       else f.value = typeof v === "object" ? JSON.stringify(v) : String(v);
     }
