@@ -7,7 +7,7 @@ decoding goes on eagerly and says why.
 
 Each build for these tiny models takes about ten seconds on two cores, so the tests of this
 file share one folder of built steps (as the processes of one user do) and build as few
-variants as they can."""
+variants as they can. Every build runs in a child process (`decode_build`)."""
 
 from __future__ import annotations
 
@@ -248,21 +248,16 @@ def test_the_package_name_tells_apart_what_the_build_depends_on() -> None:
     assert name(_model("llama", tie_word_embeddings=True)) != base
 
 
-def test_a_failed_build_leaves_nothing_under_a_package_name(
+def test_a_build_killed_midway_leaves_nothing_under_a_package_name(
     monkeypatch: Any, tmp_path: Any
 ) -> None:
-    import torch._inductor
-
-    def killed(program: Any, package_path: str) -> None:
-        with open(package_path, "wb") as partial:
-            partial.write(b"half a package")
-        raise KeyboardInterrupt  # as a Ctrl-C mid-build
-
     import os
     import subprocess
     import sys
+    import threading
 
-    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", killed)
+    from ft_models.generation import decode_build
+
     monkeypatch.setattr(compiled_decode, "package_folder", lambda: tmp_path)
     # What a process that left mid-build (or was killed) left behind, and another build's
     # file still being written.
@@ -274,9 +269,77 @@ def test_a_failed_build_leaves_nothing_under_a_package_name(
         file.write_bytes(b"half a package")
     decoder = StaticDecoder(_model("llama"), compile=True)
     decoder.start([1, 2])
-    with pytest.raises(KeyboardInterrupt):
-        decoder.compiled.warm(256)
-    assert list(tmp_path.iterdir()) == [running]  # the orphan is cleared, this build's too
+    failed: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            decoder.compiled.warm(256)
+        except BaseException as error:
+            failed.append(error)
+
+    thread = threading.Thread(target=build)
+    thread.start()
+    for _ in range(6000):  # the child clears the orphan once traced, as it starts compiling
+        if not orphan.exists():
+            break
+        time.sleep(0.05)
+    assert not orphan.exists()
+    decode_build.stop_children()  # as `ft chat` leaving mid-build, or a kill
+    thread.join(timeout=60)
+    assert [str(e).split(":")[0] for e in failed] == [
+        "building the compiled step failed (signal 9)"
+    ]
+    assert not compiled_decode.compiling()
+    # Nothing under a package's name; the other build's file is not touched.
+    assert [p for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
+    assert running.exists()
+
+
+def test_a_background_build_never_traces_in_the_process_that_decodes() -> None:
+    """torch.export's state is process-wide (`torch.compiler.is_exporting()`, the fx metadata
+    dictionary): a build traced in a thread made another thread's model load fail with
+    `KeyError: 'custom'`. The build runs in a child, so this process never exports, and
+    models load and decode while it builds."""
+    lm = TorchLM(_model("llama", intermediate_size=112), compile=True)
+    lm.static().warm((256,))
+    exporting, loaded = 0, 0
+    for _ in range(6000):  # at most 5 minutes
+        step = lm.static().compiled
+        if step is None or not step.busy:
+            break
+        exporting += torch.compiler.is_exporting()
+        _model("llama", intermediate_size=104)  # its rotary tables: `1.0 / tensor`
+        loaded += 1
+        time.sleep(0.01)
+    assert lm.compile_reason is None and lm.static().compiled.compiled == {256}
+    assert exporting == 0 and loaded > 0
+
+
+def test_the_child_gets_the_arguments_layout_as_json() -> None:
+    """The build's child makes tensors of the parent's shapes, strides, dtypes and sharing."""
+    import json
+
+    from ft_models.generation import decode_build
+
+    decoder = StaticDecoder(_model("llama", tie_word_embeddings=True), compile=True)
+    step = decoder.compiled
+    caches = [torch.zeros(4, 256, 16) for _ in step.layers]
+    token, position = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    decoder.rotary_tables(256)
+    arguments = step._arguments(token, position, caches, decoder.cos[:256], decoder.sin[:256])
+    described = json.loads(json.dumps(decode_build.describe(arguments, step.sizes)))
+    rebuilt, sizes = decode_build.arguments_of(described)
+    assert sizes == step.sizes
+    flat = compiled_decode._tensors(arguments)
+    again = compiled_decode._tensors(rebuilt)
+    assert [(t.shape, t.stride(), t.dtype) for t in again] == [
+        (t.shape, t.stride(), t.dtype) for t in flat
+    ]
+    # the tied output layer is the embedding there too, and nothing else is shared
+    assert rebuilt[2] is rebuilt[8][0] and arguments[2] is arguments[8][0]
+    assert len({id(t) for t in again}) == len({id(t) for t in flat}) == len(flat) - 1
+    # the other values (epsilons, sizes, absent biases) as they were
+    assert rebuilt[3][0][1] == arguments[3][0][1] and rebuilt[3][0][3] is None
 
 
 def test_a_position_outside_the_cache_is_an_error_not_an_abort() -> None:
@@ -296,7 +359,9 @@ def test_two_models_building_in_the_background_at_once_both_end_compiled() -> No
         for lm in lms:
             lm.static().warm((256,))
         for _ in range(6000):  # at most 5 minutes
-            if not any(lm.static().compiled.busy for lm in lms):
+            if not any(
+                lm.static().compiled is not None and lm.static().compiled.busy for lm in lms
+            ):
                 break
             time.sleep(0.05)
     assert [str(w.message) for w in caught if "compiled step" in str(w.message)] == []

@@ -220,8 +220,8 @@ def main() -> None:
 
 
 def _leave_now_if_compiling(code: int) -> None:
-    # `ft chat` and `ft serve` compile the decode step in a background thread; Python's
-    # shutdown while it runs aborts the process, so a command that ends first leaves at once.
+    # `ft chat` and `ft serve` compile the decode step in a builder process; a command that
+    # ends first stops it and leaves at once.
     compiled_decode = sys.modules.get("ft_models.generation.compiled_decode")
     if compiled_decode is not None:
         compiled_decode.exit_now_if_compiling(code)

@@ -279,7 +279,7 @@ class ModelWorker:
         )  # fmt: skip
         warm = getattr(generator.lm, "warm", None)
         if settings.inference_compile and warm is not None:
-            warm()  # compiles in a thread of its own; steps are eager until it is done
+            warm()  # builds in a builder process; steps are eager until it is done
         self.generator = generator
         return generator
 

@@ -18,10 +18,12 @@ constants (heads, epsilon, scaling). Loading one takes about 0.3 s.
 
 How a `CompiledStep` gets a capacity's package (`build`):
 - "foreground": load it, or build it before the step (`ft generate --compile`);
-- "background": load it, or build it in a background thread while the eager step serves
-  (`ft chat`, `ft serve`);
+- "background": load it, or build it while the eager step serves (`ft chat`, `ft serve`);
 - "cached": load it if an earlier process built it, else the step stays eager (plain
   `ft generate`: a short run would not repay a build).
+
+Every build runs in a child process that a thread of this one waits for (`decode_build` says
+why: torch.export's process-wide state raced with the threads that decode meanwhile).
 
 The arithmetic is the eager loop's (the same weights, the same order of products); inductor
 fuses the elementwise work in float32, so in bfloat16 the logits differ from the eager step's
@@ -40,13 +42,12 @@ import shutil
 import sysconfig
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ft_models.generation.static_decode import rotate_half
+from ft_models.generation.decode_build import build_in_child, building, stop_children
 
 BUILDS = ("foreground", "background", "cached")
 
@@ -88,9 +89,10 @@ def _build_identity() -> str:
 
     import torch
 
-    from ft_models.generation import static_decode
+    from ft_models.generation import decode_build, static_decode
 
-    code = Path(__file__).read_bytes() + Path(static_decode.__file__).read_bytes()
+    code = b"".join(Path(m.__file__).read_bytes() for m in (decode_build, static_decode))
+    code += Path(__file__).read_bytes()
     processor = f"{platform.system()}/{platform.machine()}/{platform.processor()}"
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
@@ -141,110 +143,23 @@ def _digest(arguments: tuple[Any, ...]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
-def _decode_one(
-    token: Any,
-    pos: Any,
-    embed: Any,
-    layers: tuple[tuple[Any, ...], ...],
-    caches: list[Any],
-    cos: Any,
-    sin: Any,
-    final: tuple[Any, float],
-    head: tuple[Any, Any],
-    sizes: tuple[int, int, int, float],
-) -> Any:
-    """Logits (float32, vocabulary) after `token` at position `pos` (both 1-element long
-    tensors); writes the token's keys and values into `caches` (per layer: 2 x key/value
-    heads, capacity, head dim; keys first)."""
-    import torch
-
-    functional = torch.nn.functional
-    rms = functional.rms_norm
-    heads, kv_heads, dim, scaling = sizes
-    q_size, kv_size = heads * dim, kv_heads * dim
-    x = functional.embedding(token, embed)[0]
-    hidden = (x.shape[-1],)
-    c, s = cos[pos], sin[pos]  # (1, head dim)
-    visible = torch.arange(caches[0].shape[1], device=x.device) <= pos
-    for layer, cache in zip(layers, caches, strict=True):
-        (norm_in, eps_in, qkv, qkv_bias, o_proj, o_bias, q_norm, k_norm,
-         norm_post, eps_post, gate_up, gate_up_bias, size, down, down_bias) = layer  # fmt: skip
-        y = _linear(rms(x, hidden, norm_in, eps_in), qkv, qkv_bias)
-        q = y[:q_size].view(heads, dim)
-        k = y[q_size : q_size + kv_size].view(kv_heads, dim)
-        v = y[q_size + kv_size :].view(kv_heads, dim)
-        if q_norm is not None:
-            q = rms(q, (dim,), q_norm[0], q_norm[1])
-            k = rms(k, (dim,), k_norm[0], k_norm[1])
-        q = q * c + rotate_half(q) * s
-        k = k * c + rotate_half(k) * s
-        cache.index_copy_(1, pos, torch.cat((k, v))[:, None])
-        out = functional.scaled_dot_product_attention(
-            q.view(kv_heads, heads // kv_heads, dim),
-            cache[:kv_heads],
-            cache[kv_heads:],
-            attn_mask=visible,
-            scale=scaling,
-        )
-        x = x + _linear(out.reshape(-1), o_proj, o_bias)
-        z = _linear(rms(x, hidden, norm_post, eps_post), gate_up, gate_up_bias)
-        x = x + _linear(functional.silu(z[:size]) * z[size:], down, down_bias)
-    return _linear(rms(x, hidden, final[0], final[1]), head[0], head[1]).float()
-
-
-def _linear(x: Any, weight: Any, bias: Any) -> Any:
-    # torch.mv, not linear: inductor may turn a one-row linear into its own reduction loop,
-    # which reads the weights slower than the BLAS matrix-vector kernel (measured).
-    import torch
-
-    y = torch.mv(weight, x)
-    return y if bias is None else y + bias
-
-
 _BUILDING = threading.Lock()
-"""One build at a time in a process: `torch.export` traces with process-wide state, and two
-traces at once (two served models building in the background) fail each other."""
+"""One build at a time in a process: two at once on a laptop's few cores would each take
+twice as long (two served models building in the background)."""
 
 
 def _build_package(arguments: tuple[Any, ...], sizes: tuple[Any, ...], path: Path) -> None:
     """Export the step for `arguments` (what the runner is called with) and compile it into
-    the package `path`, written under a temporary name and renamed into place (a crash or a
-    kill leaves no half-written package under the final name)."""
+    the package `path`, in a child process (`decode_build`), written under a temporary name and
+    renamed into place (a crash or a kill leaves no half-written package under the final
+    name)."""
     with _BUILDING:
         if path.is_file():  # built by another decoder while this one waited
             return
-        _build_unlocked(arguments, sizes, path)
+        build_in_child(arguments, sizes, path)
 
 
-def _build_unlocked(arguments: tuple[Any, ...], sizes: tuple[Any, ...], path: Path) -> None:
-    import logging
-
-    import torch
-    import torch._inductor
-
-    # "No CUDA runtime is found" (the CUDA build of torch on a CPU) is not news to a user.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-
-    class Step(torch.nn.Module):
-        def forward(
-            self, token: Any, position: Any, embed: Any, layers: Any, caches: Any,
-            cos: Any, sin: Any, final: Any, head: Any,
-        ) -> Any:  # fmt: skip
-            return _decode_one(token, position, embed, layers, caches, cos, sin, final, head, sizes)
-
-    with torch.inference_mode():
-        program = torch.export.export(Step(), arguments, strict=False)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _remove_orphans(path.parent)
-    partial = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial.pt2")
-    try:
-        torch._inductor.aoti_compile_and_package(program, package_path=str(partial))
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def _remove_orphans(folder: Path) -> None:
+def remove_orphans(folder: Path) -> None:
     """Delete the half-written packages of builds whose process is gone (a command that left
     at once mid-build, `exit_now_if_compiling`, or a kill): they are never loaded, but they
     take disk space."""
@@ -423,20 +338,20 @@ _THREADS: set[threading.Thread] = set()
 
 
 def compiling() -> bool:
-    """Whether a background build (`warm_in_background`) is still running."""
-    return any(thread.is_alive() for thread in _THREADS)
+    """Whether a build (a background one, `warm_in_background`, or its child) still runs."""
+    return building() or any(thread.is_alive() for thread in _THREADS)
 
 
 def exit_now_if_compiling(code: int = 0) -> None:
-    """End the process at once (stdio flushed) when a background build is still running.
-
-    Python's shutdown with inductor's compile still running in a thread aborts the process
-    ("terminate called without an active exception"); a command that is done with the model
-    leaves this way instead. A package is renamed into place only once whole, so nothing
-    half-written is left under its name."""
+    """Stop the builder process and end this one at once (stdio flushed) when a build is
+    still running: a command that is done with the model does not wait for it, nor leave a
+    process behind, and the thread that waited for the build does not warn of its end. A
+    package is renamed into place only once whole, so nothing half-written is left under its
+    name."""
     import sys
 
     if compiling():
+        stop_children()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         os._exit(code)
