@@ -269,6 +269,9 @@ def test_generate_compile_builds_the_step_once_and_later_runs_use_it(
     plain = record()
     assert (plain["decode_step"], plain["tokens"]) == ("static", list(expected.tokens))
     assert not (ft_home / "compiled").exists()
+    # ...and the terminal run says how to get the faster step.
+    hint = "(eager decode step: `ft generate --compile` builds a compiled one once"
+    assert hint in run(generate, *ask[:-1]).stderr
     # --compile builds the step for this model's shape, under ft's home, before the answer.
     built = run(generate, *ask[:-1], "--compile")
     assert built.exit_code == 0, built.output
@@ -282,6 +285,8 @@ def test_generate_compile_builds_the_step_once_and_later_runs_use_it(
     assert sorted((ft_home / "compiled").glob("*")) == packages
     off = record("--no-compile")
     assert (off["decode_step"], off["tokens"]) == ("static", list(expected.tokens))
+    assert hint not in run(generate, *ask[:-1]).stderr  # built: nothing to suggest
+    assert hint not in run(generate, *ask[:-1], "--no-compile").stderr  # asked for eager
     # Built already: --compile builds nothing more, and the speed line says which step ran.
     again = run(generate, *ask[:-1], "--compile")
     assert "building" not in again.stderr

@@ -366,3 +366,9 @@ def generate(args: tuple[str, ...], chat: bool | None, as_json: bool, **params: 
     if result is not None:
         compiled = getattr(generator.lm, "decode_step", None) == "compiled"
         click.echo(speed_line(result) + ("; compiled decode step" if compiled else ""), err=True)
+        if params.get("compile_step") is None and getattr(generator.lm, "compile_pending", False):
+            click.echo(
+                "(eager decode step: `ft generate --compile` builds a compiled one once for "
+                "this model's shape, and later runs use it)",
+                err=True,
+            )

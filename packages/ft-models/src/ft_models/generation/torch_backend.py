@@ -99,6 +99,13 @@ class TorchLM:
         return "compiled" if static.compiled is not None and static.compiled.runners else "static"
 
     @property
+    def compile_pending(self) -> bool:
+        """Whether a compiled step could serve this model but none is built for it yet (what
+        `build` would make): the static loop runs eagerly meanwhile."""
+        static = self._static
+        return static is not None and static.compiled is not None and not static.compiled.runners
+
+    @property
     def compile_reason(self) -> str | None:
         """Why the decode step is not compiled, when it was asked for (None: it is)."""
         if not self.compile:
