@@ -3,13 +3,11 @@ order and layout stay, and the file loads to exactly the values asked for."""
 
 from __future__ import annotations
 
-import copy
 import itertools
-from typing import Any
 
 import pytest
 
-from ft_config.yamledit import CannotEdit, set_value, set_values
+from ft_config.yamledit import CannotEdit, edited, set_value, set_values
 from ft_config.yamlfile import read_yaml
 
 TRAIN_YML = """\
@@ -31,21 +29,6 @@ training:
 """
 
 
-def plain_edit(data: Any, values: dict[str, Any]) -> Any:
-    """What the document must load to: each dotted key set in the loaded data (a string
-    where a mapping is needed is `{name: string}`, as `method: lora` means)."""
-    data = copy.deepcopy(data)
-    for dotted, value in values.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                node[part] = {"name": node[part]} if isinstance(node.get(part), str) else {}
-            node = node[part]
-        node[leaf] = value
-    return data
-
-
 def test_values_are_set_in_place_and_the_comments_stay() -> None:
     values = {
         "training.learning_rate": 0.0003,
@@ -56,8 +39,8 @@ def test_values_are_set_in_place_and_the_comments_stay() -> None:
         "data.packing": False,
         "output.run_name": "best trial",
     }
-    expected = plain_edit(read_yaml(TRAIN_YML, "t")[0], values)
-    text = set_values(TRAIN_YML, values, expected, "train.yml")
+    expected = edited(read_yaml(TRAIN_YML, "t")[0], values)
+    text = set_values(TRAIN_YML, values, "train.yml")
     assert (
         text
         == """\
@@ -116,9 +99,22 @@ def test_flow_mappings_are_edited_in_place() -> None:
     )
 
 
-def test_a_result_that_loads_to_anything_else_is_refused() -> None:
+def test_a_result_that_loads_to_anything_else_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ft_config import yamledit
+
+    monkeypatch.setattr(yamledit, "set_value", lambda text, keys, value: "a: 3\n")
     with pytest.raises(CannotEdit, match="does not load to the values asked for"):
-        set_values("a: 1\n", {"a": 2}, {"a": 3}, "t")
+        set_values("a: 1\n", {"a": 2}, "t")
+
+
+def test_the_plain_edit_reads_a_scalar_as_a_name() -> None:
+    data = {"method": "lora", "training": {"epochs": 1}}
+    assert edited(data, {"method.rank": 8, "data.packing": False}) == {
+        "method": {"name": "lora", "rank": 8},
+        "training": {"epochs": 1},
+        "data": {"packing": False},
+    }
+    assert data == {"method": "lora", "training": {"epochs": 1}}  # a copy
 
 
 DEMO_YML = """\
@@ -158,7 +154,7 @@ def test_every_setting_of_the_default_search_space_on_a_demo_train_yml() -> None
     }
     for combination in itertools.product(*choices.values()):
         values = dict(zip(choices, combination, strict=True))
-        expected = plain_edit(loaded, values)
-        text = set_values(source, values, expected, "train.yml")
+        expected = edited(loaded, values)
+        text = set_values(source, values, "train.yml")
         assert read_yaml(text, "t")[0] == expected
         assert [line for line in text.splitlines() if line.lstrip().startswith("#")] == comments

@@ -20,6 +20,7 @@ needed) raises `CannotEdit`; the caller then writes the data whole.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import yaml
@@ -31,15 +32,29 @@ class CannotEdit(Exception):
     """The text cannot be edited in place for this key; the message says why."""
 
 
-def set_values(text: str, values: dict[str, Any], expected: Any, source: str) -> str:
-    """`text` with each dotted key of `values` set, comments and layout kept. `expected` is
-    the data the result must load to (the caller's plain edit of the loaded document); a
-    result that loads to anything else raises CannotEdit, as does a key that cannot be set in
-    place."""
+def edited(data: Any, values: dict[str, Any]) -> Any:
+    """A copy of the loaded document `data` with each dotted key of `values` set (a string
+    where a mapping is needed becomes `{name: string}`: `method: lora` means that)."""
+    data = copy.deepcopy(data) if data is not None else {}
+    for dotted, value in values.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {"name": node[part]} if isinstance(node.get(part), str) else {}
+            node = node[part]
+        node[leaf] = value
+    return data
+
+
+def set_values(text: str, values: dict[str, Any], source: str) -> str:
+    """`text` with each dotted key of `values` set, comments and layout kept. The result must
+    load to `edited(loaded text, values)`; anything else raises CannotEdit, as does a key
+    that cannot be set in place."""
+    expected = edited(read_yaml(text, source)[0], values)
     for dotted, value in values.items():
         text = set_value(text, dotted.split("."), value)
-    loaded = read_yaml(text, source)[0]
-    if loaded != expected:
+    if read_yaml(text, source)[0] != expected:
         raise CannotEdit("the edited text does not load to the values asked for")
     return text
 

@@ -66,7 +66,7 @@ def promote(files: StudyFiles, number: int | None = None, *, say: Say = print) -
     """Make the best trial (or trial `number`) the project's: its settings written into the
     project's train.yml (committed with git when the project is a repository) and its adapter
     copied to `<project>/model/` with `promoted.json` saying where it came from."""
-    from ft_config.yamledit import CannotEdit, set_values
+    from ft_config.yamledit import CannotEdit, edited, set_values
     from ft_config.yamlfile import YamlError, dump_yaml, read_yaml
 
     info = json.loads(files.info.read_text(encoding="utf-8"))
@@ -75,20 +75,10 @@ def promote(files: StudyFiles, number: int | None = None, *, say: Say = print) -
     config_path = Path(info["config_path"])
     row = _trial(files, number)
     original = config_path.read_text(encoding="utf-8")
-    data = read_yaml(original, str(config_path))[0] or {}
-    for name, value in row["settings"].items():
-        node = data
-        *parents, leaf = name.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                # `method: lora` is short for `method: {name: lora}`.
-                node[part] = {"name": node[part]} if isinstance(node.get(part), str) else {}
-            node = node[part]
-        node[leaf] = value
     try:  # the file as the user wrote it, comments and order kept, the values set in place
-        text = set_values(original, row["settings"], data, str(config_path))
+        text = set_values(original, row["settings"], str(config_path))
     except (CannotEdit, YamlError) as exc:
-        text = dump_yaml(data)
+        text = dump_yaml(edited(read_yaml(original, str(config_path))[0], row["settings"]))
         say(f"note: {config_path.name} is written whole ({exc}): its comments are not kept")
     load_config_text_check(text, config_path)
     atomic_write_text(config_path, text)
