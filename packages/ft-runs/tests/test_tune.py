@@ -368,3 +368,46 @@ def test_settings_the_memory_estimate_refuses_are_skipped_and_do_not_count(
         "trial 0: skipped, it cannot fit: the run does not fit in memory: a micro-batch of 512 "
         "row(s) of 48 tokens needs about 1.2 GB"
     )
+
+
+def test_hyperband_prunes_what_falls_behind_at_its_first_evaluation_and_keeps_the_best() -> None:
+    """`tune.pruner: hyperband` as a study runs it: each trial's `eval` events go through
+    `TrialMonitor` to Optuna's HyperbandPruner (brackets by trial number, so this is exact)."""
+    optuna = tune._optuna()
+    settings = load_config(None, overrides=["tune.pruner=hyperband"]).tune
+    pruner = tune.make_pruner(settings)
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+    study = optuna.create_study(study_name="hb", direction="minimize", pruner=pruner)
+
+    def trained(losses: list[float]) -> int | None:
+        """The step the trial was pruned at, None when it ran to its end."""
+        trial = study.ask()
+        monitor = tune.TrialMonitor(trial, "eval_loss", True, lambda: None)
+        monitor({"type": "start", "total_steps": 45})
+        for step, loss in zip(range(5, 50, 5), losses, strict=True):
+            monitor({"type": "step", "step": step})
+            monitor({"type": "eval", "step": step, "eval_loss": loss})
+            if monitor.should_stop():  # the trainer checkpoints and stops here
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return monitor.pruned_at
+        study.tell(trial, losses[-1])
+        return None
+
+    def curve(start: float) -> list[float]:
+        return [start - step / 100 for step in range(5, 50, 5)]
+
+    assert trained(curve(2.0)) is None  # nothing to compare the first trial with
+    for offset in (0.01, 0.02, 0.03, 0.04, 0.05):
+        trained(curve(2.0 + offset))  # close calls: Hyperband keeps a third of each rung
+    # Far behind: stopped at the first evaluation, whichever bracket the trial falls in.
+    assert [trained([5.0] * 9) for _ in range(4)] == [5, 5, 5, 5]
+    # Better than every trial so far: never stopped.
+    assert trained(curve(1.5)) is None
+    assert study.best_value == curve(1.5)[-1]
+    from ft_config import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, overrides=["tune.pruner=asha"])
+    assert str(refused.value) == (
+        "--set tune.pruner=asha: tune.pruner: expected one of 'median', 'hyperband', got 'asha'"
+    )
