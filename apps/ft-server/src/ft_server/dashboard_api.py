@@ -23,7 +23,15 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ft_config import ConfigError, atomic_write_text, dump_yaml, load_config
-from ft_server.data_api import _data_error, _dataset, _options, _run, _settings, _store, _tokenizer
+from ft_server.data_api import (
+    data_error,
+    dataset_path,
+    prepare_options,
+    run_or_404,
+    settings_of,
+    store_of,
+    tokenizer_for,
+)
 from ft_server.errors import ApiError
 from ft_server.files import inside, inside_any
 from ft_server.jobs_api import point_value
@@ -259,8 +267,8 @@ async def rendered_dataset(
 ) -> dict[str, Any]:
     """The first rows as the model sees them (what `ft dataset inspect` shows): the chat
     template applied, each token's piece of text and whether it is trained."""
-    settings = _settings(request)
-    path = _dataset(request, name)
+    settings = settings_of(request)
+    path = dataset_path(request, name)
     return await asyncio.to_thread(_rendered, settings, path, name, rows, model, max_seq_length)
 
 
@@ -275,11 +283,13 @@ def _rendered(
     from ft_data import DataError
     from ft_data.explain import explain_rows
 
-    tokenizer, model_name = _tokenizer(settings, model)
+    tokenizer, model_name = tokenizer_for(settings, model)
     try:
-        explanation = explain_rows(path, tokenizer, _options(max_seq_length).prepare, count=rows)
+        explanation = explain_rows(
+            path, tokenizer, prepare_options(max_seq_length).prepare, count=rows
+        )
     except DataError as exc:
-        raise ApiError(400, _data_error(exc, name), code="invalid_data") from None
+        raise ApiError(400, data_error(exc, name), code="invalid_data") from None
     examples = []
     for row in explanation.rows:
         item = row.to_dict()
@@ -302,9 +312,9 @@ async def dataset_quality(
 ) -> dict[str, Any]:
     """`ft dataset stats`' quality report: exact and near duplicates, lengths with a
     histogram, contamination with `eval`, class balance with `label_column`."""
-    settings = _settings(request)
-    path = _dataset(request, name)
-    eval_path = _dataset(request, eval) if eval else None
+    settings = settings_of(request)
+    path = dataset_path(request, name)
+    eval_path = dataset_path(request, eval) if eval else None
     return await asyncio.to_thread(
         _quality, settings, path, name, model, eval_path, label_column, shown
     )
@@ -324,7 +334,7 @@ def _quality(
     from ft_config import DataConfig
     from ft_data import DataError, options_from_config, quality_report
 
-    tokenizer, _ = _tokenizer(settings, model)
+    tokenizer, _ = tokenizer_for(settings, model)
     data = DataConfig()
     if label_column:
         data = attrs.evolve(data, label_column=label_column)
@@ -339,7 +349,7 @@ def _quality(
             eval_source=eval_path,
         )
     except DataError as exc:
-        raise ApiError(400, _data_error(exc, name), code="invalid_data") from None
+        raise ApiError(400, data_error(exc, name), code="invalid_data") from None
     out = report.to_dict(shown=shown)
     text = json.dumps(out).replace(str(path.parent) + os.sep, "")  # no server paths
     return {"name": name, "quality": json.loads(text)}
@@ -355,7 +365,7 @@ def dataset_rows(
     """Rows `offset`.. of an uploaded dataset as read (row 0 is the first), for editing."""
     from ft_data import DataError, read_rows
 
-    path = _dataset(request, name)
+    path = dataset_path(request, name)
     found: list[dict[str, Any]] = []
     total = 0
     try:
@@ -364,7 +374,7 @@ def dataset_rows(
             if offset <= index < offset + limit:
                 found.append({"index": index, "row": row})
     except DataError as exc:
-        raise ApiError(400, _data_error(exc, name), code="invalid_data") from None
+        raise ApiError(400, data_error(exc, name), code="invalid_data") from None
     return {"name": name, "offset": offset, "total": total, "rows": found}
 
 
@@ -388,12 +398,12 @@ def save_version(name: str, body: RowEdits, request: Request) -> dict[str, Any]:
     Lines upload named `STEM-vN-XXXXXXXX.jsonl`; the old file stays as it was."""
     from ft_data import DataError, read_rows
 
-    settings = _settings(request)
-    path = _dataset(request, name)
+    settings = settings_of(request)
+    path = dataset_path(request, name)
     try:
         rows = [row for _number, row in read_rows(path)]
     except DataError as exc:
-        raise ApiError(400, _data_error(exc, name), code="invalid_data") from None
+        raise ApiError(400, data_error(exc, name), code="invalid_data") from None
     bad = sorted(i for i in (*body.replace, *body.delete) if not 0 <= i < len(rows))
     if bad:
         raise ApiError(
@@ -433,8 +443,8 @@ def run_metrics(
     """A run's metric points (every run, those of `ft train` too): one per step, `train` and
     `eval` values and an evaluation's `samples`, as GET /api/metrics/{job_id} gives them for
     a job."""
-    store = _store(request)
-    run = _run(store, run_id)
+    store = store_of(request)
+    run = run_or_404(store, run_id)
     by_step: dict[int, dict[str, Any]] = {}
     for row in store.metrics(run.id, kind=kind):
         step = row.pop("step")
@@ -453,8 +463,8 @@ def run_report(run_id: str, request: Request) -> dict[str, Any]:
     from ft_runs.report import latest_evaluation, run_summary
     from ft_runs.run_folder import RunFolder
 
-    store = _store(request)
-    run = _run(store, run_id)
+    store = store_of(request)
+    run = run_or_404(store, run_id)
     folder = RunFolder(Path(run.run_dir))
     try:
         summary = run_summary(folder)
@@ -478,8 +488,8 @@ def run_report(run_id: str, request: Request) -> dict[str, Any]:
 def run_exports(run_id: str, request: Request) -> dict[str, Any]:
     """The files in the run's exports/ folder (what `ft export` wrote), with their sizes. An
     export job's `result` says whether the export was checked (`verified`) and its notes."""
-    store = _store(request)
-    run = _run(store, run_id)
+    store = store_of(request)
+    run = run_or_404(store, run_id)
     root = Path(run.run_dir) / "exports"
     files = []
     if root.is_dir():
@@ -491,8 +501,8 @@ def run_exports(run_id: str, request: Request) -> dict[str, Any]:
 @router.get("/api/runs/{run_id}/exports/{path:path}", tags=["runs"])
 def download_export(run_id: str, path: str, request: Request) -> FileResponse:
     """Download one file of the run's exports/."""
-    store = _store(request)
-    run = _run(store, run_id)
+    store = store_of(request)
+    run = run_or_404(store, run_id)
     root = Path(run.run_dir) / "exports"
     if any(part in ("", ".", "..") or part.startswith(".") for part in path.split("/")):
         raise ApiError(400, f"export path {path!r} is not allowed", code="invalid_name")

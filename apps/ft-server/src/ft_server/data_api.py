@@ -26,7 +26,7 @@ router = APIRouter()
 UPLOAD_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".md")
 
 
-def _settings(request: Request) -> ServerSettings:
+def settings_of(request: Request) -> ServerSettings:
     return request.app.state.settings
 
 
@@ -44,7 +44,7 @@ async def upload_dataset(
     '.../api/datasets/upload?filename=train.jsonl'`). It is written to disk as it arrives,
     refused past the upload limit (413), and checked like `ft dataset prepare` checks it: the
     answer is that report. The server names the file; a bad file is not kept."""
-    settings = _settings(request)
+    settings = settings_of(request)
     suffix = Path(filename).suffix.lower()
     if suffix not in UPLOAD_SUFFIXES:
         raise ApiError(
@@ -89,7 +89,7 @@ async def upload_dataset(
 @router.get("/api/datasets", tags=["datasets"])
 def list_datasets(request: Request) -> dict[str, Any]:
     """The uploaded datasets, newest first."""
-    folder = _settings(request).uploads_dir
+    folder = settings_of(request).uploads_dir
     files = (
         [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
         if (folder.is_dir())
@@ -111,7 +111,7 @@ def preview_dataset(
     """The first `rows` rows as read from the file, and the detected format."""
     from ft_data import DataError, detect_format, read_rows
 
-    path = _dataset(request, name)
+    path = dataset_path(request, name)
     try:
         found = []
         for _number, row in read_rows(path):
@@ -120,7 +120,7 @@ def preview_dataset(
                 break
         detection = detect_format(found) if found else None
     except DataError as exc:
-        raise ApiError(400, _data_error(exc, name), code="invalid_data") from None
+        raise ApiError(400, data_error(exc, name), code="invalid_data") from None
     return {
         "name": name,
         "rows": found,
@@ -137,19 +137,19 @@ async def dataset_stats(
     max_seq_length: int | None = Query(None, ge=8),
 ) -> dict[str, Any]:
     """`ft dataset stats`' numbers: rows, tokens, lengths, with the tokenizer of `model`."""
-    settings = _settings(request)
-    path = _dataset(request, name)
+    settings = settings_of(request)
+    path = dataset_path(request, name)
     return await asyncio.to_thread(_stats, settings, path, name, model, max_seq_length)
 
 
 @router.delete("/api/datasets/{name}", tags=["datasets"])
 def delete_dataset(name: str, request: Request) -> dict[str, Any]:
-    _dataset(request, name).unlink()
+    dataset_path(request, name).unlink()
     return {"deleted": name}
 
 
-def _dataset(request: Request, name: str) -> Path:
-    folder = _settings(request).uploads_dir
+def dataset_path(request: Request, name: str) -> Path:
+    folder = settings_of(request).uploads_dir
     path = inside(folder, safe_name(name, what="dataset"), what="dataset")
     if not path.is_file():
         raise ApiError(
@@ -158,7 +158,7 @@ def _dataset(request: Request, name: str) -> Path:
     return path
 
 
-def _tokenizer(settings: ServerSettings, model: str | None) -> tuple[Any, str]:
+def tokenizer_for(settings: ServerSettings, model: str | None) -> tuple[Any, str]:
     from ft_data import load_tokenizer
 
     name = model or ModelConfig().name
@@ -177,7 +177,7 @@ def _tokenizer(settings: ServerSettings, model: str | None) -> tuple[Any, str]:
     return load_tokenizer(resolved.path), name
 
 
-def _options(max_seq_length: int | None) -> Any:
+def prepare_options(max_seq_length: int | None) -> Any:
     import attrs
 
     from ft_config import DataConfig
@@ -194,14 +194,14 @@ def _prepare_report(
 ) -> dict[str, Any]:
     from ft_data import DataError, prepare_dataset, prepare_summary
 
-    tokenizer, model_name = _tokenizer(settings, model)
-    options = _options(max_seq_length)
+    tokenizer, model_name = tokenizer_for(settings, model)
+    options = prepare_options(max_seq_length)
     started = time.perf_counter()
     target = path.with_name(path.name + ".h5")
     try:
         result = prepare_dataset(str(path), tokenizer, target, options.prepare, rebuild=True)
     except DataError as exc:
-        raise ApiError(400, _data_error(exc, name), code="invalid_data") from None
+        raise ApiError(400, data_error(exc, name), code="invalid_data") from None
     finally:
         target.unlink(missing_ok=True)
     summary = prepare_summary(
@@ -230,19 +230,19 @@ def _stats(
 ) -> dict[str, Any]:
     from ft_data import DataError, DatasetCache, stats_summary
 
-    tokenizer, _ = _tokenizer(settings, model)
-    options = _options(max_seq_length)
+    tokenizer, _ = tokenizer_for(settings, model)
+    options = prepare_options(max_seq_length)
     try:
         cache = DatasetCache(settings.paths.home / "cache" / "datasets")
         result = cache.prepare(str(path), tokenizer, options.prepare)
     except DataError as exc:
-        raise ApiError(400, _data_error(exc, name), code="invalid_data") from None
+        raise ApiError(400, data_error(exc, name), code="invalid_data") from None
     summary = stats_summary(result, source=name, max_seq_length=options.max_seq_length)
     summary.pop("prepared", None)  # the server's cache path
     return summary
 
 
-def _data_error(error: Any, name: str) -> str:
+def data_error(error: Any, name: str) -> str:
     """`name:line: row N: key 'x': what` and the hint, with the server's paths left out."""
     where = [name + (f":{error.line}" if error.line is not None else "")]
     if error.row is not None:
@@ -361,9 +361,9 @@ def _cached(needle: str) -> list[dict[str, Any]]:
 # --- runs ---------------------------------------------------------------------------------
 
 
-def _store(request: Request) -> JobStore:
+def store_of(request: Request) -> JobStore:
     jobs = getattr(request.app.state, "jobs", None)
-    return jobs.store if jobs is not None else JobStore(_settings(request).paths.database)
+    return jobs.store if jobs is not None else JobStore(settings_of(request).paths.database)
 
 
 def _run_json(run: Any) -> dict[str, Any]:
@@ -390,28 +390,28 @@ def list_runs(
     request: Request, status: str | None = Query(None), limit: int = Query(100, ge=1, le=1000)
 ) -> dict[str, Any]:
     """Every run in the job store (those of `ft train` too), newest first."""
-    return {"runs": [_run_json(r) for r in _store(request).list_runs(status=status, limit=limit)]}
+    return {"runs": [_run_json(r) for r in store_of(request).list_runs(status=status, limit=limit)]}
 
 
 @router.get("/api/runs/{run_id}", tags=["runs"])
 def get_run(run_id: str, request: Request) -> dict[str, Any]:
-    store = _store(request)
-    run = _run(store, run_id)
+    store = store_of(request)
+    run = run_or_404(store, run_id)
     return {**_run_json(run), "checkpoints": store.checkpoints(run.id), "config": run.config}
 
 
 @router.get("/api/runs/{run_id}/evaluations", tags=["runs"])
 def run_evaluations(run_id: str, request: Request) -> dict[str, Any]:
     """The run's evaluations (`ft evaluate`), oldest first."""
-    store = _store(request)
-    run = _run(store, run_id)
+    store = store_of(request)
+    run = run_or_404(store, run_id)
     rows = store.evaluations(run.id)
     for row in rows:
         row.pop("metrics_json", None)
     return {"run_id": run.id, "evaluations": rows}
 
 
-def _run(store: JobStore, run_id: str) -> Any:
+def run_or_404(store: JobStore, run_id: str) -> Any:
     try:
         return store.get_run(run_id)
     except RunNotFound as exc:
