@@ -105,10 +105,6 @@ def rebuild_store(
     return Rebuilt(database, moved, tuple(recorded), tuple(skipped), tuple(studies))
 
 
-def _last(values: dict[int, float]) -> float | None:
-    return values[max(values)] if values else None
-
-
 def _studies(store: JobStore, run_ids: Iterable[str]) -> list[Path]:
     """The study folders of the projects the recorded runs belong to: `<project>/tune/*/`,
     the project being the run's config folder, or the folder above its `runs/` folder."""
@@ -128,24 +124,17 @@ def _studies(store: JobStore, run_ids: Iterable[str]) -> list[Path]:
 
 
 def _record_study(store: JobStore, study_dir: Path, run_ids: set[str]) -> int:
-    """Record every trial of the study in `study_dir` from its journal; the number recorded.
-    A trial's run is linked only if that run was recorded; a finished trial's adapter counts
-    as kept while its run folder still holds it (`ft tune` deletes the others')."""
-    from ft_runs.tune import StudyFiles, _optuna, open_journal
+    """Record every trial of the study in `study_dir` as `ft tune` shows it (`trial_rows`,
+    from the journal); the number recorded. A trial's run is linked only if that run was
+    recorded; its adapter counts as kept while its run folder still holds it (`ft tune`
+    deletes the others')."""
+    from ft_runs.tune import StudyFiles, read_study, trial_rows
 
     files = StudyFiles(study_dir)
-    if not files.journal.is_file():
-        return 0
-    optuna = _optuna()
-    try:
-        study = optuna.load_study(study_name=files.name, storage=open_journal(files))
-    except KeyError:  # a journal without this study: nothing was asked yet
-        return 0
-    trials = study.get_trials(deepcopy=False)
-    for trial in trials:
-        attrs_ = trial.user_attrs
-        state = "SKIPPED" if attrs_.get("skipped") else trial.state.name
-        run_id = attrs_.get("run_id") if attrs_.get("run_id") in run_ids else None
+    study = read_study(files)
+    rows = trial_rows(study, store, files, {}) if study is not None else []
+    for row in rows:
+        run_id = row["run_id"] if row["run_id"] in run_ids else None
         kept = 0
         if run_id is not None:
             run_dir = Path(store.get_run(run_id).run_dir)
@@ -153,17 +142,16 @@ def _record_study(store: JobStore, study_dir: Path, run_ids: set[str]) -> int:
         store.record_trial(
             files.dir,
             files.name,
-            trial.number,
-            state=state,
-            params=attrs_.get("settings") or {},
-            # a pruned trial's value is its last evaluation's, as `ft tune` records it
-            value=trial.value if trial.value is not None else _last(trial.intermediate_values),
-            pruned_at=attrs_.get("pruned_at"),
+            row["number"],
+            state=row["state"],
+            params=row["settings"],
+            value=row["value"],
+            pruned_at=row["pruned_at"],
             run_id=run_id,
             adapter_kept=kept,
-            note=attrs_.get("skipped") or attrs_.get("failed"),
+            note=row["note"],
         )
-    return len(trials)
+    return len(rows)
 
 
 def _candidates(database: Path, given: Iterable[Path]) -> list[Path]:

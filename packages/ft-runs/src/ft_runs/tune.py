@@ -158,6 +158,17 @@ def open_journal(files: StudyFiles) -> Any:
     return JournalStorage(JournalFileBackend(journal, lock_obj=JournalFileOpenLock(journal)))
 
 
+def read_study(files: StudyFiles) -> Any | None:
+    """The study in `files.journal` as it stands, to read (None: no trial was asked yet)."""
+    if not files.journal.is_file():
+        return None
+    optuna = _optuna()
+    try:
+        return optuna.load_study(study_name=files.name, storage=open_journal(files))
+    except KeyError:
+        return None
+
+
 def open_study(files: StudyFiles, tune: Any, seed: int) -> Any:
     """The study in `files.journal` (made if new), with the sampler and pruner `tune` names.
     The sampler's seed moves on with the trials already run, so a resumed study does not draw
@@ -553,7 +564,7 @@ def trial_rows(
                 "number": t.number,
                 "state": state,
                 "settings": t.user_attrs.get("settings") or {},
-                "value": t.value if t.value is not None else (monitor.last if monitor else None),
+                "value": _value(t, monitor),
                 "pruned_at": t.user_attrs.get("pruned_at"),
                 "run_id": t.user_attrs.get("run_id") or row.get("run_id"),
                 "step": monitor.step if monitor else None,
@@ -564,6 +575,19 @@ def trial_rows(
             }
         )
     return rows
+
+
+def _value(trial: Any, monitor: TrialMonitor | None) -> float | None:
+    """A trial's metric: its final value; while it runs, its last evaluation's; once pruned,
+    the evaluation it was pruned at (what `run_study` records in the job store)."""
+    if trial.value is not None:
+        return float(trial.value)
+    if monitor is not None:
+        return monitor.last
+    reported = trial.intermediate_values
+    if trial.state.name == "PRUNED" and reported:
+        return float(reported[max(reported)])
+    return None
 
 
 def best_trial(rows: list[dict[str, Any]], direction: str) -> dict[str, Any] | None:
